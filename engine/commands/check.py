@@ -1,0 +1,160 @@
+"""`persd check`: functional correctness of samples (or of the tasks' own references) in the sandbox."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from engine.aio import run_async
+from engine.tasks import Task, iter_tasks
+from runtime.errors import InputError, UsageError
+from runtime.sandbox import STATUSES, Sandbox, SandboxConfig
+
+
+@dataclass(frozen=True)
+class Sample:
+    index: int
+    task_id: str
+    program: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="persd check", description=__doc__)
+    p.add_argument("--tasks", required=True, help="task JSONL path or built-in set (humaneval, mbpp)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--samples", help="JSONL of task_id + completion (appended to the prompt) or solution (whole program)")
+    src.add_argument("--references", action="store_true", help="check the tasks' own reference solutions")
+    p.add_argument("--out", required=True, help="results JSONL, one line per sample")
+    p.add_argument("--workers", type=int, default=0, help="sandbox workers (default: one per core)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per execution (default 10)")
+    p.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per execution")
+    p.add_argument("--limit", type=int, default=None, help="check only the first N samples")
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    if args.workers < 0:
+        parser.error("--workers must be 0 (one per core) or more")
+    return args
+
+
+def reference_samples(tasks: dict[str, Task]) -> Iterator[Sample]:
+    for i, task in enumerate(t for t in tasks.values() if t.reference and t.has_tests):
+        yield Sample(i, task.task_id, task.program(task.reference))
+
+
+def file_samples(path: str, tasks: dict[str, Task]) -> Iterator[Sample]:
+    if not Path(path).is_file():
+        raise UsageError(f"--samples: no such file: {path}")
+    with open(path, "rb") as fh:
+        index = 0
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(path, lineno, f"not valid JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise InputError(path, lineno, "expected a JSON object")
+            tid = obj.get("task_id")
+            if tid is None:
+                raise InputError(path, lineno, "missing", field="task_id")
+            task = tasks.get(str(tid))
+            if task is None:
+                raise InputError(path, lineno, f"unknown task id {tid!r} (not in --tasks)", field="task_id")
+            if isinstance(obj.get("solution"), str):
+                program = task.program(obj["solution"])
+            elif isinstance(obj.get("completion"), str):
+                program = task.program(task.prompt + obj["completion"])
+            else:
+                raise InputError(path, lineno, "needs a string 'completion' or 'solution'", field="completion")
+            yield Sample(index, task.task_id, program)
+            index += 1
+
+
+async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path) -> dict:
+    """Run every sample; write results in sample order; return the summary."""
+    counts: collections.Counter[str] = collections.Counter()
+    results: list[dict | None] = [None] * len(samples)
+    async with Sandbox(config) as sandbox:
+        print(f"sandbox: {config.worker_count()} workers; protections: {'; '.join(sandbox.protections)}",
+              file=sys.stderr)
+        start = time.perf_counter()
+
+        async def one(sample: Sample) -> None:
+            r = await sandbox.run(sample.program)
+            counts[r.status] += 1
+            results[sample.index] = {"task_id": sample.task_id, "status": r.status, "passed": r.passed,
+                                     "error": r.feedback, "duration_s": round(r.duration_s, 4)}
+
+        # The pool queues work itself; a bounded window keeps memory flat for large sample files.
+        window = max(8, config.worker_count() * 4)
+        pending: set[asyncio.Task] = set()
+        for sample in samples:
+            if len(pending) >= window:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            pending.add(asyncio.create_task(one(sample)))
+        if pending:
+            await asyncio.gather(*pending)
+        elapsed = time.perf_counter() - start
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        for row in results:
+            fh.write(orjson.dumps(row) + b"\n")
+    tmp.replace(out_path)
+    total = len(samples)
+    return {
+        "samples": total,
+        "passed": counts["passed"],
+        "pass_rate": counts["passed"] / total if total else 0.0,
+        "counts": {s: counts[s] for s in STATUSES},
+        "seconds": elapsed,
+        "executions_per_s": total / elapsed if elapsed else 0.0,
+    }
+
+
+def print_summary(summary: dict, out: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="persd check")
+    table.add_column("samples", justify="right")
+    table.add_column("pass rate", justify="right")
+    for status in STATUSES:
+        table.add_column(status, justify="right")
+    table.add_column("exec/s", justify="right")
+    table.add_row(str(summary["samples"]), f"{summary['pass_rate']:.1%}",
+                  *(str(summary["counts"][s]) for s in STATUSES), f"{summary['executions_per_s']:.0f}")
+    console = Console()
+    console.print(table)
+    console.print(f"results: {out}")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    tasks = {t.task_id: t for t in iter_tasks(args.tasks)}
+    samples_iter = reference_samples(tasks) if args.references else file_samples(args.samples, tasks)
+    samples = []
+    for sample in samples_iter:
+        if args.limit is not None and len(samples) >= args.limit:
+            break
+        samples.append(sample)
+    if not samples:
+        raise UsageError("nothing to check: no samples" + (" (no task has a reference and tests)" if args.references else ""))
+    config = SandboxConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb)
+    summary = run_async(check_all(samples, config, Path(args.out)))
+    print_summary(summary, args.out)
+    return 0

