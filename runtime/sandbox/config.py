@@ -15,7 +15,7 @@ class SandboxConfig:
     max_procs: int = 64  # RLIMIT_NPROC (per sandbox uid)
     feedback_chars: int = 1000  # bound on the feedback text
     uid_base: int = 61000  # worker i runs code as uid/gid uid_base + i when started as root
-    isolate: bool = True  # namespaces + uid drop where possible; False: rlimits and scratch dir only
+    namespaces: bool = True  # PID/mount/network namespaces where available (a uid is dropped to regardless)
 
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)

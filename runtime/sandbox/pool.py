@@ -44,7 +44,7 @@ class _Worker:
             "max_output_bytes": cfg.max_output_bytes,
             "feedback_chars": cfg.feedback_chars,
             "tmpfs_mb": max(64, cfg.max_file_mb * 4),
-            "isolate": cfg.isolate,
+            "namespaces": cfg.namespaces,
         }
         # A fresh small interpreter (vfork+exec, so the engine's size does not matter) with an
         # environment holding nothing of the engine's: no keys, no PYTHONPATH.
@@ -128,7 +128,7 @@ class Sandbox:
         if self._workers[0].caps.get("uid") is None:
             missing.append("uid drop (not root)")
         message = f"sandbox: {len(self._workers)} workers; active protections: {'; '.join(self.protections)}"
-        if missing and self.config.isolate:
+        if missing and self.config.namespaces:
             log.warning("%s. Not available here: %s", message, ", ".join(missing))
         else:
             log.info(message)

@@ -42,6 +42,7 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG = 1
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
 SETUP_FAILED = 111  # exit status of a child whose sandbox setup failed
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -103,8 +104,6 @@ def expose_python_only() -> list[str]:
                 break
     if not blocked:
         return []
-    unshare(CLONE_NEWNS)
-    mount("none", "/", "", MS_REC | MS_PRIVATE)
     keep = {p: os.open(p, os.O_PATH) for paths in blocked.values() for p in paths}
     covered = []
     for ancestor, paths in blocked.items():
@@ -117,6 +116,18 @@ def expose_python_only() -> list[str]:
         mount(f"/proc/self/fd/{fd}", path, "", MS_BIND | MS_REC)
         os.close(fd)
     return covered
+
+
+def make_readonly(path: str) -> bool:
+    """Make every mount under `path` read-only in this mount namespace (mount_setattr, Linux 5.12+)."""
+    class MountAttr(ctypes.Structure):
+        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    ret = _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, ctypes.byref(attr),
+                        ctypes.sizeof(attr))
+    return ret == 0
 
 
 # ------------------------------------------------------------------ framing
@@ -215,8 +226,7 @@ def run_child(program: str, cfg: dict, caps: dict, fds: dict, nonce: str, timeou
         os.setsid()
         set_pdeathsig()  # the worker died: so do we (and, as pid 1, everything we started)
         if caps.get("mntns"):
-            unshare(CLONE_NEWNS)
-            mount("none", "/", "", MS_REC | MS_PRIVATE)
+            unshare(CLONE_NEWNS)  # a copy of the worker's (private, read-only) view
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
             for path in ("/tmp", "/dev/shm"):
                 if os.path.isdir(path):
@@ -265,9 +275,12 @@ def run_child(program: str, cfg: dict, caps: dict, fds: dict, nonce: str, timeou
 
 def harness(program: str, verdict_fd: int, nonce: str, feedback_chars: int) -> None:
     """Run the program; `passed` is reported only if its last statement completed."""
-    write, exit_ = os.write, os._exit  # bound before the code can replace them
+    write, exit_, getpid = os.write, os._exit, os.getpid  # bound before the code can replace them
+    harness_pid = getpid()
 
     def report(status: str, feedback: str) -> None:
+        if getpid() != harness_pid:  # a child the code forked ran to the end: it has no say
+            exit_(0)
         try:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
@@ -312,10 +325,10 @@ class Worker:
 
     def probe(self) -> dict:
         caps: dict = {"uid": None, "netns": False, "pidns": False, "mntns": False}
-        if not self.cfg.get("isolate", True):
-            return caps
-        if os.geteuid() == 0:
+        if os.geteuid() == 0:  # never run untrusted code as root, whatever else is switched off
             caps["uid"] = int(self.cfg["uid"])
+        if not self.cfg.get("namespaces", True):
+            return caps
         try:
             unshare(CLONE_NEWNET)  # the worker itself moves into an empty network namespace
             caps["netns"] = True
@@ -339,8 +352,11 @@ class Worker:
         _, status = os.waitpid(pid, 0)
         if os.waitstatus_to_exitcode(status) == 0:
             caps["pidns"] = caps["mntns"] = True
+            unshare(CLONE_NEWNS)  # the worker's own view, inherited by every execution
+            mount("none", "/", "", MS_REC | MS_PRIVATE)
             if caps["uid"] is not None:
                 caps["hidden"] = expose_python_only()
+            caps["readonly_root"] = make_readonly("/")
         return caps
 
     def protections(self) -> list[str]:
@@ -352,6 +368,8 @@ class Worker:
             active.append("private /proc, /tmp and /dev/shm")
         if self.caps["netns"]:
             active.append("network namespace (no network)")
+        if self.caps.get("readonly_root"):
+            active.append("read-only filesystem outside /tmp and /dev/shm")
         if self.caps.get("hidden"):
             active.append(f"hidden: {', '.join(self.caps['hidden'])} (only the interpreter shown)")
         if self.caps["uid"] is not None:
