@@ -290,24 +290,67 @@ def function_header(code: str, entry: str | None) -> str:
 
 
 _EXAMPLE = re.compile(r"^\s*>>>\s*(.+?)\s*$")
+_ARROW = re.compile(r"^\s*(?:==>|=>|->|➞|==|=|#\s*returns|should return|returns|return)\s*")
+_DOCSTRING_END = ('"""', "'''", ">>>")
+
+
+def _parses(expr: str) -> bool:
+    try:
+        ast.parse(expr, mode="eval")
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _call_at(text: str, start: int) -> str | None:
+    """The shortest well-formed call expression starting at `start` (`f(...)`)."""
+    for end in range(text.find("(", start), len(text)):
+        if text[end] == ")" and _parses(text[start:end + 1]):
+            return text[start:end + 1]
+    return None
+
+
+def _expected_value(rest: str) -> str | None:
+    """The longest prefix of `rest` that is a Python expression (docstring prose may follow)."""
+    rest = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", rest.strip()))
+    for end in range(len(rest), 0, -1):
+        cand = rest[:end].strip().rstrip(".,;")
+        if cand and _parses(cand):
+            return cand
+    return None
 
 
 def docstring_examples(prompt: str, entry: str) -> list[str]:
-    """HumanEval's `>>> f(x)` / expected-output pairs as assert statements."""
+    """Examples in a HumanEval docstring as assert statements.
+
+    Two styles occur: doctest (`>>> f(x)` then the output on the next line) and prose
+    (`f(x) ==> y`, `f(x) ➞ y`, `f(x) should return y`, `f(x) == y`, ...).
+    """
     lines = prompt.split("\n")
     asserts: list[str] = []
     for i, line in enumerate(lines):
         m = _EXAMPLE.match(line)
-        if not m or entry not in m.group(1):
+        if m and m.group(1).startswith(entry + "(") and _parses(m.group(1)):
+            expected = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if expected and not expected.startswith(_DOCSTRING_END) and _parses(expected):
+                asserts.append(f"assert {m.group(1)} == {expected}")
+                continue
+        pos = line.find(entry + "(")
+        if pos < 0 or line.lstrip().startswith("def ") or (pos > 0 and (line[pos - 1].isalnum() or line[pos - 1] in "_.")):
             continue
-        expected = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        if not expected or expected.startswith(">>>") or expected.startswith('"""'):
+        call = _call_at(line, pos)
+        if call is None:
             continue
-        call = m.group(1)
-        try:
-            ast.parse(call, mode="eval")
-            ast.parse(expected, mode="eval")
-        except SyntaxError:
+        arrow = _ARROW.match(line[pos + len(call):])
+        if not arrow:
             continue
-        asserts.append(f"assert {call} == {expected}")
+        expected = _expected_value(line[pos + len(call) + arrow.end():])
+        if expected is not None and _self_contained(call, entry) and _self_contained(expected, entry):
+            asserts.append(f"assert {call} == {expected}")
     return asserts
+
+
+def _self_contained(expr: str, entry: str) -> bool:
+    """No free names but the function itself (prose like `f(n) == f(n-1) + ...` is not a test)."""
+    names = {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+    return names <= {entry, "True", "False", "None"}
