@@ -145,13 +145,17 @@ class Sandbox:
         timeout = float(timeout if timeout is not None else self.config.timeout_s)
         worker = await self._idle.get()
         try:
-            reply = await worker.execute(program, timeout)
-        except WorkerDied as exc:
-            worker.kill()
-            await worker.stop()
-            self.replaced_workers += 1
-            await worker.start()
-            reply = {"status": "error", "feedback": str(exc), "duration_s": 0.0}
+            reply = None
+            for attempt in range(2):  # a worker that dies is replaced and the execution retried once
+                try:
+                    reply = await worker.execute(program, timeout)
+                    break
+                except WorkerDied as exc:
+                    worker.kill()
+                    await worker.stop()
+                    self.replaced_workers += 1
+                    await worker.start()
+                    reply = {"status": "error", "feedback": f"{exc} (twice)", "duration_s": 0.0}
         except BaseException:
             # Cancelled mid-execution: the worker is in an unknown state; replace it.
             worker.kill()
