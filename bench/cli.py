@@ -10,6 +10,7 @@ BENCHES: dict[str, str] = {
     "student": "bench.student",
     "engine": "bench.engine",
     "train": "bench.train",
+    "eval": "bench.eval",
 }
 
 

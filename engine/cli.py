@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "loop": ("engine.commands.loop", "multi-round collect -> train -> eval"),
     "train": ("trainers.cli", "DeepSpeed ZeRO fine-tuning on collected shards"),
     "tiny-model": ("runtime.student.tiny_model", "write a tiny random-weight causal LM for tests and demos"),
-    "bench": ("bench.cli", "throughput benchmarks: sandbox, teacher, student, engine, train"),
+    "bench": ("bench.cli", "throughput benchmarks: sandbox, teacher, student, engine, train, eval"),
 }
 
 
