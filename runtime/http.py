@@ -1,0 +1,205 @@
+"""Retrying JSON POSTs for OpenAI-compatible servers, shared by the teacher and the student's `openai` backend.
+
+One place decides what is transient (429, 408, 409, 5xx, timeouts, dropped or truncated
+connections, bodies that are not JSON or fail `validate`) and how long to wait (exponential
+back-off with jitter, or the server's own `Retry-After`), so no caller re-invents it. Hooks let
+a caller pace each attempt (`before_attempt`) and react to every answer (`after_attempt`: a
+shared cool-down after a 429, rate-limit headers, refunds), without this module knowing why.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from runtime.errors import PersdError
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+BODY_LIMIT = 2000  # characters of a server's body kept in errors
+
+
+@dataclass
+class RetryPolicy:
+    """Bounded retries: at most `max_attempts` sends and `deadline_s` seconds per request.
+
+    Time a caller spends waiting in `before_attempt` (its rate limiter) is not counted against
+    the deadline: a request queued behind a long job must not expire before it is ever sent.
+    """
+
+    max_attempts: int = 8
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    deadline_s: float = 600.0
+    request_timeout_s: float = 300.0
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Delay before retry number `attempt` (1-based): exponential, capped, 'equal jitter'."""
+        cap = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
+        return cap * (0.5 + 0.5 * (rng or random).random())
+
+
+class HTTPStatusError(PersdError):
+    """A non-retryable HTTP answer (400, 401, 403, 404, other 4xx)."""
+
+    def __init__(self, status: int, body: str, url: str):
+        self.status, self.body, self.url = status, body, url
+        super().__init__(f"HTTP {status} from {url}: {body[:BODY_LIMIT]}")
+
+
+class RetriesExhausted(PersdError):
+    """Every attempt failed with a transient cause, or the deadline passed."""
+
+    def __init__(self, url: str, attempts: int, elapsed_s: float, cause: str,
+                 status: int | None, body: str):
+        self.url, self.attempts, self.elapsed_s = url, attempts, elapsed_s
+        self.cause, self.status, self.body = cause, status, body
+        last = f"HTTP {status}: {body[:BODY_LIMIT]}" if status is not None else cause
+        super().__init__(f"{url} kept failing: {attempts} attempt(s) in {elapsed_s:.1f}s; last: {last}")
+
+
+@dataclass
+class AttemptOutcome:
+    """What one attempt came to, for `after_attempt` hooks.
+
+    `cause` is None on success, else a short label (`http_429`, `http_503`, `timeout`,
+    `connection`, `malformed`, or what `validate` returned). `sent` is False when the request
+    never left (connection refused): nothing can have been billed for it.
+    """
+
+    status: int | None
+    headers: Mapping[str, str] | None
+    cause: str | None
+    retry_after_s: float | None
+    sent: bool
+    elapsed_s: float
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds the server asks us to wait: `retry-after-ms` (OpenAI) first, then `Retry-After`
+    as seconds or an HTTP date."""
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _is_retryable(status: int) -> bool:
+    return status in RETRYABLE_STATUS or 500 <= status <= 599
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: dict,
+    *,
+    headers: dict | None = None,
+    policy: RetryPolicy = RetryPolicy(),
+    on_retry: Callable[[str], None] | None = None,
+    before_attempt: Callable[[], Awaitable[None]] | None = None,
+    after_attempt: Callable[[AttemptOutcome], None] | None = None,
+    validate: Callable[[dict], str | None] | None = None,
+    rng: random.Random | None = None,
+) -> tuple[dict, Mapping[str, str]]:
+    """POST `payload` as JSON and return (parsed body, response headers), retrying transient faults.
+
+    Raises HTTPStatusError for a non-retryable status, RetriesExhausted when attempts or the
+    deadline run out. Exceptions raised by the hooks (e.g. a budget refusal in
+    `before_attempt`) propagate unchanged. `validate(body)` returns a retry cause for a 200
+    whose content is unusable (e.g. no choices), or None.
+    """
+    data = orjson.dumps(payload)
+    send_headers = {"Content-Type": "application/json", **(headers or {})}
+    waited = 0.0  # time spent inside before_attempt, excluded from the deadline
+    start = time.monotonic()
+    attempt = 0
+    cause, last_status, last_body = "", None, ""
+    while True:
+        attempt += 1
+        if before_attempt is not None:
+            t0 = time.monotonic()
+            await before_attempt()
+            waited += time.monotonic() - t0
+        remaining = policy.deadline_s - (time.monotonic() - start - waited)
+        if remaining <= 0:
+            raise RetriesExhausted(url, attempt - 1, time.monotonic() - start, cause or "deadline",
+                                   last_status, last_body)
+        timeout = aiohttp.ClientTimeout(total=min(policy.request_timeout_s, remaining))
+        t_send = time.monotonic()
+        status: int | None = None
+        resp_headers: Mapping[str, str] | None = None
+        retry_after: float | None = None
+        sent = True
+        body_text = ""
+        try:
+            async with session.post(url, data=data, headers=send_headers, timeout=timeout) as resp:
+                status, resp_headers = resp.status, resp.headers
+                raw = await resp.read()
+            if 200 <= status < 300:
+                try:
+                    body = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    cause, body_text = "malformed", raw[:BODY_LIMIT].decode("utf-8", "replace")
+                else:
+                    problem = "malformed" if not isinstance(body, dict) else (validate(body) if validate else None)
+                    if problem is None:
+                        if after_attempt is not None:
+                            after_attempt(AttemptOutcome(status, resp_headers, None, None, True,
+                                                         time.monotonic() - t_send))
+                        return body, resp_headers
+                    cause, body_text = problem, raw[:BODY_LIMIT].decode("utf-8", "replace")
+            else:
+                body_text = raw[:BODY_LIMIT].decode("utf-8", "replace")
+                retry_after = parse_retry_after(resp_headers)
+                cause = f"http_{status}"
+                if not _is_retryable(status):
+                    if after_attempt is not None:
+                        after_attempt(AttemptOutcome(status, resp_headers, cause, None, True,
+                                                     time.monotonic() - t_send))
+                    raise HTTPStatusError(status, body_text, url)
+        except asyncio.TimeoutError:
+            cause, body_text = "timeout", ""
+        except aiohttp.ClientConnectorError:
+            cause, body_text, sent = "connection", "", False
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError, aiohttp.ClientConnectionError) as exc:
+            cause, body_text = "connection", ""
+            if status is not None:  # headers came, the body did not: a truncated answer
+                cause = "truncated"
+            last_body = type(exc).__name__
+        last_status = status if status is not None and not (200 <= status < 300) else None
+        if body_text:
+            last_body = body_text
+        if after_attempt is not None:
+            after_attempt(AttemptOutcome(status, resp_headers, cause, retry_after, sent,
+                                         time.monotonic() - t_send))
+        elapsed = time.monotonic() - start - waited
+        delay = retry_after if retry_after is not None else policy.backoff(attempt, rng)
+        if retry_after is not None:  # a little jitter so callers told the same instant spread out
+            delay += min(0.25, 0.1 * retry_after) * (rng or random).random()
+        if attempt >= policy.max_attempts or elapsed + delay > policy.deadline_s:
+            raise RetriesExhausted(url, attempt, time.monotonic() - start, cause, last_status, last_body)
+        if on_retry is not None:
+            on_retry(cause)
+        await asyncio.sleep(delay)

@@ -1,0 +1,80 @@
+"""Teacher configuration: where, which model, how fast, how much money, where answers are kept."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from runtime.errors import UsageError
+from runtime.http import RetryPolicy
+
+
+@dataclass
+class TeacherConfig:
+    """Limits are this process's share of the provider's: on K machines sharing one key, give
+    each `rpm / K` and `tpm / K` (the x-ratelimit headers then correct for drift).
+
+    `headroom` paces at that fraction of rpm/tpm so that network jitter never tips a window over.
+    `reconcile_tokens` gives back (estimate - usage) tokens once the answer arrives; turn it off
+    for providers that charge `max_tokens` against TPM whatever the answer's length.
+    `prices` overrides the price table: {model: (input, output) USD per 1M tokens}.
+    """
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    rpm: float = 500
+    tpm: float | None = 200_000
+    max_in_flight: int = 64
+    max_cost_usd: float | None = None
+    journal_path: Path | None = None
+    prices: dict[str, tuple[float, float]] | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    headroom: float = 0.98
+    reconcile_tokens: bool = True
+    default_cooldown_s: float = 1.0  # shared pause after a 429 that names no Retry-After
+    extra_headers: dict[str, str] | None = None
+
+    def validate(self) -> None:
+        scheme = urlsplit(self.base_url).scheme
+        if scheme not in ("http", "https") or not urlsplit(self.base_url).hostname:
+            raise UsageError(f"--teacher-url must be an http(s) URL such as http://127.0.0.1:8000/v1, got '{self.base_url}'")
+        if not self.model:
+            raise UsageError("--teacher-model must not be empty")
+        if not self.rpm or self.rpm <= 0:
+            raise UsageError(f"--rpm must be positive, got {self.rpm}")
+        if self.tpm is not None and self.tpm <= 0:
+            raise UsageError(f"--tpm must be positive, got {self.tpm}")
+        if self.max_in_flight < 1:
+            raise UsageError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
+        if self.max_cost_usd is not None and self.max_cost_usd < 0:
+            raise UsageError(f"--max-cost must not be negative, got {self.max_cost_usd}")
+        if not 0 < self.headroom <= 1:
+            raise UsageError(f"teacher headroom must be in (0, 1], got {self.headroom}")
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+    def is_loopback(self) -> bool:
+        host = urlsplit(self.base_url).hostname or ""
+        if host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def api_key(self) -> str | None:
+        """The key from the environment; None is allowed only for a loopback server."""
+        key = os.environ.get(self.api_key_env, "").strip()
+        if key:
+            return key
+        if self.is_loopback():
+            return None
+        raise UsageError(
+            f"no teacher API key: set the environment variable {self.api_key_env} "
+            f"(or name another one with --teacher-api-key-env) for {self.base_url}"
+        )

@@ -1,0 +1,96 @@
+"""Pacing: no window over the limit, one shared cool-down on 429, the in-flight cap, server headers."""
+from __future__ import annotations
+
+import asyncio
+
+from runtime.http import RetryPolicy
+from runtime.teacher import ChatRequest, RateLimiter, TeacherClient, TeacherConfig
+from runtime.teacher.limiter import parse_reset
+from runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
+
+FAST = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05, deadline_s=20, request_timeout_s=5)
+
+
+def ask(text: str, **kw) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": text}], **kw)
+
+
+async def test_no_sliding_window_over_the_rpm_limit():
+    # 1200 RPM enforced over 0.5 s windows: at most 10 requests in any half second.
+    async with LocalOpenAIServer(rpm=1200, window_s=0.5, limit_mode="sliding", latency_s=0.01) as server:
+        cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=1200, tpm=None,
+                            headroom=0.95, retry=FAST)
+        async with TeacherClient(cfg) as teacher:
+            answers = await asyncio.gather(*(teacher.chat(ask(f"q{i}")) for i in range(30)))
+            snap = teacher.metrics.snapshot()
+    assert [a.text for a in answers] == [f"echo: q{i}" for i in range(30)]
+    assert server.stats["rate_limited"] == 0 and snap["http_429"] == 0
+    most, _ = server.max_in_window()
+    assert most <= 10
+
+
+async def test_tpm_is_paced_on_estimates_and_reconciled_with_usage():
+    # Prompts of varied size, max_tokens far above the real answer (the estimate over-counts),
+    # token bucket of one 0.5 s window; the client must never be refused.
+    async with LocalOpenAIServer(lambda body: "y" * 80, tpm=60_000, window_s=0.5, latency_s=0.01) as server:
+        cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=100_000, tpm=60_000, retry=FAST)
+        async with TeacherClient(cfg) as teacher:
+            await asyncio.gather(*(teacher.chat(ask(f"{i:03d}" + "p" * (40 * (i % 7)), max_tokens=60))
+                                   for i in range(40)))
+            snap = teacher.metrics.snapshot()
+    assert server.stats["rate_limited"] == 0 and snap["http_429"] == 0
+    assert len(server.answered) == 40
+    assert snap["tokens_in"] + snap["tokens_out"] == sum(a.tokens for a in server.answered)
+
+
+async def test_a_429_holds_every_caller_for_its_retry_after():
+    plan = FaultPlan(script=["429"], retry_after_s=0.3)
+    async with LocalOpenAIServer(faults=plan) as server:
+        cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=600, tpm=None, retry=FAST)
+        async with TeacherClient(cfg) as teacher:
+            await asyncio.gather(*(teacher.chat(ask(f"c{i}")) for i in range(8)))
+            snap = teacher.metrics.snapshot()
+    t429 = next(a.t for a in server.log if a.fault == "429")
+    later = [a for a in server.log if a.t > t429]
+    assert len(later) == 8
+    # nothing at all was sent during the shared cool-down, not only the rejected request's retry
+    assert all(a.t >= t429 + 0.3 for a in later)
+    assert snap["http_429"] == 1 and snap["retries_by_cause"] == {"http_429": 1}
+
+
+async def test_in_flight_cap():
+    live = peak = 0
+    gate = asyncio.Event()
+
+    async def responder(body: dict) -> str:
+        nonlocal live, peak
+        live += 1
+        peak = max(peak, live)
+        if live == 3:
+            gate.set()
+        await gate.wait()  # hold answers until the cap is reached, so the cap is really tested
+        await asyncio.sleep(0)
+        live -= 1
+        return "ok"
+
+    async with LocalOpenAIServer(responder) as server:
+        cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=60_000, tpm=None,
+                            max_in_flight=3, retry=FAST)
+        async with TeacherClient(cfg) as teacher:
+            await asyncio.gather(*(teacher.chat(ask(f"f{i}")) for i in range(12)))
+    assert peak == 3
+
+
+async def test_server_headers_lower_the_pace_and_pause_at_zero_remaining():
+    limiter = RateLimiter(rpm=1000, tpm=100_000)
+    limiter.observe({"x-ratelimit-limit-requests": "500", "x-ratelimit-limit-tokens": "50000",
+                     "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "250ms"})
+    assert limiter.rpm_limit == 500 and limiter.tpm_limit == 50_000
+    assert 0.2 < limiter.cooling_down <= 0.25
+    limiter.observe({"x-ratelimit-limit-requests": "5000"})  # never raised above the configured limit
+    assert limiter.rpm_limit == 500
+
+
+def test_parse_reset():
+    assert parse_reset("1s") == 1.0 and parse_reset("6m0s") == 360.0
+    assert parse_reset("20ms") == 0.02 and parse_reset("0.5") == 0.5 and parse_reset("") is None
