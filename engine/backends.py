@@ -1,0 +1,81 @@
+"""Opening the three real resources for a run, in order: the sandbox (its small worker processes
+start before any model is loaded), the teacher (a real provider, or the offline stand-in
+server this command starts itself), then the student."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator
+
+from engine import standin
+from engine.config import CollectConfig
+from engine.flow import Backends
+
+if TYPE_CHECKING:
+    from engine.runner import Collector
+
+STANDIN_KEY_ENV = "PERSD_STANDIN_TEACHER_KEY"  # never set: the stand-in is loopback and needs no key
+
+
+def teacher_journal_path(cfg: CollectConfig) -> Path:
+    name = f"teacher.{cfg.partition}.journal.jsonl" if cfg.partition else "teacher.journal.jsonl"
+    return Path(cfg.out) / "work" / name
+
+
+def default_student_model(cfg: CollectConfig) -> Path:
+    """The offline demo's student: a tiny random-weight model, written once into the output directory."""
+    from runtime.student.tiny_model import write_tiny_model
+
+    path = Path(cfg.out) / "work" / "tiny-student"
+    if not (path / "config.json").exists():
+        write_tiny_model(path, seed=0)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def open_backends(cfg: CollectConfig, collector: "Collector") -> AsyncIterator[Backends]:
+    from runtime.sandbox import Sandbox, SandboxConfig
+    from runtime.student import StudentConfig, create_student
+    from runtime.teacher import RetryPolicy, TeacherClient, TeacherConfig
+
+    async with contextlib.AsyncExitStack() as stack:
+        sandbox = await stack.enter_async_context(
+            Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout)))
+
+        if cfg.standin_teacher:
+            from runtime.teacher.local_server import LocalOpenAIServer
+
+            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit))
+            await stack.enter_async_context(server)
+            base_url, model, key_env = server.base_url, standin.MODEL, STANDIN_KEY_ENV
+            prices = {standin.MODEL: (0.0, 0.0)}
+            collector.notes.append(standin.LABEL)
+        else:
+            base_url, model, key_env, prices = cfg.teacher_url, cfg.teacher_model, cfg.teacher_api_key_env, None
+            key = os.environ.get(key_env, "").strip()
+            if key:
+                collector.secrets.append(key)
+        tcfg = TeacherConfig(
+            base_url=base_url,
+            model=model,
+            api_key_env=key_env,
+            rpm=cfg.rpm,
+            tpm=cfg.tpm,
+            max_in_flight=cfg.teacher_max_in_flight,
+            max_cost_usd=cfg.max_cost,
+            journal_path=teacher_journal_path(cfg),
+            prices=prices,
+            retry=RetryPolicy(max_attempts=cfg.teacher_retries, base_delay_s=cfg.teacher_retry_delay),
+        )
+        teacher = await stack.enter_async_context(TeacherClient(tcfg))
+
+        backend = cfg.resolved_student_backend()
+        model_path = cfg.student_model
+        if not model_path:
+            model_path = str(default_student_model(cfg))
+            collector.notes.append(f"student: the tiny random-weight local model at {model_path} ({backend} backend)")
+        scfg = StudentConfig(backend=backend, model=model_path, url=cfg.student_url, chat=cfg.student_chat,
+                             max_concurrency=cfg.student_concurrency, seed=cfg.seed)
+        student = await stack.enter_async_context(create_student(scfg))
+        yield Backends(student=student, sandbox=sandbox, teacher=teacher)

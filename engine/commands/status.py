@@ -1,0 +1,116 @@
+"""`persd status DIR [DIR...] [--json]`: progress of one or many collect partitions.
+
+Reads every manifest in each DIR (`manifest.json`, or `manifest.part-*.json` when machines
+share DIR) and checks the disk for what the manifests may not have caught up with yet:
+sealed shard files and finished tasks in the shards' journals.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from engine.manifest import find_manifests, read_manifest
+from engine.shards import shard_name
+from runtime.errors import PersdError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _journal_done(path: Path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for raw in fh if raw.startswith(b'{"e":"d"') and raw.endswith(b"\n"))
+    except OSError:
+        return 0
+
+
+def partition_status(out: Path, manifest_file: Path) -> dict:
+    m = read_manifest(manifest_file)
+    shards = m.get("shards", [])
+    done = sealed = 0
+    for s in shards:
+        k = s["index"]
+        if (out / "shards" / f"{shard_name(k)}.jsonl").exists() and (out / "shards" / f"{shard_name(k)}.results.jsonl").exists():
+            sealed += 1
+            done += s["tasks"]
+        else:
+            done += min(s["tasks"], _journal_done(out / "work" / f"{shard_name(k)}.journal.jsonl"))
+    totals = m.get("totals", {})
+    part = m.get("partition", {"index": 0, "count": 1})
+    return {
+        "dir": str(out),
+        "manifest": manifest_file.name,
+        "partition": f"{part.get('index', 0)}/{part.get('count', 1)}",
+        "state": m.get("state", "?"),
+        "tasks": totals.get("tasks", sum(s["tasks"] for s in shards)),
+        "done": done,
+        "shards": len(shards),
+        "shards_sealed": sealed,
+        "outcomes": totals.get("outcomes", {}),
+        "records": totals.get("records", {}),
+        "teacher": (m.get("teacher") or {}).get("model"),
+        "updated_at": m.get("updated_at"),
+        "error": m.get("error"),
+    }
+
+
+def main(argv: list[str]) -> int:
+    p = _Parser(prog="persd status", description="Summarise the progress of one or many `persd collect` directories.")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="collect output directories (--out)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_args(argv)
+    rows = []
+    for d in args.dirs:
+        out = Path(d)
+        if not out.is_dir():
+            raise UsageError(f"{d}: no such directory")
+        files = find_manifests(out)
+        if not files:
+            raise UsageError(f"{d}: no manifest (is it a `persd collect --out` directory?)")
+        for f in files:
+            try:
+                rows.append(partition_status(out, f))
+            except PersdError as exc:
+                rows.append({"dir": str(out), "manifest": f.name, "state": "unreadable", "error": str(exc),
+                             "tasks": 0, "done": 0, "shards": 0, "shards_sealed": 0, "outcomes": {}, "records": {}})
+    total = {
+        "tasks": sum(r["tasks"] for r in rows),
+        "done": sum(r["done"] for r in rows),
+        "shards": sum(r["shards"] for r in rows),
+        "shards_sealed": sum(r["shards_sealed"] for r in rows),
+        "outcomes": dict(sum((Counter(r["outcomes"]) for r in rows), Counter())),
+        "records": dict(sum((Counter(r["records"]) for r in rows), Counter())),
+        "complete": all(r["shards_sealed"] == r["shards"] and r["shards"] for r in rows),
+    }
+    if args.json:
+        print(orjson.dumps({"partitions": rows, "total": total}, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    table = Table(title="persd collect status")
+    for col in ("dir", "partition", "state", "tasks done", "shards sealed", "outcomes", "records", "updated"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["dir"], r.get("partition", "?"), r["state"], f"{r['done']}/{r['tasks']}",
+                      f"{r['shards_sealed']}/{r['shards']}", _fmt(r["outcomes"]), _fmt(r["records"]),
+                      str(r.get("updated_at") or ""))
+    if len(rows) > 1:
+        table.add_row("total", "", "complete" if total["complete"] else "in progress",
+                      f"{total['done']}/{total['tasks']}", f"{total['shards_sealed']}/{total['shards']}",
+                      _fmt(total["outcomes"]), _fmt(total["records"]), "")
+    console = Console(width=max(Console().width, 140))
+    console.print(table)
+    for r in rows:
+        if r.get("error"):
+            console.print(f"{r['dir']} ({r['manifest']}): {r['error']}", markup=False)
+    return 0
+
+
+def _fmt(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"

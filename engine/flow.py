@@ -1,0 +1,226 @@
+"""One task, one coroutine: attempt -> execute -> (failed) refine -> verify -> emit.
+
+The flow knows its three resources only through their runtime interfaces (student.generate,
+sandbox.run, teacher.chat), each behind its own Limiter, so tasks interleave freely: while one
+waits on the teacher, others generate or execute.
+
+A failure of a backend itself (teacher refusing the key, budget reached, student unreachable
+after its retries, a broken sandbox) is not a task outcome: it raises `BackendFailure` and the
+run stops with resumable state. A task-level problem (no tests could be made) is outcome `error`.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from engine import lessons, testgen
+from engine.config import FORMATS, CollectConfig
+from engine.limiter import Limiter
+from engine.shards import disk_error
+from engine.records import Meta, Tally, TaskOutcome, direct_records, refinement_records, result_line
+from engine.studentio import extract, student_request
+from engine.tasks import Task
+from runtime.errors import PersdError
+
+FORMAT_ORDER = {f: i for i, f in enumerate(FORMATS)}
+
+
+class BackendFailure(PersdError):
+    """A resource failed for good (not a task's fault): the run stops; rerun to resume."""
+
+
+@dataclass
+class Limits:
+    student: Limiter
+    sandbox: Limiter
+    teacher: Limiter
+
+    @classmethod
+    def from_config(cls, cfg: CollectConfig, sandbox_workers: int) -> "Limits":
+        return cls(
+            student=Limiter("student", cfg.student_concurrency),
+            sandbox=Limiter("sandbox", max(1, sandbox_workers)),
+            teacher=Limiter("teacher", cfg.teacher_max_in_flight),
+        )
+
+
+@dataclass
+class Backends:
+    """The three resources, opened by engine.backends (or fakes, in tests and benchmarks)."""
+
+    student: Any
+    sandbox: Any
+    teacher: Any
+
+
+class TaskFlow:
+    def __init__(self, cfg: CollectConfig, backends: Backends, limits: Limits, meta: Meta):
+        from runtime.teacher import ChatRequest  # the teacher's request type (no network code here)
+
+        self._ChatRequest = ChatRequest
+        self.cfg = cfg
+        self.b = backends
+        self.lim = limits
+        self.meta = meta
+        self.formats = cfg.formats
+        self.need_direct = "stand" in cfg.formats or "inpd" in cfg.formats
+
+    # ------------------------------------------------------------------ the flow
+
+    async def run(self, task: Task, prior_attempt: dict | None = None,
+                  on_attempt: Callable[[dict], None] | None = None) -> TaskOutcome:
+        """The whole flow of one task. `prior_attempt`: the student's journaled attempt (resume);
+        `on_attempt` is called with a fresh attempt before anything depends on it (journaling)."""
+        tally = Tally()
+        more: dict[str, Any] = {}
+        if not task.has_tests:
+            gen = await self._make_tests(task, tally)
+            more["generated_tests"] = gen.tests
+            if gen.error:
+                return TaskOutcome(result_line(task, "error", "error", gen.error, tally, error=gen.error, **more))
+            task = task.with_tests(gen.tests)
+
+        attempt = prior_attempt if prior_attempt is not None else await self._attempt(task, on_attempt)
+        tally.student_tokens_out = int(attempt.get("completion_tokens", 0))
+        programs = [extract(task, text, self.cfg.student_chat) for text in attempt["texts"]]
+        if not programs:
+            programs = [""]
+        if len(programs) == 1:
+            results = [await self._execute(task, programs[0], tally)]
+        else:
+            results = await asyncio.gather(*(self._execute(task, p, tally) for p in programs))
+        passing = [i for i, r in enumerate(results) if r.status == "passed"]
+        chosen = passing[0] if passing else 0
+        attempt_code, first = programs[chosen], results[chosen]
+        more["samples"] = len(programs)
+        more["samples_passed"] = len(passing)
+        student_failed = not passing
+
+        jobs: list[Awaitable] = []
+        if student_failed:
+            jobs.append(self._refine(task, attempt_code, first.feedback, tally))
+        if "stand" in self.formats or ("inpd" in self.formats and student_failed):
+            jobs.append(self._direct(task, tally))
+        done = [await jobs[0]] if len(jobs) == 1 else (await asyncio.gather(*jobs) if jobs else [])
+
+        records: list[dict] = []
+        outcome = "student_passed"
+        if student_failed:
+            solution, turns, last = done[0]
+            more["refine_turns"] = turns
+            more["refine_status"] = last.status if last is not None else None
+            more["refine_feedback"] = last.feedback if last is not None else ""
+            if solution is not None:
+                outcome = "refined"
+                records += refinement_records(task, self.formats, solution, attempt_code, first.feedback, self.meta, turns)
+            else:
+                outcome = "unresolved"
+        if len(done) > (1 if student_failed else 0):
+            direct_solution, direct_result = done[-1]
+            more["direct_status"] = direct_result.status if direct_result is not None else None
+            if direct_solution is not None:
+                records += direct_records(task, self.formats, direct_solution, student_failed, self.meta,
+                                          attempt_code if student_failed else "",
+                                          first.feedback if student_failed else "")
+        records.sort(key=lambda r: FORMAT_ORDER[r["format"]])
+        if "generated_tests" in more and not more["generated_tests"]:
+            more.pop("generated_tests")
+        return TaskOutcome(result_line(task, outcome, first.status, first.feedback, tally, **more), records)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _attempt(self, task: Task, on_attempt: Callable[[dict], None] | None) -> dict:
+        req = student_request(task, self.cfg, self.cfg.seed)
+        async with self.lim.student.timed():
+            try:
+                out = await self.b.student.generate(req)
+            except PersdError as exc:
+                raise BackendFailure(f"student: {exc}") from exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an unreachable server after the backend's retries, an OOM, ...
+                raise BackendFailure(f"student failed on task {task.task_id}: {type(exc).__name__}: {exc}") from exc
+        attempt = {
+            "texts": list(out.texts),
+            "finish_reasons": list(getattr(out, "finish_reasons", []) or []),
+            "prompt_tokens": int(getattr(out, "prompt_tokens", 0) or 0),
+            "completion_tokens": int(getattr(out, "completion_tokens", 0) or 0),
+        }
+        if on_attempt is not None:
+            on_attempt(attempt)
+        return attempt
+
+    async def _execute(self, task: Task, solution: str, tally: Tally, tests: str | None = None):
+        program = task.program(solution, tests)
+        async with self.lim.sandbox.timed():
+            try:
+                result = await self.b.sandbox.run(program, timeout=self.cfg.exec_timeout)
+            except PersdError as exc:
+                raise BackendFailure(f"sandbox: {exc}") from exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise BackendFailure(f"sandbox failed: {type(exc).__name__}: {exc}") from exc
+        tally.executions += 1
+        return result
+
+    async def _teach(self, messages: list[dict], tally: Tally):
+        req = self._ChatRequest(
+            messages=messages,
+            temperature=self.cfg.teacher_temperature,
+            max_tokens=self.cfg.teacher_max_tokens,
+            n=1,
+            sample_index=0,
+        )
+        async with self.lim.teacher.timed():
+            try:
+                resp = await self.b.teacher.chat(req)
+            except PersdError as exc:  # TeacherError (status + body), BudgetExceeded
+                raise BackendFailure(f"teacher: {exc}") from exc
+            except OSError as exc:  # the teacher's journal could not be written
+                raise disk_error(exc, "the teacher journal") from exc
+        tally.add_teacher(resp)
+        return resp
+
+    async def _refine(self, task: Task, attempt: str, feedback: str, tally: Tally):
+        """Up to --refine-turns teacher turns; returns (verified program or None, turns used, last result)."""
+        messages = lessons.refine_messages(task, attempt, feedback)
+        last = None
+        for turn in range(1, self.cfg.refine_turns + 1):
+            resp = await self._teach(messages, tally)
+            text = resp.texts[0] if resp.texts else ""
+            program = extract(task, text, True)
+            last = await self._execute(task, program, tally)
+            if last.status == "passed":
+                return program, turn, last
+            messages = messages + [{"role": "assistant", "content": text}, lessons.followup_message(last.feedback)]
+        return None, self.cfg.refine_turns, last
+
+    async def _direct(self, task: Task, tally: Tally):
+        resp = await self._teach(lessons.direct_messages(task), tally)
+        program = extract(task, resp.texts[0] if resp.texts else "", True)
+        result = await self._execute(task, program, tally)
+        return (program if result.status == "passed" else None), result
+
+    async def _make_tests(self, task: Task, tally: Tally) -> testgen.TestgenResult:
+        if not task.reference:
+            return testgen.TestgenResult([], "task has no tests and no reference solution to derive them from")
+        if not task.entry_point:
+            return testgen.TestgenResult([], "task has no tests and no entry_point to call")
+        want = self.cfg.testgen_inputs
+        resp = await self._teach(lessons.testgen_messages(task, want), tally)
+        calls = lessons.parse_calls(resp.texts[0] if resp.texts else "", task.entry_point, want)
+        if not calls:
+            return testgen.TestgenResult([], f"the teacher proposed no usable calls of {task.entry_point}(...)")
+        marker = testgen.new_marker()
+        probe = await self._execute(task, task.reference, tally, tests=testgen.reference_probe_tests(calls, marker))
+        problems: list[str] = []
+        tests = testgen.parse_probe(probe.stdout, calls, marker, problems)
+        if not tests:
+            why = probe.feedback if probe.status != "passed" else "; ".join(problems) or "no call returned a value"
+            return testgen.TestgenResult([], f"running the reference on the teacher's inputs failed: {why}"[:1000])
+        check = await self._execute(task, task.reference, tally, tests="\n".join(tests))
+        if check.status != "passed":
+            return testgen.TestgenResult(tests, f"the reference fails its generated tests: {check.feedback}"[:1000])
+        return testgen.TestgenResult(tests)

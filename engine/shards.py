@@ -1,0 +1,298 @@
+"""Shards: fixed slices of the task set, a per-shard journal of finished work, and sealing.
+
+Layout (DIR is --out):
+
+    DIR/shards/shard-00007.jsonl           training records of shard 7, in task order
+    DIR/shards/shard-00007.results.jsonl   one result line per task of shard 7, in task order
+    DIR/work/shard-00007.journal.jsonl     work in progress: the student's attempts and finished tasks
+
+A shard's two files appear by atomic rename only once all its tasks are done (results first,
+then records: the records file is the seal). The journal is an append-only orjson-lines file;
+every line is handed to the kernel with one write(2) before anything depends on it, so it
+survives kill -9; a torn or unreadable line (a crash mid-write, a full disk) is skipped on load.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from runtime.errors import PersdError
+
+
+class DiskError(PersdError):
+    """Writing the output failed (a full disk, a read-only file system): stop, keep what is sealed."""
+
+
+def disk_error(exc: OSError, what: str) -> DiskError:
+    if exc.errno == errno.ENOSPC:
+        why = "the disk is full"
+    elif exc.errno == errno.EDQUOT:
+        why = "the disk quota is exhausted"
+    elif exc.errno == errno.EROFS:
+        why = "the file system is read-only"
+    else:
+        why = exc.strerror or str(exc)
+    return DiskError(f"cannot write {what}: {why}. Sealed shards and the journal are intact; free space and rerun the same command to resume")
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Which task index lives in which shard, and which shards belong to this partition."""
+
+    total: int
+    shard_size: int
+    num_parts: int = 1
+    part_index: int = 0
+
+    @property
+    def n_shards(self) -> int:
+        return (self.total + self.shard_size - 1) // self.shard_size
+
+    def shard_of(self, index: int) -> int:
+        return index // self.shard_size
+
+    def owns(self, shard: int) -> bool:
+        return shard % self.num_parts == self.part_index
+
+    def owned(self) -> list[int]:
+        return [k for k in range(self.n_shards) if self.owns(k)]
+
+    def span(self, shard: int) -> tuple[int, int]:
+        start = shard * self.shard_size
+        return start, min(self.total, start + self.shard_size)
+
+    def size(self, shard: int) -> int:
+        a, b = self.span(shard)
+        return b - a
+
+    def owned_tasks(self) -> int:
+        return sum(self.size(k) for k in self.owned())
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}"
+
+
+@dataclass
+class ShardState:
+    """Work known for one unsealed shard: finished task indices and journaled attempts of the rest."""
+
+    index: int
+    expected: int
+    done: set[int] = field(default_factory=set)
+    attempts: dict[int, dict] = field(default_factory=dict)
+    outcomes: Counter = field(default_factory=Counter)  # of the finished tasks
+    records: Counter = field(default_factory=Counter)  # per format, of the finished tasks
+    skipped_lines: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) >= self.expected
+
+
+def iter_lines(path: Path) -> Iterator[dict]:
+    """Parsed lines of an orjson-lines file; torn or unreadable lines are skipped."""
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n") or not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+class ShardStore:
+    def __init__(self, out_dir: Path, plan: ShardPlan):
+        self.out = Path(out_dir)
+        self.plan = plan
+        self.shards_dir = self.out / "shards"
+        self.work_dir = self.out / "work"
+        self._fds: dict[int, int] = {}
+        self.bytes_journaled = 0
+
+    # ---------------------------------------------------------------- paths
+
+    def records_path(self, k: int) -> Path:
+        return self.shards_dir / f"{shard_name(k)}.jsonl"
+
+    def results_path(self, k: int) -> Path:
+        return self.shards_dir / f"{shard_name(k)}.results.jsonl"
+
+    def journal_path(self, k: int) -> Path:
+        return self.work_dir / f"{shard_name(k)}.journal.jsonl"
+
+    def is_sealed(self, k: int) -> bool:
+        return self.records_path(k).exists() and self.results_path(k).exists()
+
+    # ---------------------------------------------------------------- recovery
+
+    def prepare(self) -> None:
+        try:
+            self.shards_dir.mkdir(parents=True, exist_ok=True)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, str(self.out)) from None
+
+    def load(self, k: int) -> ShardState:
+        """What the journal of shard k says (an empty state where there is none)."""
+        state = ShardState(k, self.plan.size(k))
+        path = self.journal_path(k)
+        if not path.exists():
+            return state
+        lo, hi = self.plan.span(k)
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    state.skipped_lines += 1  # torn tail: the write never completed
+                    continue
+                try:
+                    ev = orjson.loads(raw)
+                    i = int(ev["i"])
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    state.skipped_lines += 1
+                    continue
+                if not lo <= i < hi:
+                    continue
+                if ev.get("e") == "d":
+                    if i in state.done:
+                        continue
+                    state.done.add(i)
+                    state.attempts.pop(i, None)
+                    state.outcomes[ev["r"].get("outcome", "?")] += 1
+                    for r in ev.get("R", ()):
+                        state.records[r.get("format", "?")] += 1
+                elif ev.get("e") == "a" and i not in state.done:
+                    state.attempts[i] = ev["a"]
+        return state
+
+    # ---------------------------------------------------------------- journaling
+
+    def _fd(self, k: int) -> int:
+        fd = self._fds.get(k)
+        if fd is None:
+            path = self.journal_path(k)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                # a torn tail from a crash: start our lines on a fresh line
+                size = os.fstat(fd).st_size
+                if size:
+                    with open(path, "rb") as fh:
+                        fh.seek(size - 1)
+                        if fh.read(1) != b"\n":
+                            os.write(fd, b"\n")
+            except OSError as exc:
+                raise disk_error(exc, str(path)) from None
+            self._fds[k] = fd
+        return fd
+
+    def _append(self, k: int, event: dict) -> None:
+        line = orjson.dumps(event) + b"\n"
+        fd = self._fd(k)
+        try:
+            n = os.write(fd, line)
+            if n != len(line):  # a short write: the file system is out of room
+                os.write(fd, b"\n")
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            raise disk_error(exc, str(self.journal_path(k))) from None
+        self.bytes_journaled += n
+
+    def journal_attempt(self, k: int, index: int, task_id: str, attempt: dict) -> None:
+        self._append(k, {"e": "a", "i": index, "t": task_id, "a": attempt})
+
+    def journal_done(self, k: int, index: int, result: dict, records: list[dict]) -> None:
+        self._append(k, {"e": "d", "i": index, "r": result, "R": records})
+
+    # ---------------------------------------------------------------- sealing
+
+    def seal(self, k: int) -> dict:
+        """Write shard k's files from its journal (task order), atomically; returns the shard's stats."""
+        lo, hi = self.plan.span(k)
+        done: dict[int, dict] = {}
+        for ev in iter_lines(self.journal_path(k)):
+            if ev.get("e") == "d" and lo <= int(ev.get("i", -1)) < hi:
+                done[int(ev["i"])] = ev
+        missing = [i for i in range(lo, hi) if i not in done]
+        if missing:
+            raise PersdError(f"internal: shard {k} sealed with {len(missing)} task(s) unfinished")
+        rec_tmp = self.shards_dir / f".{shard_name(k)}.jsonl.tmp"
+        res_tmp = self.shards_dir / f".{shard_name(k)}.results.jsonl.tmp"
+        try:
+            with open(rec_tmp, "wb") as rec, open(res_tmp, "wb") as res:
+                for i in range(lo, hi):
+                    ev = done[i]
+                    res.write(orjson.dumps(ev["r"]) + b"\n")
+                    for r in ev["R"]:
+                        rec.write(orjson.dumps(r) + b"\n")
+                rec.flush()
+                res.flush()
+                os.fsync(rec.fileno())
+                os.fsync(res.fileno())
+            os.replace(res_tmp, self.results_path(k))
+            os.replace(rec_tmp, self.records_path(k))
+            _fsync_dir(self.shards_dir)
+        except OSError as exc:
+            for tmp in (rec_tmp, res_tmp):
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+            # a half-sealed shard (results renamed, records not) is re-sealed from the journal on rerun
+            raise disk_error(exc, f"shard {k}") from None
+        self.close(k)
+        try:
+            self.journal_path(k).unlink()
+        except OSError:
+            pass
+        return shard_stats(done[i]["r"] for i in range(lo, hi)) | {
+            "records": sum(len(done[i]["R"]) for i in range(lo, hi))
+        }
+
+    def sealed_stats(self, k: int) -> dict:
+        stats = shard_stats(iter_lines(self.results_path(k)))
+        with open(self.records_path(k), "rb") as fh:
+            stats["records"] = sum(1 for raw in fh if raw.strip())
+        return stats
+
+    def close(self, k: int | None = None) -> None:
+        keys = list(self._fds) if k is None else [k]
+        for key in keys:
+            fd = self._fds.pop(key, None)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def shard_stats(results) -> dict:
+    outcomes: Counter = Counter()
+    calls = tokens = 0
+    for r in results:
+        outcomes[r.get("outcome", "?")] += 1
+        calls += int(r.get("teacher_calls", 0))
+        tokens += int(r.get("teacher_tokens", 0))
+    return {"tasks": sum(outcomes.values()), "outcomes": dict(sorted(outcomes.items())),
+            "teacher_calls": calls, "teacher_tokens": tokens}
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,149 @@
+"""collect's parts on their own: flags and TOML, the shard journal and sealing, a full disk,
+continuations, test generation from a reference, and the instant-backend engine in-process."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine.config import parse_args
+from engine.instant import instant_backends, write_synthetic_tasks
+from engine.records import continuation
+from engine.runner import Collector
+from engine.shards import DiskError, ShardPlan, ShardStore
+from runtime.errors import UsageError
+
+BASE = ["--student-model", "m", "--teacher-url", "http://127.0.0.1:9/v1", "--progress", "none"]
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def test_flags_toml_and_precedence(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('tasks = "humaneval"\nout = "x"\nrpm = 60\nformats = ["persd", "stand"]\nrefine-turns = 3\n')
+    cfg = parse_args(["--config", str(toml), "--rpm", "90", *BASE], environ={})
+    assert (cfg.tasks, cfg.out, cfg.rpm, cfg.refine_turns) == ("humaneval", "x", 90, 3)
+    assert cfg.formats == ("persd", "stand")
+    assert cfg.fingerprint()["teacher_model"] == "gpt-3.5-turbo"
+    assert "rpm" not in cfg.fingerprint()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--tasks", "t", "--out", "o", "--rpm", "fast"], "--rpm"),
+    (["--tasks", "t", "--out", "o", "--formats", "persd,nope"], "'nope'"),
+    (["--tasks", "t", "--out", "o", "--shard-index", "3", "--num-shards", "2"], "--shard-index"),
+    (["--out", "o"], "--tasks"),
+    (["--tasks", "t", "--out", "o", "--bogus"], "--bogus"),
+    (["--tasks", "t", "--out", "o", "--student-backend", "openai"], "--student-url"),
+])
+def test_bad_flags_name_the_flag(argv, needle):
+    with pytest.raises(UsageError) as exc:
+        parse_args(argv + (["--student-model", "m"] if "--student-backend" not in argv else []), environ={})
+    assert needle in str(exc.value)
+
+
+def test_bad_toml_key(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('tasks = "t"\nout = "o"\nrmp = 5\n')
+    with pytest.raises(UsageError, match="unknown key 'rmp'"):
+        parse_args(["--config", str(toml)], environ={})
+
+
+def test_slurm_array_defaults():
+    cfg = parse_args(["--tasks", "t", "--out", "o", *BASE],
+                     environ={"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "3"})
+    assert (cfg.num_shards, cfg.shard_index, cfg.partition) == (4, 2, "part-0002-of-0004")
+    cfg = parse_args(["--tasks", "t", "--out", "o", "--num-shards", "2", "--shard-index", "1", *BASE],
+                     environ={"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4"})
+    assert (cfg.num_shards, cfg.shard_index) == (2, 1)
+
+
+# ------------------------------------------------------------------ shards
+
+
+def test_plan_partitions_are_disjoint_and_complete():
+    plans = [ShardPlan(103, 10, 3, i) for i in range(3)]
+    owned = [set(p.owned()) for p in plans]
+    assert set().union(*owned) == set(range(11)) and sum(map(len, owned)) == 11
+    assert plans[0].span(10) == (100, 103) and sum(p.owned_tasks() for p in plans) == 103
+
+
+def test_journal_torn_tail_and_seal(tmp_path):
+    plan = ShardPlan(4, 4)
+    store = ShardStore(tmp_path, plan)
+    store.prepare()
+    store.journal_attempt(0, 0, "a", {"texts": ["x"]})
+    store.journal_done(0, 0, {"task_id": "a", "outcome": "refined"}, [{"id": "a/persd", "format": "persd"}])
+    store.journal_attempt(0, 1, "b", {"texts": ["y"]})
+    store.close()
+    with open(store.journal_path(0), "ab") as fh:  # a crash in the middle of a line
+        fh.write(b'{"e":"d","i":1,"r":{"task_id"')
+    state = store.load(0)
+    assert state.done == {0} and set(state.attempts) == {1} and state.skipped_lines == 1
+    store.journal_done(0, 1, {"task_id": "b", "outcome": "student_passed"}, [])  # starts on a fresh line
+    for i, t in ((3, "d"), (2, "c")):
+        store.journal_done(0, i, {"task_id": t, "outcome": "unresolved"}, [])
+    assert store.load(0).complete
+    stats = store.seal(0)
+    assert stats["tasks"] == 4 and stats["records"] == 1
+    res = [orjson.loads(x)["task_id"] for x in store.results_path(0).read_bytes().splitlines()]
+    assert res == ["a", "b", "c", "d"]  # task order, whatever the finishing order
+    assert not store.journal_path(0).exists() and store.is_sealed(0)
+    assert not list((tmp_path / "shards").glob(".*tmp"))
+
+
+def test_continuation():
+    prompt = '"""\nDouble it.\n"""\n\ndef f(x):\n'
+    assert continuation(prompt, "def f(x):\n    return 2 * x\n") == "    return 2 * x\n"
+    assert continuation(prompt, prompt + "    return 2 * x\n") == "    return 2 * x\n"
+    whole = "import math\n\ndef f(x):\n    return 2 * x\n"
+    assert continuation(prompt, whole) == whole
+
+
+# ------------------------------------------------------------------ the engine with instant backends
+
+
+def _cfg(tmp: Path, tasks: Path, *extra: str):
+    return parse_args(["--tasks", str(tasks), "--out", str(tmp / "out"), "--shard-size", "50", *BASE, *extra],
+                      environ={})
+
+
+async def test_instant_engine_and_resume_after_disk_full(tmp_path, monkeypatch):
+    tasks = write_synthetic_tasks(tmp_path / "t.jsonl", 300)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    assert await Collector(_cfg(ref, tasks), open_backends=instant_backends, install_signals=False).run() == 0
+
+    # the disk fills up after some journal lines: a short write, then ENOSPC
+    real_write = os.write
+    budget = {"n": 250}
+
+    def full_disk_write(fd, data):
+        if data.startswith(b'{"e":') and budget["n"] <= 0:
+            real_write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        budget["n"] -= 1
+        return real_write(fd, data)
+
+    monkeypatch.setattr("engine.shards.os.write", full_disk_write)
+    with pytest.raises(DiskError, match="disk is full"):
+        await Collector(_cfg(tmp_path, tasks, "--max-in-flight", "16"), open_backends=instant_backends, install_signals=False).run()
+    sealed = list((tmp_path / "out" / "shards").glob("shard-*.results.jsonl"))
+    assert 0 < len(sealed) < 6
+    monkeypatch.setattr("engine.shards.os.write", real_write)
+    assert await Collector(_cfg(tmp_path, tasks), open_backends=instant_backends, install_signals=False).run() == 0
+    for name in sorted(p.name for p in (ref / "out" / "shards").iterdir()):
+        assert (tmp_path / "out" / "shards" / name).read_bytes() == (ref / "out" / "shards" / name).read_bytes()
+
+
+async def test_missing_tests_without_reference_is_an_error_outcome(tmp_path):
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text(orjson.dumps({"task_id": "x/1", "instruction": "Do it.", "header": "def solve(x):\n",
+                                   "entry_point": "solve"}).decode() + "\n")
+    assert await Collector(_cfg(tmp_path, tasks), open_backends=instant_backends, install_signals=False).run() == 0
+    res = orjson.loads((tmp_path / "out" / "shards" / "shard-00000.results.jsonl").read_bytes())
+    assert res["outcome"] == "error" and "no reference" in res["error"]
