@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/persd check --tasks humaneval --references --out runs/demo/check-humaneval.jsonl
+	$(VENV)/bin/persd collect --tasks humaneval --limit 20 --max-tokens 96 --out runs/demo/collect
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider
