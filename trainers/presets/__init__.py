@@ -1,0 +1,1 @@
+"""Shipped training presets (package data): JSON objects of TrainConfig fields."""
