@@ -39,6 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=0.05, help="server seconds per answer")
     p.add_argument("--max-in-flight", type=int, default=64)
     p.add_argument("--headroom", type=float, default=0.98, help="persd paces at this fraction of the limits")
+    p.add_argument("--jitter", type=float, default=0.005,
+                   help="persd's network jitter allowance, seconds (its burst tolerance is "
+                        "window * (1/headroom - 1) - jitter); persd is told the server's --window")
     p.add_argument("--naive-concurrency", type=int, default=64)
     p.add_argument("--naive-delay", type=float, default=1.0, help="naive client's fixed retry delay")
     p.add_argument("--skip-naive", action="store_true")
@@ -71,6 +74,7 @@ async def run_persd(args: argparse.Namespace, prompts: list[str]) -> dict:
     async with server_for(args) as server:
         cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=args.rpm, tpm=args.tpm,
                             max_in_flight=args.max_in_flight, headroom=args.headroom,
+                            limit_window_s=args.window, jitter_s=args.jitter,
                             retry=RetryPolicy(base_delay_s=0.05))
         async with TeacherClient(cfg) as teacher:
             t0 = time.monotonic()

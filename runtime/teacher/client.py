@@ -33,7 +33,8 @@ class TeacherClient:
         self._api_key = config.api_key()  # UsageError when missing for a remote URL
         self.prices = PriceTable(config.prices)
         self._check_price(config.model)
-        self.limiter = RateLimiter(config.rpm, config.tpm, headroom=config.headroom)
+        self.limiter = RateLimiter(config.rpm, config.tpm, headroom=config.headroom,
+                                   window_s=config.limit_window_s, jitter_s=config.jitter_s)
         self.budget = Budget(config.max_cost_usd)
         self.metrics = TeacherMetrics(config.rpm, config.tpm)
         self.journal = Journal(config.journal_path) if config.journal_path else None
@@ -135,7 +136,10 @@ class TeacherClient:
             rejected = outcome.status is not None and (outcome.status == 429 or outcome.status >= 500)
             if (rejected or not outcome.sent) and permit is not None:
                 self.limiter.refund(permit)  # the server did not count it: neither do we
-            elif outcome.cause in POSSIBLY_BILLED or outcome.cause == "connection":
+                return
+            if permit is not None:
+                self.limiter.settle(permit)  # the server may have counted it: keep the charge
+            if outcome.cause in POSSIBLY_BILLED or outcome.cause == "connection":
                 self.budget.lost(reservation, worst_usd)
                 self.metrics.cost_unconfirmed_usd += worst_usd
 
@@ -170,6 +174,8 @@ class TeacherClient:
                 self.metrics.in_flight -= 1
                 if not ok and reservation is not None:
                     self.budget.release(reservation)
+                if not ok and permit is not None:
+                    self.limiter.settle(permit)  # cancelled or failed mid-attempt: the charge stands
 
         choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
         texts = [_content(c["message"].get("content")) for c in choices]
@@ -180,6 +186,8 @@ class TeacherClient:
         cost = self.prices.cost(model, prompt_tokens, completion_tokens)
         if permit is not None and self.config.reconcile_tokens:
             self.limiter.reconcile(permit, prompt_tokens + completion_tokens)
+        elif permit is not None:
+            self.limiter.settle(permit)
         self.budget.settle(reservation, cost)
         self.metrics.record_answer(prompt_tokens, completion_tokens, cost, reasons)
         answer = ChatResponse(texts=texts, finish_reasons=reasons, prompt_tokens=prompt_tokens,

@@ -16,7 +16,10 @@ class TeacherConfig:
     """Limits are this process's share of the provider's: on K machines sharing one key, give
     each `rpm / K` and `tpm / K` (the x-ratelimit headers then correct for drift).
 
-    `headroom` paces at that fraction of rpm/tpm so that network jitter never tips a window over.
+    `headroom` paces at that fraction of rpm/tpm. Over the shortest window the provider may enforce,
+    `limit_window_s` (default 1 s), that leaves `limit_window_s * (1/headroom - 1)` seconds of slack
+    (20 ms at 0.98): `jitter_s` of it absorbs network jitter, the rest is the pacer's burst tolerance
+    (timer lateness, catching up after a shared cool-down); see `runtime.teacher.limiter`.
     `reconcile_tokens` gives back (estimate - usage) tokens once the answer arrives; turn it off
     for providers that charge `max_tokens` against TPM whatever the answer's length.
     `prices` overrides the price table: {model: (input, output) USD per 1M tokens}.
@@ -33,6 +36,8 @@ class TeacherConfig:
     prices: dict[str, tuple[float, float]] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     headroom: float = 0.98
+    limit_window_s: float = 1.0  # shortest window over which the provider may enforce rpm/tpm
+    jitter_s: float = 0.005      # how much the network may bunch requests up on the way
     reconcile_tokens: bool = True
     default_cooldown_s: float = 1.0  # shared pause after a 429 that names no Retry-After
     extra_headers: dict[str, str] | None = None
@@ -53,6 +58,10 @@ class TeacherConfig:
             raise UsageError(f"--max-cost must not be negative, got {self.max_cost_usd}")
         if not 0 < self.headroom <= 1:
             raise UsageError(f"teacher headroom must be in (0, 1], got {self.headroom}")
+        if not self.limit_window_s > 0:
+            raise UsageError(f"teacher limit_window_s must be positive, got {self.limit_window_s}")
+        if not self.jitter_s >= 0:
+            raise UsageError(f"teacher jitter_s must not be negative, got {self.jitter_s}")
 
     @property
     def chat_url(self) -> str:

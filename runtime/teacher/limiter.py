@@ -1,20 +1,55 @@
-"""Smooth RPM/TPM pacing with one shared cool-down.
+"""Smooth RPM/TPM pacing with a bounded burst tolerance and one shared cool-down.
 
-A GCRA ("virtual scheduling") pacer per budget: request k may leave once the theoretical
-arrival time `tat` has come, and pushes `tat` on by its cost (1 request, or its estimated
-tokens). Idle time is never banked, so a minute's budget never leaves in a burst and any
-sub-minute window the provider enforces stays under its share. Callers queue FIFO behind one
-lock; a refund (an attempt the server rejected, or tokens the estimate overcounted) or a
-cool-down wakes the head of the queue to recompute its wait.
+**Schedule.** One GCRA ("virtual scheduling") per budget. Each budget keeps a theoretical
+arrival time `tat`; a request may leave at `now >= tat - tolerance`, and then pushes `tat` to
+`max(tat, now) + cost` (cost: one emission interval `60 / (rpm * headroom)` for requests,
+`tokens * 60 / (tpm * headroom)` for tokens). Callers queue FIFO behind one lock; a refund, a
+reconciliation or a cool-down wakes the head of the queue to recompute its wait.
 
-Adapts to the server: `x-ratelimit-limit-*` below our configured limit lowers our pace;
-`x-ratelimit-remaining-*` at zero pauses everyone until `x-ratelimit-reset-*`.
+**Why no window goes over the limit.** For GCRA with interval T and tolerance tau, n requests
+that leave within any span shorter than W satisfy (n - 1) * T - tau < W, so n <= ceil((W + tau) / T).
+A provider enforcing `rpm` over windows of W seconds admits W * rpm / 60 = W / (T * headroom)
+requests per window, which is never exceeded as long as
+
+    tau + jitter <= W * (1 / headroom - 1)
+
+where `jitter` is how much the network may bunch up requests on their way to the server. So the
+headroom buys a time budget per window, `W * (1/headroom - 1)` (20.4 ms for W = 1 s at 0.98), and
+this limiter spends it as: `jitter_s` (default 5 ms) for the network, the rest as tolerance,
+capped at `max_burst` emission intervals so that long windows (W = 60 s) still pace smoothly:
+
+    tolerance = min(max_burst * T, W * (1 / headroom - 1) - jitter_s), at least 0
+
+`window_s` is the *shortest* window the provider may enforce (default 1 s: "600 RPM enforced as
+10 per second"). The same tolerance (in seconds) applies to the token schedule.
+
+**What the tolerance buys.** Lateness up to `tolerance` does not push the schedule back: timer
+lateness on a loaded machine, a short wait behind the token schedule, and above all the shared
+cool-down after a 429 (Retry-After of a few ms): after it the pacer catches up on the slots the
+cool-down held back, up to `tolerance` seconds' worth, instead of losing them for good. More
+cannot be banked safely: after any gap, a catch-up of more than `W * (1/headroom - 1)` puts the
+window that starts at the end of the gap over the limit, however long the gap was. Idle time
+beyond the tolerance is never banked, so a minute's budget never leaves in a burst.
+
+**Refunds and reconciliation are exact.** Every charge stays in a short ledger until its fate is
+known. An attempt the server rejected without counting it (429, 5xx, not sent) is re-costed at 0,
+and an answer's `usage` replaces its token estimate; `tat` is then recomputed by replaying the
+schedule over the ledger. That is the schedule as if the server's view had been known from the
+start, so a refund never credits more than the slot really freed (a late refund cannot open a
+burst), and over-estimated tokens come back in full. A settled charge at the head of the ledger
+is folded into the starting point; the ledger holds roughly the requests in flight.
+
+**Server headers.** `x-ratelimit-limit-*` below our configured limit lowers our pace;
+`x-ratelimit-remaining-*` at zero pauses everyone until `x-ratelimit-reset-*`. A positive
+`remaining` is not used to send early: it is stale by the requests in flight and, at OpenAI, it
+counts the minute's budget while shorter windows may be enforced.
 """
 from __future__ import annotations
 
 import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -37,24 +72,34 @@ def parse_reset(value: str | None) -> float | None:
     return sum(float(n) * _UNIT[u] for n, u in parts)
 
 
-@dataclass
+@dataclass(eq=False)
 class Permit:
-    """One attempt's share of the budgets, to refund if the server rejects it."""
+    """One attempt's charge on the two schedules (seconds), kept until the server's answer says
+    what it really cost: refunded (not counted), reconciled (usage) or settled (as charged)."""
 
     sent_at: float
     tokens: int
+    req_cost: float = 0.0
+    tok_cost: float = 0.0
     refunded: bool = False
+    settled: bool = False
+    folded: bool = False  # no longer in the ledger: a later refund or give-back is ignored (conservative)
 
 
 class RateLimiter:
-    def __init__(self, rpm: float, tpm: float | None, *, headroom: float = 0.98,
+    MAX_LEDGER = 2048  # charges awaiting their fate; beyond, the oldest are taken as final
+
+    def __init__(self, rpm: float, tpm: float | None, *, headroom: float = 0.98, window_s: float = 1.0,
+                 jitter_s: float = 0.005, max_burst: float = 2.0,
                  clock: Callable[[], float] = time.monotonic):
         self.rpm_config, self.tpm_config = float(rpm), (float(tpm) if tpm else None)
         self.rpm_limit, self.tpm_limit = self.rpm_config, self.tpm_config
         self.headroom = headroom
-        self.slack_s = 0.015  # timer lateness absorbed without drifting the schedule
+        self.window_s, self.jitter_s, self.max_burst = window_s, jitter_s, max_burst
         self.clock = clock
-        self._tat_req = self._tat_tok = 0.0
+        self._tat_req = self._tat_tok = 0.0    # the schedules now
+        self._base_req = self._base_tok = 0.0  # the schedules before the ledger's first charge
+        self._ledger: deque[Permit] = deque()
         self._cool_until = 0.0
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -70,6 +115,12 @@ class RateLimiter:
         return 60.0 / (self.tpm_limit * self.headroom) if self.tpm_limit else 0.0
 
     @property
+    def tolerance_s(self) -> float:
+        """How early a request may leave against the schedule (see the module docstring)."""
+        budget = self.window_s * (1.0 / self.headroom - 1.0) - self.jitter_s
+        return max(0.0, min(self.max_burst * self._req_interval, budget))
+
+    @property
     def cooling_down(self) -> float:
         """Seconds left of the shared cool-down (0 when none)."""
         return max(0.0, self._cool_until - self.clock())
@@ -80,50 +131,80 @@ class RateLimiter:
         try:
             async with self._lock:
                 while True:
-                    now = self.clock()
-                    wait = max(self._cool_until, self._tat_req, self._tat_tok) - now
-                    if wait <= 0:
-                        break
+                    got = self.try_acquire(tokens)
+                    if isinstance(got, Permit):
+                        return got
                     self._changed.clear()
                     try:
-                        await asyncio.wait_for(self._changed.wait(), wait)
+                        await asyncio.wait_for(self._changed.wait(), got)
                     except asyncio.TimeoutError:
                         pass
-                self._tat_req = self._next(self._tat_req, now) + self._req_interval
-                self._tat_tok = self._next(self._tat_tok, now) + tokens * self._tok_interval
-                return Permit(now, tokens)
         finally:
             self.waiting -= 1
 
-    def _next(self, tat: float, now: float) -> float:
-        """Keep the nominal schedule when we woke a little late (timer lateness must not add up
-        to lost throughput); after real idleness, restart from now (idle time is not banked)."""
-        return tat if 0.0 <= now - tat <= self.slack_s else max(tat, now)
+    def try_acquire(self, tokens: int, now: float | None = None) -> Permit | float:
+        """Charge a request of `tokens` and return its Permit if it may leave now, else return the
+        seconds to wait (nothing charged). `acquire` is this plus FIFO waiting."""
+        now = self.clock() if now is None else now
+        tolerance = self.tolerance_s
+        wait = max(self._cool_until, self._tat_req - tolerance, self._tat_tok - tolerance) - now
+        if wait > 0:
+            return wait
+        permit = Permit(now, tokens, self._req_interval, tokens * self._tok_interval)
+        if self._tat_req <= now and self._tat_tok <= now:  # idle: nothing earlier can matter again
+            self._fold(len(self._ledger))
+            self._base_req = self._base_tok = now
+        self._tat_req = max(self._tat_req, now) + permit.req_cost
+        self._tat_tok = max(self._tat_tok, now) + permit.tok_cost
+        self._ledger.append(permit)
+        if len(self._ledger) > self.MAX_LEDGER:
+            self._fold(1)
+        return permit
 
     def refund(self, permit: Permit) -> None:
-        """The server rejected this attempt without counting it (429, 5xx): give its slot back."""
-        if permit.refunded:
+        """The server rejected this attempt without counting it (429, 5xx, never sent): the
+        schedule becomes what it would have been without it."""
+        if permit.refunded or permit.settled:
             return
         permit.refunded = True
-        now = self.clock()
-        if self._tat_req > now:  # the freed slot may be used at once, banking at most `slack_s`
-            self._tat_req = max(now - self.slack_s, self._tat_req - self._req_interval)
-        self._give_tokens(permit.tokens, now)
+        if not permit.folded:
+            permit.req_cost = permit.tok_cost = 0.0
+            self._replay()
+        self.settle(permit)
 
     def reconcile(self, permit: Permit, actual_tokens: int) -> None:
-        """Charge the server's `usage` instead of the estimate (refund or extra charge)."""
-        if permit.refunded:
+        """Charge the server's `usage` instead of the estimate (give back, or charge extra)."""
+        if permit.refunded or permit.settled:
             return
-        delta = permit.tokens - actual_tokens
+        extra = actual_tokens - permit.tokens
         permit.tokens = actual_tokens
-        if delta > 0:
-            self._give_tokens(delta, self.clock())
-        elif delta < 0 and self.tpm_limit:
-            self._tat_tok = max(self._tat_tok, self.clock()) - delta * self._tok_interval
+        if not permit.folded:
+            permit.tok_cost = actual_tokens * self._tok_interval
+            self._replay()
+        elif extra > 0 and self.tpm_limit:
+            self._tat_tok = max(self._tat_tok, self.clock()) + extra * self._tok_interval
+        self.settle(permit)
 
-    def _give_tokens(self, tokens: int, now: float) -> None:
-        if self.tpm_limit and self._tat_tok > now and tokens > 0:
-            self._tat_tok = max(now - self.slack_s, self._tat_tok - tokens * self._tok_interval)
+    def settle(self, permit: Permit) -> None:
+        """This attempt's charge is final as it stands (the server may have counted it)."""
+        if not permit.settled:
+            permit.settled = True
+            self._fold(0)
+
+    def _fold(self, force: int) -> None:
+        """Move settled charges (and `force` more) from the ledger's head into the base."""
+        while self._ledger and (force > 0 or self._ledger[0].settled):
+            p = self._ledger.popleft()
+            p.folded, force = True, force - 1
+            self._base_req = max(self._base_req, p.sent_at) + p.req_cost
+            self._base_tok = max(self._base_tok, p.sent_at) + p.tok_cost
+
+    def _replay(self) -> None:
+        req, tok = self._base_req, self._base_tok
+        for p in self._ledger:
+            req = max(req, p.sent_at) + p.req_cost
+            tok = max(tok, p.sent_at) + p.tok_cost
+        self._tat_req, self._tat_tok = req, tok
         self._changed.set()
 
     def cool_down(self, seconds: float) -> None:

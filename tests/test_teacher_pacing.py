@@ -1,0 +1,155 @@
+"""The pacer's burst tolerance: it catches up after a shared cool-down, yet no window the provider
+enforces ever goes over the limit (simulated clock, then against the sliding-window server)."""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+
+import pytest
+
+from runtime.http import RetryPolicy
+from runtime.teacher import ChatRequest, RateLimiter, TeacherClient, TeacherConfig
+from runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
+
+FAST = RetryPolicy(max_attempts=8, base_delay_s=0.01, max_delay_s=0.05, deadline_s=30, request_timeout_s=5)
+
+
+class Sim:
+    """A backlog of requests driven through `RateLimiter.try_acquire` on a simulated clock.
+
+    `refuse(i)` -> None, or (seconds until the refusal comes back, cool-down it asks for) for
+    attempt i; a refused attempt is refunded then, and retried at the back of the queue.
+    `late(i)` is the timer lateness of each wake-up. Answers settle `latency` after sending."""
+
+    def __init__(self, rpm=1200, headroom=0.95, window_s=0.5, jitter_s=0.001, latency=0.01):
+        self.now = 1000.0
+        self.limiter = RateLimiter(rpm, None, headroom=headroom, window_s=window_s, jitter_s=jitter_s,
+                                   clock=lambda: self.now)
+        self.latency = latency
+        self.events: list = []
+        self.seq = itertools.count()
+        self.admitted: list[float] = []
+
+    def at(self, t, fn):
+        heapq.heappush(self.events, (t, next(self.seq), fn))
+
+    def run(self, n, refuse=lambda i: None, late=lambda i: 0.0) -> list[float]:
+        todo, attempt = n, 0
+        while todo or self.events:
+            got = self.limiter.try_acquire(1, self.now) if todo else None
+            if got is None or isinstance(got, float):
+                wake = self.now + got + late(attempt) if isinstance(got, float) else float("inf")
+                if self.events and self.events[0][0] <= wake:
+                    t, _, fn = heapq.heappop(self.events)
+                    self.now = max(self.now, t)
+                    fn()
+                else:
+                    self.now = wake
+                continue
+            permit, sent, todo = got, self.now, todo - 1
+            refusal = refuse(attempt)
+            attempt += 1
+            if refusal is None:
+                self.admitted.append(sent)
+                self.at(sent + self.latency, lambda p=permit: self.limiter.settle(p))
+            else:
+                delay, cool = refusal
+
+                def refused(p=permit, cool=cool):
+                    nonlocal todo
+                    if cool:
+                        self.limiter.cool_down(cool)
+                    self.limiter.refund(p)
+                    todo += 1  # retried behind the others
+                self.at(sent + delay, refused)
+        return self.admitted
+
+
+def most_in_window(times: list[float], window: float) -> int:
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def test_tolerance_is_the_window_slack_left_by_the_headroom():
+    limiter = RateLimiter(1200, None, headroom=0.98, window_s=1.0, jitter_s=0.005)
+    assert limiter.tolerance_s == pytest.approx(1.0 * (1 / 0.98 - 1) - 0.005)  # 15.4 ms
+    assert RateLimiter(1200, None, headroom=1.0).tolerance_s == 0.0  # no headroom, no burst
+    # a long window is capped at max_burst emission intervals: a minute never leaves in a burst
+    long = RateLimiter(1200, None, headroom=0.98, window_s=60.0, max_burst=2)
+    assert long.tolerance_s == pytest.approx(2 * 60 / (1200 * 0.98))
+
+
+def test_the_pacer_catches_up_after_a_cool_down_within_its_tolerance():
+    clean = Sim().run(60)
+    tolerance = Sim().limiter.tolerance_s  # 24.3 ms: 0.5 s * (1/0.95 - 1) - 1 ms
+    short = Sim().run(60, refuse=lambda i: (0.002, 0.015) if i == 20 else None)  # 17 ms held back
+    assert len(short) == 60
+    assert short[-1] - short[0] == pytest.approx(clean[-1] - clean[0], abs=1e-9)  # nothing lost
+    long = Sim().run(60, refuse=lambda i: (0.002, 0.060) if i == 20 else None)  # 62 ms held back
+    lost = (long[-1] - long[0]) - (clean[-1] - clean[0])
+    assert lost == pytest.approx(0.062 - tolerance, abs=1e-9)  # only what exceeds the tolerance
+    rigid = Sim(jitter_s=1.0)  # tolerance 0: the old behaviour, every cool-down lost for good
+    assert rigid.limiter.tolerance_s == 0.0
+    r_clean = Sim(jitter_s=1.0).run(60)
+    r_short = rigid.run(60, refuse=lambda i: (0.002, 0.015) if i == 20 else None)
+    assert (r_short[-1] - r_short[0]) - (r_clean[-1] - r_clean[0]) == pytest.approx(0.017, abs=1e-9)
+
+
+def test_a_late_refund_gives_back_the_slot_it_freed_not_a_burst():
+    # The refusal of attempt 5 comes back 120 ms later, after two more requests have left (at
+    # +53 and +105 ms). Replaying the schedule without it frees its slot as it was then; giving
+    # back "one interval" now (the naive refund) would let the next request leave at +120 ms,
+    # 15 ms behind the last one.
+    sim = Sim()
+    times = sim.run(20, refuse=lambda i: (0.120, 0.0) if i == 5 else None)
+    interval, tolerance = 60 / (1200 * 0.95), sim.limiter.tolerance_s
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) >= interval - tolerance - 1e-9
+    assert most_in_window(times, 0.5) <= 10
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_window_over_the_limit_whatever_the_faults_and_timer_lateness(seed):
+    rng = random.Random(seed)
+
+    def refuse(i):
+        if rng.random() < 0.15:  # 429s and 5xx, answered fast or slowly, some with a cool-down
+            return (rng.choice([0.001, 0.003, 0.02, 0.08, 0.3]), rng.choice([0.0, 0.01, 0.02, 0.05]))
+        return None
+
+    for window, rpm, headroom in ((0.5, 1200, 0.95), (1.0, 1200, 0.98), (1.0, 600, 0.98)):
+        sim = Sim(rpm=rpm, headroom=headroom, window_s=window)
+        times = sim.run(300, refuse=refuse, late=lambda i: rng.choice([0.0, 0.0, 0.002, 0.01, 0.03]))
+        assert len(times) == 300
+        cap = rpm * window / 60
+        assert most_in_window(times, window) <= cap, (window, rpm, headroom)
+
+
+async def test_catch_up_against_the_sliding_window_server():
+    # 1200 RPM enforced over strict 0.5 s sliding windows (10 requests), 25% injected 429s each
+    # asking for a 30 ms cool-down; the client is told the window. No self-provoked 429, no
+    # window over 10, and each cool-down costs the schedule less than the cool-down itself.
+    plan = FaultPlan(p_429=0.25, retry_after_s=0.03, seed=3)
+    async with LocalOpenAIServer(rpm=1200, window_s=0.5, limit_mode="sliding", faults=plan,
+                                 latency_s=0.01) as server:
+        cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=1200, tpm=None,
+                            headroom=0.95, limit_window_s=0.5, retry=FAST)
+        async with TeacherClient(cfg) as teacher:
+            answers = await asyncio.gather(*(teacher.chat(ChatRequest(messages=[{"role": "user", "content": f"q{i}"}]))
+                                             for i in range(60)))
+            tolerance = teacher.limiter.tolerance_s
+    assert [a.text for a in answers] == [f"echo: q{i}" for i in range(60)]
+    assert server.stats["rate_limited"] == 0
+    most, _ = server.max_in_window()
+    assert most <= 10
+    admitted = [a.t for a in server.log if a.admitted]
+    cool_downs = server.stats["429"]
+    assert cool_downs >= 5 and tolerance > 0.015
+    lost_each = ((admitted[-1] - admitted[0]) - (len(admitted) - 1) * 60 / (1200 * 0.95)) / cool_downs
+    assert lost_each < 0.03  # without the tolerance each would cost 30 ms + the refusal's round trip
