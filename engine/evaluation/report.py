@@ -1,0 +1,77 @@
+"""The evaluation's summary (DIR/summary.json) and its table on screen."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from engine.evaluation.passk import pass_at_k
+from runtime.sandbox import STATUSES
+
+
+def summarize(cfg, tasks, lines: list[dict], stats: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:
+    """Per step: pass@k over tasks, samples passed, samples refined at that step."""
+    n_by_task = {t.task_id: cfg.n for t in tasks}
+    steps = []
+    for step in range(cfg.refine_steps + 1):
+        at = [ln for ln in lines if ln["step"] == step]
+        correct = Counter(ln["task_id"] for ln in at if ln["status"] == "passed")
+        entry: dict[str, Any] = {"step": step}
+        entry.update(pass_at_k(n_by_task, correct, cfg.k))
+        entry["samples_passed"] = sum(correct.values())
+        entry["tasks_solved"] = len(correct)
+        entry["refined"] = sum(1 for ln in at if ln.get("origin") == "refined")
+        entry["statuses"] = {s: sum(1 for ln in at if ln["status"] == s) for s in STATUSES}
+        steps.append(entry)
+    first = steps[0]
+    summary: dict[str, Any] = {"tasks": len(tasks), "n": cfg.n}
+    summary.update({k: v for k, v in first.items() if k.startswith("pass@")})
+    summary["k_left_out"] = [k for k in cfg.k if f"pass@{k}" not in first]
+    summary["steps"] = steps
+    if cfg.refine_steps:
+        summary["tasks_without_visible_tests"] = sum(1 for t in tasks if not t.visible_tests.strip())
+        summary["final"] = {k: v for k, v in steps[-1].items() if k.startswith("pass@")}
+    summary["samples"] = len(tasks) * cfg.n
+    summary["protocol"] = {
+        "name": cfg.protocol, "tasks": cfg.tasks, "task_ids": cfg.task_ids, "limit": cfg.limit, "n": cfg.n,
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "k": list(cfg.k),
+        "seed": cfg.seed, "refine_steps": cfg.refine_steps, "refine_feedback": "visible tests",
+        "refine_prompt": "persd-refine record layout (engine/lessons.refine_record_prompt)",
+        "student_model": cfg.student_model, "student_backend": cfg.resolved_student_backend(),
+        "student_chat": cfg.student_chat, "exec_timeout": cfg.exec_timeout,
+    }
+    summary["run"] = stats
+    if extra:
+        summary.update(extra)
+    return summary
+
+
+def print_summary(summary: dict, out: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ks = [k for k in summary["steps"][0] if k.startswith("pass@")]
+    title = f"persd eval: {summary['tasks']} tasks x {summary['n']} samples"
+    if summary["protocol"].get("name"):
+        title += f" ({summary['protocol']['name']})"
+    table = Table(title=title)
+    table.add_column("step", justify="right")
+    for k in ks:
+        table.add_column(k, justify="right")
+    table.add_column("samples passed", justify="right")
+    table.add_column("tasks solved", justify="right")
+    table.add_column("refined", justify="right")
+    for entry in summary["steps"]:
+        label = "0 (direct)" if entry["step"] == 0 else f"{entry['step']} (refine)"
+        table.add_row(label, *(f"{100 * entry[k]:.2f}%" for k in ks), str(entry["samples_passed"]),
+                      str(entry["tasks_solved"]), str(entry["refined"]))
+    console = Console()
+    console.print(table)
+    run = summary.get("run", {})
+    if run:
+        console.print(f"{run.get('generated', 0)} completions generated, {run.get('executions', 0)} executions, "
+                      f"{run.get('wall_s', 0):.1f}s ({run.get('samples_per_s', 0):.2f} samples/s)"
+                      + (f" after {run['startup_s']:.1f}s loading the student" if run.get("startup_s", 0) >= 1 else "")
+                      + (f"; {run['resumed']} samples resumed" if run.get("resumed") else ""))
+    if summary.get("k_left_out"):
+        console.print(f"pass@k left out for k > n: {', '.join(map(str, summary['k_left_out']))}")
+    console.print(f"results: {out}/results.jsonl  summary: {out}/summary.json")

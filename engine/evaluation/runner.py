@@ -1,0 +1,76 @@
+"""One evaluation end to end: select tasks, check the directory, open the backends, run, write the outputs.
+
+    summary = await evaluate(cfg)                               # the real student and sandbox
+    summary = await evaluate(cfg, student=s, sandbox=sb)        # backends already open (benchmarks)
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.evaluation.config import EvalConfig
+from engine.evaluation.journal import EvalJournal
+from engine.evaluation.pipeline import EvalFailure, Evaluator
+from engine.evaluation.progress import EvalProgress
+from engine.evaluation.report import summarize
+from engine.evaluation.selection import select_tasks, tasks_digest
+
+
+def student_config(cfg: EvalConfig):
+    from runtime.student import StudentConfig
+
+    return StudentConfig(backend=cfg.resolved_student_backend(), model=cfg.student_model or "", url=cfg.student_url,
+                         chat=cfg.student_chat, max_concurrency=cfg.student_concurrency, seed=cfg.seed,
+                         tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
+                         gpu_memory_utilization=cfg.gpu_memory_utilization, kv_cache_gib=cfg.kv_cache_gib,
+                         max_model_len=cfg.max_model_len)
+
+
+@contextlib.asynccontextmanager
+async def open_backends(cfg: EvalConfig, student=None, sandbox=None):
+    """The sandbox first (its small workers fork before a model is loaded), then the student."""
+    from runtime.sandbox import Sandbox, SandboxConfig
+    from runtime.student import create_student
+
+    async with contextlib.AsyncExitStack() as stack:
+        if sandbox is None:
+            sandbox = await stack.enter_async_context(
+                Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout)))
+        if student is None:
+            student = await stack.enter_async_context(create_student(student_config(cfg)))
+        yield student, sandbox
+
+
+async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pipelined") -> dict[str, Any]:
+    tasks = select_tasks(cfg.tasks, cfg.task_ids, cfg.limit)
+    journal = EvalJournal(Path(cfg.out))
+    fingerprint = dict(cfg.fingerprint(), tasks_count=len(tasks), tasks_sha256=tasks_digest(tasks))
+    resuming = journal.check_settings(fingerprint, cfg.force)
+    journal.save_settings(fingerprint)
+    gens, results = journal.load() if resuming else ({}, {})
+    evaluator = Evaluator(cfg, tasks, student, sandbox, journal, gens, results)
+    if evaluator.stats.resumed:
+        print(f"persd eval: resuming: {evaluator.stats.resumed} of {evaluator.stats.samples_total} samples "
+              f"already scored in {cfg.out}", file=sys.stderr)
+    if evaluator.stats.samples_done < evaluator.stats.samples_total:
+        journal.open()
+        try:
+            async with open_backends(cfg, student, sandbox) as (evaluator.student, evaluator.sandbox):
+                evaluator.stats.restart()  # the rate counts the work, not loading the model
+                async with EvalProgress(cfg.progress, evaluator.stats.snapshot, cfg.log_every):
+                    await (evaluator.run_phased() if mode == "phased" else evaluator.run())
+        except EvalFailure as exc:
+            done = evaluator.stats.samples_done
+            raise EvalFailure(f"{exc}\n{done} of {evaluator.stats.samples_total} samples are saved in {cfg.out}: "
+                              f"rerun the same command to resume") from exc
+        finally:
+            journal.close()
+    lines = evaluator.ordered_results()
+    journal.write_results(lines)
+    snap = evaluator.stats.snapshot()
+    stats = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in snap.items()}
+    summary = summarize(cfg, tasks, lines, stats, {"mode": mode})
+    journal.write_summary(summary)
+    return summary

@@ -1,0 +1,472 @@
+"""Multi-round distillation: round r collects with the current student, trains on what was collected,
+evaluates, and hands the new checkpoint to round r+1, which attempts only the tasks the student has
+not solved yet.
+
+Each stage is the ordinary command (`persd collect`, `persd train`, `persd eval`) run as a child
+process, so a stage owns its accelerator memory for exactly as long as it runs (vLLM, then
+DeepSpeed, then vLLM again), a multi-GPU trainer can be started under its launcher, and every stage
+resumes the way it does on its own. The layout:
+
+    DIR/loop.json                    settings, and what each round produced
+    DIR/commands.log                 every command run, in order (to reproduce any stage by hand)
+    DIR/round-0/eval/                the starting student, evaluated (with --eval-base)
+    DIR/round-R/tasks.jsonl          R > 1: the tasks no earlier round's student solved
+    DIR/round-R/collect/             persd collect output
+    DIR/round-R/train-data.jsonl     the records trained on (ids prefixed with their round)
+    DIR/round-R/train/               persd train output; train/final/ is round R's checkpoint
+    DIR/round-R/eval/                persd eval output
+
+A rerun skips finished stages (judged by their output files) and resumes the interrupted one.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.config import describe_difference
+from engine.evaluation.journal import atomic_write
+from engine.shards import iter_lines
+from engine.tasks import parse_task_line, resolve_source
+from runtime.errors import PersdError, UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class LoopConfig:
+    rounds: int = 1
+    tasks: str = ""
+    eval_tasks: str = ""
+    out: str = ""
+    limit: int | None = None
+    # student
+    student_backend: str = "auto"  # vllm on a GPU machine, else hf (a checkpoint changes every round)
+    student_model: str | None = None  # None: a tiny random-weight model (offline demo)
+    student_chat: bool = False
+    # teacher and collection
+    teacher_url: str | None = None  # None: collect's offline stand-in teacher
+    teacher_model: str | None = None
+    teacher_api_key_env: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_cost: float | None = None
+    formats: str = "persd,persd-refine"
+    refine_turns: int | None = None
+    samples: int | None = None
+    collect_temperature: float | None = None
+    collect_max_tokens: int | None = None
+    max_in_flight: int | None = None
+    collect_args: str = ""
+    # training
+    train_formats: str | None = None
+    train_on: str = "all"  # all: every round's records so far; round: this round's only
+    train_from: str = "base"  # base: the starting model; previous: the last round's checkpoint
+    preset: str | None = None
+    deepspeed: str | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    seq_len: int | None = None
+    train_launcher: str = ""  # e.g. "torchrun --nproc_per_node 8"; default: this Python
+    train_args: str = ""
+    # evaluation
+    protocol: str | None = None
+    eval_task_ids: str | None = None
+    eval_limit: int | None = None
+    n: int | None = None
+    eval_temperature: float | None = None
+    eval_max_tokens: int | None = None
+    k: str | None = None
+    refine_steps: int | None = None
+    eval_base: bool = True
+    eval_args: str = ""
+    # shared
+    sandbox_workers: int | None = None
+    exec_timeout: float | None = None
+    progress: str = "plain"
+    force: bool = False
+
+    def resolved_backend(self) -> str:
+        if self.student_backend != "auto":
+            return self.student_backend
+        from engine.config import CollectConfig
+
+        return CollectConfig(student_backend="auto").resolved_student_backend()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings that alter results. --rounds is not one: a rerun may add rounds."""
+        skip = {"rounds", "out", "progress", "force", "sandbox_workers", "max_in_flight", "rpm", "tpm",
+                "train_launcher", "max_cost", "eval_base"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+
+# ------------------------------------------------------------------ files of one run
+
+
+@dataclass
+class Layout:
+    out: Path
+
+    @property
+    def state(self) -> Path:
+        return self.out / "loop.json"
+
+    @property
+    def commands(self) -> Path:
+        return self.out / "commands.log"
+
+    def round_dir(self, r: int) -> Path:
+        return self.out / f"round-{r}"
+
+    def tasks(self, r: int) -> Path:
+        return self.round_dir(r) / "tasks.jsonl"
+
+    def collect(self, r: int) -> Path:
+        return self.round_dir(r) / "collect"
+
+    def train_data(self, r: int) -> Path:
+        return self.round_dir(r) / "train-data.jsonl"
+
+    def train(self, r: int) -> Path:
+        return self.round_dir(r) / "train"
+
+    def checkpoint(self, r: int) -> Path:
+        return self.train(r) / "final"
+
+    def eval(self, r: int) -> Path:
+        return self.round_dir(r) / "eval"
+
+
+def collect_done(out: Path) -> bool:
+    try:
+        return orjson.loads((out / "manifest.json").read_bytes()).get("state") == "done"
+    except (OSError, orjson.JSONDecodeError):
+        return False
+
+
+def train_done(out: Path) -> bool:
+    return (out / "final" / "config.json").is_file() and (out / "train.json").is_file()
+
+
+def eval_done(out: Path) -> bool:
+    return (out / "summary.json").is_file()
+
+
+def collect_results(out: Path) -> list[dict]:
+    files = sorted(p for p in (out / "shards").glob("shard-*.results.jsonl"))
+    return [line for f in files for line in iter_lines(f)]
+
+
+def collect_records(out: Path) -> list[dict]:
+    files = sorted(p for p in (out / "shards").glob("shard-*.jsonl") if not p.name.endswith(".results.jsonl"))
+    return [line for f in files for line in iter_lines(f)]
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(1 for raw in fh if raw.strip())
+
+
+# ------------------------------------------------------------------ the loop
+
+
+@dataclass
+class RoundInfo:
+    round: int
+    model_in: str
+    model_out: str | None = None
+    tasks: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    records: int = 0
+    train_records: int = 0
+    trained: bool = False
+    eval: dict[str, Any] | None = None
+
+
+class Loop:
+    def __init__(self, cfg: LoopConfig):
+        self.cfg = cfg
+        self.lay = Layout(Path(cfg.out))
+        self.backend = cfg.resolved_backend()
+        self.state: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- setup
+
+    def prepare(self) -> None:
+        cfg = self.cfg
+        if self.backend == "openai":
+            raise UsageError("--student-backend openai cannot be used by persd loop: the student changes every "
+                             "round (use vllm or hf with a checkpoint)")
+        resolve_source(cfg.tasks)
+        if cfg.eval_tasks:
+            resolve_source(cfg.eval_tasks)
+        self.lay.out.mkdir(parents=True, exist_ok=True)
+        fp = cfg.fingerprint()
+        if self.lay.state.exists():
+            self.state = orjson.loads(self.lay.state.read_bytes())
+            old = self.state.get("fingerprint", {})
+            if old != fp and not cfg.force:
+                raise UsageError(f"{self.lay.out} holds a loop run with other settings:\n  "
+                                 + "\n  ".join(describe_difference(old, fp))
+                                 + "\nuse another --out, or pass --force to continue with the new settings")
+        self.state["fingerprint"] = fp
+        self.state.setdefault("rounds", {})
+        if not cfg.student_model:
+            base = self.lay.out / "base-model"
+            if not (base / "config.json").exists():
+                from runtime.student.tiny_model import write_tiny_model
+
+                write_tiny_model(base, seed=0)
+                self.log(f"student: no --student-model given: a tiny random-weight model at {base} (offline demo)")
+            self.base_model = str(base)
+        else:
+            self.base_model = cfg.student_model
+        self.save_state()
+
+    def save_state(self) -> None:
+        atomic_write(self.lay.state, orjson.dumps(self.state, option=orjson.OPT_INDENT_2))
+
+    def log(self, msg: str) -> None:
+        print(f"persd loop: {msg}", file=sys.stderr, flush=True)
+
+    # ---------------------------------------------------------------- run
+
+    def run(self) -> list[RoundInfo]:
+        self.prepare()
+        infos: list[RoundInfo] = []
+        if self.cfg.eval_base:
+            base = RoundInfo(0, self.base_model, self.base_model)
+            self.stage_eval(0, self.base_model)
+            base.eval = self.read_eval(0)
+            infos.append(base)
+        model = self.base_model
+        for r in range(1, self.cfg.rounds + 1):
+            info = RoundInfo(r, model)
+            tasks = self.round_tasks(r)
+            if tasks is None:
+                self.log(f"round {r}: every task was solved by the student in earlier rounds; stopping")
+                break
+            info.tasks = count_lines(tasks) if r > 1 else self.round_one_count()
+            self.stage_collect(r, tasks, model)
+            results = collect_results(self.lay.collect(r))
+            info.outcomes = _count(results, "outcome")
+            info.records = len(collect_records(self.lay.collect(r)))
+            info.train_records = self.write_train_data(r)
+            if info.train_records:
+                init = self.base_model if self.cfg.train_from == "base" else model
+                self.stage_train(r, init)
+                model = str(self.lay.checkpoint(r))
+                info.trained = True
+            else:
+                self.log(f"round {r}: no records to train on; the student stays {model}")
+            info.model_out = model
+            self.stage_eval(r, model)
+            info.eval = self.read_eval(r)
+            self.state["rounds"][str(r)] = {"model_in": info.model_in, "model_out": model, "trained": info.trained,
+                                            "train_records": info.train_records, "outcomes": info.outcomes}
+            self.save_state()
+            infos.append(info)
+        self.write_summary(infos)
+        return infos
+
+    # ---------------------------------------------------------------- tasks per round
+
+    def round_one_count(self) -> int:
+        from engine.source import scan_source
+
+        return scan_source(self.cfg.tasks, self.cfg.limit).count
+
+    def round_tasks(self, r: int) -> Path | str | None:
+        """Round 1: the task source. Round r > 1: a file of the tasks no earlier round's student passed
+        (written once, from sealed results, so a rerun sees the same file); None when none are left."""
+        if r == 1:
+            return self.cfg.tasks
+        path = self.lay.tasks(r)
+        if path.exists():
+            return path if count_lines(path) else None
+        solved = {line["task_id"] for k in range(1, r) for line in collect_results(self.lay.collect(k))
+                  if line.get("outcome") == "student_passed"}
+        kept = []
+        for i, (raw, task_id) in enumerate(_task_lines(self.cfg.tasks)):
+            if self.cfg.limit is not None and i >= self.cfg.limit:
+                break
+            if task_id not in solved:
+                kept.append(raw.rstrip(b"\r\n") + b"\n")
+        atomic_write(path, b"".join(kept))
+        return path if kept else None
+
+    # ---------------------------------------------------------------- training data
+
+    def write_train_data(self, r: int) -> int:
+        """Records of this round (or of every round so far), ids prefixed with their round so that a task
+        refined again in a later round is a second example, not a duplicate."""
+        path = self.lay.train_data(r)
+        if path.exists():
+            return count_lines(path)
+        rounds = range(1, r + 1) if self.cfg.train_on == "all" else [r]
+        out = []
+        for k in rounds:
+            for rec in collect_records(self.lay.collect(k)):
+                rec["id"] = f"round-{k}/{rec['id']}"
+                rec.setdefault("meta", {})["round"] = k
+                out.append(orjson.dumps(rec) + b"\n")
+        atomic_write(path, b"".join(out))
+        return len(out)
+
+    # ---------------------------------------------------------------- stages
+
+    def stage_collect(self, r: int, tasks: Path | str, model: str) -> None:
+        out = self.lay.collect(r)
+        if collect_done(out):
+            self.log(f"round {r}: collect: done already ({out})")
+            return
+        c = self.cfg
+        args = ["--tasks", str(tasks), "--out", str(out), "--student-backend", self.backend,
+                "--student-model", model, "--formats", c.formats, "--progress", c.progress]
+        if r == 1 and c.limit is not None:
+            args += ["--limit", str(c.limit)]
+        args += _flags({"--student-chat": c.student_chat, "--teacher-url": c.teacher_url,
+                        "--teacher-model": c.teacher_model, "--teacher-api-key-env": c.teacher_api_key_env,
+                        "--rpm": c.rpm, "--tpm": c.tpm, "--max-cost": c.max_cost, "--refine-turns": c.refine_turns,
+                        "--samples": c.samples, "--temperature": c.collect_temperature,
+                        "--max-tokens": c.collect_max_tokens, "--max-in-flight": c.max_in_flight,
+                        "--sandbox-workers": c.sandbox_workers, "--exec-timeout": c.exec_timeout,
+                        "--force": c.force})
+        cmd = [sys.executable, "-m", "engine.cli", "collect", *args, *shlex.split(c.collect_args)]
+        self.run_stage(r, "collect", cmd)
+
+    def stage_train(self, r: int, init: str) -> None:
+        out = self.lay.train(r)
+        if train_done(out):
+            self.log(f"round {r}: train: done already ({out / 'final'})")
+            return
+        c = self.cfg
+        args = ["--data", str(self.lay.train_data(r)), "--model", init, "--out", str(out)]
+        args += _flags({"--formats": c.train_formats, "--preset": c.preset, "--deepspeed": c.deepspeed,
+                        "--epochs": c.epochs, "--max-steps": c.max_steps, "--lr": c.lr, "--seq-len": c.seq_len})
+        if _has_checkpoint(out / "checkpoints"):
+            args.append("--resume")
+        launcher = shlex.split(c.train_launcher) if c.train_launcher else [sys.executable]
+        self.run_stage(r, "train", [*launcher, "-m", "engine.cli", "train", *args, *shlex.split(c.train_args)])
+
+    def stage_eval(self, r: int, model: str) -> None:
+        out = self.lay.eval(r)
+        if eval_done(out):
+            self.log(f"round {r}: eval: done already ({out})")
+            return
+        c = self.cfg
+        args = ["--out", str(out), "--student-backend", self.backend, "--student-model", model,
+                "--progress", c.progress]
+        args += _flags({"--tasks": c.eval_tasks or None, "--student-chat": c.student_chat, "--protocol": c.protocol,
+                        "--task-ids": c.eval_task_ids,
+                        "--limit": c.eval_limit, "--n": c.n, "--temperature": c.eval_temperature,
+                        "--max-tokens": c.eval_max_tokens, "--k": c.k, "--refine-steps": c.refine_steps,
+                        "--sandbox-workers": c.sandbox_workers, "--exec-timeout": c.exec_timeout,
+                        "--force": c.force})
+        self.run_stage(r, "eval", [sys.executable, "-m", "engine.cli", "eval", *args, *shlex.split(c.eval_args)])
+
+    def run_stage(self, r: int, name: str, cmd: list[str]) -> None:
+        line = shlex.join(cmd)
+        self.log(f"round {r}: {name}: {line}")
+        self.lay.commands.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lay.commands, "a", encoding="utf-8") as fh:
+            fh.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} round {r} {name}\n{line}\n")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        rc = subprocess.run(cmd, env=env).returncode
+        if rc == 0:
+            return
+        if rc == 130:
+            raise KeyboardInterrupt
+        err = PersdError(f"round {r}: {name} failed (exit {rc}; its message is above); "
+                         f"rerun the same command to resume from this stage")
+        err.exit_code = 2 if rc == 2 else 1
+        raise err
+
+    # ---------------------------------------------------------------- reporting
+
+    def read_eval(self, r: int) -> dict[str, Any]:
+        summary = orjson.loads((self.lay.eval(r) / "summary.json").read_bytes())
+        return {k: summary.get(k) for k in ("tasks", "n", "pass@1", "steps", "final")}
+
+    def write_summary(self, infos: list[RoundInfo]) -> None:
+        rows = [{"round": i.round, "model_in": i.model_in, "model_out": i.model_out, "tasks": i.tasks,
+                 "outcomes": i.outcomes, "records": i.records, "train_records": i.train_records,
+                 "trained": i.trained, "eval": i.eval} for i in infos]
+        atomic_write(self.lay.out / "summary.json", orjson.dumps({"rounds": rows}, option=orjson.OPT_INDENT_2))
+
+
+def print_table(infos: list[RoundInfo], out: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    steps = max((len(i.eval["steps"]) for i in infos if i.eval), default=1)
+    table = Table(title=f"persd loop: {out}")
+    for col in ("round", "tasks", "student ok", "refined", "unresolved", "records", "train set", "pass@1"):
+        table.add_column(col, justify="right")
+    if steps > 1:
+        table.add_column(f"pass@1 +{steps - 1} refine", justify="right")
+    for i in infos:
+        p1 = i.eval.get("pass@1") if i.eval else None
+        row = [str(i.round) if i.round else "base",
+               str(i.tasks) if i.round else "-",
+               str(i.outcomes.get("student_passed", 0)) if i.round else "-",
+               str(i.outcomes.get("refined", 0)) if i.round else "-",
+               str(i.outcomes.get("unresolved", 0) + i.outcomes.get("error", 0)) if i.round else "-",
+               str(i.records) if i.round else "-",
+               (str(i.train_records) if i.trained else "none") if i.round else "-",
+               "-" if p1 is None else f"{100 * p1:.2f}%"]
+        if steps > 1:
+            last = i.eval["steps"][-1].get("pass@1") if i.eval else None
+            row.append("-" if last is None else f"{100 * last:.2f}%")
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(f"summary: {out}/summary.json  commands: {out}/commands.log")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _count(lines: list[dict], key: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in lines:
+        out[line.get(key)] = out.get(line.get(key), 0) + 1
+    return out
+
+
+def _flags(values: dict[str, Any]) -> list[str]:
+    """Flags for the values given (None: leave the stage's default; True: a bare switch; False: nothing)."""
+    args: list[str] = []
+    for flag, value in values.items():
+        if value is None or value is False:
+            continue
+        args += [flag] if value is True else [flag, str(value)]
+    return args
+
+
+def _task_lines(src: str):
+    """(raw line, task id) of every task in a source, lazily."""
+    path = resolve_source(src)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if raw.strip():
+                yield raw, parse_task_line(raw, str(path), lineno).task_id
+
+
+def _has_checkpoint(ckpt_dir: Path) -> bool:
+    if not ckpt_dir.is_dir() or not any(ckpt_dir.iterdir()):
+        return False
+    from trainers.checkpoint import latest_tag
+
+    return latest_tag(ckpt_dir) is not None

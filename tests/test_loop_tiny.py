@@ -1,0 +1,123 @@
+"""`persd loop` end to end on the tiny model with collect's offline stand-in teacher: two rounds of
+collect -> train -> eval, added one round at a time (a rerun with a larger --rounds), then resumed.
+The stage commands are the real ones, run as child processes, on the CPU."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine.rounds import Loop, LoopConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_tasks(path: Path, names: list[str]) -> Path:
+    with open(path, "wb") as fh:
+        for i, name in enumerate(names):
+            fh.write(orjson.dumps({
+                "task_id": f"{name}/{i}",
+                "instruction": f"Return twice the argument ({name} {i}).",
+                "header": f"def {name}_{i}(x):\n",
+                "entry_point": f"{name}_{i}",
+                "tests": [f"assert {name}_{i}(1) == 2", f"assert {name}_{i}(5) == 10"],
+                "reference": f"def {name}_{i}(x):\n    return x * 2\n",
+            }) + b"\n")
+    return path
+
+
+def lines(path: Path) -> list[dict]:
+    return [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
+
+
+def loop(tmp: Path, rounds: int, *extra: str) -> subprocess.CompletedProcess:
+    args = ["--rounds", str(rounds), "--tasks", str(tmp / "tasks.jsonl"), "--eval-tasks", str(tmp / "eval.jsonl"),
+            "--out", str(tmp / "run"), "--no-eval-base", "--collect-max-tokens", "16", "--max-steps", "1",
+            "--seq-len", "128", "--n", "2", "--eval-temperature", "0.8", "--eval-max-tokens", "16",
+            "--refine-steps", "1", "--sandbox-workers", "1", "--progress", "none", *extra]
+    return subprocess.run([sys.executable, "-m", "engine.cli", "loop", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("loop")
+    write_tasks(tmp / "tasks.jsonl", ["dbl", "twice"])
+    write_tasks(tmp / "eval.jsonl", ["ev"])
+    first = loop(tmp, 1)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = loop(tmp, 2)  # adds round 2; round 1 is not redone
+    assert second.returncode == 0, second.stderr[-3000:]
+    return tmp, first, second
+
+
+def test_two_rounds_end_to_end(two_rounds):
+    tmp, first, second = two_rounds
+    run = tmp / "run"
+    base = run / "base-model"
+    ckpt1, ckpt2 = run / "round-1" / "train" / "final", run / "round-2" / "train" / "final"
+    # round 1: the tiny student fails, the stand-in teacher's refinements become records, training makes ckpt1
+    res1 = lines(next((run / "round-1" / "collect" / "shards").glob("*.results.jsonl")))
+    assert [r["outcome"] for r in res1] == ["refined", "refined"]
+    m1 = orjson.loads((run / "round-1" / "collect" / "manifest.json").read_bytes())
+    assert m1["state"] == "done" and m1["config"]["student_model"] == str(base)
+    assert (ckpt1 / "config.json").is_file() and (ckpt2 / "config.json").is_file()
+    # round 2: the tasks round 1's student did not solve, attempted by round 1's checkpoint
+    assert [t["task_id"] for t in lines(run / "round-2" / "tasks.jsonl")] == ["dbl/0", "twice/1"]
+    m2 = orjson.loads((run / "round-2" / "collect" / "manifest.json").read_bytes())
+    assert m2["state"] == "done" and m2["config"]["student_model"] == str(ckpt1)
+    # training on every round's records so far, ids unique across rounds, from the base model
+    data = lines(run / "round-2" / "train-data.jsonl")
+    assert len(data) == 8 and len({r["id"] for r in data}) == 8
+    assert {r["meta"]["round"] for r in data} == {1, 2} and all(r["id"].startswith("round-") for r in data)
+    assert {r["format"] for r in data} == {"persd", "persd-refine"}
+    train2 = orjson.loads((run / "round-2" / "train" / "train.json").read_bytes())
+    assert train2["config"]["model"] == str(base)
+    # each round evaluated its own checkpoint, with refine-inference
+    for r, ckpt in ((1, ckpt1), (2, ckpt2)):
+        summary = orjson.loads((run / f"round-{r}" / "eval" / "summary.json").read_bytes())
+        assert summary["protocol"]["student_model"] == str(ckpt) and summary["tasks"] == 1 and summary["n"] == 2
+        assert [s["step"] for s in summary["steps"]] == [0, 1]
+        assert len(lines(run / f"round-{r}" / "eval" / "results.jsonl")) == 4
+    # the final table and the loop's summary
+    assert "persd loop" in second.stdout and "pass@1" in second.stdout
+    rows = orjson.loads((run / "summary.json").read_bytes())["rounds"]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert [r["records"] for r in rows] == [4, 4] and [r["train_records"] for r in rows] == [4, 8]
+    assert all(r["eval"]["pass@1"] is not None for r in rows)
+    assert "round 1: collect: done already" in second.stderr and "round 1: train: done already" in second.stderr
+    commands = (run / "commands.log").read_text()
+    assert commands.count(" collect ") == 2 and commands.count(" train ") == 2 and commands.count(" eval ") == 2
+
+
+def test_rerun_resumes_at_the_interrupted_stage(two_rounds):
+    tmp, _, _ = two_rounds
+    run = tmp / "run"
+    before = (run / "commands.log").read_text()
+    results = (run / "round-2" / "eval" / "results.jsonl").read_bytes()
+    (run / "round-2" / "eval" / "summary.json").unlink()  # as if stopped before the eval finished writing
+    again = loop(tmp, 2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    added = (run / "commands.log").read_text()[len(before):]
+    assert added.count("engine.cli") == 1 and " eval " in added  # only round 2's eval ran again
+    assert "resuming" in again.stderr  # ... and it regenerated nothing
+    assert (run / "round-2" / "eval" / "results.jsonl").read_bytes() == results
+    changed = loop(tmp, 2, "--lr", "0.5")
+    assert changed.returncode == 2 and "--lr: was None, now 0.5" in changed.stderr
+
+
+def test_later_rounds_attempt_only_unsolved_tasks(tmp_path):
+    """Round 2's task file leaves out what round 1's student passed (read from its sealed results)."""
+    tasks = write_tasks(tmp_path / "tasks.jsonl", ["a", "b", "c", "d"])
+    shards = tmp_path / "run" / "round-1" / "collect" / "shards"
+    shards.mkdir(parents=True)
+    outcomes = ["student_passed", "refined", "unresolved", "student_passed"]
+    shards.joinpath("shard-00000.results.jsonl").write_bytes(b"".join(
+        orjson.dumps({"task_id": t, "outcome": o}) + b"\n" for t, o in zip(["a/0", "b/1", "c/2", "d/3"], outcomes)))
+    lp = Loop(LoopConfig(rounds=2, tasks=str(tasks), eval_tasks=str(tasks), out=str(tmp_path / "run")))
+    path = lp.round_tasks(2)
+    assert [t["task_id"] for t in lines(path)] == ["b/1", "c/2"]
+    assert lines(path)[0] == lines(tasks)[1]  # the original lines, unchanged
