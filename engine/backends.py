@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator
 
 from engine import standin
-from engine.config import CollectConfig
+from engine.config import CollectConfig, StudentFields
 from engine.flow import Backends
 
 if TYPE_CHECKING:
@@ -33,10 +33,23 @@ def default_student_model(cfg: CollectConfig) -> Path:
     return path
 
 
+def student_config(cfg: StudentFields, seed: int, model: str | None = None):
+    """The runtime StudentConfig for a command's student options (collect's CollectConfig and eval's
+    EvalConfig are both StudentFields) and its base sampling seed. `model` stands in for a missing
+    --student-model (collect's offline demo model)."""
+    from runtime.student import StudentConfig
+
+    return StudentConfig(backend=cfg.resolved_student_backend(), model=cfg.student_model or model or "",
+                         url=cfg.student_url, chat=cfg.student_chat, max_concurrency=cfg.student_concurrency,
+                         seed=seed, tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
+                         gpu_memory_utilization=cfg.gpu_memory_utilization, kv_cache_gib=cfg.kv_cache_gib,
+                         max_model_len=cfg.max_model_len)
+
+
 @contextlib.asynccontextmanager
 async def open_backends(cfg: CollectConfig, collector: "Collector") -> AsyncIterator[Backends]:
     from runtime.sandbox import Sandbox, SandboxConfig
-    from runtime.student import StudentConfig, create_student
+    from runtime.student import create_student
     from runtime.teacher import RetryPolicy, TeacherClient, TeacherConfig
 
     async with contextlib.AsyncExitStack() as stack:
@@ -75,7 +88,5 @@ async def open_backends(cfg: CollectConfig, collector: "Collector") -> AsyncIter
         if not model_path:
             model_path = str(default_student_model(cfg))
             collector.notes.append(f"student: the tiny random-weight local model at {model_path} ({backend} backend)")
-        scfg = StudentConfig(backend=backend, model=model_path, url=cfg.student_url, chat=cfg.student_chat,
-                             max_concurrency=cfg.student_concurrency, seed=cfg.seed)
-        student = await stack.enter_async_context(create_student(scfg))
+        student = await stack.enter_async_context(create_student(student_config(cfg, cfg.seed, model_path)))
         yield Backends(student=student, sandbox=sandbox, teacher=teacher)

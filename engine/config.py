@@ -10,29 +10,56 @@ import argparse
 import importlib.util
 import os
 import shutil
-import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from engine.flags import (PROGRESS_MODES, STUDENT_BACKENDS, add_student_flags, nonneg_int, parser_for,
+                          positive_float, positive_int, toml_defaults)
 from runtime.errors import UsageError
 
 FORMATS = ("persd", "persd-refine", "inpd", "stand")
-STUDENT_BACKENDS = ("vllm", "openai", "hf")
 PROMPT_VERSION = 1  # bump when the engine's teacher prompts change (it alters results)
 
 
+def resolve_student_backend(backend: str, url: str | None = None) -> str:
+    """The backend `auto` stands for: openai with a student URL, vllm on a GPU machine with vLLM
+    installed, else hf. Any other name is returned as given. (collect, eval and loop share this rule.)"""
+    if backend != "auto":
+        return backend
+    if url:
+        return "openai"
+    if shutil.which("nvidia-smi") and importlib.util.find_spec("vllm") is not None:
+        return "vllm"
+    return "hf"
+
+
 @dataclass
-class CollectConfig:
-    tasks: str = ""
-    out: str = ""
-    limit: int | None = None  # only the first N tasks of the source
-    # student
+class StudentFields:
+    """The student options collect and eval share (flags: engine.flags.add_student_flags; the runtime
+    StudentConfig they become: engine.backends.student_config). Not in either fingerprint."""
+
     student_backend: str = "auto"  # auto: openai with --student-url, vllm on a GPU machine, else hf
-    student_model: str | None = None  # None: the tiny local model (offline demo)
+    student_model: str | None = None
     student_url: str | None = None
     student_chat: bool = False
     student_concurrency: int = 64
+    tensor_parallel_size: int = 1  # vllm engine options, passed through to StudentConfig
+    gpu_memory_utilization: float = 0.9
+    kv_cache_gib: float | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+
+    def resolved_student_backend(self) -> str:
+        return resolve_student_backend(self.student_backend, self.student_url)
+
+
+@dataclass
+class CollectConfig(StudentFields):
+    tasks: str = ""
+    out: str = ""
+    limit: int | None = None  # only the first N tasks of the source
+    # student: StudentFields (student_model None: the tiny local model, offline demo), and its sampling
     samples: int = 1
     temperature: float = 0.3
     top_p: float = 0.95
@@ -74,15 +101,6 @@ class CollectConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
-
-    def resolved_student_backend(self) -> str:
-        if self.student_backend != "auto":
-            return self.student_backend
-        if self.student_url:
-            return "openai"
-        if shutil.which("nvidia-smi") and importlib.util.find_spec("vllm") is not None:
-            return "vllm"
-        return "hf"
 
     @property
     def standin_teacher(self) -> bool:
@@ -127,32 +145,6 @@ class CollectConfig:
 # ------------------------------------------------------------------ flags
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # a bad flag names the flag: exit 2, no traceback
-        raise UsageError(f"{message} (persd collect --help for the options)")
-
-
-def _positive_int(v: str) -> int:
-    n = int(v)
-    if n < 1:
-        raise ValueError
-    return n
-
-
-def _nonneg_int(v: str) -> int:
-    n = int(v)
-    if n < 0:
-        raise ValueError
-    return n
-
-
-def _positive_float(v: str) -> float:
-    x = float(v)
-    if not x > 0:
-        raise ValueError
-    return x
-
-
 def _formats(v: str | list) -> tuple[str, ...]:
     items = v if isinstance(v, list) else [s.strip() for s in str(v).split(",")]
     items = [s for s in items if s]
@@ -164,88 +156,52 @@ def _formats(v: str | list) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-_positive_int.__name__ = "positive int"
-_nonneg_int.__name__ = "non-negative int"
-_positive_float.__name__ = "positive number"
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="persd collect",
+    p = parser_for(
+        "collect",
         description="Personalised-distillation collection: student attempt -> sandbox -> teacher refinement -> "
         "verified training records, written as sealed shards. Rerun the same command to resume.",
     )
     g = p.add_argument_group("input and output")
     g.add_argument("--tasks", help="JSONL task file or a built-in set (humaneval, mbpp)")
     g.add_argument("--out", help="output directory (rerun with the same one to resume)")
-    g.add_argument("--limit", type=_positive_int, help="only the first N tasks")
+    g.add_argument("--limit", type=positive_int, help="only the first N tasks")
     g.add_argument("--config", help="TOML file; any flag as a key (flags on the command line win)")
     g.add_argument("--formats", type=_formats, help=f"comma list of {', '.join(FORMATS)} (default persd,persd-refine)")
-    g.add_argument("--shard-size", type=_positive_int, help="tasks per shard (default 500)")
-    g.add_argument("--num-shards", type=_positive_int, help="number of partitions (machines); default from SLURM_ARRAY_TASK_COUNT, else 1")
-    g.add_argument("--shard-index", type=_nonneg_int, help="this machine's partition; default from SLURM_ARRAY_TASK_ID, else 0")
-    g = p.add_argument_group("student")
-    g.add_argument("--student-backend", choices=("auto",) + STUDENT_BACKENDS)
-    g.add_argument("--student-model", help="model path or name (default: a tiny local model, for the offline demo)")
-    g.add_argument("--student-url", help="base URL of an OpenAI-compatible server (openai backend), e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--student-chat", action=argparse.BooleanOptionalAction, help="use the chat template / chat endpoint")
-    g.add_argument("--student-concurrency", type=_positive_int, help="student requests in flight (default 64)")
-    g.add_argument("--samples", type=_positive_int, help="student attempts per task (default 1)")
+    g.add_argument("--shard-size", type=positive_int, help="tasks per shard (default 500)")
+    g.add_argument("--num-shards", type=positive_int, help="number of partitions (machines); default from SLURM_ARRAY_TASK_COUNT, else 1")
+    g.add_argument("--shard-index", type=nonneg_int, help="this machine's partition; default from SLURM_ARRAY_TASK_ID, else 0")
+    g = add_student_flags(p, model_help="model path or name (default: a tiny local model, for the offline demo)",
+                          concurrency_default=64, vllm=True)
+    g.add_argument("--samples", type=positive_int, help="student attempts per task (default 1)")
     g.add_argument("--temperature", type=float, help="student sampling temperature (default 0.3)")
     g.add_argument("--top-p", type=float, help="student top_p (default 0.95)")
-    g.add_argument("--max-tokens", type=_positive_int, help="student max new tokens (default 512)")
+    g.add_argument("--max-tokens", type=positive_int, help="student max new tokens (default 512)")
     g.add_argument("--seed", type=int, help="base sampling seed (default 0)")
     g = p.add_argument_group("teacher")
     g.add_argument("--teacher-url", help="OpenAI-compatible base URL; without it an offline stand-in answers from references")
     g.add_argument("--teacher-model")
     g.add_argument("--teacher-api-key-env", help="environment variable holding the key (default OPENAI_API_KEY)")
     g.add_argument("--teacher-temperature", type=float)
-    g.add_argument("--teacher-max-tokens", type=_positive_int)
-    g.add_argument("--teacher-max-in-flight", type=_positive_int)
-    g.add_argument("--rpm", type=_positive_int, help="teacher requests per minute, this process (default 3500)")
-    g.add_argument("--tpm", type=_positive_int, help="teacher tokens per minute, this process (default 1000000)")
-    g.add_argument("--max-cost", type=_positive_float, help="stop (resumably) once teacher spending reaches this many dollars")
-    g.add_argument("--teacher-retries", type=_positive_int, help="sends per teacher request before giving up (default 8)")
-    g.add_argument("--teacher-retry-delay", type=_positive_float, help="first retry backoff in seconds, doubling (default 0.5)")
-    g.add_argument("--refine-turns", type=_positive_int, help="teacher turns per failed task (default 1)")
-    g.add_argument("--round", type=_positive_int, help="distillation round written to each record's meta.round (default 1)")
-    g.add_argument("--testgen-inputs", type=_positive_int, help="test inputs asked of the teacher for tasks without tests (default 5)")
+    g.add_argument("--teacher-max-tokens", type=positive_int)
+    g.add_argument("--teacher-max-in-flight", type=positive_int)
+    g.add_argument("--rpm", type=positive_int, help="teacher requests per minute, this process (default 3500)")
+    g.add_argument("--tpm", type=positive_int, help="teacher tokens per minute, this process (default 1000000)")
+    g.add_argument("--max-cost", type=positive_float, help="stop (resumably) once teacher spending reaches this many dollars")
+    g.add_argument("--teacher-retries", type=positive_int, help="sends per teacher request before giving up (default 8)")
+    g.add_argument("--teacher-retry-delay", type=positive_float, help="first retry backoff in seconds, doubling (default 0.5)")
+    g.add_argument("--refine-turns", type=positive_int, help="teacher turns per failed task (default 1)")
+    g.add_argument("--round", type=positive_int, help="distillation round written to each record's meta.round (default 1)")
+    g.add_argument("--testgen-inputs", type=positive_int, help="test inputs asked of the teacher for tasks without tests (default 5)")
     g = p.add_argument_group("flow")
-    g.add_argument("--max-in-flight", type=_positive_int, help="tasks alive at once (default 256)")
-    g.add_argument("--sandbox-workers", type=_nonneg_int, help="sandbox processes (default: one per core)")
-    g.add_argument("--exec-timeout", type=_positive_float, help="seconds per sandbox execution (default 10)")
+    g.add_argument("--max-in-flight", type=positive_int, help="tasks alive at once (default 256)")
+    g.add_argument("--sandbox-workers", type=nonneg_int, help="sandbox processes (default: one per core)")
+    g.add_argument("--exec-timeout", type=positive_float, help="seconds per sandbox execution (default 10)")
     g.add_argument("--force", action="store_true", default=None, help="accept a rerun whose settings alter results")
     g.add_argument("--grace", type=float, help="seconds in-flight tasks get to finish on SIGINT/SIGTERM (default 10)")
-    g.add_argument("--progress", choices=("auto", "live", "plain", "none"))
-    g.add_argument("--log-every", type=_positive_float, help="seconds between plain progress lines (default 10)")
+    g.add_argument("--progress", choices=PROGRESS_MODES)
+    g.add_argument("--log-every", type=positive_float, help="seconds between plain progress lines (default 10)")
     return p
-
-
-def _toml_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise UsageError(f"--config: no such file '{path}'") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--config: {path}: not valid TOML ({exc})") from None
-    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        dest = key.replace("-", "_")
-        if dest not in actions or dest == "config":
-            raise UsageError(f"--config: {path}: unknown key '{key}'")
-        action = actions[dest]
-        try:
-            if action.type is not None and not isinstance(value, bool):
-                value = action.type(value if isinstance(value, list) else str(value))
-            if action.choices and value not in action.choices:
-                raise ValueError
-        except (ValueError, argparse.ArgumentTypeError) as exc:
-            why = str(exc) if isinstance(exc, argparse.ArgumentTypeError) else f"invalid value {value!r}"
-            raise UsageError(f"--config: {path}: key '{key}': {why}") from None
-        out[dest] = value
-    return out
 
 
 def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> CollectConfig:
@@ -254,7 +210,7 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> Collec
     ns = parser.parse_args(argv)
     values: dict[str, Any] = {}
     if ns.config:
-        values.update(_toml_defaults(ns.config, parser))
+        values.update(toml_defaults(ns.config, parser))
     values.update({k: v for k, v in vars(ns).items() if v is not None})
     known = {f.name for f in fields(CollectConfig)}
     cfg = CollectConfig(**{k: v for k, v in values.items() if k in known})
@@ -279,6 +235,21 @@ def _env_int(env, name: str, minimum: int) -> int:
     return n
 
 
+def check_student_url(cfg: StudentFields) -> str:
+    """The resolved student backend, once the openai backend is known to have its --student-url."""
+    backend = cfg.resolved_student_backend()
+    if backend == "openai" and not cfg.student_url:
+        raise UsageError("--student-backend openai needs --student-url (e.g. http://127.0.0.1:8000/v1)")
+    return backend
+
+
+def check_sampling(temperature: float, top_p: float) -> None:
+    if not 0 <= temperature <= 5:
+        raise UsageError(f"--temperature {temperature}: expected a value in [0, 5]")
+    if not 0 < top_p <= 1:
+        raise UsageError(f"--top-p {top_p}: expected a value in (0, 1]")
+
+
 def validate(cfg: CollectConfig) -> None:
     if not cfg.tasks:
         raise UsageError("--tasks is required (a JSONL file or humaneval/mbpp)")
@@ -286,16 +257,11 @@ def validate(cfg: CollectConfig) -> None:
         raise UsageError("--out is required (the output directory; rerun with it to resume)")
     if not 0 <= cfg.shard_index < cfg.num_shards:
         raise UsageError(f"--shard-index {cfg.shard_index} is out of range for --num-shards {cfg.num_shards}")
-    backend = cfg.resolved_student_backend()
-    if backend == "openai" and not cfg.student_url:
-        raise UsageError("--student-backend openai needs --student-url (e.g. http://127.0.0.1:8000/v1)")
+    backend = check_student_url(cfg)
     if backend == "openai" and not cfg.student_model:
         raise UsageError("--student-backend openai needs --student-model (the model name the server serves)")
-    if not 0 <= cfg.temperature <= 5:
-        raise UsageError(f"--temperature {cfg.temperature}: expected a value in [0, 5]")
-    if not 0 < cfg.top_p <= 1:
-        raise UsageError(f"--top-p {cfg.top_p}: expected a value in (0, 1]")
-    if cfg.progress not in ("auto", "live", "plain", "none"):
+    check_sampling(cfg.temperature, cfg.top_p)
+    if cfg.progress not in PROGRESS_MODES:
         raise UsageError(f"--progress {cfg.progress!r}: choose auto, live, plain or none")
     if cfg.teacher_url and not cfg.teacher_url.startswith(("http://", "https://")):
         raise UsageError(f"--teacher-url {cfg.teacher_url!r}: expected an http(s) URL")
@@ -313,4 +279,5 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["CollectConfig", "FORMATS", "parse_args", "build_parser", "describe_difference"]
+__all__ = ["CollectConfig", "StudentFields", "FORMATS", "STUDENT_BACKENDS", "parse_args", "build_parser",
+           "describe_difference", "resolve_student_backend", "check_student_url", "check_sampling"]

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from engine.config import describe_difference
+from engine.config import describe_difference, resolve_student_backend
 from engine.evaluation.journal import atomic_write
 from engine.shards import iter_lines
 from engine.tasks import parse_task_line, resolve_source
@@ -96,11 +96,7 @@ class LoopConfig:
     force: bool = False
 
     def resolved_backend(self) -> str:
-        if self.student_backend != "auto":
-            return self.student_backend
-        from engine.config import CollectConfig
-
-        return CollectConfig(student_backend="auto").resolved_student_backend()
+        return resolve_student_backend(self.student_backend)  # no URL: auto is vllm on a GPU machine, else hf
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings that alter results. --rounds is not one: a rerun may add rounds."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from helpers import write_doubling_tasks
 from runtime.sandbox import Sandbox, SandboxConfig
 from runtime.student.fake_server import FakeOpenAIServer
 from runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
@@ -29,17 +30,7 @@ N_TASKS = 48
 
 def write_tasks(path: Path, n: int = N_TASKS) -> Path:
     """Task i: f_i(x) = x * 2. The student is right for i % 3 == 0."""
-    with open(path, "wb") as fh:
-        for i in range(n):
-            fh.write(orjson.dumps({
-                "task_id": f"double/{i}",
-                "instruction": f"Return twice the argument (variant {i}).",
-                "header": f"def f_{i}(x):\n",
-                "entry_point": f"f_{i}",
-                "tests": [f"assert f_{i}(1) == 2", f"assert f_{i}(5) == 10"],
-                "reference": f"def f_{i}(x):\n    return x * 2\n",
-            }) + b"\n")
-    return path
+    return write_doubling_tasks(path, n)
 
 
 def _num(text: str) -> int:

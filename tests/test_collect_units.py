@@ -53,6 +53,26 @@ def test_bad_toml_key(tmp_path):
         parse_args(["--config", str(toml)], environ={})
 
 
+def test_vllm_flags_reach_the_student_config(tmp_path):
+    from engine.backends import student_config
+    from engine.config import resolve_student_backend
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('kv-cache-gib = 4\nmax_model_len = 2048\n')
+    cfg = parse_args(["--tasks", "t", "--out", "o", "--config", str(toml), "--student-backend", "hf",
+                      "--gpu-memory-utilization", "0.5", "--tensor-parallel-size", "2", "--dtype", "bfloat16",
+                      *BASE], environ={})
+    scfg = student_config(cfg, cfg.seed)
+    assert (scfg.backend, scfg.model, scfg.max_concurrency) == ("hf", "m", 64)
+    assert (scfg.gpu_memory_utilization, scfg.kv_cache_gib, scfg.tensor_parallel_size, scfg.max_model_len,
+            scfg.dtype) == (0.5, 4.0, 2, 2048, "bfloat16")
+    assert "gpu_memory_utilization" not in cfg.fingerprint()
+    with pytest.raises(UsageError, match="invalid positive number value"):
+        parse_args(["--tasks", "t", "--out", "o", "--kv-cache-gib", "0", *BASE], environ={})
+    assert resolve_student_backend("auto", "http://127.0.0.1:8000/v1") == "openai"
+    assert resolve_student_backend("hf", "http://127.0.0.1:8000/v1") == "hf"
+
+
 def test_slurm_array_defaults():
     cfg = parse_args(["--tasks", "t", "--out", "o", *BASE],
                      environ={"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "3"})

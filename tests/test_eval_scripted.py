@@ -23,25 +23,12 @@ from engine.evaluation.config import parse_args
 from engine.evaluation.journal import EvalJournal
 from engine.evaluation.runner import evaluate
 from engine.tasks import iter_tasks
+from helpers import read_jsonl, write_doubling_tasks
 from runtime.student.fake_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = {"right": "    return x * 2\n", "wrong": "    return x + 2\n", "wrong2": "    return x + 3\n",
         "cheat": "    return 2 if x == 1 else 0\n"}
-
-
-def write_tasks(path: Path, n: int) -> Path:
-    with open(path, "wb") as fh:
-        for i in range(n):
-            fh.write(orjson.dumps({
-                "task_id": f"double/{i}",
-                "instruction": f"Return twice the argument (variant {i}).",
-                "header": f"def f_{i}(x):\n",
-                "entry_point": f"f_{i}",
-                "tests": [f"assert f_{i}(1) == 2", f"assert f_{i}(5) == 10"],
-                "reference": f"def f_{i}(x):\n    return x * 2\n",
-            }) + b"\n")
-    return path
 
 
 def task_number(prompt: str) -> int:
@@ -58,10 +45,6 @@ def eval_args(tasks: Path, out: Path, url: str, *extra: str) -> list[str]:
             *extra]
 
 
-def read_lines(path: Path) -> list[dict]:
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
-
-
 def closed_form(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
@@ -71,7 +54,7 @@ def closed_form(n: int, c: int, k: int) -> float:
 
 async def test_pass_at_k_equals_the_closed_form(tmp_path):
     n, correct = 10, [0, 1, 3, 5, 9, 10]
-    tasks = write_tasks(tmp_path / "tasks.jsonl", len(correct))
+    tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", len(correct))
 
     def reply(payload: dict, index: int) -> str:
         return BODY["right" if index < correct[task_number(payload["prompt"])] else "wrong"]
@@ -89,7 +72,7 @@ async def test_pass_at_k_equals_the_closed_form(tmp_path):
         assert summary["steps"][0][f"pass@{k}"] == pytest.approx(expected, abs=1e-12)
     assert "pass@20" not in summary and summary["k_left_out"] == [20]
     assert summary["tasks"] == len(correct) and summary["n"] == n and len(summary["steps"]) == 1
-    lines = read_lines(tmp_path / "out" / "results.jsonl")
+    lines = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert len(lines) == n * len(correct)
     assert {"task_id", "sample", "step", "status", "feedback", "code"} <= set(lines[0])
     for i, c in enumerate(correct):
@@ -111,7 +94,7 @@ async def test_refine_inference_only_through_visible_feedback(tmp_path):
     """Task 0: [right, wrong, cheat, wrong]; its refinements are right. Task 1: [wrong, wrong, cheat, cheat];
     a first refinement is still wrong (x + 3), a second is right."""
     plan = [["right", "wrong", "cheat", "wrong"], ["wrong", "wrong", "cheat", "cheat"]]
-    tasks_path = write_tasks(tmp_path / "tasks.jsonl", 2)
+    tasks_path = write_doubling_tasks(tmp_path / "tasks.jsonl", 2)
 
     def reply(payload: dict, index: int) -> str:
         prompt = payload["prompt"]
@@ -131,7 +114,7 @@ async def test_refine_inference_only_through_visible_feedback(tmp_path):
     assert [s["pass@1"] for s in summary["steps"]] == pytest.approx([1 / 8, 3 / 8, 5 / 8])
     assert [s["refined"] for s in summary["steps"]] == [0, 4, 2]
     assert summary["pass@1"] == pytest.approx(1 / 8) and summary["final"]["pass@1"] == pytest.approx(5 / 8)
-    lines = read_lines(tmp_path / "out" / "results.jsonl")
+    lines = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert len(lines) == 2 * 4 * 3
     at = {(ln["task_id"], ln["sample"], ln["step"]): ln for ln in lines}
     for i, kinds in enumerate(plan):
@@ -188,7 +171,7 @@ async def run_cli(args: list[str], counter: dict | None = None, timeout: float =
 
 
 async def test_kill9_then_rerun_finishes_without_regenerating(tmp_path):
-    tasks = write_tasks(tmp_path / "tasks.jsonl", 12)
+    tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 12)
     counter = {"seen": 0}
     async with FakeOpenAIServer(reply=resume_reply(counter)) as server:
         flags = ("--n", "3", "--temperature", "0.8", "--refine-steps", "1", "--k", "1,3", "--max-in-flight", "4")
@@ -231,7 +214,7 @@ async def test_kill9_then_rerun_finishes_without_regenerating(tmp_path):
 
 
 async def test_changed_settings_and_bad_flags_are_usage_errors(tmp_path):
-    tasks = write_tasks(tmp_path / "tasks.jsonl", 2)
+    tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 2)
     async with FakeOpenAIServer(reply=lambda p, i: BODY["right"]) as server:
         out = tmp_path / "out"
         rc, _, err = await run_cli(eval_args(tasks, out, server.url, "--n", "2"))
@@ -240,7 +223,7 @@ async def test_changed_settings_and_bad_flags_are_usage_errors(tmp_path):
         assert rc == 2 and "--n: was 2, now 3" in err and "Traceback" not in err, err
         rc, _, err = await run_cli(eval_args(tasks, out, server.url, "--n", "3", "--force"))
         assert rc == 0, err
-        assert len(read_lines(out / "results.jsonl")) == 6
+        assert len(read_jsonl(out / "results.jsonl")) == 6
         rc, _, err = await run_cli(eval_args(tasks, out, server.url, "--k", "0"))
         assert rc == 2 and "--k" in err and "Traceback" not in err
         rc, _, err = await run_cli(["--tasks", str(tasks), "--out", str(out), "--student-backend", "hf"])
@@ -257,11 +240,11 @@ def test_protocol_presets_fill_in_what_flags_leave_out():
 
 
 async def test_a_refused_request_is_an_error_sample_not_a_crash(tmp_path):
-    tasks = write_tasks(tmp_path / "tasks.jsonl", 2)
+    tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 2)
     async with FakeOpenAIServer(reply=lambda p, i: BODY["right"], fail_first=1, fail_status=400) as server:
         cfg = parse_args(eval_args(tasks, tmp_path / "out", server.url, "--n", "2", "--max-in-flight", "1"))
         summary = await evaluate(cfg)
-    lines = read_lines(tmp_path / "out" / "results.jsonl")
+    lines = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert [ln["status"] for ln in lines] == ["error", "error", "passed", "passed"]
     assert lines[0]["feedback"].startswith("student:") and "400" in lines[0]["feedback"]
     assert summary["pass@1"] == pytest.approx(0.5) and summary["steps"][0]["statuses"]["error"] == 2

@@ -11,26 +11,14 @@ import orjson
 import pytest
 
 from engine.rounds import Loop, LoopConfig
+from helpers import doubling_task, read_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def write_tasks(path: Path, names: list[str]) -> Path:
-    with open(path, "wb") as fh:
-        for i, name in enumerate(names):
-            fh.write(orjson.dumps({
-                "task_id": f"{name}/{i}",
-                "instruction": f"Return twice the argument ({name} {i}).",
-                "header": f"def {name}_{i}(x):\n",
-                "entry_point": f"{name}_{i}",
-                "tests": [f"assert {name}_{i}(1) == 2", f"assert {name}_{i}(5) == 10"],
-                "reference": f"def {name}_{i}(x):\n    return x * 2\n",
-            }) + b"\n")
-    return path
-
-
-def lines(path: Path) -> list[dict]:
-    return [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
+    """Task i: {names[i]}_i(x) = 2x, id {names[i]}/i."""
+    return write_jsonl(path, (doubling_task(i, name, f"{name}/{i}", f"{name} {i}") for i, name in enumerate(names)))
 
 
 def loop(tmp: Path, rounds: int, *extra: str) -> subprocess.CompletedProcess:
@@ -60,17 +48,17 @@ def test_two_rounds_end_to_end(two_rounds):
     base = run / "base-model"
     ckpt1, ckpt2 = run / "round-1" / "train" / "final", run / "round-2" / "train" / "final"
     # round 1: the tiny student fails, the stand-in teacher's refinements become records, training makes ckpt1
-    res1 = lines(next((run / "round-1" / "collect" / "shards").glob("*.results.jsonl")))
+    res1 = read_jsonl(next((run / "round-1" / "collect" / "shards").glob("*.results.jsonl")))
     assert [r["outcome"] for r in res1] == ["refined", "refined"]
     m1 = orjson.loads((run / "round-1" / "collect" / "manifest.json").read_bytes())
     assert m1["state"] == "done" and m1["config"]["student_model"] == str(base)
     assert (ckpt1 / "config.json").is_file() and (ckpt2 / "config.json").is_file()
     # round 2: the tasks round 1's student did not solve, attempted by round 1's checkpoint
-    assert [t["task_id"] for t in lines(run / "round-2" / "tasks.jsonl")] == ["dbl/0", "twice/1"]
+    assert [t["task_id"] for t in read_jsonl(run / "round-2" / "tasks.jsonl")] == ["dbl/0", "twice/1"]
     m2 = orjson.loads((run / "round-2" / "collect" / "manifest.json").read_bytes())
     assert m2["state"] == "done" and m2["config"]["student_model"] == str(ckpt1)
     # training on every round's records so far, ids unique across rounds, from the base model
-    data = lines(run / "round-2" / "train-data.jsonl")
+    data = read_jsonl(run / "round-2" / "train-data.jsonl")
     assert len(data) == 8 and len({r["id"] for r in data}) == 8
     assert {r["meta"]["round"] for r in data} == {1, 2} and all(r["id"].startswith("round-") for r in data)
     assert {r["format"] for r in data} == {"persd", "persd-refine"}
@@ -81,7 +69,7 @@ def test_two_rounds_end_to_end(two_rounds):
         summary = orjson.loads((run / f"round-{r}" / "eval" / "summary.json").read_bytes())
         assert summary["protocol"]["student_model"] == str(ckpt) and summary["tasks"] == 1 and summary["n"] == 2
         assert [s["step"] for s in summary["steps"]] == [0, 1]
-        assert len(lines(run / f"round-{r}" / "eval" / "results.jsonl")) == 4
+        assert len(read_jsonl(run / f"round-{r}" / "eval" / "results.jsonl")) == 4
     # the final table and the loop's summary
     assert "persd loop" in second.stdout and "pass@1" in second.stdout
     rows = orjson.loads((run / "summary.json").read_bytes())["rounds"]
@@ -119,5 +107,5 @@ def test_later_rounds_attempt_only_unsolved_tasks(tmp_path):
         orjson.dumps({"task_id": t, "outcome": o}) + b"\n" for t, o in zip(["a/0", "b/1", "c/2", "d/3"], outcomes)))
     lp = Loop(LoopConfig(rounds=2, tasks=str(tasks), eval_tasks=str(tasks), out=str(tmp_path / "run")))
     path = lp.round_tasks(2)
-    assert [t["task_id"] for t in lines(path)] == ["b/1", "c/2"]
-    assert lines(path)[0] == lines(tasks)[1]  # the original lines, unchanged
+    assert [t["task_id"] for t in read_jsonl(path)] == ["b/1", "c/2"]
+    assert read_jsonl(path)[0] == read_jsonl(tasks)[1]  # the original lines, unchanged

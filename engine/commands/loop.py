@@ -11,62 +11,38 @@ import argparse
 from dataclasses import fields
 
 from engine.evaluation.protocols import PROTOCOLS
+from engine.flags import PROGRESS_MODES, add_student_flags, nonneg_int, parser_for, positive_int
 from engine.rounds import Loop, LoopConfig, print_table
 from runtime.errors import UsageError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message} (persd loop --help for the options)")
-
-
-def _positive_int(v: str) -> int:
-    n = int(v)
-    if n < 1:
-        raise ValueError
-    return n
-
-
-def _nonneg_int(v: str) -> int:
-    n = int(v)
-    if n < 0:
-        raise ValueError
-    return n
-
-
-_positive_int.__name__ = "positive int"
-_nonneg_int.__name__ = "non-negative int"
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="persd loop", description=__doc__.split("\n\n")[0].split(": ", 1)[-1],
-                epilog="Options not listed here reach a stage through --collect-args, --train-args or --eval-args "
-                       "(one quoted string each).")
+    p = parser_for("loop", description=__doc__.split("\n\n")[0].split(": ", 1)[-1],
+                   epilog="Options not listed here reach a stage through --collect-args, --train-args or --eval-args "
+                          "(one quoted string each).")
     g = p.add_argument_group("rounds, tasks and output")
-    g.add_argument("--rounds", type=_positive_int, required=True, help="collect -> train -> eval rounds")
+    g.add_argument("--rounds", type=positive_int, required=True, help="collect -> train -> eval rounds")
     g.add_argument("--tasks", required=True, help="tasks to distil on: JSONL file or built-in set")
     g.add_argument("--eval-tasks", help="tasks to evaluate on: JSONL file or humaneval/mbpp (or set by --protocol)")
     g.add_argument("--out", required=True, help="run directory (rerun with it to resume)")
-    g.add_argument("--limit", type=_positive_int, help="only the first N of --tasks")
+    g.add_argument("--limit", type=positive_int, help="only the first N of --tasks")
     g.add_argument("--force", action="store_true", default=None, help="continue a run whose settings changed")
-    g.add_argument("--progress", choices=("auto", "live", "plain", "none"), help="the stages' progress display")
-    g = p.add_argument_group("student")
-    g.add_argument("--student-backend", choices=("auto", "vllm", "hf"), help="auto: vllm on a GPU machine, else hf")
-    g.add_argument("--student-model", help="the starting checkpoint (default: a tiny random-weight model, for a demo)")
-    g.add_argument("--student-chat", action=argparse.BooleanOptionalAction)
+    g.add_argument("--progress", choices=PROGRESS_MODES, help="the stages' progress display")
+    add_student_flags(p, backends=("vllm", "hf"), backend_help="auto: vllm on a GPU machine, else hf", url=False,
+                      model_help="the starting checkpoint (default: a tiny random-weight model, for a demo)")
     g = p.add_argument_group("teacher and collection (persd collect)")
     g.add_argument("--teacher-url", help="OpenAI-compatible base URL; without it collect's offline stand-in answers")
     g.add_argument("--teacher-model")
     g.add_argument("--teacher-api-key-env")
-    g.add_argument("--rpm", type=_positive_int)
-    g.add_argument("--tpm", type=_positive_int)
+    g.add_argument("--rpm", type=positive_int)
+    g.add_argument("--tpm", type=positive_int)
     g.add_argument("--max-cost", type=float, help="per round")
     g.add_argument("--formats", help="records to collect (default persd,persd-refine: PERsD-combined)")
-    g.add_argument("--refine-turns", type=_positive_int)
-    g.add_argument("--samples", type=_positive_int, help="student attempts per task")
+    g.add_argument("--refine-turns", type=positive_int)
+    g.add_argument("--samples", type=positive_int, help="student attempts per task")
     g.add_argument("--collect-temperature", type=float)
-    g.add_argument("--collect-max-tokens", type=_positive_int)
-    g.add_argument("--max-in-flight", type=_positive_int)
+    g.add_argument("--collect-max-tokens", type=positive_int)
+    g.add_argument("--max-in-flight", type=positive_int)
     g.add_argument("--collect-args", help="more collect flags, one quoted string")
     g = p.add_argument_group("training (persd train)")
     g.add_argument("--train-formats",
@@ -76,26 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base: fine-tune the starting model each round (default); previous: the last checkpoint")
     g.add_argument("--preset", help="training preset (paper) or JSON file")
     g.add_argument("--deepspeed", help="zero2, zero3, zero3-offload or a JSON file")
-    g.add_argument("--epochs", type=_positive_int)
-    g.add_argument("--max-steps", type=_positive_int)
+    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--max-steps", type=positive_int)
     g.add_argument("--lr", type=float)
-    g.add_argument("--seq-len", type=_positive_int)
+    g.add_argument("--seq-len", type=positive_int)
     g.add_argument("--train-launcher", help='run training under a launcher, e.g. "torchrun --nproc_per_node 8"')
     g.add_argument("--train-args", help="more train flags, one quoted string")
     g = p.add_argument_group("evaluation (persd eval)")
     g.add_argument("--protocol", choices=tuple(PROTOCOLS))
     g.add_argument("--eval-task-ids", help="evaluate only these ids (file)")
-    g.add_argument("--eval-limit", type=_positive_int)
-    g.add_argument("--n", type=_positive_int, help="samples per task")
+    g.add_argument("--eval-limit", type=positive_int)
+    g.add_argument("--n", type=positive_int, help="samples per task")
     g.add_argument("--eval-temperature", type=float)
-    g.add_argument("--eval-max-tokens", type=_positive_int)
+    g.add_argument("--eval-max-tokens", type=positive_int)
     g.add_argument("--k", help="comma list for pass@k")
-    g.add_argument("--refine-steps", type=_nonneg_int, help="refine-inference steps")
+    g.add_argument("--refine-steps", type=nonneg_int, help="refine-inference steps")
     g.add_argument("--eval-base", action=argparse.BooleanOptionalAction,
                    help="evaluate the starting student as round 0 (default on)")
     g.add_argument("--eval-args", help="more eval flags, one quoted string")
     g = p.add_argument_group("sandbox")
-    g.add_argument("--sandbox-workers", type=_nonneg_int)
+    g.add_argument("--sandbox-workers", type=nonneg_int)
     g.add_argument("--exec-timeout", type=float)
     return p
 

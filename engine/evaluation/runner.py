@@ -19,13 +19,10 @@ from engine.evaluation.selection import select_tasks, tasks_digest
 
 
 def student_config(cfg: EvalConfig):
-    from runtime.student import StudentConfig
+    """The runtime StudentConfig for eval's student options (shared with collect: engine.backends)."""
+    from engine.backends import student_config as from_flags
 
-    return StudentConfig(backend=cfg.resolved_student_backend(), model=cfg.student_model or "", url=cfg.student_url,
-                         chat=cfg.student_chat, max_concurrency=cfg.student_concurrency, seed=cfg.seed,
-                         tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
-                         gpu_memory_utilization=cfg.gpu_memory_utilization, kv_cache_gib=cfg.kv_cache_gib,
-                         max_model_len=cfg.max_model_len)
+    return from_flags(cfg, cfg.seed)
 
 
 @contextlib.asynccontextmanager
