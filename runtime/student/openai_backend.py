@@ -1,0 +1,161 @@
+"""`openai` backend: any OpenAI-compatible server (`vllm serve`, SGLang, TGI, a hosted API).
+
+Base models go to `/v1/completions` (prompt), instruct models to `/v1/chat/completions`
+(messages). One pooled aiohttp session carries hundreds of concurrent requests; transient
+faults (429, 5xx, timeouts, dropped connections, malformed bodies) are retried by the
+shared `runtime.http.post_json`, the same machinery the teacher uses.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from runtime.errors import PersdError, UsageError
+from runtime.http import HTTPStatusError, RetryPolicy, post_json
+from runtime.student.base import BaseStudent, StudentConfig, StudentError, StudentOutput, StudentRequest
+
+REQUEST_ERRORS = frozenset({400, 413, 422})  # this request is bad (too long, bad params); others may be fine
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    retries: int = 0
+
+
+def normalise_base_url(url: str) -> str:
+    """'http://h:8000/v1/' -> 'http://h:8000/v1'; a bare 'http://h:8000' gets '/v1' added."""
+    url = url.strip().rstrip("/")
+    for suffix in ("/completions", "/chat/completions"):
+        if url.endswith(suffix):
+            url = url[: -len(suffix)]
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--student-url: expected an http(s) base URL such as http://127.0.0.1:8000/v1, got '{url}'")
+    path = url.split("://", 1)[1].partition("/")[2]
+    return url if path else url + "/v1"
+
+
+def payload_for(model: str, request: StudentRequest) -> dict[str, Any]:
+    p = request.params
+    payload: dict[str, Any] = {"model": model, "n": p.n, "temperature": p.temperature,
+                               "top_p": p.top_p, "max_tokens": p.max_tokens}
+    if request.messages is not None:
+        payload["messages"] = request.messages
+    else:
+        payload["prompt"] = request.prompt
+    if p.stop:
+        payload["stop"] = list(p.stop)
+    if p.seed is not None:
+        payload["seed"] = p.seed
+    return payload
+
+
+def choices_validator(n: int, chat: bool) -> Callable[[dict], str | None]:
+    """A 200 without n usable choices is retried like a malformed body."""
+
+    def validate(body: dict) -> str | None:
+        choices = body.get("choices")
+        if not isinstance(choices, list) or len(choices) != n:
+            return "malformed"
+        for c in choices:
+            if not isinstance(c, dict):
+                return "malformed"
+            content = (c.get("message") or {}).get("content") if chat else c.get("text")
+            if not isinstance(content, str) and not (chat and content is None):
+                return "malformed"
+        return None
+
+    return validate
+
+
+def parse_output(body: dict, chat: bool) -> StudentOutput:
+    choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
+    texts = [((c.get("message") or {}).get("content") or "") if chat else c["text"] for c in choices]
+    usage = body.get("usage") or {}
+    return StudentOutput(
+        texts=texts,
+        finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+    )
+
+
+class OpenAIStudent(BaseStudent):
+    name = "openai"
+
+    def __init__(self, config: StudentConfig):
+        super().__init__(config)
+        if not config.url:
+            raise UsageError("--student-url: the openai backend needs the server's base URL, e.g. http://127.0.0.1:8000/v1")
+        self.base_url = normalise_base_url(config.url)
+        self.model = config.model
+        self.stats = ClientStats()
+        self.policy = RetryPolicy(max_attempts=config.max_attempts, request_timeout_s=config.request_timeout_s,
+                                  deadline_s=max(config.request_timeout_s * 2, 600.0))
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str, str] = {}
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        limit = self.config.max_concurrency
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(connector=connector)
+        try:
+            if not self.model:
+                self.model = await self._first_model()
+        except BaseException:
+            await self._session.close()
+            self._session = None
+            raise
+        self._started = True
+
+    async def _first_model(self) -> str:
+        """With no --student-model, ask the server which model it serves (vLLM serves exactly one)."""
+        assert self._session is not None
+        url = f"{self.base_url}/models"
+        try:
+            async with self._session.get(url, headers=self._headers, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise PersdError(f"GET {url}: HTTP {resp.status}: {body[:500].decode('utf-8', 'replace')}")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise PersdError(f"--student-url: cannot reach {url}: {exc!r}") from None
+        try:
+            return orjson.loads(body)["data"][0]["id"]
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            raise PersdError(f"GET {url}: no model listed; pass --student-model") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+        self._started = False
+
+    def _retried(self, cause: str) -> None:
+        self.stats.retries += 1
+
+    async def generate(self, request: StudentRequest) -> StudentOutput:
+        self._require_started()
+        assert self._session is not None
+        chat = request.messages is not None
+        url = f"{self.base_url}/chat/completions" if chat else f"{self.base_url}/completions"
+        self.stats.requests += 1
+        try:
+            body, _ = await post_json(
+                self._session, url, payload_for(self.model, request), headers=self._headers,
+                policy=self.policy, on_retry=self._retried, validate=choices_validator(request.params.n, chat),
+            )
+        except HTTPStatusError as exc:
+            if exc.status in REQUEST_ERRORS:
+                raise StudentError(f"the student server rejected the request: HTTP {exc.status}: {exc.body[:500]}") from exc
+            raise
+        return parse_output(body, chat)
