@@ -6,7 +6,8 @@ waits on the teacher, others generate or execute.
 
 A failure of a backend itself (teacher refusing the key, budget reached, student unreachable
 after its retries, a broken sandbox) is not a task outcome: it raises `BackendFailure` and the
-run stops with resumable state. A task-level problem (no tests could be made) is outcome `error`.
+run stops with resumable state. A task-level problem (no tests could be made, a prompt the student
+rejects as too long) is outcome `error`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from engine.records import Meta, Tally, TaskOutcome, direct_records, refinement_
 from engine.studentio import extract, student_request
 from engine.tasks import Task
 from runtime.errors import PersdError
+from runtime.student.base import RequestRejected
 
 FORMAT_ORDER = {f: i for i, f in enumerate(FORMATS)}
 
@@ -81,7 +83,11 @@ class TaskFlow:
                 return TaskOutcome(result_line(task, "error", "error", gen.error, tally, error=gen.error, **more))
             task = task.with_tests(gen.tests)
 
-        attempt = prior_attempt if prior_attempt is not None else await self._attempt(task, on_attempt)
+        try:
+            attempt = prior_attempt if prior_attempt is not None else await self._attempt(task, on_attempt)
+        except RequestRejected as exc:  # this task's prompt can never be served (too long, ...)
+            reason = f"student rejected the request: {exc}"
+            return TaskOutcome(result_line(task, "error", "error", reason, tally, error=reason, **more))
         tally.student_tokens_out = int(attempt.get("completion_tokens", 0))
         programs = [extract(task, text, self.cfg.student_chat) for text in attempt["texts"]]
         if not programs:
@@ -135,6 +141,8 @@ class TaskFlow:
         async with self.lim.student.timed():
             try:
                 out = await self.b.student.generate(req)
+            except RequestRejected:
+                raise
             except PersdError as exc:
                 raise BackendFailure(f"student: {exc}") from exc
             except asyncio.CancelledError:

@@ -167,3 +167,30 @@ async def test_missing_tests_without_reference_is_an_error_outcome(tmp_path):
     assert await Collector(_cfg(tmp_path, tasks), open_backends=instant_backends, install_signals=False).run() == 0
     res = orjson.loads((tmp_path / "out" / "shards" / "shard-00000.results.jsonl").read_bytes())
     assert res["outcome"] == "error" and "no reference" in res["error"]
+
+
+async def test_a_prompt_the_student_rejects_fails_only_its_task(tmp_path):
+    """A request the student can never serve (prompt too long) is that task's `error`; the run goes on."""
+    import contextlib
+
+    from engine.flow import Backends
+    from engine.instant import InstantSandbox, InstantStudent, InstantTeacher
+    from runtime.student import RequestRejected
+
+    class PickyStudent(InstantStudent):
+        async def generate(self, req):
+            if "[task 7]" in (req.prompt or req.messages[-1]["content"]):
+                raise RequestRejected("prompt of 9000 tokens + max_tokens 512 exceeds max_model_len 2048")
+            return await super().generate(req)
+
+    @contextlib.asynccontextmanager
+    async def backends(cfg, collector):
+        yield Backends(student=PickyStudent(), sandbox=InstantSandbox(), teacher=InstantTeacher())
+
+    tasks = write_synthetic_tasks(tmp_path / "t.jsonl", 20)
+    assert await Collector(_cfg(tmp_path, tasks), open_backends=backends, install_signals=False).run() == 0
+    lines = (tmp_path / "out" / "shards" / "shard-00000.results.jsonl").read_bytes().splitlines()
+    results = {r["task_id"]: r for r in map(orjson.loads, lines)}
+    assert len(results) == 20
+    assert results["synth/7"]["outcome"] == "error" and "max_model_len" in results["synth/7"]["error"]
+    assert {r["outcome"] for t, r in results.items() if t != "synth/7"} <= {"student_passed", "refined"}

@@ -13,6 +13,7 @@ from runtime.student.base import (
     StudentBackend,
     StudentConfig,
     StudentError,
+    RequestRejected,
     StudentOutput,
     StudentRequest,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "StudentBackend",
     "StudentConfig",
     "StudentError",
+    "RequestRejected",
     "StudentOutput",
     "StudentRequest",
     "create_student",

@@ -18,6 +18,11 @@ class StudentError(PersdError):
     """One request failed (rejected, too long, server gave up); the student itself may be fine."""
 
 
+class RequestRejected(StudentError):
+    """This request can never succeed as it is (prompt too long, invalid parameters): the task
+    it belongs to fails, and the rest of the job goes on."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Sampling for one request. `stop` strings end a text and are not part of it.

@@ -19,6 +19,7 @@ from runtime.student.base import (
     SamplingParams,
     StudentConfig,
     StudentError,
+    RequestRejected,
     StudentOutput,
     StudentRequest,
 )
@@ -229,10 +230,10 @@ class HFStudent(BaseStudent):
             try:
                 ids = self._encode(request)
             except Exception as exc:  # e.g. chat messages for a tokenizer without a chat template
-                results[i] = StudentError(f"cannot build the prompt: {exc}")
+                results[i] = RequestRejected(f"cannot build the prompt: {exc}")
                 continue
             if len(ids) + request.params.max_tokens > self._max_len:
-                results[i] = StudentError(f"prompt of {len(ids)} tokens + max_tokens {request.params.max_tokens} "
+                results[i] = RequestRejected(f"prompt of {len(ids)} tokens + max_tokens {request.params.max_tokens} "
                                           f"exceeds max_model_len {self._max_len}")
                 continue
             good.append(i)

@@ -18,7 +18,7 @@ import orjson
 
 from runtime.errors import PersdError, UsageError
 from runtime.http import HTTPStatusError, RetryPolicy, post_json
-from runtime.student.base import BaseStudent, StudentConfig, StudentError, StudentOutput, StudentRequest
+from runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
 
 REQUEST_ERRORS = frozenset({400, 413, 422})  # this request is bad (too long, bad params); others may be fine
 
@@ -156,6 +156,6 @@ class OpenAIStudent(BaseStudent):
             )
         except HTTPStatusError as exc:
             if exc.status in REQUEST_ERRORS:
-                raise StudentError(f"the student server rejected the request: HTTP {exc.status}: {exc.body[:500]}") from exc
+                raise RequestRejected(f"the student server rejected the request: HTTP {exc.status}: {exc.body[:500]}") from exc
             raise
         return parse_output(body, chat)

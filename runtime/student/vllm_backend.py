@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from runtime.errors import PersdError, UsageError
-from runtime.student.base import BaseStudent, StudentConfig, StudentError, StudentOutput, StudentRequest
+from runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
 
 INSTALL_HINT = (
     "the vllm student backend needs vLLM 0.32: on GPU machines `pip install -e '.[vllm]'`, "
@@ -146,7 +146,7 @@ class VLLMStudent(BaseStudent):
             except (asyncio.CancelledError, PersdError):
                 raise
             except Exception as exc:  # validation (prompt too long, bad params) and the like
-                raise StudentError(f"vLLM rejected request {request.request_id or request_id}: {exc}") from exc
+                raise RequestRejected(f"vLLM rejected request {request.request_id or request_id}: {exc}") from exc
         if final is None:
             raise StudentError(f"vLLM returned nothing for request {request_id}")
         completions = sorted(final.outputs, key=lambda c: c.index)
