@@ -1,10 +1,13 @@
 """The offline stand-in teacher: a local OpenAI-compatible server that answers from the tasks'
 reference solutions. It lets `persd collect` run end to end with no key and no network (the
 demo); every run that uses it says so. It is not a model: a task without a reference gets an
-answer that fails, and it proposes test inputs only from tests the task already shows.
+answer that fails. For test inputs it uses the calls the task's examples show, else calls it
+guesses from the parameter names of the header (`nums` gets lists, `text` strings, `n` small
+ints); the sandbox then keeps only the calls the reference answers.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 
@@ -46,10 +49,47 @@ class StandinResponder:
 
 
 def _calls(task: Task) -> str:
-    """Calls of the entry point taken from the task's visible examples (for tasks without tests)."""
+    """Calls of the entry point for a task without tests: its visible examples, else guesses."""
     if not task.entry_point:
         return ""
     out = []
     for line in (task.visible_tests or "").splitlines():
         out += lessons.parse_calls(line, task.entry_point, 5)
-    return "\n".join(out[:5])
+    return "\n".join(out[:5] or _guessed_calls(task))
+
+
+# Values to try, by what a parameter's name suggests; five of each, one per proposed call.
+_GUESSES: list[tuple[tuple[str, ...], list[str]]] = [
+    (("matrix", "grid", "board", "mat"), ["[[1, 2], [3, 4]]", "[[0]]", "[[1, 2, 3], [4, 5, 6], [7, 8, 9]]", "[[2, 0], [0, 2]]", "[[5, 1], [2, 3]]"]),
+    (("set",), ["{1, 2, 3}", "set()", "{2, 4}", "{1, 5, 9}", "{7}"]),
+    (("dict", "map", "table", "counts"), ["{'a': 1, 'b': 2}", "{}", "{'x': 10}", "{'a': 3, 'c': 1}", "{'k': 0}"]),
+    (("list", "arr", "nums", "numbers", "lst", "array", "items", "values", "data", "seq", "l"),
+     ["[3, 1, 2]", "[]", "[5, -2, 7, 7, 0]", "[10]", "[1, 2, 3, 4, 5, 6]"]),
+    (("str", "string", "text", "word", "sentence", "name", "s", "char", "phrase", "email", "url", "date", "binary"),
+     ["'hello world'", "''", "'Python'", "'racecar'", "'a b c'"]),
+    (("float", "price", "rate", "temp", "celsius", "fahrenheit", "radius", "amount"), ["2.5", "0.0", "10.0", "-3.5", "100.0"]),
+]
+_INTS = ["3", "0", "7", "1", "12"]
+
+
+def _guess(name: str) -> list[str]:
+    low = name.lower()
+    parts = set(re.split(r"_|\d", low)) | {low}
+    for keys, values in _GUESSES:
+        if parts & set(keys) or any(low.startswith(k) or low.endswith(k) for k in keys if len(k) > 2):
+            return values
+    return _INTS
+
+
+def _guessed_calls(task: Task) -> list[str]:
+    """Five calls built from the header's parameter names (parameters with defaults are left out)."""
+    try:
+        fn = next(n for n in ast.walk(ast.parse(task.header + "    pass\n"))
+                  if isinstance(n, ast.FunctionDef) and n.name == task.entry_point)
+    except (SyntaxError, StopIteration):
+        return []
+    args = fn.args.posonlyargs + fn.args.args
+    required = args[: len(args) - len(fn.args.defaults)]
+    names = [a.arg for a in required if a.arg not in ("self", "cls")]
+    columns = [_guess(name) for name in names]
+    return [f"{task.entry_point}({', '.join(col[i] for col in columns)})" for i in range(5)]

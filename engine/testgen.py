@@ -42,6 +42,7 @@ def parse_probe(stdout: str, calls: list[str], marker: str, problems: list[str] 
     """Assert statements from the probe's output; why other calls were left out goes to `problems`."""
     problems = [] if problems is None else problems
     tests: list[str] = []
+    kinds: list[str] = []
     seen: set[int] = set()
     for line in stdout.splitlines():
         if not line.startswith(marker):
@@ -59,11 +60,18 @@ def parse_probe(stdout: str, calls: list[str], marker: str, problems: list[str] 
             problems.append(f"{calls[i]}: result too long")
             continue
         seen.add(i)
+        kinds.append(kind)
         call = calls[i]
         if kind == "float":
             tests.append(f"assert __import__('math').isclose({call}, {text}, rel_tol=1e-6, abs_tol=1e-9)")
         else:
             tests.append(f"assert {call} == {text}")
+    if tests and all(k == "NoneType" for k in kinds):
+        # A reference that only prints or mutates returns None everywhere: `pass` would satisfy
+        # such tests, so they would certify wrong code. Better no tests (the task is `error`).
+        problems.append(f"the reference returns None for every input ({len(tests)} calls): "
+                        "its result cannot be tested by return value")
+        return []
     return tests
 
 

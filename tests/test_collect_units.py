@@ -194,3 +194,27 @@ async def test_a_prompt_the_student_rejects_fails_only_its_task(tmp_path):
     assert len(results) == 20
     assert results["synth/7"]["outcome"] == "error" and "max_model_len" in results["synth/7"]["error"]
     assert {r["outcome"] for t, r in results.items() if t != "synth/7"} <= {"student_passed", "refined"}
+
+
+def test_generated_tests_that_only_expect_none_are_refused():
+    from engine.testgen import parse_probe
+
+    marker = "__M__"
+    calls = ["f(1)", "f(2)"]
+    none_out = "\n".join(f'{marker}[{i}, true, "None", "NoneType"]' for i in range(2))
+    problems: list[str] = []
+    assert parse_probe(none_out, calls, marker, problems) == []
+    assert "returns None for every input" in problems[0]
+    mixed = f'{marker}[0, true, "None", "NoneType"]\n{marker}[1, true, "3", "int"]'
+    assert parse_probe(mixed, calls, marker) == ["assert f(1) == None", "assert f(2) == 3"]
+
+
+def test_stand_in_guesses_calls_from_parameter_names():
+    from engine.standin import _guessed_calls
+    from engine.tasks import Task
+
+    task = Task(task_id="t", shape="generic", instruction="x", prompt="", entry_point="f",
+                header="def f(nums, text, set1, n, flag=True):\n", test_program="")
+    calls = _guessed_calls(task)
+    assert len(calls) == 5
+    assert calls[0] == "f([3, 1, 2], 'hello world', {1, 2, 3}, 3)"
