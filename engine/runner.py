@@ -28,7 +28,7 @@ from engine.records import Meta, Tally, TaskOutcome, result_line
 from engine.shards import DiskError, ShardPlan, ShardState, ShardStore
 from engine.source import SourceInfo, scan_source
 from engine.tasks import Task, iter_tasks
-from runtime.errors import PersdError
+from runtime.errors import PersdError, UsageError
 
 OpenBackends = Callable[[CollectConfig, "Collector"], AsyncContextManager[Backends]]
 MANIFEST_EVERY_S = 30.0
@@ -103,6 +103,12 @@ class Collector:
             with contextlib.suppress(OSError):
                 stale.unlink()
         info = self.store.sealed_stats(k)
+        if info["tasks"] != self.plan.size(k):  # sealed under another --limit (a --force rerun)
+            name = self.store.results_path(k).name.replace(".results.jsonl", "")
+            raise UsageError(
+                f"shard {k} was sealed with {info['tasks']} tasks, but with these settings it holds "
+                f"{self.plan.size(k)}: remove {self.out / 'shards' / name}.* to redo it, or use a new --out"
+            )
         self.shard_info[k] = info
         self.stats.resumed += self.plan.size(k)
         self.stats.shards_sealed += 1

@@ -218,3 +218,12 @@ def test_stand_in_guesses_calls_from_parameter_names():
     calls = _guessed_calls(task)
     assert len(calls) == 5
     assert calls[0] == "f([3, 1, 2], 'hello world', {1, 2, 3}, 3)"
+
+
+async def test_forced_rerun_with_a_larger_limit_does_not_skip_tasks_silently(tmp_path):
+    tasks = write_synthetic_tasks(tmp_path / "t.jsonl", 60)
+    assert await Collector(_cfg(tmp_path, tasks, "--limit", "30"), open_backends=instant_backends,
+                           install_signals=False).run() == 0
+    with pytest.raises(UsageError, match=r"shard 0 was sealed with 30 tasks.*holds 50"):
+        await Collector(_cfg(tmp_path, tasks, "--limit", "60", "--force"), open_backends=instant_backends,
+                        install_signals=False).run()
