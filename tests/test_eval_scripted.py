@@ -237,6 +237,9 @@ def test_protocol_presets_fill_in_what_flags_leave_out():
     assert (cfg.n, cfg.temperature, cfg.k) == (100, 0.8, (1, 10, 100))
     cfg = parse_args(["--protocol", "paper-mbpp", "--out", "x", "--student-model", "m", "--temperature", "0"])
     assert (cfg.tasks, cfg.task_ids, cfg.temperature, cfg.n) == ("mbpp", "@mbpp-307", 0.0, 20)
+    # the design's `--refine` is the paper's refine-inference (two steps); --refine-steps sets any number
+    assert parse_args(["--tasks", "humaneval", "--out", "x", "--student-model", "m", "--refine"]).refine_steps == 2
+    assert parse_args(["--tasks", "humaneval", "--out", "x", "--student-model", "m"]).refine_steps == 0
 
 
 async def test_a_refused_request_is_an_error_sample_not_a_crash(tmp_path):

@@ -70,6 +70,9 @@ def _ks(v: str | list | tuple) -> tuple[int, ...]:
     return ks
 
 
+PAPER_REFINE_STEPS = 2  # the paper refines a failing sample up to twice at inference
+
+
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling and scoring")
     g.add_argument("--n", type=positive_int, help="samples per task (default 1)")
@@ -81,6 +84,8 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--refine-steps", type=nonneg_int,
                    help="refine-inference: up to S rounds of visible-test feedback in the persd-refine prompt "
                         "layout (default 0; the paper uses 2)")
+    g.add_argument("--refine", dest="refine_steps", action="store_const", const=PAPER_REFINE_STEPS,
+                   help=f"refine-inference as in the paper: --refine-steps {PAPER_REFINE_STEPS}")
 
 
 def build_parser() -> argparse.ArgumentParser:
