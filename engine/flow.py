@@ -130,6 +130,7 @@ class TaskFlow:
                                           attempt_code if student_failed else "",
                                           first.feedback if student_failed else "")
         records.sort(key=lambda r: FORMAT_ORDER[r["format"]])
+        records = await self._verify_recut(task, records, tally)
         if "generated_tests" in more and not more["generated_tests"]:
             more.pop("generated_tests")
         return TaskOutcome(result_line(task, outcome, first.status, first.feedback, tally, **more), records)
@@ -158,6 +159,22 @@ class TaskFlow:
         if on_attempt is not None:
             on_attempt(attempt)
         return attempt
+
+    async def _verify_recut(self, task: Task, records: list[dict], tally: Tally) -> list[dict]:
+        """A completion re-cut to continue the prompt's header (not a plain suffix of the verified
+        solution) must pass as `prompt + completion` too; where it does not, the record keeps the
+        whole program as its completion."""
+        verdicts: dict[str, bool] = {}
+        for r in records:
+            completion, solution = r["completion"], r["meta"]["solution"]
+            if solution.endswith(completion):
+                continue
+            if completion not in verdicts:
+                result = await self._execute(task, task.prompt + completion, tally)
+                verdicts[completion] = result.status == "passed"
+            if not verdicts[completion]:
+                r["completion"] = solution
+        return records
 
     async def _execute(self, task: Task, solution: str, tally: Tally, tests: str | None = None):
         program = task.program(solution, tests)

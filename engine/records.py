@@ -6,6 +6,7 @@ function header), else the whole program.
 """
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,23 +16,77 @@ from engine.tasks import Task
 OUTCOMES = ("student_passed", "refined", "unresolved", "error")
 
 
-def continuation(prompt: str, solution: str) -> str:
-    """What follows `prompt` in `solution`, when the solution starts with the prompt's code tail."""
+def continuation(prompt: str, solution: str, entry_point: str | None = None) -> str:
+    """What follows `prompt` in `solution`, when the solution starts with the prompt's code tail;
+    else, where the prompt ends with the entry point's header, the solution re-cut to continue it
+    (`continue_after_header`); else the whole solution."""
     if solution.startswith(prompt):
         return solution[len(prompt):]
     # the longest tail of the prompt, from a line start, that the solution starts with
     # (the function header after a docstring, say)
     first_line = solution.split("\n", 1)[0]
-    if not first_line.strip():
-        return solution
-    cut = prompt.find(first_line)
-    while cut >= 0:
-        if cut == 0 or prompt[cut - 1] == "\n":
-            tail = prompt[cut:]
-            if solution.startswith(tail):
-                return solution[len(tail):]
-        cut = prompt.find(first_line, cut + 1)
+    if first_line.strip():
+        cut = prompt.find(first_line)
+        while cut >= 0:
+            if cut == 0 or prompt[cut - 1] == "\n":
+                tail = prompt[cut:]
+                if solution.startswith(tail):
+                    return solution[len(tail):]
+            cut = prompt.find(first_line, cut + 1)
+    if entry_point:
+        recut = continue_after_header(prompt, solution, entry_point)
+        if recut is not None:
+            return recut
     return solution
+
+
+def _args(fn: ast.FunctionDef) -> list[str]:
+    a = fn.args
+    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+    return names + [f"*{a.vararg.arg}" if a.vararg else "", f"**{a.kwarg.arg}" if a.kwarg else ""]
+
+
+def continue_after_header(prompt: str, solution: str, entry_point: str) -> str | None:
+    """Re-cut a whole program as the continuation of a prompt that ends with `def entry(...):`.
+
+    The solution's body follows the prompt's header; its imports the prompt lacks move to the top
+    of the body; its other top-level code the prompt lacks (constants, helpers) follows the
+    function, where it still runs before any call. None where that cannot be done faithfully
+    (another signature, a one-line def, decorators). The engine verifies the result in the sandbox.
+    """
+    start = prompt.rfind(f"def {entry_point}(")
+    if start < 0 or (start > 0 and prompt[start - 1] != "\n"):
+        return None
+    try:
+        header = ast.parse(prompt[start:] + "    pass\n").body[0]
+        tree = ast.parse(solution)
+    except SyntaxError:
+        return None
+    if not isinstance(header, ast.FunctionDef) or header.name != entry_point:
+        return None
+    fns = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry_point]
+    if len(fns) != 1 or fns[0].decorator_list or _args(fns[0]) != _args(header):
+        return None
+    fn = fns[0]
+    lines = solution.split("\n")
+    if fn.body[0].lineno == fn.lineno:  # `def f(x): return x`
+        return None
+    body = lines[fn.body[0].lineno - 1: fn.end_lineno]
+    indent = body[0][: len(body[0]) - len(body[0].lstrip())]
+    prompt_text = prompt
+    imports, others = [], []
+    for node in tree.body:
+        if node is fn or node.lineno > fn.lineno:
+            continue
+        text = ast.get_source_segment(solution, node) or ""
+        if text.strip() and text.strip() not in prompt_text:
+            (imports if isinstance(node, (ast.Import, ast.ImportFrom)) else others).append(text.strip())
+    after = "\n".join(lines[fn.end_lineno:]).strip("\n")
+    out = "".join(f"{indent}{imp}\n" for imp in imports) + "\n".join(body).rstrip() + "\n"
+    tail = [t for t in others + ([after] if after.strip() else [])]
+    if tail:
+        out += "\n\n" + "\n\n".join(tail) + "\n"
+    return out
 
 
 @dataclass
@@ -77,7 +132,7 @@ def record(task: Task, fmt: str, prompt: str, solution: str, meta: Meta, attempt
         "task_id": task.task_id,
         "format": fmt,
         "prompt": prompt,
-        "completion": continuation(prompt, solution),
+        "completion": continuation(prompt, solution, task.entry_point),
         "meta": m,
     }
 

@@ -43,3 +43,31 @@ def test_offline_demo_with_tiny_model_and_stand_in_teacher(tmp_path):
     refined = [r["task_id"] for r in res if r["outcome"] == "refined"]
     assert refined and sorted({r["task_id"] for r in recs}) == sorted(refined)
     assert all(r["meta"]["teacher_model"] == "offline-stand-in" for r in recs)
+
+
+async def test_mbpp_records_continue_their_prompt(tmp_path, shared_data):
+    """MBPP prompts end with the function header; every record's prompt + completion must pass,
+    not just meta.solution (references with code before the def, or `def f(x): ` with a space)."""
+    from engine.tasks import iter_tasks
+    from runtime.sandbox import Sandbox, SandboxConfig
+
+    out = tmp_path / "mbpp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.pop("OPENAI_API_KEY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "collect", "--tasks", str(shared_data / "mbpp.jsonl"), "--limit", "12",
+         "--max-tokens", "16", "--out", str(out), "--progress", "none"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tasks = {t.task_id: t for _, t in zip(range(12), iter_tasks(shared_data / "mbpp.jsonl"))}
+    recs = [orjson.loads(x) for x in (out / "shards" / "shard-00000.jsonl").read_bytes().splitlines()]
+    persd = [r for r in recs if r["format"] == "persd"]
+    assert len(persd) >= 10
+    # MBPP/1's reference has `R = 3`, `C = 3` before the def: re-cut, not restated
+    first = next(r for r in persd if r["task_id"] == "MBPP/1")
+    assert not first["completion"].lstrip().startswith(("def ", "R = 3"))
+    async with Sandbox(SandboxConfig()) as sb:
+        for r in persd:
+            task = tasks[r["task_id"]]
+            result = await sb.run(task.program(r["prompt"] + r["completion"]))
+            assert result.status == "passed", (r["task_id"], result.feedback)

@@ -121,7 +121,13 @@ def test_continuation():
     assert continuation(prompt, "def f(x):\n    return 2 * x\n") == "    return 2 * x\n"
     assert continuation(prompt, prompt + "    return 2 * x\n") == "    return 2 * x\n"
     whole = "import math\n\ndef f(x):\n    return 2 * x\n"
-    assert continuation(prompt, whole) == whole
+    assert continuation(prompt, whole) == whole  # no entry point known: the whole program
+    # re-cut after the header: imports the prompt lacks go to the body's top, other code after it
+    assert continuation(prompt, whole, "f") == "    import math\n    return 2 * x\n"
+    mbpp_like = "R = 3\ndef f(x): \n\treturn R * x\n"
+    assert continuation(prompt, mbpp_like, "f") == "\treturn R * x\n\n\nR = 3\n"
+    assert continuation(prompt, "def f(y):\n    return 2 * y\n", "f") == "def f(y):\n    return 2 * y\n"
+    assert continuation(prompt, "def f(x): return 2 * x\n", "f") == "def f(x): return 2 * x\n"
 
 
 # ------------------------------------------------------------------ the engine with instant backends
