@@ -134,7 +134,7 @@ def parse_task_line(raw: bytes | str, path: str, lineno: int) -> Task:
     where = f"{path}:{lineno}"
     if "task_id" not in obj:
         raise InputError(path, lineno, "missing", field="task_id")
-    if "canonical_solution" in obj or ("entry_point" in obj and "prompt" in obj and "test" in obj and "instruction" not in obj and "tests" not in obj):
+    if "canonical_solution" in obj:
         return _humaneval(obj, path, lineno, where)
     if "text" in obj and "test_list" in obj:
         return _mbpp(obj, path, lineno, where)
@@ -222,6 +222,8 @@ def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
     entry = _str_field(obj, "entry_point", path, lineno, required=False) or None
     header = _str_field(obj, "header", path, lineno, required=False)
     reference = _str_field(obj, "reference", path, lineno, required=False) or None
+    if entry is None:  # the function the header (or a code prompt) ends with
+        entry = last_function(header or raw_prompt_of(obj))
     if not header and reference and entry:
         header = function_header(reference, entry)
     tests = _str_list(obj, "tests", path, lineno)
@@ -234,11 +236,14 @@ def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
         test_program = test_code
     else:
         test_program = "\n".join(tests) + ("\n" if tests else "")
+    visible = tests[0] if tests else ""
     if instruction:
         prompt = f'"""\n{instruction.strip()}\n"""\n\n{header}'
     else:
         prompt, instruction = raw_prompt, raw_prompt
         header = header or raw_prompt
+        if not visible and entry:  # a HumanEval-style prompt: its docstring examples
+            visible = "\n".join(docstring_examples(raw_prompt, entry))
     return Task(
         task_id=str(obj["task_id"]),
         shape="generic",
@@ -248,13 +253,24 @@ def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
         entry_point=entry,
         test_program=test_program,
         tests=tuple(tests),
-        visible_tests=tests[0] if tests else "",
+        visible_tests=visible,
         reference=reference,
         source=where,
     )
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def raw_prompt_of(obj: dict) -> str:
+    value = obj.get("prompt")
+    return value if isinstance(value, str) else ""
+
+
+def last_function(code: str) -> str | None:
+    """The name of the last top-level `def` in `code` (a header or a code prompt), if any."""
+    names = re.findall(r"^def\s+([A-Za-z_]\w*)\s*\(", code or "", re.M)
+    return names[-1] if names else None
 
 _CALL = re.compile(r"^\s*assert\s+(?:not\s+)?\(?\s*(?:set\(|sorted\(|math\.isclose\(|abs\()?\s*([A-Za-z_]\w*)\s*\(")
 

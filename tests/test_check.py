@@ -100,3 +100,25 @@ def test_check_cli_bad_flag_exits_2(tmp_path):
 def test_unknown_command_exits_2():
     proc = persd("frobnicate")
     assert proc.returncode == 2 and "unknown command" in proc.stderr
+
+
+def test_check_never_passes_a_sample_of_a_task_without_tests(tmp_path):
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_bytes(orjson.dumps({"task_id": "a/1", "instruction": "Sort a list.", "entry_point": "s",
+                                    "header": "def s(xs):\n", "reference": "def s(xs):\n    return sorted(xs)\n"}) + b"\n")
+    samples = tmp_path / "s.jsonl"
+    samples.write_bytes(b'{"task_id": "a/1", "solution": "x = 1\\n"}\n{"task_id": "a/1", "completion": "    return None\\n"}\n')
+    out = tmp_path / "out.jsonl"
+    proc = persd("check", "--tasks", str(tasks), "--samples", str(samples), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert [r["status"] for r in read_jsonl(out)] == ["error", "error"]
+    assert "no tests" in read_jsonl(out)[0]["error"]
+
+
+def test_check_accepts_mbpp_integer_ids(tmp_path, shared_data):
+    samples = tmp_path / "s.jsonl"
+    samples.write_bytes(b'{"task_id": 2, "solution": "def similar_elements(a, b):\\n    return tuple(sorted(set(a) & set(b)))\\n"}\n')
+    out = tmp_path / "out.jsonl"
+    proc = persd("check", "--tasks", str(shared_data / "mbpp.jsonl"), "--samples", str(samples), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert read_jsonl(out)[0]["task_id"] == "MBPP/2" and read_jsonl(out)[0]["status"] == "passed"

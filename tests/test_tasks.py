@@ -110,3 +110,18 @@ def test_humaneval_visible_tests_cover_prose_examples():
     assert tasks["HumanEval/46"].visible_tests.count("fib4(n)") == 0  # prose with free names is not a test
     assert sum(1 for t in tasks.values() if t.visible_tests) > 130
     assert docstring_examples("def f(x):\n    '''f(2) should return 4.'''\n", "f") == ["assert f(2) == 4"]
+
+
+def test_generic_code_prompt_with_plain_asserts_and_no_entry_point(tmp_path):
+    """`prompt` + `test` without `check`: no check() call appended; the entry point comes from the
+    prompt's header; the reference is kept."""
+    path = write_jsonl(tmp_path / "t.jsonl", [
+        {"task_id": "p/1", "prompt": "def inc(a):\n    \"\"\"\n    >>> inc(1)\n    2\n    \"\"\"\n",
+         "test": "assert inc(1) == 2\n", "reference": "def inc(a):\n    return a + 1\n"},
+        {"task_id": "p/2", "prompt": "import math\ndef area(r):\n", "entry_point": "area",
+         "test": "def check(f):\n    assert f(1) == math.pi\n", "reference": "import math\ndef area(r):\n    return math.pi * r * r\n"},
+    ])
+    a, b = iter_tasks(path)
+    assert a.shape == "generic" and a.entry_point == "inc" and a.reference
+    assert "check(" not in a.test_program and a.visible_tests == "assert inc(1) == 2"
+    assert b.test_program.rstrip().endswith("check(area)")

@@ -23,6 +23,10 @@ class Sample:
     index: int
     task_id: str
     program: str
+    error: str = ""  # set when the sample cannot be judged at all (its task has no tests)
+
+
+NO_TESTS = "the task has no tests: nothing can be checked (never a pass)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +76,8 @@ def file_samples(path: str, tasks: dict[str, Task]) -> Iterator[Sample]:
             if tid is None:
                 raise InputError(path, lineno, "missing", field="task_id")
             task = tasks.get(str(tid))
+            if task is None and isinstance(tid, int):  # MBPP's own integer ids
+                task = tasks.get(f"MBPP/{tid}")
             if task is None:
                 raise InputError(path, lineno, f"unknown task id {tid!r} (not in --tasks)", field="task_id")
             if isinstance(obj.get("solution"), str):
@@ -80,7 +86,7 @@ def file_samples(path: str, tasks: dict[str, Task]) -> Iterator[Sample]:
                 program = task.program(task.prompt + obj["completion"])
             else:
                 raise InputError(path, lineno, "needs a string 'completion' or 'solution'", field="completion")
-            yield Sample(index, task.task_id, program)
+            yield Sample(index, task.task_id, program, "" if task.has_tests else NO_TESTS)
             index += 1
 
 
@@ -94,6 +100,11 @@ async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path
         start = time.perf_counter()
 
         async def one(sample: Sample) -> None:
+            if sample.error:
+                counts["error"] += 1
+                results[sample.index] = {"task_id": sample.task_id, "status": "error", "passed": False,
+                                         "error": sample.error, "duration_s": 0.0}
+                return
             r = await sandbox.run(sample.program)
             counts[r.status] += 1
             results[sample.index] = {"task_id": sample.task_id, "status": r.status, "passed": r.passed,
