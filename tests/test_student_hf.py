@@ -118,3 +118,14 @@ async def test_generate_needs_start_and_bad_config_is_a_usage_error(tiny_model_d
         StudentRequest(prompt="x", messages=[{"role": "user", "content": "y"}])
     with pytest.raises(UsageError):
         SamplingParams(n=0)
+
+
+async def test_a_seeded_request_gives_the_same_texts_whatever_shares_its_batch(hf: HFStudent):
+    """Exact resume needs this: a request regenerated after a kill is batched with other requests."""
+    params = SamplingParams(n=2, temperature=0.8, top_p=0.95, max_tokens=12, seed=7)
+    probe = StudentRequest(prompt="def probe(x):\n", params=params)
+    alone = await hf.generate(probe)
+    crowd = [StudentRequest(prompt=f"def other{i}(y, z):\n    '''{'w' * i}'''\n", params=params) for i in range(9)]
+    batched = await asyncio.gather(*(hf.generate(r) for r in [*crowd[:4], probe, *crowd[4:]]))
+    assert batched[4].texts == alone.texts
+    assert len(set(alone.texts)) == 2 or alone.texts[0] == ""  # the two samples are independent draws

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,7 +247,7 @@ class HFStudent(BaseStudent):
 
     def _generate_encoded(self, requests: list[StudentRequest], encoded: list[list[int]]) -> list[StudentOutput]:
         import torch
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         tok, model = self._tokenizer, self._model
         params = requests[0].params
@@ -256,23 +258,27 @@ class HFStudent(BaseStudent):
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=self._device)
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [tok.eos_token_id])
+        # Sampling happens in RowSampler, one generator per row seeded from its own request, so a
+        # request's texts do not depend on which requests share its batch; generate() then only
+        # has to take the one token left finite (greedy).
         gen = GenerationConfig(
             max_new_tokens=params.max_tokens,
-            do_sample=not params.greedy,
-            temperature=params.temperature if not params.greedy else None,
-            top_p=params.top_p if not params.greedy else None,
+            do_sample=False,
             top_k=None,
             pad_token_id=pad,
             eos_token_id=sorted(eos_ids),
         )
         stopper = StopOnStrings(tok, params.stop, width, len(rows))
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
+        processors = None
+        if not params.greedy:
+            seeds = [row_seed(params.seed, ids, j) for ids, r in zip(encoded, requests) for j in range(r.params.n)]
+            processors = LogitsProcessorList([RowSampler(seeds, params.temperature, params.top_p)])
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 generation_config=gen,
+                logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([stopper]) if params.stop else None,
             )
         self.stats.generate_calls += 1
@@ -308,6 +314,40 @@ def finish_row(tok: Any, tokens: list[int], stopped_at: int | None, eos_ids: set
     if cut >= 0:
         return text[:cut], "stop", count
     return text, ("stop" if hit_eos else "length"), count + hit_eos
+
+
+def row_seed(seed: int | None, prompt_ids: list[int], sample: int) -> int:
+    """A row's sampling seed: the request's seed, its prompt and the sample's index. Without a
+    seed, fresh randomness."""
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little")
+    digest = hashlib.blake2b(repr((seed, sample, prompt_ids)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class RowSampler:
+    """A logits processor that samples every row with its own torch.Generator (temperature,
+    nucleus top_p) and leaves only the chosen token finite."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(dim=-1) - sorted_probs > self.top_p  # keeps at least the top token
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        chosen = torch.stack([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, chosen.to(scores.device), 0.0)
 
 
 class StopOnStrings:
