@@ -7,6 +7,7 @@ sharing DIR never write the same file. Writes are atomic (temp file, fsync, rena
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -81,15 +82,17 @@ def check_compatible(out_dir: Path, fingerprint: dict[str, Any], force: bool) ->
     return warnings
 
 
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+
+
 def scrub(value: Any, secrets: list[str]) -> Any:
-    """Remove any secret text that might have slipped into a structure written to disk."""
-    if not secrets:
-        return value
+    """Remove any secret text that might have slipped into a structure written to disk: the
+    known secrets, and credentials written into a URL (`https://user:key@host`)."""
     if isinstance(value, str):
         for s in secrets:
             if s and s in value:
                 value = value.replace(s, "***")
-        return value
+        return _URL_CREDENTIALS.sub(r"\1***@", value)
     if isinstance(value, dict):
         return {k: scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import signal
 import sys
 import time
@@ -113,6 +114,7 @@ class Collector:
         self.stats.resumed += self.plan.size(k)
         self.stats.shards_sealed += 1
         self.stats.outcomes.update(info["outcomes"])
+        self.stats.records.update(info["formats"])
 
     def fingerprint(self) -> dict[str, Any]:
         fp = self.cfg.fingerprint()
@@ -213,9 +215,7 @@ class Collector:
         plan, slots = self.plan, self._slots
         total = plan.total
         sealed = {k for k in plan.owned() if k in self.shard_info}
-        for idx, task in enumerate(iter_tasks(self.cfg.tasks)):
-            if idx >= total:
-                break
+        for idx, task in enumerate(itertools.islice(iter_tasks(self.cfg.tasks), total)):  # nothing past --limit
             k = idx // plan.shard_size
             if not plan.owns(k) or k in sealed:
                 continue

@@ -259,8 +259,9 @@ class ShardStore:
 
     def sealed_stats(self, k: int) -> dict:
         stats = shard_stats(iter_lines(self.results_path(k)))
-        with open(self.records_path(k), "rb") as fh:
-            stats["records"] = sum(1 for raw in fh if raw.strip())
+        formats: Counter = Counter(r.get("format", "?") for r in iter_lines(self.records_path(k)))
+        stats["records"] = sum(formats.values())
+        stats["formats"] = dict(sorted(formats.items()))
         return stats
 
     def close(self, k: int | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import re
 
 from engine import lessons
@@ -31,9 +32,7 @@ class StandinResponder:
 
     def __init__(self, tasks_src: str, limit: int | None = None):
         self.references: dict[str, tuple[str, str]] = {}
-        for i, task in enumerate(iter_tasks(tasks_src)):
-            if limit is not None and i >= limit:
-                break
+        for task in itertools.islice(iter_tasks(tasks_src), limit):  # never parses a line past --limit
             self.references[_key(task.instruction)] = (task.reference or "", _calls(task))
 
     def __call__(self, body: dict) -> str:

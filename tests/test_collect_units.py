@@ -233,3 +233,32 @@ async def test_forced_rerun_with_a_larger_limit_does_not_skip_tasks_silently(tmp
     with pytest.raises(UsageError, match=r"shard 0 was sealed with 30 tasks.*holds 50"):
         await Collector(_cfg(tmp_path, tasks, "--limit", "60", "--force"), open_backends=instant_backends,
                         install_signals=False).run()
+
+
+async def test_manifest_totals_count_every_sealed_record_after_reruns(tmp_path):
+    tasks = write_synthetic_tasks(tmp_path / "t.jsonl", 120)
+    assert await Collector(_cfg(tmp_path, tasks), open_backends=instant_backends, install_signals=False).run() == 0
+    first = orjson.loads((tmp_path / "out" / "manifest.json").read_bytes())["totals"]
+    assert sum(first["records"].values()) == first["records_sealed"] > 0
+    assert await Collector(_cfg(tmp_path, tasks), open_backends=instant_backends, install_signals=False).run() == 0
+    again = orjson.loads((tmp_path / "out" / "manifest.json").read_bytes())["totals"]
+    assert again["records"] == first["records"] and again["outcomes"] == first["outcomes"]
+
+
+def test_manifest_scrubs_credentials_in_urls():
+    from engine.manifest import scrub
+
+    data = {"teacher": {"url": "https://user:sk-SECRET-1@api.example.com/v1"}, "other": ["sk-KNOWN here"]}
+    clean = scrub(data, ["sk-KNOWN"])
+    assert clean == {"teacher": {"url": "https://***@api.example.com/v1"}, "other": ["*** here"]}
+
+
+async def test_a_bad_line_past_the_limit_is_never_read(tmp_path):
+    tasks = write_synthetic_tasks(tmp_path / "t.jsonl", 5)
+    with open(tasks, "ab") as fh:
+        fh.write(b"{broken\n")
+    assert await Collector(_cfg(tmp_path, tasks, "--limit", "5"), open_backends=instant_backends,
+                           install_signals=False).run() == 0
+    from engine.standin import StandinResponder
+
+    assert len(StandinResponder(str(tasks), limit=5).references) == 5
