@@ -271,11 +271,16 @@ def validate(cfg: CollectConfig) -> None:
 
 def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human lines naming each changed setting, as flags."""
+    derived = {"tasks_count": "the number of tasks in --tasks", "tasks_sha256": "the content of --tasks",
+               "prompt_version": "persd's prompt texts (a newer persd)"}
     lines = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
-            flag = "--" + key.replace("_", "-")
-            lines.append(f"{flag}: was {old.get(key)!r}, now {new.get(key)!r}")
+            if key == "tasks_sha256":
+                lines.append(f"{derived[key]} changed")
+                continue
+            name = derived.get(key, "--" + key.replace("_", "-"))
+            lines.append(f"{name}: was {old.get(key)!r}, now {new.get(key)!r}")
     return lines
 
 
