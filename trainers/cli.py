@@ -142,9 +142,16 @@ def main(argv: list[str]) -> int:
 def run(cfg: TrainConfig, *, resume: bool = False) -> int:
     from trainers.export import export_hf, verify_export
     from trainers.launch import close_world
-    from trainers.loop import train
+    from trainers.loop import TrainingInterrupted, train
 
-    result = train(cfg, resume=resume)
+    try:
+        result = train(cfg, resume=resume)
+    except TrainingInterrupted as stop:
+        where = f"checkpoint of step {stop.step} in {stop.ckpt_dir}" if stop.ckpt_dir else "no new checkpoint"
+        print(f"persd train: interrupted ({where}); rerun the same command with --resume to continue",
+              file=sys.stderr)
+        close_world()
+        return 130
     world, log = result["world"], result["log"]
     final = Path(cfg.out) / "final"
     log.info(f"exporting the consolidated model to {final}")

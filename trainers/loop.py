@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +114,38 @@ def check_packing(engine, examples: list[Example], pad_id: int) -> None:
                          f"implementation that honours restarting position ids (--attn-implementation)")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM: the last finished step was checkpointed (when there was one)."""
+
+    def __init__(self, step: int, ckpt_dir: Path | None):
+        super().__init__(step)
+        self.step, self.ckpt_dir = step, ckpt_dir
+
+
+class StopSignal:
+    """SIGINT and SIGTERM (a launcher's or a scheduler's preemption notice) ask the loop to stop at
+    the next step boundary; a second signal interrupts at once. Installed even where the shell
+    started us with SIGINT ignored (a background job)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            self.restore()
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+
 def _all_sum(values: list[float], device) -> list[float]:
     import torch.distributed as dist
 
@@ -157,6 +191,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dic
     cfg.validate()
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     model_dir = check_model_dir(cfg.model)
     ds_file = load_ds_config(cfg.deepspeed)
     if cfg.tensorboard:
@@ -234,13 +269,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dic
     peak = cfg.peak_tflops or guess_peak_tflops()
     history: list[dict[str, Any]] = []
     engine.train()
+    stop = StopSignal()
     for step in range(start, total_steps):
         t0 = time.perf_counter()
         epoch, micro = sched.window(step, world.rank, world.size, grad_accum)
         batches = [collate(rows, examples, seq_len=cfg.seq_len, batching=cfg.batching, pad_id=pad_id) for rows in micro]
-        n_target, n_tokens, n_slots = _all_sum(
-            [sum(b.n_target for b in batches), sum(b.n_tokens for b in batches), sum(b.n_slots for b in batches)],
+        n_target, n_tokens, n_slots, stopping = _all_sum(
+            [sum(b.n_target for b in batches), sum(b.n_tokens for b in batches), sum(b.n_slots for b in batches),
+             float(stop.requested)],
             engine.device)
+        if stopping:  # a signal reached some rank: every rank saves the last finished step, then stops
+            if step > start:
+                checkpoint.save(engine, ckpt_dir, step=step, identity=identity, keep=cfg.keep_checkpoints,
+                                rank=world.rank)
+            stop.restore()
+            raise TrainingInterrupted(step, ckpt_dir if step > start else None)
         lr = scheduler.get_last_lr()[0]
         loss_sum = 0.0
         for batch in batches:
@@ -265,6 +308,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dic
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
             checkpoint.save(engine, ckpt_dir, step=step + 1, identity=identity, keep=cfg.keep_checkpoints,
                             rank=world.rank)
+    stop.restore()
     summary: dict[str, Any] = {"steps": total_steps, "steps_per_epoch": sched.steps_per_epoch[0],
                                "resumed_at": start, "history": history,
                                "padding": waste, "examples": len(examples), "zero_stage": stage,
