@@ -128,7 +128,7 @@ def parse_task_line(raw: bytes | str, path: str, lineno: int) -> Task:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InputError(path, lineno, f"not valid JSON ({exc})") from None
+        raise InputError(path, lineno, json_problem(exc)) from None
     if not isinstance(obj, dict):
         raise InputError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
     where = f"{path}:{lineno}"
@@ -260,6 +260,11 @@ def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def json_problem(exc: "orjson.JSONDecodeError") -> str:
+    """A JSON error described within its line (the decoder's own line numbers count from 1 per line)."""
+    return f"not valid JSON: {exc.msg} at column {exc.colno}"
 
 
 def raw_prompt_of(obj: dict) -> str:

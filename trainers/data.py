@@ -65,7 +65,7 @@ def _parse(path: Path) -> Iterator[Record]:
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                raise InputError(str(path), lineno, f"not valid JSON ({exc})") from None
+                raise InputError(str(path), lineno, f"not valid JSON: {exc.msg} at column {exc.colno}") from None
             if not isinstance(obj, dict):
                 raise InputError(str(path), lineno, "expected a JSON object (a training record)")
             for key in REQUIRED:

@@ -13,7 +13,7 @@ from typing import Iterator
 import orjson
 
 from engine.aio import run_async
-from engine.tasks import Task, iter_tasks
+from engine.tasks import Task, iter_tasks, json_problem
 from runtime.errors import InputError, UsageError
 from runtime.sandbox import STATUSES, Sandbox, SandboxConfig
 
@@ -69,7 +69,7 @@ def file_samples(path: str, tasks: dict[str, Task]) -> Iterator[Sample]:
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                raise InputError(path, lineno, f"not valid JSON ({exc})") from None
+                raise InputError(path, lineno, json_problem(exc)) from None
             if not isinstance(obj, dict):
                 raise InputError(path, lineno, "expected a JSON object")
             tid = obj.get("task_id")
