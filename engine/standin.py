@@ -16,7 +16,7 @@ from engine import lessons
 from engine.tasks import Task, iter_tasks
 
 MODEL = "offline-stand-in"
-LABEL = ("teacher: OFFLINE STAND-IN answering from the tasks' reference solutions (no key, no network); "
+LABEL = ("teacher: OFFLINE STAND-IN answering from the tasks' reference solutions (it needs no key and no network); "
          "pass --teacher-url and set the key's variable for a real teacher")
 
 
