@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from engine.aio import run_async
 from runtime.student import SamplingParams, StudentConfig, StudentRequest, create_student
 
 
@@ -257,12 +258,7 @@ def main(argv: list[str]) -> int:
 
         import_vllm()  # a clear message (suggesting --skip-vllm) before any work
     t0 = time.perf_counter()
-    try:
-        import uvloop
-
-        results = uvloop.run(run(args))
-    except ImportError:
-        results = asyncio.run(run(args))
+    results = run_async(run(args))
     render(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

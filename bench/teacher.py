@@ -19,6 +19,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from engine.aio import run_async
 from runtime.http import RetryPolicy
 from runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
 from runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
@@ -168,12 +169,7 @@ async def run(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    try:
-        import uvloop
-
-        rows = uvloop.run(run(args))
-    except ImportError:
-        rows = asyncio.run(run(args))
+    rows = run_async(run(args))
     show(rows, args)
     persd = rows[0]
     report = {"bench": "teacher", "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

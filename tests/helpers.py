@@ -20,10 +20,12 @@ def doubling_task(i: int, name: str = "f", task_id: str | None = None, variant: 
     }
 
 
-def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+def write_jsonl(path: Path, rows: Iterable[dict | bytes]) -> Path:
+    """One JSON line per row; a bytes row is written as it is (to plant a malformed line)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
         for row in rows:
-            fh.write(orjson.dumps(row) + b"\n")
+            fh.write((row if isinstance(row, bytes) else orjson.dumps(row)) + b"\n")
     return path
 
 

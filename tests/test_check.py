@@ -8,15 +8,12 @@ import orjson
 import pytest
 
 from engine.tasks import iter_tasks
+from helpers import read_jsonl
 from runtime.sandbox import Sandbox, SandboxConfig
 
 
 def persd(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, cwd=cwd)
-
-
-def read_jsonl(path):
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
 async def run_all(programs):

@@ -5,12 +5,8 @@ import orjson
 import pytest
 
 from engine.tasks import count_tasks, iter_tasks
+from helpers import write_jsonl
 from runtime.errors import InputError, UsageError
-
-
-def write_jsonl(path, rows):
-    path.write_bytes(b"".join((r if isinstance(r, bytes) else orjson.dumps(r)) + b"\n" for r in rows))
-    return path
 
 
 def test_humaneval_builtin_has_164_tasks_with_tests_and_visible_examples():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import write_jsonl
 from runtime.errors import InputError, UsageError
 from trainers.data import load_records, split_by_task
 from trainers.encode import encode_records
@@ -17,12 +18,6 @@ PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "persdi
 
 def rec(task: str, fmt: str, prompt: str = "def f(x):\n", completion: str = "    return x + 1\n") -> dict:
     return {"id": f"{task}/{fmt}", "task_id": task, "format": fmt, "prompt": prompt, "completion": completion}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
