@@ -5,12 +5,12 @@ import importlib
 import sys
 
 BENCHES: dict[str, str] = {
-    "sandbox": "bench.sandbox",
-    "teacher": "bench.teacher",
-    "student": "bench.student",
-    "engine": "bench.engine",
-    "train": "bench.train",
-    "eval": "bench.eval",
+    "sandbox": "persd.bench.sandbox",
+    "teacher": "persd.bench.teacher",
+    "student": "persd.bench.student",
+    "engine": "persd.bench.engine",
+    "train": "persd.bench.train",
+    "eval": "persd.bench.eval",
 }
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from engine.aio import run_async
+from persd.engine.aio import run_async
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,8 +102,8 @@ def teacher_answer(body: dict) -> str:
 
 async def sandbox_throughput(workers: int, tasks_file: Path, n: int = 200) -> float:
     """Executions per second of the real sandbox on this benchmark's programs."""
-    from engine.tasks import iter_tasks
-    from runtime.sandbox import Sandbox, SandboxConfig
+    from persd.engine.tasks import iter_tasks
+    from persd.runtime.sandbox import Sandbox, SandboxConfig
 
     tasks = [t for _, t in zip(range(n), iter_tasks(tasks_file))]
     async with Sandbox(SandboxConfig(workers=workers, timeout_s=10)) as sb:
@@ -115,9 +115,9 @@ async def sandbox_throughput(workers: int, tasks_file: Path, n: int = 200) -> fl
 
 
 async def run_engine(args, tasks_file: Path, work: Path) -> dict:
-    from engine.config import parse_args
-    from engine.runner import Collector
-    from runtime.teacher.local_server import LocalOpenAIServer
+    from persd.engine.collect.config import parse_args
+    from persd.engine.collect.runner import Collector
+    from persd.runtime.teacher.local_server import LocalOpenAIServer
 
     student = StudentServer(args.student_latency, args.student_concurrency)
     teacher = LocalOpenAIServer(teacher_answer, rpm=args.rpm, window_s=args.window)
@@ -149,14 +149,14 @@ async def run_engine(args, tasks_file: Path, work: Path) -> dict:
 
 async def run_phases(args, tasks_file: Path, work: Path) -> dict:
     """The same work as manual phases, with the same backends and the engine's own prompts."""
-    from engine import lessons
-    from engine.config import CollectConfig
-    from engine.studentio import extract, student_request
-    from engine.tasks import iter_tasks
-    from runtime.sandbox import Sandbox, SandboxConfig
-    from runtime.student import StudentConfig, create_student
-    from runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
-    from runtime.teacher.local_server import LocalOpenAIServer
+    from persd.engine import lessons
+    from persd.engine.collect.config import CollectConfig
+    from persd.engine.collect.studentio import extract, student_request
+    from persd.engine.tasks import iter_tasks
+    from persd.runtime.sandbox import Sandbox, SandboxConfig
+    from persd.runtime.student import StudentConfig, create_student
+    from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
+    from persd.runtime.teacher.local_server import LocalOpenAIServer
 
     student_srv = StudentServer(args.student_latency, args.student_concurrency)
     teacher_srv = LocalOpenAIServer(teacher_answer, rpm=args.rpm, window_s=args.window)
@@ -203,9 +203,9 @@ def instant_child(n: int, work: Path, one_core: bool) -> dict:
     """Run collect on `n` synthetic tasks with instant backends in this process; report speed and peak RSS."""
     if one_core and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    from engine.config import parse_args
-    from engine.instant import instant_backends, write_synthetic_tasks
-    from engine.runner import Collector
+    from persd.engine.collect.config import parse_args
+    from persd.bench.instant import instant_backends, write_synthetic_tasks
+    from persd.engine.collect.runner import Collector
 
     import shutil
 
@@ -222,7 +222,7 @@ def instant_child(n: int, work: Path, one_core: bool) -> dict:
 
 
 def spawn_instant(n: int, work: Path, one_core: bool = True) -> dict:
-    cmd = [sys.executable, "-m", "bench.engine", "--child-instant", str(n), "--work", str(work)]
+    cmd = [sys.executable, "-m", "persd.bench.engine", "--child-instant", str(n), "--work", str(work)]
     if not one_core:
         cmd.append("--all-cores")
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import orjson
 
-from engine.aio import run_async
-from engine.evaluation.config import EvalConfig
-from engine.evaluation.runner import evaluate, student_config
-from engine.tasks import iter_tasks
-from runtime.sandbox import Sandbox, SandboxConfig
+from persd.engine.aio import run_async
+from persd.engine.evaluation.config import EvalConfig
+from persd.engine.evaluation.runner import evaluate, student_config
+from persd.engine.tasks import iter_tasks
+from persd.runtime.sandbox import Sandbox, SandboxConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ class ScriptedGPU:
     """A FakeOpenAIServer whose answers take `latency_s`, at most `slots` at a time."""
 
     def __init__(self, tasks, latency_s: float, slots: int):
-        from runtime.student.fake_server import FakeOpenAIServer
+        from persd.runtime.student.fake_server import FakeOpenAIServer
 
         bodies = {t.prompt: (t.reference or "")[len(t.prompt):] for t in tasks}
         gate = asyncio.Semaphore(slots)
@@ -106,7 +106,7 @@ async def bench(args: argparse.Namespace) -> list[Row]:
         if args.student_backend == "scripted":
             cfg.student_url = await stack.enter_async_context(ScriptedGPU(tasks, args.latency_ms / 1000, args.slots))
             cfg.student_model = "scripted-gpu"
-        from runtime.student import create_student
+        from persd.runtime.student import create_student
 
         sandbox = await stack.enter_async_context(
             Sandbox(SandboxConfig(workers=args.sandbox_workers, timeout_s=cfg.exec_timeout)))

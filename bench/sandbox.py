@@ -18,9 +18,9 @@ from pathlib import Path
 
 import orjson
 
-from engine.aio import run_async
-from engine.tasks import Task, iter_tasks
-from runtime.sandbox import Sandbox, SandboxConfig
+from persd.engine.aio import run_async
+from persd.engine.tasks import Task, iter_tasks
+from persd.runtime.sandbox import Sandbox, SandboxConfig
 
 
 @dataclass

@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from engine.aio import run_async
-from runtime.student import SamplingParams, StudentConfig, StudentRequest, create_student
+from persd.engine.aio import run_async
+from persd.runtime.student import SamplingParams, StudentConfig, StudentRequest, create_student
 
 
 @dataclass
@@ -84,7 +84,7 @@ async def bench_hf(model: str, requests: int, max_tokens: int) -> Result:
 
 async def _start_fake_server() -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runtime.student.fake_server", "--port", "0",
+        sys.executable, "-m", "persd.runtime.student.fake_server", "--port", "0",
         stdout=asyncio.subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[1]),
     )
     assert proc.stdout is not None
@@ -162,7 +162,7 @@ async def bench_vllm(model: str, requests: int, max_tokens: int, kv_gib: float, 
     the best of each counts, so load from elsewhere on the machine hits both alike."""
     from vllm import LLM
 
-    from runtime.student.vllm_backend import engine_args_kwargs
+    from persd.runtime.student.vllm_backend import engine_args_kwargs
 
     cfg = _vllm_config(model, max_model_len=512, kv_gib=kv_gib)
     prompts = bench_prompts(requests)
@@ -219,7 +219,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="persd-bench-") as tmp:
         model = args.model
         if not model:
-            from runtime.student.tiny_model import write_tiny_model
+            from persd.runtime.student.tiny_model import write_tiny_model
 
             model = str(write_tiny_model(Path(tmp) / "tiny", seed=0))
         if not args.skip_hf:
@@ -254,7 +254,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kv-cache-gib", type=float, default=2.0, help="vLLM KV cache on CPU (GiB)")
     args = parser.parse_args(argv)
     if not args.skip_vllm:
-        from runtime.student.vllm_backend import import_vllm
+        from persd.runtime.student.vllm_backend import import_vllm
 
         import_vllm()  # a clear message (suggesting --skip-vllm) before any work
     t0 = time.perf_counter()

@@ -19,10 +19,10 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from engine.aio import run_async
-from runtime.http import RetryPolicy
-from runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
-from runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
+from persd.engine.aio import run_async
+from persd.runtime.http import RetryPolicy
+from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
+from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
 WORDS = "def return for while list dict sorted value index result check assert range yield".split()
 

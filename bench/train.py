@@ -45,8 +45,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def run_mode(mode: str, args: argparse.Namespace, model: str, data: list[str], work: Path) -> dict:
-    from trainers.config import TrainConfig
-    from trainers.loop import train
+    from persd.trainers.config import TrainConfig
+    from persd.trainers.loop import train
 
     cfg = TrainConfig(data=data, model=model, out=str(work / mode), batching=mode, seq_len=args.seq_len,
                       micro_batch=args.micro_batch, grad_accum=1, epochs=1, max_steps=args.steps, lr=1e-4,
@@ -80,8 +80,8 @@ def main(argv: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from runtime.errors import UsageError
-    from trainers.launch import close_world
+    from persd.runtime.errors import UsageError
+    from persd.trainers.launch import close_world
 
     data = args.data or default_data()
     missing = [d for d in data if not Path(d).exists()]
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
         work = Path(tmp)
         model = args.model
         if model is None:
-            from runtime.student.tiny_model import write_tiny_model
+            from persd.runtime.student.tiny_model import write_tiny_model
 
             model = str(write_tiny_model(work / "tiny-model", seed=0))
         if args.random_model:
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
                       f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (CPU)")
     console.print(table)
     report = {"bench": "train", "command": "persd bench train " + " ".join(argv), "data": data,
-              "model": args.model or "tiny (runtime.student.tiny_model, seed 0)", "seq_len": args.seq_len,
+              "model": args.model or "tiny (persd.runtime.student.tiny_model, seed 0)", "seq_len": args.seq_len,
               "micro_batch": args.micro_batch, "steps": args.steps, "deepspeed": args.deepspeed, "results": rows,
               "wall_s": wall, "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                                           "cpus": os.cpu_count(), "torch": _torch_version()}}
@@ -133,7 +133,7 @@ def write_random_model(tokenizer_dir: Path, out: Path, size: str, seq_len: int) 
     """A Llama config of the given size (no weights: the trainer initialises them) plus a tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig
 
-    from runtime.errors import UsageError
+    from persd.runtime.errors import UsageError
 
     shapes = {"1b": (2048, 20, 16)}  # hidden, layers, heads: about 1.0B parameters with the intermediate below
     if size in shapes:

@@ -13,7 +13,7 @@ import ast
 import re
 import warnings
 
-from engine.tasks import Task
+from persd.engine.tasks import Task
 
 _FENCE = re.compile(r"```[ \t]*([\w.+-]*)[^\n]*\n(.*?)(?:\n?[ \t]*```|\Z)", re.S)
 _CODE_LANGS = {"", "python", "py", "python3", "py3", "python2"}

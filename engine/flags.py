@@ -11,7 +11,7 @@ import argparse
 import tomllib
 from typing import Any, Callable
 
-from runtime.errors import UsageError
+from persd.runtime.errors import UsageError
 
 STUDENT_BACKENDS = ("vllm", "openai", "hf")
 PROGRESS_MODES = ("auto", "live", "plain", "none")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 import re
 
-from engine.tasks import Task
+from persd.engine.tasks import Task
 
 SYSTEM = (
     "You are an expert Python programmer and a patient teacher. You correct students' code so that "

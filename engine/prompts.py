@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from engine.tasks import Task
+from persd.engine.tasks import Task
 
 if TYPE_CHECKING:  # the engine may use runtime's dataclasses; import them only when asked
-    from runtime.student import SamplingParams, StudentRequest
+    from persd.runtime.student import SamplingParams, StudentRequest
 
 # Where a base model's function ends: the next top-level statement of another kind.
 STOP_SEQUENCES: tuple[str, ...] = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert")
@@ -67,7 +67,7 @@ def student_request(task: Task, params: "SamplingParams", chat: bool) -> "Studen
     sequences (merged into `params.stop`) for base models."""
     from dataclasses import replace
 
-    from runtime.student import StudentRequest
+    from persd.runtime.student import StudentRequest
 
     if chat:
         return StudentRequest(messages=student_messages(task), params=params, request_id=task.task_id)

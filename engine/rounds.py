@@ -32,13 +32,12 @@ from typing import Any
 
 import orjson
 
-from engine.config import describe_difference, resolve_student_backend
-from engine.evaluation.journal import atomic_write
-from engine.shards import iter_lines
-from engine.tasks import parse_task_line, resolve_source
-from runtime.errors import PersdError, UsageError
+from persd.engine.collect.config import describe_difference, resolve_student_backend
+from persd.engine.evaluation.journal import atomic_write
+from persd.engine.collect.shards import iter_lines
+from persd.engine.tasks import parse_task_line, resolve_source
+from persd.runtime.errors import PersdError, UsageError
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -219,7 +218,7 @@ class Loop:
         if not cfg.student_model:
             base = self.lay.out / "base-model"
             if not (base / "config.json").exists():
-                from runtime.student.tiny_model import write_tiny_model
+                from persd.runtime.student.tiny_model import write_tiny_model
 
                 write_tiny_model(base, seed=0)
                 self.log(f"student: no --student-model given: a tiny random-weight model at {base} (offline demo)")
@@ -277,7 +276,7 @@ class Loop:
     # ---------------------------------------------------------------- tasks per round
 
     def round_one_count(self) -> int:
-        from engine.source import scan_source
+        from persd.engine.collect.source import scan_source
 
         return scan_source(self.cfg.tasks, self.cfg.limit).count
 
@@ -337,7 +336,7 @@ class Loop:
                         "--max-tokens": c.collect_max_tokens, "--max-in-flight": c.max_in_flight,
                         "--sandbox-workers": c.sandbox_workers, "--exec-timeout": c.exec_timeout,
                         "--force": c.force})
-        cmd = [sys.executable, "-m", "engine.cli", "collect", *args, *shlex.split(c.collect_args)]
+        cmd = [sys.executable, "-m", "persd", "collect", *args, *shlex.split(c.collect_args)]
         self.run_stage(r, "collect", cmd)
 
     def stage_train(self, r: int, init: str) -> None:
@@ -352,7 +351,7 @@ class Loop:
         if _has_checkpoint(out / "checkpoints"):
             args.append("--resume")
         launcher = shlex.split(c.train_launcher) if c.train_launcher else [sys.executable]
-        self.run_stage(r, "train", [*launcher, "-m", "engine.cli", "train", *args, *shlex.split(c.train_args)])
+        self.run_stage(r, "train", [*launcher, "-m", "persd", "train", *args, *shlex.split(c.train_args)])
 
     def stage_eval(self, r: int, model: str) -> None:
         out = self.lay.eval(r)
@@ -368,7 +367,7 @@ class Loop:
                         "--max-tokens": c.eval_max_tokens, "--k": c.k, "--refine-steps": c.refine_steps,
                         "--sandbox-workers": c.sandbox_workers, "--exec-timeout": c.exec_timeout,
                         "--force": c.force})
-        self.run_stage(r, "eval", [sys.executable, "-m", "engine.cli", "eval", *args, *shlex.split(c.eval_args)])
+        self.run_stage(r, "eval", [sys.executable, "-m", "persd", "eval", *args, *shlex.split(c.eval_args)])
 
     def run_stage(self, r: int, name: str, cmd: list[str]) -> None:
         line = shlex.join(cmd)
@@ -376,9 +375,7 @@ class Loop:
         self.lay.commands.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lay.commands, "a", encoding="utf-8") as fh:
             fh.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} round {r} {name}\n{line}\n")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-        rc = subprocess.run(cmd, env=env).returncode
+        rc = subprocess.run(cmd).returncode
         if rc == 0:
             return
         if rc == 130:
@@ -463,6 +460,6 @@ def _task_lines(src: str):
 def _has_checkpoint(ckpt_dir: Path) -> bool:
     if not ckpt_dir.is_dir() or not any(ckpt_dir.iterdir()):
         return False
-    from trainers.checkpoint import latest_tag
+    from persd.trainers.checkpoint import latest_tag
 
     return latest_tag(ckpt_dir) is not None

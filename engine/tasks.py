@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import orjson
 
-from runtime.errors import InputError, UsageError
+from persd.runtime.errors import InputError, UsageError
 
 BUILTIN_SETS = ("humaneval", "mbpp")
 MBPP_ENV = "PERSD_DATA_DIR"  # a directory holding mbpp.jsonl (or set PERSD_MBPP to the file)
@@ -101,8 +101,7 @@ def _mbpp_path() -> Path:
         candidates.append(Path(os.environ["PERSD_MBPP"]))
     if os.environ.get(MBPP_ENV):
         candidates.append(Path(os.environ[MBPP_ENV]) / "mbpp.jsonl")
-    repo = Path(__file__).resolve().parents[1]
-    candidates += [Path("data/mbpp.jsonl"), repo.parent / "shared" / "data" / "mbpp.jsonl"]
+    candidates.append(Path("data/mbpp.jsonl"))
     for cand in candidates:
         if cand.is_file():
             return cand

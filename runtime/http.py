@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from runtime.errors import PersdError
+from persd.runtime.errors import PersdError
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 BODY_LIMIT = 2000  # characters of a server's body kept in errors

@@ -7,13 +7,13 @@ import sys
 import orjson
 import pytest
 
-from engine.tasks import iter_tasks
+from persd.engine.tasks import iter_tasks
 from helpers import read_jsonl
-from runtime.sandbox import Sandbox, SandboxConfig
+from persd.runtime.sandbox import Sandbox, SandboxConfig
 
 
 def persd(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "persd", *args], capture_output=True, text=True, cwd=cwd)
 
 
 async def run_all(programs):

@@ -19,9 +19,9 @@ import orjson
 import pytest
 
 from helpers import write_doubling_tasks
-from runtime.sandbox import Sandbox, SandboxConfig
-from runtime.student.fake_server import FakeOpenAIServer
-from runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
+from persd.runtime.sandbox import Sandbox, SandboxConfig
+from persd.runtime.student.fake_server import FakeOpenAIServer
+from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-DO-NOT-LEAK-4242"
@@ -93,7 +93,7 @@ def teacher_responder(ctl: Control):
 
 
 def request_key(body: dict) -> str:
-    """The teacher journal's key for a request body, as runtime.teacher.types.ChatRequest.key makes it."""
+    """The teacher journal's key for a request body, as persd.runtime.teacher.types.ChatRequest.key makes it."""
     material = {"payload": body, "sample_index": 0}
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -142,7 +142,7 @@ class Env:
         self.ctl.fire_at, self.ctl.sig, self.ctl.fired = fire_at, sig, False
         self.ctl.teacher_seen = self.ctl.student_seen = 0
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", "collect", *self.args(out, *extra),
+            sys.executable, "-m", "persd", "collect", *self.args(out, *extra),
             cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         self.ctl.proc = proc
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
@@ -237,7 +237,7 @@ async def test_clean_run_outputs(reference):
 
 
 async def test_every_solution_passes_in_the_sandbox(reference):
-    from engine.tasks import iter_tasks
+    from persd.engine.tasks import iter_tasks
 
     tasks = {t.task_id: t for t in iter_tasks(reference["tmp"] / "tasks.jsonl")}
     recs = records(reference["out"])
@@ -307,7 +307,7 @@ async def test_partitions_share_one_directory(reference, tmp_path):
     assert shard_bytes(out) == shard_bytes(reference["out"])
     assert sorted(p.name for p in out.glob("manifest*.json")) == [
         f"manifest.part-{i:04d}-of-0003.json" for i in range(3)]
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "engine.cli", "status", str(out), "--json",
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "persd", "status", str(out), "--json",
                                                 cwd=REPO, stdout=asyncio.subprocess.PIPE)
     so, _ = await proc.communicate()
     status = orjson.loads(so)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.engine import spawn_instant
+from persd.bench.engine import spawn_instant
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_offline_demo_with_tiny_model_and_stand_in_teacher(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.pop("OPENAI_API_KEY", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "collect", "--tasks", "humaneval", "--limit", "3", "--max-tokens", "16",
+        [sys.executable, "-m", "persd", "collect", "--tasks", "humaneval", "--limit", "3", "--max-tokens", "16",
          "--out", str(out), "--sandbox-workers", "2", "--progress", "plain"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -48,14 +48,14 @@ def test_offline_demo_with_tiny_model_and_stand_in_teacher(tmp_path):
 async def test_mbpp_records_continue_their_prompt(tmp_path, shared_data):
     """MBPP prompts end with the function header; every record's prompt + completion must pass,
     not just meta.solution (references with code before the def, or `def f(x): ` with a space)."""
-    from engine.tasks import iter_tasks
-    from runtime.sandbox import Sandbox, SandboxConfig
+    from persd.engine.tasks import iter_tasks
+    from persd.runtime.sandbox import Sandbox, SandboxConfig
 
     out = tmp_path / "mbpp"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.pop("OPENAI_API_KEY", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "collect", "--tasks", str(shared_data / "mbpp.jsonl"), "--limit", "12",
+        [sys.executable, "-m", "persd", "collect", "--tasks", str(shared_data / "mbpp.jsonl"), "--limit", "12",
          "--max-tokens", "16", "--out", str(out), "--progress", "none"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,12 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.config import parse_args
-from engine.instant import instant_backends, write_synthetic_tasks
-from engine.records import continuation
-from engine.runner import Collector
-from engine.shards import DiskError, ShardPlan, ShardStore
-from runtime.errors import UsageError
+from persd.engine.collect.config import parse_args
+from persd.bench.instant import instant_backends, write_synthetic_tasks
+from persd.engine.collect.records import continuation
+from persd.engine.collect.runner import Collector
+from persd.engine.collect.shards import DiskError, ShardPlan, ShardStore
+from persd.runtime.errors import UsageError
 
 BASE = ["--student-model", "m", "--teacher-url", "http://127.0.0.1:9/v1", "--progress", "none"]
 
@@ -54,8 +54,8 @@ def test_bad_toml_key(tmp_path):
 
 
 def test_vllm_flags_reach_the_student_config(tmp_path):
-    from engine.backends import student_config
-    from engine.config import resolve_student_backend
+    from persd.engine.collect.backends import student_config
+    from persd.engine.collect.config import resolve_student_backend
 
     toml = tmp_path / "c.toml"
     toml.write_text('kv-cache-gib = 4\nmax_model_len = 2048\n')
@@ -155,12 +155,12 @@ async def test_instant_engine_and_resume_after_disk_full(tmp_path, monkeypatch):
         budget["n"] -= 1
         return real_write(fd, data)
 
-    monkeypatch.setattr("engine.shards.os.write", full_disk_write)
+    monkeypatch.setattr("persd.engine.collect.shards.os.write", full_disk_write)
     with pytest.raises(DiskError, match="disk is full"):
         await Collector(_cfg(tmp_path, tasks, "--max-in-flight", "16"), open_backends=instant_backends, install_signals=False).run()
     sealed = list((tmp_path / "out" / "shards").glob("shard-*.results.jsonl"))
     assert 0 < len(sealed) < 6
-    monkeypatch.setattr("engine.shards.os.write", real_write)
+    monkeypatch.setattr("persd.engine.collect.shards.os.write", real_write)
     assert await Collector(_cfg(tmp_path, tasks), open_backends=instant_backends, install_signals=False).run() == 0
     for name in sorted(p.name for p in (ref / "out" / "shards").iterdir()):
         assert (tmp_path / "out" / "shards" / name).read_bytes() == (ref / "out" / "shards" / name).read_bytes()
@@ -179,9 +179,9 @@ async def test_a_prompt_the_student_rejects_fails_only_its_task(tmp_path):
     """A request the student can never serve (prompt too long) is that task's `error`; the run goes on."""
     import contextlib
 
-    from engine.flow import Backends
-    from engine.instant import InstantSandbox, InstantStudent, InstantTeacher
-    from runtime.student import RequestRejected
+    from persd.engine.collect.flow import Backends
+    from persd.bench.instant import InstantSandbox, InstantStudent, InstantTeacher
+    from persd.runtime.student import RequestRejected
 
     class PickyStudent(InstantStudent):
         async def generate(self, req):
@@ -203,7 +203,7 @@ async def test_a_prompt_the_student_rejects_fails_only_its_task(tmp_path):
 
 
 def test_generated_tests_that_only_expect_none_are_refused():
-    from engine.testgen import parse_probe
+    from persd.engine.collect.testgen import parse_probe
 
     marker = "__M__"
     calls = ["f(1)", "f(2)"]
@@ -216,8 +216,8 @@ def test_generated_tests_that_only_expect_none_are_refused():
 
 
 def test_stand_in_guesses_calls_from_parameter_names():
-    from engine.standin import _guessed_calls
-    from engine.tasks import Task
+    from persd.engine.collect.standin import _guessed_calls
+    from persd.engine.tasks import Task
 
     task = Task(task_id="t", shape="generic", instruction="x", prompt="", entry_point="f",
                 header="def f(nums, text, set1, n, flag=True):\n", test_program="")
@@ -246,7 +246,7 @@ async def test_manifest_totals_count_every_sealed_record_after_reruns(tmp_path):
 
 
 def test_manifest_scrubs_credentials_in_urls():
-    from engine.manifest import scrub
+    from persd.engine.collect.manifest import scrub
 
     data = {"teacher": {"url": "https://user:sk-SECRET-1@api.example.com/v1"}, "other": ["sk-KNOWN here"]}
     clean = scrub(data, ["sk-KNOWN"])
@@ -259,6 +259,6 @@ async def test_a_bad_line_past_the_limit_is_never_read(tmp_path):
         fh.write(b"{broken\n")
     assert await Collector(_cfg(tmp_path, tasks, "--limit", "5"), open_backends=instant_backends,
                            install_signals=False).run() == 0
-    from engine.standin import StandinResponder
+    from persd.engine.collect.standin import StandinResponder
 
     assert len(StandinResponder(str(tasks), limit=5).references) == 5

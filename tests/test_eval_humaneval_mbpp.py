@@ -14,11 +14,11 @@ import gzip
 import orjson
 import pytest
 
-from engine import lessons
-from engine.evaluation.config import parse_args
-from engine.evaluation.selection import select_tasks
-from engine.tasks import Task, iter_tasks, parse_task_line, resolve_source
-from runtime.student.fake_server import FakeOpenAIServer
+from persd.engine import lessons
+from persd.engine.evaluation.config import parse_args
+from persd.engine.evaluation.selection import select_tasks
+from persd.engine.tasks import Task, iter_tasks, parse_task_line, resolve_source
+from persd.runtime.student.fake_server import FakeOpenAIServer
 
 
 def literal_cases(task: Task) -> list[tuple[list, object]] | None:
@@ -82,7 +82,7 @@ async def test_hidden_tests_run_whole_and_refine_uses_visible_ones(mixed_tasks, 
         return [reference_completion(task), cheat(task, literal_cases(task)), "    return None\n"][index]
 
     async with FakeOpenAIServer(reply=reply) as server:
-        from engine.evaluation.runner import evaluate
+        from persd.engine.evaluation.runner import evaluate
 
         cfg = parse_args(["--tasks", str(path), "--out", str(tmp_path / "out"), "--student-backend", "openai",
                           "--student-url", server.url, "--student-model", "scripted", "--n", "3",

@@ -18,13 +18,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine import lessons
-from engine.evaluation.config import parse_args
-from engine.evaluation.journal import EvalJournal
-from engine.evaluation.runner import evaluate
-from engine.tasks import iter_tasks
+from persd.engine import lessons
+from persd.engine.evaluation.config import parse_args
+from persd.engine.evaluation.journal import EvalJournal
+from persd.engine.evaluation.runner import evaluate
+from persd.engine.tasks import iter_tasks
 from helpers import read_jsonl, write_doubling_tasks
-from runtime.student.fake_server import FakeOpenAIServer
+from persd.runtime.student.fake_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = {"right": "    return x * 2\n", "wrong": "    return x + 2\n", "wrong2": "    return x + 3\n",
@@ -162,7 +162,7 @@ def resume_reply(counter: dict):
 
 
 async def run_cli(args: list[str], counter: dict | None = None, timeout: float = 120) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "engine.cli", "eval", *args, cwd=REPO,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "persd", "eval", *args, cwd=REPO,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     if counter is not None:
         counter["proc"] = proc

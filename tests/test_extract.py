@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from engine.extract import extract_program, fenced_blocks
-from engine.tasks import parse_task_line
+from persd.engine.extract import extract_program, fenced_blocks
+from persd.engine.tasks import parse_task_line
 
 import orjson
 
@@ -188,7 +188,7 @@ def failing(items: list[tuple[str, str]]) -> set[str]:
 
 
 def test_every_humaneval_reference_survives_extraction_both_ways():
-    from engine.tasks import iter_tasks
+    from persd.engine.tasks import iter_tasks
 
     items = []
     for t in iter_tasks("humaneval"):
@@ -200,7 +200,7 @@ def test_every_humaneval_reference_survives_extraction_both_ways():
 
 
 def test_mbpp_references_pass_as_often_after_extraction(shared_data):
-    from engine.tasks import iter_tasks
+    from persd.engine.tasks import iter_tasks
 
     tasks = list(iter_tasks(str(shared_data / "mbpp.jsonl")))[:100]
     direct = failing([(t.task_id, t.program(t.reference)) for t in tasks])

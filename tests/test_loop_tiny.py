@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.rounds import Loop, LoopConfig
+from persd.engine.rounds import Loop, LoopConfig
 from helpers import doubling_task, read_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def loop(tmp: Path, rounds: int, *extra: str) -> subprocess.CompletedProcess:
             "--out", str(tmp / "run"), "--no-eval-base", "--collect-max-tokens", "16", "--max-steps", "1",
             "--seq-len", "128", "--n", "2", "--eval-temperature", "0.8", "--eval-max-tokens", "16",
             "--refine-steps", "1", "--sandbox-workers", "1", "--progress", "none", *extra]
-    return subprocess.run([sys.executable, "-m", "engine.cli", "loop", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "persd", "loop", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=900)
 
 
@@ -90,7 +90,7 @@ def test_rerun_resumes_at_the_interrupted_stage(two_rounds):
     again = loop(tmp, 2)
     assert again.returncode == 0, again.stderr[-3000:]
     added = (run / "commands.log").read_text()[len(before):]
-    assert added.count("engine.cli") == 1 and " eval " in added  # only round 2's eval ran again
+    assert added.count("persd.engine.cli.main") == 1 and " eval " in added  # only round 2's eval ran again
     assert "resuming" in again.stderr  # ... and it regenerated nothing
     assert (run / "round-2" / "eval" / "results.jsonl").read_bytes() == results
     changed = loop(tmp, 2, "--lr", "0.5")

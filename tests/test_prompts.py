@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import orjson
 
-from engine import prompts
-from engine.extract import extract_program
-from engine.tasks import parse_task_line
-from runtime.student import SamplingParams, StudentRequest
+from persd.engine import prompts
+from persd.engine.extract import extract_program
+from persd.engine.tasks import parse_task_line
+from persd.runtime.student import SamplingParams, StudentRequest
 
 
 def task_of(obj: dict):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.sandbox import Sandbox, SandboxConfig
+from persd.runtime.sandbox import Sandbox, SandboxConfig
 
 SECRET = "sk-persd-test-secret-0123456789"
 UID_BASE = 61000

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import PersdError, UsageError
-from runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student
-from runtime.student.hf import HFStudent
+from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student
+from persd.runtime.student.hf import HFStudent
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ async def hf(tiny_model_dir):
 
 
 def test_tiny_model_is_deterministic_and_cli_writes_it(tiny_model_dir, tmp_path):
-    from runtime.student.tiny_model import main
+    from persd.runtime.student.tiny_model import main
 
     assert main(["--out", str(tmp_path / "again"), "--seed", "0"]) == 0
     names = sorted(p.name for p in Path(tiny_model_dir).iterdir())

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from runtime.errors import PersdError, UsageError
-from runtime.http import RetryPolicy
-from runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student
-from runtime.student.fake_server import FakeOpenAIServer
-from runtime.student.openai_backend import OpenAIStudent, normalise_base_url
+from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.http import RetryPolicy
+from persd.runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student
+from persd.runtime.student.fake_server import FakeOpenAIServer
+from persd.runtime.student.openai_backend import OpenAIStudent, normalise_base_url
 
 FAST = RetryPolicy(max_attempts=5, base_delay_s=0.01, max_delay_s=0.02, deadline_s=10, request_timeout_s=5)
 

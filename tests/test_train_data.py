@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from helpers import write_jsonl
-from runtime.errors import InputError, UsageError
-from trainers.data import load_records, split_by_task
-from trainers.encode import encode_records
-from trainers.packing import IGNORE, collate, padding_waste, plan_epoch
+from persd.runtime.errors import InputError, UsageError
+from persd.trainers.data import load_records, split_by_task
+from persd.trainers.encode import encode_records
+from persd.trainers.packing import IGNORE, collate, padding_waste, plan_epoch
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "persdistill-codegen6b"
 
@@ -67,7 +67,7 @@ def test_bad_record_line_names_file_and_line(tmp_path):
 
 
 def test_bad_record_is_exit_2_without_traceback(tmp_path, tiny_model_dir, capsys):
-    from engine.cli import main
+    from persd.engine.cli.main import main
 
     f = tmp_path / "bad.jsonl"
     f.write_text('["a list"]\n')
@@ -79,7 +79,7 @@ def test_bad_record_is_exit_2_without_traceback(tmp_path, tiny_model_dir, capsys
 
 
 def test_held_out_split_is_by_task():
-    from trainers.data import Record
+    from persd.trainers.data import Record
 
     records = [Record(f"t{i}/{fmt}", f"t{i}", fmt, "p", "c") for i in range(400) for fmt in ("persd", "persd-refine")]
     train, held = split_by_task(records, 0.1, seed=0)
@@ -91,7 +91,7 @@ def test_held_out_split_is_by_task():
 
 
 def test_targets_are_completion_and_eos_only(tokenizer):
-    from trainers.data import Record
+    from persd.trainers.data import Record
 
     r = Record("a/persd", "a", "persd", "def add(a, b):\n", "    return a + b\n")
     (ex,), _ = encode_records([r], tokenizer, seq_len=64)
@@ -105,7 +105,7 @@ def test_targets_are_completion_and_eos_only(tokenizer):
 
 
 def test_overlong_example_keeps_completion(tokenizer):
-    from trainers.data import Record
+    from persd.trainers.data import Record
 
     long_prompt = '"""' + " ".join(f"word{i}" for i in range(300)) + '"""\ndef f():\n'
     r = Record("a/persd", "a", "persd", long_prompt, "    return 1\n")
@@ -128,7 +128,7 @@ def test_packing_covers_every_example_once_without_splitting():
 
 
 def test_packed_rows_restart_positions_and_never_predict_across_examples(tokenizer):
-    from trainers.data import Record
+    from persd.trainers.data import Record
 
     recs = [Record(f"t{i}/persd", f"t{i}", "persd", f"def f{i}(x):\n", f"    return x * {i}\n") for i in range(3)]
     examples, _ = encode_records(recs, tokenizer, seq_len=64)
@@ -147,8 +147,8 @@ def test_packed_rows_restart_positions_and_never_predict_across_examples(tokeniz
 def test_packed_sequence_gives_the_same_logits_as_examples_alone(tiny_model_dir, tokenizer, attn):
     from transformers import AutoModelForCausalLM
 
-    from trainers.data import Record
-    from trainers.loop import forward_logits
+    from persd.trainers.data import Record
+    from persd.trainers.loop import forward_logits
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn).eval()
     recs = [Record(f"t{i}/persd", f"t{i}", "persd", p, c) for i, (p, c) in enumerate([
@@ -167,7 +167,7 @@ def test_packed_sequence_gives_the_same_logits_as_examples_alone(tiny_model_dir,
 
 
 def test_group_and_pad_batches_use_attention_masks(tokenizer):
-    from trainers.data import Record
+    from persd.trainers.data import Record
 
     recs = [Record(f"t{i}/persd", f"t{i}", "persd", "def f():\n", "    return 1\n" * (i + 1)) for i in range(4)]
     examples, _ = encode_records(recs, tokenizer, seq_len=64)
@@ -194,9 +194,9 @@ def test_padding_waste_under_10_percent_on_the_paper_data(tokenizer):
 def test_packing_check_refuses_a_model_that_leaks_across_examples(tiny_model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from runtime.errors import PersdError
-    from trainers.data import Record
-    from trainers.loop import check_packing
+    from persd.runtime.errors import PersdError
+    from persd.trainers.data import Record
+    from persd.trainers.loop import check_packing
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     recs = [Record(f"t{i}/persd", f"t{i}", "persd", f"def f{i}(x):\n", f"    return x - {i}\n") for i in range(2)]

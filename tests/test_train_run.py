@@ -44,7 +44,7 @@ def records(tmp_path_factory) -> Path:
 def run_train(out: Path, model: Path, data: Path, *extra: str, procs: int = 1) -> list[dict]:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
-    cmd = (launcher if procs > 1 else [sys.executable]) + ["-m", "engine.cli", "train", "--data", str(data),
+    cmd = (launcher if procs > 1 else [sys.executable]) + ["-m", "persd", "train", "--data", str(data),
                                                            "--model", str(model), "--out", str(out), *COMMON, *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -82,7 +82,7 @@ def test_loss_decreases_and_metrics_are_logged(reference):
 def test_export_is_complete_and_generates(reference, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainers.export import verify_export
+    from persd.trainers.export import verify_export
 
     final = reference[0] / "final"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in final.iterdir()}
@@ -124,7 +124,7 @@ def test_resume_with_different_settings_is_refused(tmp_path, tiny_model_dir, rec
     out = tmp_path / "other"
     shutil.copytree(reference[0] / "checkpoints", out / "checkpoints")
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "train", "--data", str(records), "--model",
+    proc = subprocess.run([sys.executable, "-m", "persd", "train", "--data", str(records), "--model",
                            str(tiny_model_dir), "--out", str(out), *COMMON, "--micro-batch", "2", "--lr", "1e-3",
                            "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "different settings" in proc.stderr and "lr" in proc.stderr
@@ -141,7 +141,7 @@ def zero3(tmp_path_factory, tiny_model_dir, records):
 def test_zero3_with_checkpointing_matches_zero2(zero3, reference):
     from safetensors.torch import load_file
 
-    from trainers.export import verify_export
+    from persd.trainers.export import verify_export
 
     assert losses(zero3[1]) == pytest.approx(losses(reference[1]), rel=1e-4)
     verify_export(zero3[0] / "final")  # no empty ZeRO-3 partitions in the export
@@ -186,7 +186,7 @@ def test_sigint_checkpoints_the_last_step_then_resume_finishes(tmp_path, tiny_mo
     rerunning with --resume finishes, and the log has every step once."""
     out = tmp_path / "interrupted"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-    args = [sys.executable, "-m", "engine.cli", "train", "--data", str(records), "--model", str(tiny_model_dir),
+    args = [sys.executable, "-m", "persd", "train", "--data", str(records), "--model", str(tiny_model_dir),
             "--out", str(out), "--seq-len", "256", "--epochs", "6", "--lr", "2e-3", "--seed", "3", "--log-every", "1"]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.errors import UsageError
+from persd.runtime.errors import UsageError
 
 TAG = re.compile(r"^step-(\d+)$")
 

@@ -5,8 +5,8 @@
     persd train --plan --model PATH|NAME [--deepspeed ...] [--gpus-per-node 8] [--nodes 2] [--gpu-memory 80]
 
 One process runs as is (DS_ACCELERATOR=cpu for CPU); many run under a launcher:
-    torchrun --nproc_per_node 8 -m engine.cli train ...
-    deepspeed --no_local_rank --hostfile hosts --module engine.cli train ...
+    torchrun --nproc_per_node 8 -m persd train ...
+    deepspeed --no_local_rank --hostfile hosts --module persd train ...
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from runtime.errors import UsageError
-from trainers.config import (BATCHING, PRECISIONS, SCHEDULES, SHIPPED_DS_CONFIGS, SHIPPED_PRESETS, TrainConfig,
+from persd.runtime.errors import UsageError
+from persd.trainers.config import (BATCHING, PRECISIONS, SCHEDULES, SHIPPED_DS_CONFIGS, SHIPPED_PRESETS, TrainConfig,
                              load_preset)
 
 S = argparse.SUPPRESS
@@ -100,8 +100,8 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
 def _plan(ns: argparse.Namespace, cfg: TrainConfig) -> int:
     import psutil
 
-    from trainers import plan as mplan
-    from trainers.config import load_ds_config, offload, zero_stage
+    from persd.trainers import plan as mplan
+    from persd.trainers.config import load_ds_config, offload, zero_stage
 
     if not cfg.model:
         raise UsageError("--plan needs --model (a model directory or one of: " + ", ".join(mplan.KNOWN) + ")")
@@ -140,9 +140,9 @@ def main(argv: list[str]) -> int:
 
 
 def run(cfg: TrainConfig, *, resume: bool = False) -> int:
-    from trainers.export import export_hf, verify_export
-    from trainers.launch import close_world
-    from trainers.loop import TrainingInterrupted, train
+    from persd.trainers.export import export_hf, verify_export
+    from persd.trainers.launch import close_world
+    from persd.trainers.loop import TrainingInterrupted, train
 
     try:
         result = train(cfg, resume=resume)
@@ -170,6 +170,6 @@ def run(cfg: TrainConfig, *, resume: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    from engine.cli import run_guarded
+    from persd.engine.cli.main import run_guarded
 
     sys.exit(run_guarded(main, sys.argv[1:]))

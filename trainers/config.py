@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import UsageError
+from persd.runtime.errors import UsageError
 
 SHIPPED_DS_CONFIGS = ("zero2", "zero3", "zero3-offload")
 SHIPPED_PRESETS = ("paper",)
@@ -123,7 +123,7 @@ class TrainConfig:
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
     """A preset's fields (keys starting with '_' are comments)."""
-    text = _read_named_json(name_or_path, "trainers.presets", SHIPPED_PRESETS, "--preset")
+    text = _read_named_json(name_or_path, "persd.trainers.presets", SHIPPED_PRESETS, "--preset")
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -148,7 +148,7 @@ def _read_named_json(name_or_path: str, package: str, shipped: tuple[str, ...], 
 
 
 def load_ds_config(name_or_path: str) -> dict[str, Any]:
-    text = _read_named_json(name_or_path, "trainers.configs", SHIPPED_DS_CONFIGS, "--deepspeed")
+    text = _read_named_json(name_or_path, "persd.trainers.configs", SHIPPED_DS_CONFIGS, "--deepspeed")
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:

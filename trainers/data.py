@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 import orjson
 
-from runtime.errors import InputError, UsageError
+from persd.runtime.errors import InputError, UsageError
 
 REQUIRED = ("id", "task_id", "format", "prompt", "completion")
 FORMAT_ALIASES = {"persd-combined": ("persd", "persd-refine")}

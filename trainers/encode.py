@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.errors import UsageError
-from trainers.data import Record
+from persd.runtime.errors import UsageError
+from persd.trainers.data import Record
 
 
 @dataclass

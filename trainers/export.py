@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.errors import PersdError
+from persd.runtime.errors import PersdError
 
 DEFAULT_SHARD_BYTES = 5 * 2**30
 

@@ -24,15 +24,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from runtime.errors import UsageError
-from trainers import checkpoint
-from trainers.config import TrainConfig, load_ds_config, offload, resolve_ds_config, zero_stage
-from trainers.data import load_records, split_by_task
-from trainers.encode import Example, encode_records
-from trainers.launch import World, init_world
-from trainers.metrics import RunLog, flops_per_token, guess_peak_tflops, require_tensorboard
-from trainers.model import DTYPES, build_optimizer, check_model_dir, load_model, lr_lambda
-from trainers.packing import collate, padding_waste, plan_epoch
+from persd.runtime.errors import UsageError
+from persd.trainers import checkpoint
+from persd.trainers.config import TrainConfig, load_ds_config, offload, resolve_ds_config, zero_stage
+from persd.trainers.data import load_records, split_by_task
+from persd.trainers.encode import Example, encode_records
+from persd.trainers.launch import World, init_world
+from persd.trainers.metrics import RunLog, flops_per_token, guess_peak_tflops, require_tensorboard
+from persd.trainers.model import DTYPES, build_optimizer, check_model_dir, load_model, lr_lambda
+from persd.trainers.packing import collate, padding_waste, plan_epoch
 
 
 @dataclass
@@ -93,7 +93,7 @@ def check_packing(engine, examples: list[Example], pad_id: int) -> None:
     logits it gets when it does attend to the first one sets the scale of "different".
     Every rank runs the same three small forwards (ZeRO-3 needs them on all ranks).
     """
-    from runtime.errors import PersdError
+    from persd.runtime.errors import PersdError
 
     if len(examples) < 2:
         return
@@ -334,7 +334,7 @@ def _truncate_metrics(path: Path, keep_through: int) -> None:
 def _check_plan(cfg: TrainConfig, stage: int, opt_off: bool, par_off: bool, world: World) -> None:
     import psutil
 
-    from trainers import plan as mplan
+    from persd.trainers import plan as mplan
 
     shape = mplan.shape_of(cfg.model)
     nodes = max(1, world.size // max(world.local_size, 1))

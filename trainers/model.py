@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from runtime.errors import PersdError, UsageError
+from persd.runtime.errors import PersdError, UsageError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainers.encode import Example
+from persd.trainers.encode import Example
 
 IGNORE = -100
 GROUP_WINDOW = 64  # micro-batches per length-sorted window in "group" mode

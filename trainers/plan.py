@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from runtime.errors import PersdError, UsageError
+from persd.runtime.errors import PersdError, UsageError
 
 GiB = 2**30
 CUDA_OVERHEAD = 1.5 * GiB  # CUDA context and NCCL buffers

@@ -10,7 +10,7 @@ prompts, extraction and sandbox. Modules, one job each:
     report      summary.json and the table
     runner      one evaluation end to end
 """
-from engine.evaluation.config import EvalConfig, parse_args
-from engine.evaluation.runner import evaluate
+from persd.engine.evaluation.config import EvalConfig, parse_args
+from persd.engine.evaluation.runner import evaluate
 
 __all__ = ["EvalConfig", "evaluate", "parse_args"]

@@ -8,10 +8,10 @@ import argparse
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from engine.config import StudentFields, check_sampling, check_student_url
-from engine.evaluation.protocols import PROTOCOLS, protocol_defaults
-from engine.flags import PROGRESS_MODES, add_student_flags, nonneg_int, parser_for, positive_float, positive_int
-from runtime.errors import UsageError
+from persd.engine.collect.config import StudentFields, check_sampling, check_student_url
+from persd.engine.evaluation.protocols import PROTOCOLS, protocol_defaults
+from persd.engine.flags import PROGRESS_MODES, add_student_flags, nonneg_int, parser_for, positive_float, positive_int
+from persd.runtime.errors import UsageError
 
 PROMPT_VERSION = 1  # bump when eval's prompts (direct or refine) change: it alters results
 

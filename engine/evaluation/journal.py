@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from engine.config import describe_difference
-from engine.shards import iter_lines
-from runtime.errors import PersdError, UsageError
+from persd.engine.collect.config import describe_difference
+from persd.engine.collect.shards import iter_lines
+from persd.runtime.errors import PersdError, UsageError
 
 Key = tuple[str, int, int]  # (task_id, sample, step)
 

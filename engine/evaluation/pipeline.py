@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.evaluation import sampling
-from engine.evaluation.journal import EvalJournal, Key
-from engine.extract import extract_program
-from engine.tasks import Task
-from runtime.errors import PersdError
+from persd.engine.evaluation import sampling
+from persd.engine.evaluation.journal import EvalJournal, Key
+from persd.engine.extract import extract_program
+from persd.engine.tasks import Task
+from persd.runtime.errors import PersdError
 
 
 class EvalFailure(PersdError):
@@ -153,7 +153,7 @@ class Evaluator:
 
     async def _generate(self, request) -> tuple[list[str], list[str]] | str:
         """(texts, finish reasons), or the reason one request was refused (recorded, not fatal)."""
-        from runtime.student import StudentError
+        from persd.runtime.student import StudentError
 
         self.stats.requests += 1
         try:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import UsageError
+from persd.runtime.errors import UsageError
 
 MBPP_EVAL_IDS = "mbpp-eval-ids-307.json"
 MBPP_IDS_ENV = "PERSD_MBPP_EVAL_IDS"  # a path to the ids file, where it is not next to mbpp.jsonl
@@ -41,7 +41,7 @@ def protocol_defaults(name: str | None) -> dict[str, Any]:
 
 def mbpp_eval_ids_path() -> Path:
     """The 307 sanitized MBPP ids: $PERSD_MBPP_EVAL_IDS, else next to the MBPP file, else the data dirs."""
-    from engine.tasks import MBPP_ENV, resolve_source
+    from persd.engine.tasks import MBPP_ENV, resolve_source
 
     candidates: list[Path] = []
     if os.environ.get(MBPP_IDS_ENV):
@@ -52,7 +52,6 @@ def mbpp_eval_ids_path() -> Path:
         pass
     if os.environ.get(MBPP_ENV):
         candidates.append(Path(os.environ[MBPP_ENV]) / MBPP_EVAL_IDS)
-    candidates.append(Path(__file__).resolve().parents[2].parent / "shared" / "data" / MBPP_EVAL_IDS)
     for cand in candidates:
         if cand.is_file():
             return cand

@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from engine.evaluation.passk import pass_at_k
-from runtime.sandbox import STATUSES
+from persd.engine.evaluation.passk import pass_at_k
+from persd.runtime.sandbox import STATUSES
 
 
 def summarize(cfg, tasks, lines: list[dict], stats: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:

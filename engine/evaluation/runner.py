@@ -10,17 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.evaluation.config import EvalConfig
-from engine.evaluation.journal import EvalJournal
-from engine.evaluation.pipeline import EvalFailure, Evaluator
-from engine.evaluation.progress import EvalProgress
-from engine.evaluation.report import summarize
-from engine.evaluation.selection import select_tasks, tasks_digest
+from persd.engine.evaluation.config import EvalConfig
+from persd.engine.evaluation.journal import EvalJournal
+from persd.engine.evaluation.pipeline import EvalFailure, Evaluator
+from persd.engine.evaluation.progress import EvalProgress
+from persd.engine.evaluation.report import summarize
+from persd.engine.evaluation.selection import select_tasks, tasks_digest
 
 
 def student_config(cfg: EvalConfig):
-    """The runtime StudentConfig for eval's student options (shared with collect: engine.backends)."""
-    from engine.backends import student_config as from_flags
+    """The runtime StudentConfig for eval's student options (shared with collect: persd.engine.collect.backends)."""
+    from persd.engine.collect.backends import student_config as from_flags
 
     return from_flags(cfg, cfg.seed)
 
@@ -28,8 +28,8 @@ def student_config(cfg: EvalConfig):
 @contextlib.asynccontextmanager
 async def open_backends(cfg: EvalConfig, student=None, sandbox=None):
     """The sandbox first (its small workers fork before a model is loaded), then the student."""
-    from runtime.sandbox import Sandbox, SandboxConfig
-    from runtime.student import create_student
+    from persd.runtime.sandbox import Sandbox, SandboxConfig
+    from persd.runtime.student import create_student
 
     async with contextlib.AsyncExitStack() as stack:
         if sandbox is None:

@@ -11,12 +11,12 @@ import hashlib
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from engine import lessons, prompts
-from engine.tasks import Task
+from persd.engine import lessons, prompts
+from persd.engine.tasks import Task
 
 if TYPE_CHECKING:
-    from engine.evaluation.config import EvalConfig
-    from runtime.student import SamplingParams, StudentRequest
+    from persd.engine.evaluation.config import EvalConfig
+    from persd.runtime.student import SamplingParams, StudentRequest
 
 
 def request_seed(base: int, task_id: str, sample: int, step: int) -> int:
@@ -27,7 +27,7 @@ def request_seed(base: int, task_id: str, sample: int, step: int) -> int:
 
 
 def sampling_params(cfg: "EvalConfig", n: int, seed: int) -> "SamplingParams":
-    from runtime.student import SamplingParams
+    from persd.runtime.student import SamplingParams
 
     return SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
 
@@ -46,7 +46,7 @@ def refine_prompt(task: Task, attempt: str, feedback: str) -> str:
 
 def refine_request(task: Task, cfg: "EvalConfig", sample: int, step: int, attempt: str,
                    feedback: str) -> "StudentRequest":
-    from runtime.student import StudentRequest
+    from persd.runtime.student import StudentRequest
 
     params = sampling_params(cfg, 1, request_seed(cfg.seed, task.task_id, sample, step))
     text = refine_prompt(task, attempt, feedback)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import orjson
 
-from engine.evaluation.protocols import mbpp_eval_ids_path
-from engine.tasks import Task, iter_tasks
-from runtime.errors import UsageError
+from persd.engine.evaluation.protocols import mbpp_eval_ids_path
+from persd.engine.tasks import Task, iter_tasks
+from persd.runtime.errors import UsageError
 
 MBPP_307 = "@mbpp-307"
 

@@ -3,8 +3,8 @@
     async with Sandbox(SandboxConfig()) as sandbox:
         result = await sandbox.run(program, timeout=5.0)   # -> ExecResult
 """
-from runtime.sandbox.config import SandboxConfig
-from runtime.sandbox.result import STATUSES, ExecResult
-from runtime.sandbox.pool import Sandbox
+from persd.runtime.sandbox.config import SandboxConfig
+from persd.runtime.sandbox.result import STATUSES, ExecResult
+from persd.runtime.sandbox.pool import Sandbox
 
 __all__ = ["Sandbox", "SandboxConfig", "ExecResult", "STATUSES"]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import orjson
 
-from runtime.errors import PersdError
-from runtime.sandbox.config import SandboxConfig
-from runtime.sandbox.result import ExecResult
+from persd.runtime.errors import PersdError
+from persd.runtime.sandbox.config import SandboxConfig
+from persd.runtime.sandbox.result import ExecResult
 
 log = logging.getLogger("persd.sandbox")
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")

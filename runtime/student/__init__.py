@@ -6,7 +6,7 @@
 
 Importing this package is cheap: torch and vLLM load only when a backend that needs them is created.
 """
-from runtime.student.base import (
+from persd.runtime.student.base import (
     BACKENDS,
     BaseStudent,
     SamplingParams,
@@ -17,7 +17,7 @@ from runtime.student.base import (
     StudentOutput,
     StudentRequest,
 )
-from runtime.student.factory import create_student
+from persd.runtime.student.factory import create_student
 
 __all__ = [
     "BACKENDS",

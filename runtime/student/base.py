@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from runtime.errors import PersdError, UsageError
+from persd.runtime.errors import PersdError, UsageError
 
 BACKENDS = ("vllm", "openai", "hf")
 

@@ -1,24 +1,24 @@
 """Pick a student backend by name; heavy imports (torch, vLLM) happen only for the one chosen."""
 from __future__ import annotations
 
-from runtime.errors import UsageError
-from runtime.student.base import BACKENDS, StudentBackend, StudentConfig
+from persd.runtime.errors import UsageError
+from persd.runtime.student.base import BACKENDS, StudentBackend, StudentConfig
 
 
 def create_student(config: StudentConfig) -> StudentBackend:
     """A not-yet-started backend for `config.backend` ('vllm', 'openai' or 'hf')."""
     name = (config.backend or "").lower()
     if name == "vllm":
-        from runtime.student.vllm_backend import VLLMStudent, import_vllm
+        from persd.runtime.student.vllm_backend import VLLMStudent, import_vllm
 
         import_vllm()  # fail now, with the install hint, rather than at start()
         return VLLMStudent(config)
     if name == "openai":
-        from runtime.student.openai_backend import OpenAIStudent
+        from persd.runtime.student.openai_backend import OpenAIStudent
 
         return OpenAIStudent(config)
     if name == "hf":
-        from runtime.student.hf import HFStudent
+        from persd.runtime.student.hf import HFStudent
 
         return HFStudent(config)
     raise UsageError(f"--student-backend: unknown backend '{config.backend}' (choose from {', '.join(BACKENDS)})")

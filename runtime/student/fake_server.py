@@ -4,7 +4,7 @@ Answers `/v1/completions` and `/v1/chat/completions` at once with `n` choices fr
 reply function; can fail the first requests with a given status (to exercise retries)
 and can hold requests until `barrier` of them are in flight together (to prove a client
 really sends concurrently, with no timing involved). Run standalone for benchmarks:
-`python -m runtime.student.fake_server --port 0` prints `READY <base url>` once it listens.
+`python -m persd.runtime.student.fake_server --port 0` prints `READY <base url>` once it listens.
 """
 from __future__ import annotations
 

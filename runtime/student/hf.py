@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import PersdError, UsageError
-from runtime.student.base import (
+from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.student.base import (
     BaseStudent,
     SamplingParams,
     StudentConfig,

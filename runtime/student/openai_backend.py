@@ -3,7 +3,7 @@
 Base models go to `/v1/completions` (prompt), instruct models to `/v1/chat/completions`
 (messages). One pooled aiohttp session carries hundreds of concurrent requests; transient
 faults (429, 5xx, timeouts, dropped connections, malformed bodies) are retried by the
-shared `runtime.http.post_json`, the same machinery the teacher uses.
+shared `persd.runtime.http.post_json`, the same machinery the teacher uses.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from runtime.errors import PersdError, UsageError
-from runtime.http import HTTPStatusError, RetryPolicy, post_json
-from runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
+from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.http import HTTPStatusError, RetryPolicy, post_json
+from persd.runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
 
 REQUEST_ERRORS = frozenset({400, 413, 422})  # this request is bad (too long, bad params); others may be fine
 

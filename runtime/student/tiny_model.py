@@ -14,7 +14,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import UsageError
+from persd.runtime.errors import UsageError
 
 # Standard-library modules whose source trains the tokenizer (a fixed list: deterministic).
 CORPUS_MODULES = (

@@ -14,8 +14,8 @@ import os
 import uuid
 from typing import Any
 
-from runtime.errors import PersdError, UsageError
-from runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
+from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
 
 INSTALL_HINT = (
     "the vllm student backend needs vLLM 0.32: on GPU machines `pip install -e '.[vllm]'`, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.teacher.errors import BudgetExceeded
+from persd.runtime.teacher.errors import BudgetExceeded
 
 
 @dataclass

@@ -8,17 +8,17 @@ import dataclasses
 import aiohttp
 import orjson
 
-from runtime.errors import UsageError
-from runtime.http import AttemptOutcome, HTTPStatusError, RetriesExhausted, post_json
-from runtime.teacher.budget import Budget, Reservation
-from runtime.teacher.config import TeacherConfig
-from runtime.teacher.errors import BudgetExceeded, TeacherError
-from runtime.teacher.journal import Journal
-from runtime.teacher.limiter import Permit, RateLimiter
-from runtime.teacher.metrics import TeacherMetrics
-from runtime.teacher.pricing import PriceTable
-from runtime.teacher.tokens import TokenEstimator, heuristic_tokens, load_encoder_async
-from runtime.teacher.types import ChatRequest, ChatResponse
+from persd.runtime.errors import UsageError
+from persd.runtime.http import AttemptOutcome, HTTPStatusError, RetriesExhausted, post_json
+from persd.runtime.teacher.budget import Budget, Reservation
+from persd.runtime.teacher.config import TeacherConfig
+from persd.runtime.teacher.errors import BudgetExceeded, TeacherError
+from persd.runtime.teacher.journal import Journal
+from persd.runtime.teacher.limiter import Permit, RateLimiter
+from persd.runtime.teacher.metrics import TeacherMetrics
+from persd.runtime.teacher.pricing import PriceTable
+from persd.runtime.teacher.tokens import TokenEstimator, heuristic_tokens, load_encoder_async
+from persd.runtime.teacher.types import ChatRequest, ChatResponse
 
 DEFAULT_MAX_TOKENS = 1024  # worst case assumed for a request that sets no max_tokens
 POSSIBLY_BILLED = ("timeout", "truncated", "malformed", "no_choices")

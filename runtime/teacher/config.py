@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from runtime.errors import UsageError
-from runtime.http import RetryPolicy
+from persd.runtime.errors import UsageError
+from persd.runtime.http import RetryPolicy
 
 
 @dataclass
@@ -19,7 +19,7 @@ class TeacherConfig:
     `headroom` paces at that fraction of rpm/tpm. Over the shortest window the provider may enforce,
     `limit_window_s` (default 1 s), that leaves `limit_window_s * (1/headroom - 1)` seconds of slack
     (20 ms at 0.98): `jitter_s` of it absorbs network jitter, the rest is the pacer's burst tolerance
-    (timer lateness, catching up after a shared cool-down); see `runtime.teacher.limiter`.
+    (timer lateness, catching up after a shared cool-down); see `persd.runtime.teacher.limiter`.
     `reconcile_tokens` gives back (estimate - usage) tokens once the answer arrives; turn it off
     for providers that charge `max_tokens` against TPM whatever the answer's length.
     `prices` overrides the price table: {model: (input, output) USD per 1M tokens}.

@@ -1,7 +1,7 @@
 """Teacher failures the engine can tell apart: a refused budget versus a teacher that cannot answer."""
 from __future__ import annotations
 
-from runtime.errors import PersdError
+from persd.runtime.errors import PersdError
 
 
 class TeacherError(PersdError):

@@ -11,7 +11,7 @@ recorded (`received`, `log`, `stats`), so tests can check what a client really s
     async with LocalOpenAIServer(lambda body: "def f(): ...", rpm=600, window_s=1) as server:
         cfg = TeacherConfig(base_url=server.base_url, model="local")
 
-Run standalone: `python -m runtime.teacher.local_server --port 8000 --rpm 600`.
+Run standalone: `python -m persd.runtime.teacher.local_server --port 8000 --rpm 600`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from runtime.teacher.tokens import TokenEstimator, heuristic_tokens
+from persd.runtime.teacher.tokens import TokenEstimator, heuristic_tokens
 
 Responder = Callable[[dict], "str | list[str] | Awaitable[str | list[str]]"]
 
@@ -357,7 +357,7 @@ def _json(data: dict) -> web.Response:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.teacher.local_server",
+    parser = argparse.ArgumentParser(prog="python -m persd.runtime.teacher.local_server",
                                      description="A local OpenAI-compatible echo server with limits and faults.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

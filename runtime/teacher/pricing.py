@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from runtime.errors import UsageError
+from persd.runtime.errors import UsageError
 
 # model -> (USD per 1M input tokens, USD per 1M output tokens)
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {

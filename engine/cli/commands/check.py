@@ -12,10 +12,10 @@ from typing import Iterator
 
 import orjson
 
-from engine.aio import run_async
-from engine.tasks import Task, iter_tasks, json_problem
-from runtime.errors import InputError, UsageError
-from runtime.sandbox import STATUSES, Sandbox, SandboxConfig
+from persd.engine.aio import run_async
+from persd.engine.tasks import Task, iter_tasks, json_problem
+from persd.runtime.errors import InputError, UsageError
+from persd.runtime.sandbox import STATUSES, Sandbox, SandboxConfig
 
 
 @dataclass(frozen=True)

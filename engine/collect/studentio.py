@@ -5,14 +5,14 @@ Prompt texts, stop sequences and code extraction live in engine/prompts.py and e
 """
 from __future__ import annotations
 
-from engine import extract as _extract
-from engine import prompts as _prompts
-from engine.config import CollectConfig
-from engine.tasks import Task
+from persd.engine import extract as _extract
+from persd.engine import prompts as _prompts
+from persd.engine.collect.config import CollectConfig
+from persd.engine.tasks import Task
 
 
 def student_request(task: Task, cfg: CollectConfig, seed: int | None):
-    from runtime.student import SamplingParams
+    from persd.runtime.student import SamplingParams
 
     params = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_tokens=cfg.max_tokens, seed=seed)

@@ -12,8 +12,8 @@ import hashlib
 import itertools
 import re
 
-from engine import lessons
-from engine.tasks import Task, iter_tasks
+from persd.engine import lessons
+from persd.engine.tasks import Task, iter_tasks
 
 MODEL = "offline-stand-in"
 LABEL = ("teacher: OFFLINE STAND-IN answering from the tasks' reference solutions (it needs no key and no network); "

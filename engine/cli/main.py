@@ -8,18 +8,18 @@ from __future__ import annotations
 import importlib
 import sys
 
-from runtime.errors import PersdError
+from persd.runtime.errors import PersdError
 
 # name -> (module exposing main(argv) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "collect": ("engine.commands.collect", "run the personalised-distillation collection job (rerun to resume)"),
-    "status": ("engine.commands.status", "summarise the progress of one or many collect directories"),
-    "check": ("engine.commands.check", "check samples (or reference solutions) against the tasks' tests"),
-    "eval": ("engine.commands.eval", "pass@k of a student, with optional refine-inference"),
-    "loop": ("engine.commands.loop", "multi-round collect -> train -> eval"),
-    "train": ("trainers.cli", "DeepSpeed ZeRO fine-tuning on collected shards"),
-    "tiny-model": ("runtime.student.tiny_model", "write a tiny random-weight causal LM for tests and demos"),
-    "bench": ("bench.cli", "throughput benchmarks: sandbox, teacher, student, engine, train, eval"),
+    "collect": ("persd.engine.cli.commands.collect", "run the personalised-distillation collection job (rerun to resume)"),
+    "status": ("persd.engine.cli.commands.status", "summarise the progress of one or many collect directories"),
+    "check": ("persd.engine.cli.commands.check", "check samples (or reference solutions) against the tasks' tests"),
+    "eval": ("persd.engine.cli.commands.eval", "pass@k of a student, with optional refine-inference"),
+    "loop": ("persd.engine.cli.commands.loop", "multi-round collect -> train -> eval"),
+    "train": ("persd.trainers.cli", "DeepSpeed ZeRO fine-tuning on collected shards"),
+    "tiny-model": ("persd.runtime.student.tiny_model", "write a tiny random-weight causal LM for tests and demos"),
+    "bench": ("persd.bench.cli", "throughput benchmarks: sandbox, teacher, student, engine, train, eval"),
 }
 
 

@@ -7,8 +7,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.tasks import BUILTIN_SETS, parse_task_line, resolve_source
-from runtime.errors import InputError
+from persd.engine.tasks import BUILTIN_SETS, parse_task_line, resolve_source
+from persd.runtime.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The engine: admission, back-pressure, journaling, sealing, signals. One `Collector` per run.
 
-    rc = await Collector(cfg).run()          # real backends (engine.backends)
+    rc = await Collector(cfg).run()          # real backends (persd.engine.collect.backends)
     rc = await Collector(cfg, open_backends=my_fakes).run()   # tests and benchmarks
 
 Tasks are read lazily; at most --max-in-flight are alive. Each finished task is journaled
@@ -20,16 +20,16 @@ from typing import Any, AsyncContextManager, Callable
 
 import orjson
 
-from engine import manifest as mf
-from engine.config import CollectConfig
-from engine.flow import Backends, BackendFailure, Limits, TaskFlow
-from engine.metrics import RunStats
-from engine.progress import Progress, print_summary
-from engine.records import Meta, Tally, TaskOutcome, result_line
-from engine.shards import DiskError, ShardPlan, ShardState, ShardStore
-from engine.source import SourceInfo, scan_source
-from engine.tasks import Task, iter_tasks
-from runtime.errors import PersdError, UsageError
+from persd.engine.collect import manifest as mf
+from persd.engine.collect.config import CollectConfig
+from persd.engine.collect.flow import Backends, BackendFailure, Limits, TaskFlow
+from persd.engine.collect.metrics import RunStats
+from persd.engine.collect.progress import Progress, print_summary
+from persd.engine.collect.records import Meta, Tally, TaskOutcome, result_line
+from persd.engine.collect.shards import DiskError, ShardPlan, ShardState, ShardStore
+from persd.engine.collect.source import SourceInfo, scan_source
+from persd.engine.tasks import Task, iter_tasks
+from persd.runtime.errors import PersdError, UsageError
 
 OpenBackends = Callable[[CollectConfig, "Collector"], AsyncContextManager[Backends]]
 MANIFEST_EVERY_S = 30.0
@@ -138,7 +138,7 @@ class Collector:
             return 0
         opener = self._open_backends
         if opener is None:
-            from engine.backends import open_backends as opener  # real sandbox, teacher, student
+            from persd.engine.collect.backends import open_backends as opener  # real sandbox, teacher, student
         try:
             async with opener(self.cfg, self) as backends:
                 self.backends = backends

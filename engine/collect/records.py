@@ -10,8 +10,8 @@ import ast
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.lessons import refine_record_prompt
-from engine.tasks import Task
+from persd.engine.lessons import refine_record_prompt
+from persd.engine.tasks import Task
 
 OUTCOMES = ("student_passed", "refined", "unresolved", "error")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from engine.evaluation.protocols import PROTOCOLS
-from engine.flags import PROGRESS_MODES, add_student_flags, nonneg_int, parser_for, positive_int
-from engine.rounds import Loop, LoopConfig, print_table
-from runtime.errors import UsageError
+from persd.engine.evaluation.protocols import PROTOCOLS
+from persd.engine.flags import PROGRESS_MODES, add_student_flags, nonneg_int, parser_for, positive_int
+from persd.engine.rounds import Loop, LoopConfig, print_table
+from persd.runtime.errors import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from typing import AsyncIterator
 
 import orjson
 
-from engine.flow import Backends
+from persd.engine.collect.flow import Backends
 
 
 def write_synthetic_tasks(path: Path, count: int) -> Path:

@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator
 
-from engine import standin
-from engine.config import CollectConfig, StudentFields
-from engine.flow import Backends
+from persd.engine.collect import standin
+from persd.engine.collect.config import CollectConfig, StudentFields
+from persd.engine.collect.flow import Backends
 
 if TYPE_CHECKING:
-    from engine.runner import Collector
+    from persd.engine.collect.runner import Collector
 
 STANDIN_KEY_ENV = "PERSD_STANDIN_TEACHER_KEY"  # never set: the stand-in is loopback and needs no key
 
@@ -25,7 +25,7 @@ def teacher_journal_path(cfg: CollectConfig) -> Path:
 
 def default_student_model(cfg: CollectConfig) -> Path:
     """The offline demo's student: a tiny random-weight model, written once into the output directory."""
-    from runtime.student.tiny_model import write_tiny_model
+    from persd.runtime.student.tiny_model import write_tiny_model
 
     path = Path(cfg.out) / "work" / "tiny-student"
     if not (path / "config.json").exists():
@@ -37,7 +37,7 @@ def student_config(cfg: StudentFields, seed: int, model: str | None = None):
     """The runtime StudentConfig for a command's student options (collect's CollectConfig and eval's
     EvalConfig are both StudentFields) and its base sampling seed. `model` stands in for a missing
     --student-model (collect's offline demo model)."""
-    from runtime.student import StudentConfig
+    from persd.runtime.student import StudentConfig
 
     return StudentConfig(backend=cfg.resolved_student_backend(), model=cfg.student_model or model or "",
                          url=cfg.student_url, chat=cfg.student_chat, max_concurrency=cfg.student_concurrency,
@@ -48,16 +48,16 @@ def student_config(cfg: StudentFields, seed: int, model: str | None = None):
 
 @contextlib.asynccontextmanager
 async def open_backends(cfg: CollectConfig, collector: "Collector") -> AsyncIterator[Backends]:
-    from runtime.sandbox import Sandbox, SandboxConfig
-    from runtime.student import create_student
-    from runtime.teacher import RetryPolicy, TeacherClient, TeacherConfig
+    from persd.runtime.sandbox import Sandbox, SandboxConfig
+    from persd.runtime.student import create_student
+    from persd.runtime.teacher import RetryPolicy, TeacherClient, TeacherConfig
 
     async with contextlib.AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(
             Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout)))
 
         if cfg.standin_teacher:
-            from runtime.teacher.local_server import LocalOpenAIServer
+            from persd.runtime.teacher.local_server import LocalOpenAIServer
 
             server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit))
             await stack.enter_async_context(server)

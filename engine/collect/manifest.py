@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from engine.config import CollectConfig, describe_difference
-from runtime.errors import PersdError, UsageError
+from persd.engine.collect.config import CollectConfig, describe_difference
+from persd.runtime.errors import PersdError, UsageError
 
 VERSION = 1
 
@@ -43,7 +43,7 @@ def read_manifest(path: Path) -> dict:
 
 
 def write_manifest(path: Path, data: dict[str, Any]) -> None:
-    from engine.shards import disk_error
+    from persd.engine.collect.shards import disk_error
 
     data = dict(data, updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     tmp = path.with_name(f".{path.name}.tmp")

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import orjson
 
-from runtime.errors import PersdError
+from persd.runtime.errors import PersdError
 
 
 class DiskError(PersdError):

@@ -4,10 +4,10 @@ Writes DIR/results.jsonl (one line per sample and step) and DIR/summary.json; re
 """
 from __future__ import annotations
 
-from engine.aio import run_async
-from engine.evaluation.config import parse_args
-from engine.evaluation.report import print_summary
-from engine.evaluation.runner import evaluate
+from persd.engine.aio import run_async
+from persd.engine.evaluation.config import parse_args
+from persd.engine.evaluation.report import print_summary
+from persd.engine.evaluation.runner import evaluate
 
 
 def main(argv: list[str]) -> int:

@@ -14,9 +14,9 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from engine.manifest import find_manifests, read_manifest
-from engine.shards import shard_name
-from runtime.errors import PersdError, UsageError
+from persd.engine.collect.manifest import find_manifests, read_manifest
+from persd.engine.collect.shards import shard_name
+from persd.runtime.errors import PersdError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):

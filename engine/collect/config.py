@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from engine.flags import (PROGRESS_MODES, STUDENT_BACKENDS, add_student_flags, nonneg_int, parser_for,
+from persd.engine.flags import (PROGRESS_MODES, STUDENT_BACKENDS, add_student_flags, nonneg_int, parser_for,
                           positive_float, positive_int, toml_defaults)
-from runtime.errors import UsageError
+from persd.runtime.errors import UsageError
 
 FORMATS = ("persd", "persd-refine", "inpd", "stand")
 PROMPT_VERSION = 1  # bump when the engine's teacher prompts change (it alters results)
@@ -36,8 +36,8 @@ def resolve_student_backend(backend: str, url: str | None = None) -> str:
 
 @dataclass
 class StudentFields:
-    """The student options collect and eval share (flags: engine.flags.add_student_flags; the runtime
-    StudentConfig they become: engine.backends.student_config). Not in either fingerprint."""
+    """The student options collect and eval share (flags: persd.engine.flags.add_student_flags; the runtime
+    StudentConfig they become: persd.engine.collect.backends.student_config). Not in either fingerprint."""
 
     student_backend: str = "auto"  # auto: openai with --student-url, vllm on a GPU machine, else hf
     student_model: str | None = None

@@ -15,15 +15,17 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from engine import lessons, testgen
-from engine.config import FORMATS, CollectConfig
-from engine.limiter import Limiter
-from engine.shards import disk_error
-from engine.records import Meta, Tally, TaskOutcome, direct_records, refinement_records, result_line
-from engine.studentio import extract, student_request
-from engine.tasks import Task
-from runtime.errors import PersdError
-from runtime.student.base import RequestRejected
+from persd.engine import lessons
+
+from persd.engine.collect import testgen
+from persd.engine.collect.config import FORMATS, CollectConfig
+from persd.engine.collect.limiter import Limiter
+from persd.engine.collect.shards import disk_error
+from persd.engine.collect.records import Meta, Tally, TaskOutcome, direct_records, refinement_records, result_line
+from persd.engine.collect.studentio import extract, student_request
+from persd.engine.tasks import Task
+from persd.runtime.errors import PersdError
+from persd.runtime.student.base import RequestRejected
 
 FORMAT_ORDER = {f: i for i, f in enumerate(FORMATS)}
 
@@ -49,7 +51,7 @@ class Limits:
 
 @dataclass
 class Backends:
-    """The three resources, opened by engine.backends (or fakes, in tests and benchmarks)."""
+    """The three resources, opened by persd.engine.collect.backends (or fakes, in tests and benchmarks)."""
 
     student: Any
     sandbox: Any
@@ -58,7 +60,7 @@ class Backends:
 
 class TaskFlow:
     def __init__(self, cfg: CollectConfig, backends: Backends, limits: Limits, meta: Meta):
-        from runtime.teacher import ChatRequest  # the teacher's request type (no network code here)
+        from persd.runtime.teacher import ChatRequest  # the teacher's request type (no network code here)
 
         self._ChatRequest = ChatRequest
         self.cfg = cfg

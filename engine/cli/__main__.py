@@ -1,0 +1,5 @@
+import sys
+
+from persd.engine.cli.main import main
+
+sys.exit(main())
