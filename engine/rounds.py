@@ -34,7 +34,7 @@ import orjson
 
 from persd.engine.collect.config import describe_difference, resolve_student_backend
 from persd.engine.evaluation.journal import atomic_write
-from persd.engine.collect.shards import iter_lines
+from persd.engine.collect.layout import CollectLayout, iter_lines
 from persd.engine.tasks import parse_task_line, resolve_source
 from persd.runtime.errors import PersdError, UsageError
 
@@ -142,10 +142,7 @@ class Layout:
 
 
 def collect_done(out: Path) -> bool:
-    try:
-        return orjson.loads((out / "manifest.json").read_bytes()).get("state") == "done"
-    except (OSError, orjson.JSONDecodeError):
-        return False
+    return CollectLayout(out).is_done()
 
 
 def train_done(out: Path) -> bool:
@@ -157,13 +154,11 @@ def eval_done(out: Path) -> bool:
 
 
 def collect_results(out: Path) -> list[dict]:
-    files = sorted(p for p in (out / "shards").glob("shard-*.results.jsonl"))
-    return [line for f in files for line in iter_lines(f)]
+    return list(CollectLayout(out).results())
 
 
 def collect_records(out: Path) -> list[dict]:
-    files = sorted(p for p in (out / "shards").glob("shard-*.jsonl") if not p.name.endswith(".results.jsonl"))
-    return [line for f in files for line in iter_lines(f)]
+    return list(CollectLayout(out).records())
 
 
 def count_lines(path: Path) -> int:

@@ -14,19 +14,8 @@ from typing import Iterable, Iterator
 
 import orjson
 
+from persd.engine.collect.layout import FORMAT_ALIASES, CollectLayout, Record
 from persd.runtime.errors import InputError, UsageError
-
-REQUIRED = ("id", "task_id", "format", "prompt", "completion")
-FORMAT_ALIASES = {"persd-combined": ("persd", "persd-refine")}
-
-
-@dataclass(frozen=True)
-class Record:
-    id: str
-    task_id: str
-    format: str
-    prompt: str
-    completion: str
 
 
 @dataclass
@@ -47,11 +36,10 @@ def record_files(source: str | Path) -> list[Path]:
     """The record files one --data argument stands for."""
     path = Path(source)
     if path.is_dir():
-        shards = path / "shards"
-        if not shards.is_dir():
+        layout = CollectLayout(path)
+        if not layout.shards_dir.is_dir():
             raise UsageError(f"--data {source}: a directory must be a collect output (DIR/shards/ not found)")
-        files = sorted(p for p in shards.glob("shard-*.jsonl") if not p.name.endswith(".results.jsonl"))
-        return files  # may be empty: no shard sealed yet
+        return layout.sealed_record_files()  # may be empty: no shard sealed yet
     if path.is_file():
         return [path]
     raise UsageError(f"--data {source}: no such file or directory")
@@ -66,18 +54,11 @@ def _parse(path: Path) -> Iterator[Record]:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 raise InputError(str(path), lineno, f"not valid JSON: {exc.msg} at column {exc.colno}") from None
-            if not isinstance(obj, dict):
-                raise InputError(str(path), lineno, "expected a JSON object (a training record)")
-            for key in REQUIRED:
-                if key not in obj:
-                    raise InputError(str(path), lineno, "missing (is this a record file? "
-                                     "results.jsonl and task files are not training data)", field=key)
-                if not isinstance(obj[key], str):
-                    raise InputError(str(path), lineno, f"expected a string, got {type(obj[key]).__name__}",
-                                     field=key)
-            if not obj["completion"].strip():
-                raise InputError(str(path), lineno, "empty completion", field="completion")
-            yield Record(obj["id"], obj["task_id"], obj["format"], obj["prompt"], obj["completion"])
+            problem = Record.problem(obj)
+            if problem is not None:
+                key, why = problem
+                raise InputError(str(path), lineno, why, field=key)
+            yield Record(obj["id"], obj["task_id"], obj["format"], obj["prompt"], obj["completion"])  # no meta: memory
 
 
 def expand_formats(formats: Iterable[str] | None) -> set[str] | None:

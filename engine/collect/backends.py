@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator
 
 from persd.engine.collect import standin
+from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.config import CollectConfig, StudentFields
 from persd.engine.collect.flow import Backends
 
@@ -19,15 +20,14 @@ STANDIN_KEY_ENV = "PERSD_STANDIN_TEACHER_KEY"  # never set: the stand-in is loop
 
 
 def teacher_journal_path(cfg: CollectConfig) -> Path:
-    name = f"teacher.{cfg.partition}.journal.jsonl" if cfg.partition else "teacher.journal.jsonl"
-    return Path(cfg.out) / "work" / name
+    return CollectLayout(cfg.out).teacher_journal_path(cfg.partition)
 
 
 def default_student_model(cfg: CollectConfig) -> Path:
     """The offline demo's student: a tiny random-weight model, written once into the output directory."""
     from persd.runtime.student.tiny_model import write_tiny_model
 
-    path = Path(cfg.out) / "work" / "tiny-student"
+    path = CollectLayout(cfg.out).tiny_student_dir
     if not (path / "config.json").exists():
         write_tiny_model(path, seed=0)
     return path

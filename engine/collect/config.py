@@ -16,6 +16,7 @@ from typing import Any
 
 from persd.engine.flags import (PROGRESS_MODES, STUDENT_BACKENDS, add_student_flags, nonneg_int, parser_for,
                           positive_float, positive_int, toml_defaults)
+from persd.engine.collect.layout import partition_name
 from persd.runtime.errors import UsageError
 
 FORMATS = ("persd", "persd-refine", "inpd", "stand")
@@ -108,7 +109,7 @@ class CollectConfig(StudentFields):
 
     @property
     def partition(self) -> str:
-        return "" if self.num_shards == 1 else f"part-{self.shard_index:04d}-of-{self.num_shards:04d}"
+        return partition_name(self.num_shards, self.shard_index)
 
     def public(self) -> dict[str, Any]:
         """The configuration as written to the manifest: no secrets (the key's variable name only)."""

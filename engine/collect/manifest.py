@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.config import CollectConfig, describe_difference
 from persd.runtime.errors import PersdError, UsageError
 
@@ -21,13 +22,11 @@ VERSION = 1
 
 
 def manifest_path(out_dir: Path, cfg: CollectConfig) -> Path:
-    part = cfg.partition
-    return Path(out_dir) / (f"manifest.{part}.json" if part else "manifest.json")
+    return CollectLayout(out_dir).manifest_path(cfg.partition)
 
 
 def find_manifests(out_dir: Path) -> list[Path]:
-    out = Path(out_dir)
-    return sorted(p for p in out.glob("manifest*.json") if p.is_file())
+    return CollectLayout(out_dir).manifests()
 
 
 def read_manifest(path: Path) -> dict:

@@ -10,6 +10,7 @@ import ast
 from dataclasses import dataclass, field
 from typing import Any
 
+from persd.engine.collect.layout import Record
 from persd.engine.lessons import refine_record_prompt
 from persd.engine.tasks import Task
 
@@ -127,14 +128,8 @@ def record(task: Task, fmt: str, prompt: str, solution: str, meta: Meta, attempt
     }
     if extra:
         m.update(extra)
-    return {
-        "id": f"{task.task_id}/{fmt}",
-        "task_id": task.task_id,
-        "format": fmt,
-        "prompt": prompt,
-        "completion": continuation(prompt, solution, task.entry_point),
-        "meta": m,
-    }
+    return Record(f"{task.task_id}/{fmt}", task.task_id, fmt, prompt,
+                  continuation(prompt, solution, task.entry_point), m).to_json()
 
 
 def refinement_records(task: Task, formats: tuple[str, ...], solution: str, attempt: str, feedback: str,

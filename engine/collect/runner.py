@@ -108,7 +108,7 @@ class Collector:
             name = self.store.results_path(k).name.replace(".results.jsonl", "")
             raise UsageError(
                 f"shard {k} was sealed with {info['tasks']} tasks, but with these settings it holds "
-                f"{self.plan.size(k)}: remove {self.out / 'shards' / name}.* to redo it, or use a new --out"
+                f"{self.plan.size(k)}: remove {self.store.layout.shards_dir / name}.* to redo it, or use a new --out"
             )
         self.shard_info[k] = info
         self.stats.resumed += self.plan.size(k)

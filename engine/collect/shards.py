@@ -18,10 +18,9 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
-
 import orjson
 
+from persd.engine.collect.layout import CollectLayout, iter_lines, shard_name  # noqa: F401 (re-exported)
 from persd.runtime.errors import PersdError
 
 
@@ -75,9 +74,6 @@ class ShardPlan:
         return sum(self.size(k) for k in self.owned())
 
 
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}"
-
 
 @dataclass
 class ShardState:
@@ -96,42 +92,31 @@ class ShardState:
         return len(self.done) >= self.expected
 
 
-def iter_lines(path: Path) -> Iterator[dict]:
-    """Parsed lines of an orjson-lines file; torn or unreadable lines are skipped."""
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if not raw.endswith(b"\n") or not raw.strip():
-                continue
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                yield obj
 
 
 class ShardStore:
     def __init__(self, out_dir: Path, plan: ShardPlan):
         self.out = Path(out_dir)
         self.plan = plan
-        self.shards_dir = self.out / "shards"
-        self.work_dir = self.out / "work"
+        self.layout = CollectLayout(self.out)
+        self.shards_dir = self.layout.shards_dir
+        self.work_dir = self.layout.work_dir
         self._fds: dict[int, int] = {}
         self.bytes_journaled = 0
 
     # ---------------------------------------------------------------- paths
 
     def records_path(self, k: int) -> Path:
-        return self.shards_dir / f"{shard_name(k)}.jsonl"
+        return self.layout.records_path(k)
 
     def results_path(self, k: int) -> Path:
-        return self.shards_dir / f"{shard_name(k)}.results.jsonl"
+        return self.layout.results_path(k)
 
     def journal_path(self, k: int) -> Path:
-        return self.work_dir / f"{shard_name(k)}.journal.jsonl"
+        return self.layout.journal_path(k)
 
     def is_sealed(self, k: int) -> bool:
-        return self.records_path(k).exists() and self.results_path(k).exists()
+        return self.layout.is_sealed(k)
 
     # ---------------------------------------------------------------- recovery
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from persd.engine.collect.config import describe_difference
-from persd.engine.collect.shards import iter_lines
+from persd.engine.collect.layout import iter_lines
 from persd.runtime.errors import PersdError, UsageError
 
 Key = tuple[str, int, int]  # (task_id, sample, step)

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from persd.engine.collect.manifest import find_manifests, read_manifest
-from persd.engine.collect.shards import shard_name
+from persd.engine.collect.layout import CollectLayout
 from persd.runtime.errors import PersdError, UsageError
 
 
@@ -34,15 +34,16 @@ def _journal_done(path: Path) -> int:
 
 def partition_status(out: Path, manifest_file: Path) -> dict:
     m = read_manifest(manifest_file)
+    lay = CollectLayout(out)
     shards = m.get("shards", [])
     done = sealed = 0
     for s in shards:
         k = s["index"]
-        if (out / "shards" / f"{shard_name(k)}.jsonl").exists() and (out / "shards" / f"{shard_name(k)}.results.jsonl").exists():
+        if lay.is_sealed(k):
             sealed += 1
             done += s["tasks"]
         else:
-            done += min(s["tasks"], _journal_done(out / "work" / f"{shard_name(k)}.journal.jsonl"))
+            done += min(s["tasks"], _journal_done(lay.journal_path(k)))
     totals = m.get("totals", {})
     part = m.get("partition", {"index": 0, "count": 1})
     return {

@@ -1,0 +1,161 @@
+"""The one owner of a collect directory's layout and of the training record's schema.
+
+Everything that reads or writes a `persd collect --out DIR` goes through this module: the pipeline
+(shards, manifest), `persd status`, `persd loop`, and the trainers (which import this module alone,
+never the pipeline: it depends on nothing but the standard library and orjson).
+
+    DIR/manifest.json                       one partition (or DIR/manifest.part-000I-of-000N.json each)
+    DIR/shards/shard-00007.jsonl            training records of sealed shard 7 (the seal: it appears last)
+    DIR/shards/shard-00007.results.jsonl    one result line per task of shard 7
+    DIR/work/shard-00007.journal.jsonl      work in progress of shard 7 (attempts, finished tasks)
+    DIR/work/teacher.journal.jsonl          every teacher answer (teacher.part-....journal.jsonl per partition)
+    DIR/work/tiny-student/                  the offline demo's student, when no --student-model is given
+
+A training record is one JSON object a line (`Record`): id, task_id, format, prompt, completion, meta.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+RECORD_FIELDS = ("id", "task_id", "format", "prompt", "completion")  # required, all strings; `meta` optional
+FORMAT_ALIASES = {"persd-combined": ("persd", "persd-refine")}
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}"
+
+
+def partition_name(num_shards: int, shard_index: int) -> str:
+    """'' for a single machine, else `part-000I-of-000N` (the suffix of that partition's manifest)."""
+    return "" if num_shards == 1 else f"part-{shard_index:04d}-of-{num_shards:04d}"
+
+
+@dataclass(frozen=True)
+class CollectLayout:
+    """Paths inside one collect directory."""
+
+    out: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.out / "shards"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.out / "work"
+
+    def records_path(self, k: int) -> Path:
+        return self.shards_dir / f"{shard_name(k)}.jsonl"
+
+    def results_path(self, k: int) -> Path:
+        return self.shards_dir / f"{shard_name(k)}.results.jsonl"
+
+    def journal_path(self, k: int) -> Path:
+        return self.work_dir / f"{shard_name(k)}.journal.jsonl"
+
+    def teacher_journal_path(self, partition: str = "") -> Path:
+        """Every teacher answer, durable before anything depends on it (one per partition)."""
+        return self.work_dir / (f"teacher.{partition}.journal.jsonl" if partition else "teacher.journal.jsonl")
+
+    @property
+    def tiny_student_dir(self) -> Path:
+        """The offline demo's tiny random-weight student, written once."""
+        return self.work_dir / "tiny-student"
+
+    def manifest_path(self, partition: str = "") -> Path:
+        return self.out / (f"manifest.{partition}.json" if partition else "manifest.json")
+
+    def manifests(self) -> list[Path]:
+        """Every partition's manifest in the directory (sorted)."""
+        return sorted(p for p in self.out.glob("manifest*.json") if p.is_file())
+
+    def is_collect_dir(self) -> bool:
+        return self.shards_dir.is_dir() or bool(self.manifests())
+
+    def is_sealed(self, k: int) -> bool:
+        return self.records_path(k).exists() and self.results_path(k).exists()
+
+    def sealed_record_files(self) -> list[Path]:
+        """The records files of every sealed shard, in shard order (none until a shard is sealed)."""
+        return sorted(p for p in self.shards_dir.glob("shard-*.jsonl") if not p.name.endswith(".results.jsonl"))
+
+    def results_files(self) -> list[Path]:
+        return sorted(self.shards_dir.glob("shard-*.results.jsonl"))
+
+    def is_done(self) -> bool:
+        """True when every partition's manifest says the run finished."""
+        files = self.manifests()
+        if not files:
+            return False
+        for f in files:
+            try:
+                if orjson.loads(f.read_bytes()).get("state") != "done":
+                    return False
+            except (OSError, orjson.JSONDecodeError, AttributeError):
+                return False
+        return True
+
+    def records(self) -> Iterator[dict]:
+        for f in self.sealed_record_files():
+            yield from iter_lines(f)
+
+    def results(self) -> Iterator[dict]:
+        for f in self.results_files():
+            yield from iter_lines(f)
+
+
+def iter_lines(path: Path) -> Iterator[dict]:
+    """Parsed lines of an orjson-lines file; torn or unreadable lines are skipped (journals survive kill -9)."""
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n") or not raw.strip():
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+@dataclass(frozen=True)
+class Record:
+    """One training record, as collect writes it and the trainers read it."""
+
+    id: str
+    task_id: str
+    format: str
+    prompt: str
+    completion: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "task_id": self.task_id, "format": self.format, "prompt": self.prompt,
+                "completion": self.completion, "meta": self.meta}
+
+    @classmethod
+    def problem(cls, obj: Any) -> tuple[str | None, str] | None:
+        """What makes `obj` not a record: (field or None, why); None when it is one."""
+        if not isinstance(obj, dict):
+            return None, "expected a JSON object (a training record)"
+        for key in RECORD_FIELDS:
+            if key not in obj:
+                return key, "missing (is this a record file? results.jsonl and task files are not training data)"
+            if not isinstance(obj[key], str):
+                return key, f"expected a string, got {type(obj[key]).__name__}"
+        if not obj["completion"].strip():
+            return "completion", "empty completion"
+        if not isinstance(obj.get("meta", {}), dict):
+            return "meta", f"expected an object, got {type(obj['meta']).__name__}"
+        return None
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Record":
+        return cls(obj["id"], obj["task_id"], obj["format"], obj["prompt"], obj["completion"], obj.get("meta") or {})
