@@ -8,7 +8,7 @@
    reference implementation does). Both are compared with the theoretical bound: the slowest
    resource's total busy time (student: ceil(tasks / concurrency) x latency; teacher: calls x
    60 / rpm; sandbox: executions / its measured throughput).
-2. Orchestration: instant in-process backends (engine/instant.py), 20k tasks, one core: tasks/s.
+2. Orchestration: instant in-process backends (bench/instant.py), 20k tasks, one core: tasks/s.
 3. Memory: peak RSS of the same run at 1k and at 20k tasks (separate processes).
 
 Prints a table and writes JSON (default runs/bench/engine.json).

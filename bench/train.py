@@ -53,21 +53,21 @@ def run_mode(mode: str, args: argparse.Namespace, model: str, data: list[str], w
                       warmup_steps=0, deepspeed=args.deepspeed, precision=args.precision, log_every=10**9,
                       init="random" if args.random_model else "pretrained",
                       gradient_checkpointing=args.gradient_checkpointing)
-    result = train(cfg, quiet=True)
-    timed = result["history"][1:] or result["history"]
+    result, state = train(cfg, quiet=True)
+    timed = result.history[1:] or result.history
     seconds = sum(r["step_s"] for r in timed)
     tokens = sum(r["tokens"] for r in timed)
     slots = sum(r["tokens"] / (1 - r["padding"]) if r["padding"] < 1 else 0 for r in timed)
-    steps_per_epoch = result["steps_per_epoch"]
+    steps_per_epoch = result.steps_per_epoch
     row = {"mode": mode, "steps_timed": len(timed), "tokens_per_s": tokens / seconds,
            "slots_per_s": slots / seconds, "step_s": seconds / len(timed),
-           "padding_measured": 1 - tokens / slots if slots else 0.0, "padding_epoch": result["padding"],
+           "padding_measured": 1 - tokens / slots if slots else 0.0, "padding_epoch": result.padding,
            "steps_per_epoch": steps_per_epoch, "epoch_s": steps_per_epoch * seconds / len(timed),
-           "examples": result["examples"], "precision": result["precision"], "zero_stage": result["zero_stage"],
-           "final_loss": result["history"][-1]["loss"], "params": result["params"],
-           "world_size": result["world_size"],
+           "examples": result.examples, "precision": result.precision, "zero_stage": result.zero_stage,
+           "final_loss": result.history[-1]["loss"], "params": result.params,
+           "world_size": result.world_size,
            "mfu": (sum(r["mfu"] for r in timed) / len(timed)) if timed[0].get("mfu") is not None else None}
-    del result
+    del result, state  # free the engine and the model before the next mode
     gc.collect()
     return row
 

@@ -1,7 +1,7 @@
 """The engine's prompt texts for the teacher, and the refine-style training prompt.
 
 Layout follows the paper (TASK, HEADER, INCORRECT CODE, ERROR); the wording is ours.
-The offline stand-in teacher (engine/standin.py) reads the same section markers back.
+The offline stand-in teacher (engine/collect/standin.py) reads the same section markers back.
 """
 from __future__ import annotations
 

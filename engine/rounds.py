@@ -21,7 +21,6 @@ A rerun skips finished stages (judged by their output files) and resumes the int
 from __future__ import annotations
 
 import gzip
-import os
 import shlex
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import orjson
 
 from persd.engine.collect.config import describe_difference, resolve_student_backend
 from persd.engine.evaluation.journal import atomic_write
-from persd.engine.collect.layout import CollectLayout, iter_lines
+from persd.engine.collect.layout import CollectLayout
 from persd.engine.tasks import parse_task_line, resolve_source
 from persd.runtime.errors import PersdError, UsageError
 

@@ -145,23 +145,22 @@ def run(cfg: TrainConfig, *, resume: bool = False) -> int:
     from persd.trainers.loop import TrainingInterrupted, train
 
     try:
-        result = train(cfg, resume=resume)
+        result, st = train(cfg, resume=resume)
     except TrainingInterrupted as stop:
         where = f"checkpoint of step {stop.step} in {stop.ckpt_dir}" if stop.ckpt_dir else "no new checkpoint"
         print(f"persd train: interrupted ({where}); rerun the same command with --resume to continue",
               file=sys.stderr)
         close_world()
         return 130
-    world, log = result["world"], result["log"]
+    world, log = st.world, st.log
     final = Path(cfg.out) / "final"
     log.info(f"exporting the consolidated model to {final}")
-    export_hf(result["engine"], result["model"], result["tokenizer"], final, rank=world.rank, dtype=result["dtype"])
+    export_hf(st.engine, st.model, st.tokenizer, final, rank=world.rank, dtype=st.dtype)
     if world.rank == 0:
         checked = verify_export(final)
         log.info(f"export verified: {checked['tensors']} tensors, {checked['parameters']:,} parameters, none empty")
-        history = result["history"]
-        summary = {k: v for k, v in result.items() if k not in ("engine", "model", "tokenizer", "world", "log",
-                                                                 "dtype", "history")}
+        history = result.history
+        summary = result.to_json()
         summary.update(config=cfg.to_dict(), export=checked, final_loss=history[-1]["loss"] if history else None)
         (Path(cfg.out) / "train.json").write_text(json.dumps(summary, indent=2, default=str))
     log.close()

@@ -183,8 +183,63 @@ def evaluate(engine, examples: list[Example], cfg: TrainConfig, world: World, pa
     return total / max(count, 1.0)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Run (or continue) one training job; returns a summary. Every rank calls it."""
+@dataclass
+class TrainState:
+    """Everything one rank holds for a run, built once by `setup` and advanced by `train_step`."""
+
+    cfg: TrainConfig
+    world: World
+    engine: Any  # the DeepSpeed engine (wraps the model, the optimizer and the lr schedule)
+    model: Any
+    tokenizer: Any
+    scheduler: Any
+    examples: list[Example]
+    held: list[Example]
+    sched: Schedule
+    total_steps: int
+    grad_accum: int
+    stage: int
+    precision: str
+    pad_id: int
+    identity: dict[str, Any]
+    ckpt_dir: Path
+    log: RunLog
+    start: int  # the first step this process runs (> 0 when resumed)
+    waste: float  # padding share of the first epoch's plan
+    n_params: int
+    flops_per_token: float
+    peak_tflops: float | None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports (`train.json` is this, less the live state, plus the export check)."""
+
+    steps: int
+    steps_per_epoch: int
+    resumed_at: int
+    history: list[dict[str, Any]]
+    padding: float
+    examples: int
+    zero_stage: int
+    precision: str
+    world_size: int
+    params: int
+    eval_loss: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "history"}
+        if self.eval_loss is None:
+            out.pop("eval_loss")
+        return out
+
+
+def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> TrainState:
+    """Data, world, memory check, model, optimizer, DeepSpeed engine, and the checkpoint to resume from."""
     import deepspeed
     from transformers import AutoTokenizer
 
@@ -263,61 +318,83 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> dic
             _truncate_metrics(out / "metrics.jsonl", start)
 
     text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    mean_ctx = (sum(l * l for l in lengths) / max(sum(lengths), 1)) if cfg.batching == "pack" else cfg.seq_len / 2
+    mean_ctx = (sum(n * n for n in lengths) / max(sum(lengths), 1)) if cfg.batching == "pack" else cfg.seq_len / 2
     fpt = flops_per_token(n_params, getattr(text_cfg, "num_hidden_layers", 0), getattr(text_cfg, "hidden_size", 0),
                           mean_ctx)
-    peak = cfg.peak_tflops or guess_peak_tflops()
-    history: list[dict[str, Any]] = []
-    engine.train()
-    stop = StopSignal()
-    for step in range(start, total_steps):
-        t0 = time.perf_counter()
-        epoch, micro = sched.window(step, world.rank, world.size, grad_accum)
-        batches = [collate(rows, examples, seq_len=cfg.seq_len, batching=cfg.batching, pad_id=pad_id) for rows in micro]
-        n_target, n_tokens, n_slots, stopping = _all_sum(
-            [sum(b.n_target for b in batches), sum(b.n_tokens for b in batches), sum(b.n_slots for b in batches),
-             float(stop.requested)],
-            engine.device)
-        if stopping:  # a signal reached some rank: every rank saves the last finished step, then stops
-            if step > start:
-                checkpoint.save(engine, ckpt_dir, step=step, identity=identity, keep=cfg.keep_checkpoints,
-                                rank=world.rank)
-            stop.restore()
-            raise TrainingInterrupted(step, ckpt_dir if step > start else None)
-        lr = scheduler.get_last_lr()[0]
-        loss_sum = 0.0
-        for batch in batches:
-            batch = batch.to(engine.device)
-            loss = token_loss_sum(engine, batch)
-            engine.backward(loss * (world.size / max(n_target, 1.0)), scale_wrt_gas=False)
-            engine.step()
-            loss_sum += loss.item()
-        (loss_sum,) = _all_sum([loss_sum], engine.device)
-        dt = time.perf_counter() - t0
-        grad_norm = engine.get_global_grad_norm()
-        row = {"step": step + 1, "total_steps": total_steps, "epoch": epoch, "loss": loss_sum / max(n_target, 1.0),
-               "lr": lr, "tokens": int(n_tokens), "target_tokens": int(n_target), "padding": 1 - n_tokens / n_slots,
-               "tokens_per_s": n_tokens / dt, "step_s": dt,
-               "grad_norm": float(grad_norm) if grad_norm is not None else None,
-               "mfu": (fpt * n_tokens / dt) / (peak * 1e12 * world.size) if peak else None}
-        history.append(row)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
-            log.step(row, completed=step + 1)
-        if held and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            log.eval(step + 1, evaluate(engine, held, cfg, world, pad_id))
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
-            checkpoint.save(engine, ckpt_dir, step=step + 1, identity=identity, keep=cfg.keep_checkpoints,
+    return TrainState(cfg=cfg, world=world, engine=engine, model=model, tokenizer=tokenizer, scheduler=scheduler,
+                      examples=examples, held=held, sched=sched, total_steps=total_steps, grad_accum=grad_accum,
+                      stage=stage, precision=precision, pad_id=pad_id, identity=identity, ckpt_dir=ckpt_dir, log=log,
+                      start=start, waste=waste, n_params=n_params, flops_per_token=fpt,
+                      peak_tflops=cfg.peak_tflops or guess_peak_tflops())
+
+
+def train_step(st: TrainState, step: int, stop: StopSignal) -> dict[str, Any]:
+    """One optimizer step (0-based `step`) on every rank; returns its metrics row.
+
+    Raises TrainingInterrupted at the step boundary when a signal reached any rank, after every rank
+    saved the last finished step."""
+    cfg, world, engine = st.cfg, st.world, st.engine
+    t0 = time.perf_counter()
+    epoch, micro = st.sched.window(step, world.rank, world.size, st.grad_accum)
+    batches = [collate(rows, st.examples, seq_len=cfg.seq_len, batching=cfg.batching, pad_id=st.pad_id)
+               for rows in micro]
+    # one all-reduce: the window's target tokens over all ranks (the loss divisor), and whether to stop
+    n_target, n_tokens, n_slots, stopping = _all_sum(
+        [sum(b.n_target for b in batches), sum(b.n_tokens for b in batches), sum(b.n_slots for b in batches),
+         float(stop.requested)],
+        engine.device)
+    if stopping:
+        if step > st.start:
+            checkpoint.save(engine, st.ckpt_dir, step=step, identity=st.identity, keep=cfg.keep_checkpoints,
                             rank=world.rank)
+        stop.restore()
+        raise TrainingInterrupted(step, st.ckpt_dir if step > st.start else None)
+    lr = st.scheduler.get_last_lr()[0]
+    loss_sum = 0.0
+    for batch in batches:
+        batch = batch.to(engine.device)
+        loss = token_loss_sum(engine, batch)
+        # DeepSpeed averages gradients over ranks, so world / N makes the window's gradient that of the
+        # mean loss over all its target tokens; scale_wrt_gas=False: no extra 1/grad_accum
+        engine.backward(loss * (world.size / max(n_target, 1.0)), scale_wrt_gas=False)
+        engine.step()  # DeepSpeed steps the optimizer (clip, AdamW, lr) only at the window's end
+        loss_sum += loss.item()
+    (loss_sum,) = _all_sum([loss_sum], engine.device)
+    dt = time.perf_counter() - t0
+    grad_norm = engine.get_global_grad_norm()
+    peak = st.peak_tflops
+    return {"step": step + 1, "total_steps": st.total_steps, "epoch": epoch, "loss": loss_sum / max(n_target, 1.0),
+            "lr": lr, "tokens": int(n_tokens), "target_tokens": int(n_target), "padding": 1 - n_tokens / n_slots,
+            "tokens_per_s": n_tokens / dt, "step_s": dt,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "mfu": (st.flops_per_token * n_tokens / dt) / (peak * 1e12 * world.size) if peak else None}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> tuple[TrainResult, TrainState]:
+    """Run (or continue) one training job. Every rank calls it; the state is returned for the export."""
+    st = setup(cfg, resume=resume, quiet=quiet)
+    history: list[dict[str, Any]] = []
+    st.engine.train()
+    stop = StopSignal()
+    for step in range(st.start, st.total_steps):
+        row = train_step(st, step, stop)
+        history.append(row)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == st.total_steps:
+            st.log.step(row, completed=done)
+        if st.held and cfg.eval_every and done % cfg.eval_every == 0:
+            st.log.eval(done, evaluate(st.engine, st.held, cfg, st.world, st.pad_id))
+        if cfg.save_every and done % cfg.save_every == 0 and done < st.total_steps:
+            checkpoint.save(st.engine, st.ckpt_dir, step=done, identity=st.identity, keep=cfg.keep_checkpoints,
+                            rank=st.world.rank)
     stop.restore()
-    summary: dict[str, Any] = {"steps": total_steps, "steps_per_epoch": sched.steps_per_epoch[0],
-                               "resumed_at": start, "history": history,
-                               "padding": waste, "examples": len(examples), "zero_stage": stage,
-                               "precision": precision, "world_size": world.size, "params": n_params}
-    if held:
-        summary["eval_loss"] = evaluate(engine, held, cfg, world, pad_id)
-        log.eval(total_steps, summary["eval_loss"])
-    summary.update(engine=engine, model=model, tokenizer=tokenizer, world=world, log=log, dtype=DTYPES[precision])
-    return summary
+    result = TrainResult(steps=st.total_steps, steps_per_epoch=st.sched.steps_per_epoch[0], resumed_at=st.start,
+                         history=history, padding=st.waste, examples=len(st.examples), zero_stage=st.stage,
+                         precision=st.precision, world_size=st.world.size, params=st.n_params)
+    if st.held:
+        result.eval_loss = evaluate(st.engine, st.held, cfg, st.world, st.pad_id)
+        st.log.eval(st.total_steps, result.eval_loss)
+    return result, st
 
 
 def _truncate_metrics(path: Path, keep_through: int) -> None:
