@@ -166,9 +166,3 @@ def run(cfg: TrainConfig, *, resume: bool = False) -> int:
     log.close()
     close_world()
     return 0
-
-
-if __name__ == "__main__":
-    from persd.engine.cli.main import run_guarded
-
-    sys.exit(run_guarded(main, sys.argv[1:]))

