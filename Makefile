@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.persd-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean gpu-prepare gpu-dry-run
 
 setup: $(STAMP)
 
@@ -35,3 +35,12 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+# The GPU acceptance run (docs/gpu.md): prepare here what the bare GPU machine lacks, in .gpu/ (ignored by
+# git; carried with the device command), then run `bash bench/gpu/run.sh` there. The dry run is the same
+# script on this CPU with a tiny model.
+gpu-prepare: setup
+	$(PY) -m persd.bench.gpu.prepare
+
+gpu-dry-run: setup
+	$(PY) -m persd.bench.gpu.acceptance --dry-run --out runs/gpu-dry-run

@@ -53,7 +53,13 @@ def run_mode(mode: str, args: argparse.Namespace, model: str, data: list[str], w
                       warmup_steps=0, deepspeed=args.deepspeed, precision=args.precision, log_every=10**9,
                       init="random" if args.random_model else "pretrained",
                       gradient_checkpointing=args.gradient_checkpointing)
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     result, state = train(cfg, quiet=True)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     timed = result.history[1:] or result.history
     seconds = sum(r["step_s"] for r in timed)
     tokens = sum(r["tokens"] for r in timed)
@@ -65,7 +71,7 @@ def run_mode(mode: str, args: argparse.Namespace, model: str, data: list[str], w
            "steps_per_epoch": steps_per_epoch, "epoch_s": steps_per_epoch * seconds / len(timed),
            "examples": result.examples, "precision": result.precision, "zero_stage": result.zero_stage,
            "final_loss": result.history[-1]["loss"], "params": result.params,
-           "world_size": result.world_size,
+           "world_size": result.world_size, "peak_gpu_gib": peak,
            "mfu": (sum(r["mfu"] for r in timed) / len(timed)) if timed[0].get("mfu") is not None else None}
     del result, state  # free the engine and the model before the next mode
     gc.collect()
