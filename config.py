@@ -22,6 +22,7 @@ This module is a leaf (stdlib and persd.runtime.errors only): engine, trainers a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import tomllib
@@ -30,7 +31,7 @@ import typing
 from dataclasses import MISSING, Field, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from persd.runtime.errors import ConfigError, UsageError
 
@@ -86,14 +87,19 @@ def comma_list(item: Callable[[str], Any] = str, name: str = "comma list") -> Ca
 def opt(default: Any = MISSING, *, help: str, changes_results: bool, default_factory: Any = MISSING,
         flag: str | None = None, type: Callable[[Any], Any] | None = None, choices: Sequence[Any] | None = None,
         group: str | None = None, metavar: str | None = None, shown: str | None = None, nargs: str | None = None,
-        positional: bool = False, cli: bool = True) -> Any:
+        positional: bool = False, cli: bool = True, nested: type | None = None, owned: Sequence[str] = ()) -> Any:
     """A config field. `changes_results` is required: True puts the field in the fingerprint a rerun must
     keep. `flag` overrides the generated `--field-name`; `type` converts a flag's string (or a TOML
     value) and checks it; `shown` is how the default is written in --help; `cli=False` keeps the field
-    out of the command line (set by code, or in TOML only)."""
+    out of the command line (set by code, or in TOML only).
+
+    `nested=StageConfig` makes a section: a dict of that config's fields (`[name]` in TOML, `--name.field`
+    on the command line), minus the `owned` fields, which the outer command sets itself."""
     meta = {"help": help, "changes_results": changes_results, "flag": flag, "type": type, "choices": choices,
             "group": group, "metavar": metavar, "shown": shown, "nargs": nargs, "positional": positional,
-            "cli": cli}
+            "cli": cli, "nested": nested, "owned": tuple(owned)}
+    if nested is not None:
+        default_factory = dict
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -118,8 +124,18 @@ def _plain(value: Any) -> Any:
 
 
 def fingerprint(cfg: Any) -> dict[str, Any]:
-    """{field: value} of every field whose metadata says it changes results (JSON-ready)."""
-    return {f.name: _plain(getattr(cfg, f.name)) for f in config_fields(cfg) if f.metadata["changes_results"]}
+    """{field: value} of every field whose metadata says it changes results (JSON-ready); of a section
+    (nested config), the values given for its own result-changing fields."""
+    out: dict[str, Any] = {}
+    for f in config_fields(cfg):
+        if not f.metadata["changes_results"]:
+            continue
+        value = getattr(cfg, f.name)
+        if f.metadata["nested"] is not None:
+            keep = set(result_fields(f.metadata["nested"]))
+            value = {k: v for k, v in sorted(value.items()) if k in keep}
+        out[f.name] = _plain(value)
+    return out
 
 
 def result_fields(cls: Any) -> tuple[str, ...]:
@@ -153,6 +169,8 @@ def _converter(cls: type, f: Field) -> Callable[[Any], Any] | None:
         return None
     if hint in (int, float, str):
         return hint
+    if origin in (tuple, list) and args and f.metadata["nargs"]:
+        return args[0]  # argparse collects the list, one converted item a word
     if origin in (tuple, list) and args:
         item = args[0]
         convert = comma_list(item, f"comma list of {item.__name__}")
@@ -218,6 +236,10 @@ def add_fields(p: argparse.ArgumentParser, cls: type, *, prefix: str = "", group
     for f in config_fields(cls):
         if not f.metadata["cli"] or f.name in skip:
             continue
+        if f.metadata["nested"] is not None:
+            add_fields(p, f.metadata["nested"], prefix=f"{prefix}{f.name}.", skip=f.metadata["owned"],
+                       group_title=f"[{f.name}] {f.metadata['help']}")
+            continue
         title = group_title or f.metadata["group"]
         if title not in groups:
             groups[title] = p.add_argument_group(title) if title else p
@@ -225,8 +247,9 @@ def add_fields(p: argparse.ArgumentParser, cls: type, *, prefix: str = "", group
         dest = prefix + f.name
         kw: dict[str, Any] = {"help": help_text(f), "default": argparse.SUPPRESS}
         if f.metadata["positional"]:
-            g.add_argument(dest, nargs=f.metadata["nargs"], metavar=f.metadata["metavar"] or f.name.upper(),
-                           type=_converter(cls, f), help=help_text(f))
+            nargs = "*" if f.metadata["nargs"] in ("+", "*") else "?"  # may come from --config instead
+            g.add_argument(dest, nargs=nargs, metavar=f.metadata["metavar"] or f.name.upper(),
+                           type=_converter(cls, f), help=help_text(f), default=argparse.SUPPRESS)
             continue
         flag = flag_of(f) if not prefix else "--" + prefix + flag_of(f)[2:]
         if _is_bool(cls, f):
@@ -275,9 +298,17 @@ def check_values(cls: type, data: Mapping[str, Any], where: str, *, forbid: Sequ
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
-        if name not in known or name in forbid:
+        if name in forbid:
+            raise UsageError(f"{where}: key '{key}' cannot be set here (the command sets it itself)")
+        if name not in known:
             raise UsageError(f"{where}: unknown key '{key}'")
-        out[name] = convert_value(cls, known[name], value, f"{where}: key '{key}'")
+        if known[name].metadata["nested"] is not None:
+            if not isinstance(value, dict):
+                raise UsageError(f"{where}: '{key}' must be a table ([{key}])")
+            out[name] = check_values(known[name].metadata["nested"], value, f"{where}: [{key}]",
+                                     forbid=known[name].metadata["owned"])
+        else:
+            out[name] = convert_value(cls, known[name], value, f"{where}: key '{key}'")
     return out
 
 
@@ -290,7 +321,10 @@ def convert_value(cls: type, f: Field, value: Any, where: str) -> Any:
             convert = _converter(cls, f)
             if isinstance(value, dict) or isinstance(value, bool):
                 raise ValueError
-            value = convert(value if isinstance(value, (list, tuple)) else str(value))
+            if f.metadata["nargs"] and isinstance(value, list):  # one value a list item, as on the command line
+                value = [convert(str(x)) for x in value]
+            else:
+                value = convert(value if isinstance(value, (list, tuple)) else str(value))
         if f.metadata["choices"] is not None and value not in f.metadata["choices"]:
             raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(map(str, f.metadata['choices']))}")
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
@@ -333,30 +367,39 @@ class Sources:
 
     def name(self, field_name: str) -> str:
         if field_name in self.flags or field_name not in self.files:
-            return flag_of(field_name)
+            return flag_of(field_name.replace("_", "-"))
         return self.files[field_name]
 
 
 def gather(cmd: Command, argv: Sequence[str]) -> tuple[dict[str, Any], argparse.Namespace, Sources]:
     """The values given (flags, --config, preset), merged by precedence; the namespace holds extras."""
     ns = build_parser(cmd).parse_args(list(argv))
-    given = {k: v for k, v in vars(ns).items() if k != "config"}
     known = {f.name for f in config_fields(cmd.cls)}
-    flags = {k: v for k, v in given.items() if k in known}
-    src = Sources(flags=set(flags))
+    flags: dict[str, Any] = {}
+    for key, value in vars(ns).items():
+        section, _, name = key.rpartition(".")
+        if section in known:
+            flags.setdefault(section, {})[name] = value
+        elif key in known:
+            flags[key] = value
+    src = Sources(flags={k if not isinstance(v, dict) else f"{k}.{n}" for k, v in flags.items()
+                         for n in (v if isinstance(v, dict) else [None])})
     file_values: dict[str, Any] = {}
     config_path = getattr(ns, "config", None)
     if config_path:
         file_values = check_values(cmd.cls, read_toml(config_path), f"--config: {config_path}")
         src.files.update({k: f"{config_path}: key '{k}'" for k in file_values})
+        src.files.update({f"{k}.{n}": f"{config_path}: [{k}] key '{n}'" for k, v in file_values.items()
+                          if isinstance(v, dict) for n in v})
     values: dict[str, Any] = {}
     preset = flags.get(cmd.preset_field) or file_values.get(cmd.preset_field) if cmd.preset_field else None
     if preset:
         pv = preset_values(cmd, preset)
         values.update(pv)
         src.files.update({k: f"{flag_of(cmd.preset_field)} {preset}: key '{k}'" for k in pv})
-    values.update(file_values)
-    values.update(flags)
+    for layer in (file_values, flags):
+        for key, value in layer.items():  # a section merges key by key
+            values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
     return values, ns, src
 
 
@@ -368,13 +411,28 @@ def build(cls: type, values: Mapping[str, Any], src: Sources | None = None) -> A
         if check:
             check()
     except ConfigError as exc:
-        raise UsageError(f"{(src or Sources()).name(exc.field)}: {exc.message}") from None
+        f = next((f for f in config_fields(cls) if f.name == exc.field), None)
+        name = f.metadata["metavar"] if f and f.metadata["positional"] else (src or Sources()).name(exc.field)
+        raise UsageError(f"{name}: {exc.message}") from None
     return cfg
 
 
 def load(cmd: Command, argv: Sequence[str]) -> Any:
     values, _, src = gather(cmd, argv)
     return build(cmd.cls, values, src)
+
+
+@contextlib.contextmanager
+def runtime_fields_as_flags(names: Mapping[tuple[str, str], str]) -> Iterator[None]:
+    """A runtime ConfigError (section, field) re-raised naming the command's flag: `names` maps
+    ("teacher", "max_in_flight") to the command field "teacher_max_in_flight" (--teacher-max-in-flight)."""
+    try:
+        yield
+    except ConfigError as exc:
+        name = names.get((exc.section, exc.field))
+        if name is None:
+            raise
+        raise exc.renamed(flag_of(name)) from None
 
 
 # ------------------------------------------------------------------ writing a config file
@@ -399,4 +457,4 @@ def to_toml(values: Mapping[str, Any]) -> str:
 __all__ = ["Parser", "parser_for", "opt", "Command", "config_fields", "fingerprint", "result_fields", "flag_of",
            "add_fields", "build_parser", "gather", "build", "load", "check_values", "read_toml", "to_toml",
            "positive_int", "nonneg_int", "positive_float", "nonneg_float", "comma_list", "shown_default",
-           "ConfigError", "Sources"]
+           "ConfigError", "Sources", "runtime_fields_as_flags"]

@@ -130,7 +130,7 @@ class OpenAIStudent(BaseStudent):
                 if resp.status != 200:
                     raise PersdError(f"GET {url}: HTTP {resp.status}: {body[:500].decode('utf-8', 'replace')}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise PersdError(f"--student-url: cannot reach {url}: {exc!r}") from None
+            raise PersdError(f"cannot reach the student server at {url}: {exc!r}") from None
         try:
             return orjson.loads(body)["data"][0]["id"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):

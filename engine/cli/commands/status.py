@@ -17,7 +17,7 @@ from rich.table import Table
 from persd.engine.collect.manifest import find_manifests, read_manifest
 from persd.engine.collect.shards import shard_name
 from persd.config import Command, load, opt
-from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.errors import ConfigError, PersdError, UsageError
 
 
 @dataclass
@@ -25,6 +25,10 @@ class StatusConfig:
     dirs: list[str] = opt(default_factory=list, help="collect output directories (--out)", changes_results=False,
                           positional=True, nargs="+", metavar="DIR", shown="required")
     json: bool = opt(False, help="print JSON instead of a table", changes_results=False)
+
+    def validate(self) -> None:
+        if not self.dirs:
+            raise ConfigError("dirs", "give one or more collect output directories (persd status DIR)")
 
 
 STATUS = Command(StatusConfig, "status", description="Summarise the progress of one or many `persd collect` "
