@@ -138,6 +138,12 @@ def fingerprint(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def with_defaults(old: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """A fingerprint saved before a result-changing field was added, read as if it had the field at its
+    default: adding an option leaves earlier runs resumable while the option keeps its default."""
+    return {**fingerprint(cls()), **old}
+
+
 def result_fields(cls: Any) -> tuple[str, ...]:
     return tuple(f.name for f in config_fields(cls) if f.metadata["changes_results"])
 
@@ -457,4 +463,4 @@ def to_toml(values: Mapping[str, Any]) -> str:
 __all__ = ["Parser", "parser_for", "opt", "Command", "config_fields", "fingerprint", "result_fields", "flag_of",
            "add_fields", "build_parser", "gather", "build", "load", "check_values", "read_toml", "to_toml",
            "positive_int", "nonneg_int", "positive_float", "nonneg_float", "comma_list", "shown_default",
-           "ConfigError", "Sources", "runtime_fields_as_flags"]
+           "ConfigError", "Sources", "runtime_fields_as_flags", "with_defaults"]

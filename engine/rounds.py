@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from persd.config import fingerprint, nonneg_int, opt, positive_int, to_toml
+from persd.config import fingerprint, nonneg_int, opt, positive_int, to_toml, with_defaults
 from persd.engine.collect.config import PROGRESS_MODES, CollectConfig, describe_difference, resolve_student_backend
 from persd.engine.evaluation.config import EvalConfig
 from persd.trainers.cli import TrainCommand
@@ -223,10 +223,10 @@ class Loop:
         fp = cfg.fingerprint()
         if self.lay.state.exists():
             self.state = orjson.loads(self.lay.state.read_bytes())
-            old = self.state.get("fingerprint", {})
-            if old != fp and not cfg.force:
+            diffs = describe_difference(with_defaults(self.state.get("fingerprint", {}), LoopConfig), fp)
+            if diffs and not cfg.force:
                 raise UsageError(f"{self.lay.out} holds a loop run with other settings:\n  "
-                                 + "\n  ".join(describe_difference(old, fp))
+                                 + "\n  ".join(diffs)
                                  + "\nuse another --out, or pass --force to continue with the new settings")
         self.state["fingerprint"] = fp
         self.state.setdefault("rounds", {})

@@ -161,12 +161,13 @@ def test_each_stage_option_given_to_loop_is_fingerprinted_when_it_changes_result
 
 
 def test_fingerprints_keep_their_format():
-    """Existing manifests and eval.json files compare equal: the same keys as before the metadata."""
-    assert set(CollectConfig(tasks="t", out="o").fingerprint()) == {
+    """Existing manifests and eval.json files still compare: every key they hold is still fingerprinted
+    (a new result-changing option adds a key; with_defaults reads old files as holding its default)."""
+    assert set(CollectConfig(tasks="t", out="o").fingerprint()) >= {
         "tasks", "limit", "student_model", "student_chat", "samples", "temperature", "top_p", "max_tokens", "seed",
         "teacher_model", "teacher_temperature", "teacher_max_tokens", "formats", "refine_turns", "testgen_inputs",
         "round", "shard_size", "exec_timeout", "prompt_version"}
-    assert set(EvalConfig(tasks="t", out="o").fingerprint()) == {
+    assert set(EvalConfig(tasks="t", out="o").fingerprint()) >= {
         "tasks", "task_ids", "limit", "student_model", "student_chat", "n", "temperature", "top_p", "max_tokens",
         "seed", "refine_steps", "exec_timeout", "prompt_version"}
     assert CollectConfig(tasks="t", out="o").fingerprint()["teacher_model"] == "offline-stand-in"
@@ -282,3 +283,14 @@ def test_to_toml_round_trips_a_stage_config(tmp_path):
     read = config.read_toml(path)
     assert read == {"tasks": 'a "b"\\c', "formats": ["persd", "inpd"], "temperature": 1e-05, "student_chat": True,
                     "k": [1, 5], "seed": 3}
+
+
+def test_a_run_from_before_an_option_existed_resumes_while_the_option_keeps_its_default():
+    from persd.engine.collect.config import describe_difference
+
+    new = CollectConfig(tasks="t", out="o").fingerprint()
+    old = {k: v for k, v in new.items() if k != "testgen_inputs"}  # as saved by a persd without the option
+    assert describe_difference(config.with_defaults(old, CollectConfig), new) == []
+    changed = CollectConfig(tasks="t", out="o", testgen_inputs=9).fingerprint()
+    assert describe_difference(config.with_defaults(old, CollectConfig), changed) == \
+        ["--testgen-inputs: was 5, now 9"]
