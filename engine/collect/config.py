@@ -125,6 +125,8 @@ class CollectConfig(StudentFields):
                                      group="teacher")
     teacher_max_tokens: int = opt(1024, help="teacher max new tokens", changes_results=True, type=positive_int,
                                   group="teacher")
+    teacher_top_p: float | None = opt(None, help="teacher nucleus sampling top_p", changes_results=True,
+                                      type=positive_float, group="teacher", shown="the provider's")
     teacher_max_in_flight: int = opt(TeacherConfig.max_in_flight, help="teacher requests in flight",
                                      changes_results=False, type=positive_int, group="teacher")
     rpm: int = opt(TeacherConfig.rpm, help="teacher requests per minute, this process", changes_results=False,
@@ -201,6 +203,8 @@ class CollectConfig(StudentFields):
         if backend == "openai" and not self.student_model:
             raise ConfigError("student_model", "the openai backend needs the model name the server serves")
         check_sampling(self.temperature, self.top_p)
+        if self.teacher_top_p is not None and not 0 < self.teacher_top_p <= 1:
+            raise ConfigError("teacher_top_p", f"{self.teacher_top_p}: expected a value in (0, 1]")
         if self.teacher_url and not self.teacher_url.startswith(("http://", "https://")):
             raise ConfigError("teacher_url", f"{self.teacher_url!r}: expected an http(s) URL")
 
