@@ -87,7 +87,7 @@ def test_two_rounds_end_to_end(two_rounds):
     train2 = tomllib.loads((run / "round-2" / "train.toml").read_text())
     assert (train2["max_steps"], train2["seq_len"], train2["model"]) == (1, 128, str(base))
     eval2 = tomllib.loads((run / "round-2" / "eval.toml").read_text())
-    assert (eval2["n"], eval2["temperature"], eval2["refine_steps"], eval2["student_model"]) == (2, 0.8, 1, str(ckpt1))
+    assert (eval2["n"], eval2["temperature"], eval2["refine_steps"], eval2["student_model"]) == (2, 0.8, 1, str(ckpt2))
 
 
 def test_rerun_resumes_at_the_interrupted_stage(two_rounds):

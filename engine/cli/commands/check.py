@@ -35,7 +35,7 @@ class CheckConfig:
     tasks: str = opt("", help="task JSONL path or built-in set (humaneval, mbpp)", changes_results=True,
                      shown="required")
     samples: str | None = opt(None, help="JSONL of task_id + completion (appended to the prompt) or solution "
-                                         "(whole program)", changes_results=True, shown="--samples or --references")
+                                         "(whole program)", changes_results=True, metavar="FILE")
     references: bool = opt(False, help="check the tasks' own reference solutions", changes_results=True)
     out: str = opt("", help="results JSONL, one line per sample", changes_results=False, shown="required")
     workers: int = opt(0, help="sandbox workers (0: one per core)", changes_results=False, type=nonneg_int)
