@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -102,23 +103,11 @@ def other_value(cls, f: dataclasses.Field):
         return (default or 0.0) + 0.25
     if hint is str:
         return (default or "") + "-other"
-    if typing_origin(hint) in (tuple, list):
-        item = typing_args(hint)[0]
+    if typing.get_origin(hint) in (tuple, list):
+        item = typing.get_args(hint)[0]
         value = [item(7)] * max(1, len(default or ()))
-        return tuple(value) if typing_origin(hint) is tuple else value
+        return tuple(value) if typing.get_origin(hint) is tuple else value
     raise AssertionError(f"{cls.__name__}.{f.name}: no other value for {hint}")
-
-
-def typing_origin(h):
-    import typing
-
-    return typing.get_origin(h)
-
-
-def typing_args(h):
-    import typing
-
-    return typing.get_args(h)
 
 
 def fp(cfg):

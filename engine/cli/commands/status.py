@@ -7,7 +7,7 @@ sealed shard files and finished tasks in the shards' journals.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
