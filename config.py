@@ -341,17 +341,15 @@ def convert_value(cls: type, f: Field, value: Any, where: str) -> Any:
 
 def preset_values(cmd: Command, name: str) -> dict[str, Any]:
     """A preset: a shipped NAME (package data NAME.toml) or a path to a TOML file, same format as --config."""
-    flag = flag_of(cmd.preset_field)
-    path: Any
+    where = f"{flag_of(cmd.preset_field)} {name}"
     if cmd.preset_package and not name.endswith(".toml") and "/" not in name:
-        path = resources.files(cmd.preset_package).joinpath(f"{name}.toml")
-        if not path.is_file():
-            raise UsageError(f"{flag} {name}: no such file (shipped: {', '.join(shipped_presets(cmd))})")
-        data = tomllib.loads(path.read_text())
-        where = f"{flag} {name}"
+        shipped = resources.files(cmd.preset_package).joinpath(f"{name}.toml")
+        if not shipped.is_file():
+            raise UsageError(f"{where}: no such preset (shipped: {', '.join(shipped_presets(cmd))}; "
+                             f"or give a FILE.toml)")
+        data = tomllib.loads(shipped.read_text())
     else:
-        data = read_toml(name, f"{flag} {name}")
-        where = f"{flag} {name}"
+        data = read_toml(name, where)
     return check_values(cmd.cls, data, where, forbid=(cmd.preset_field,))
 
 
