@@ -283,3 +283,17 @@ def test_a_run_from_before_an_option_existed_resumes_while_the_option_keeps_its_
     changed = CollectConfig(tasks="t", out="o", testgen_inputs=9).fingerprint()
     assert describe_difference(config.with_defaults(old, CollectConfig), changed) == \
         ["--testgen-inputs: was 5, now 9"]
+
+
+def test_collect_names_a_runtime_mistake_by_its_flag(tmp_path, monkeypatch, capsys):
+    """The teacher client (runtime) says api_key_env; persd collect says --teacher-api-key-env."""
+    from helpers import doubling_task, write_jsonl
+    from persd.engine.cli.main import main
+
+    monkeypatch.delenv("PERSD_TEST_NO_SUCH_KEY", raising=False)
+    tasks = write_jsonl(tmp_path / "t.jsonl", [doubling_task(0, "dbl", "dbl/0", "double")])
+    rc = main(["collect", "--tasks", str(tasks), "--out", str(tmp_path / "o"), "--teacher-url",
+               "https://api.example.com/v1", "--teacher-api-key-env", "PERSD_TEST_NO_SUCH_KEY", "--progress", "none",
+               "--sandbox-workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--teacher-api-key-env: no teacher API key" in err and "PERSD_TEST_NO_SUCH_KEY" in err
