@@ -44,26 +44,28 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         """Each bad value names its field (the command line names it as the flag it came from)."""
-        scheme = urlsplit(self.base_url).scheme
-        if scheme not in ("http", "https") or not urlsplit(self.base_url).hostname:
-            raise ConfigError("base_url", section="teacher", message=f"must be an http(s) URL such as http://127.0.0.1:8000/v1, "
-                                          f"got '{self.base_url}'")
+        def bad(name: str, message: str) -> ConfigError:
+            return ConfigError(name, f"{message}, got {getattr(self, name)!r}", section="teacher")
+
+        url = urlsplit(self.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise bad("base_url", "must be an http(s) URL such as http://127.0.0.1:8000/v1")
         if not self.model:
-            raise ConfigError("model", section="teacher", message="must not be empty")
+            raise bad("model", "must not be empty")
         if not self.rpm or self.rpm <= 0:
-            raise ConfigError("rpm", section="teacher", message=f"must be positive, got {self.rpm}")
+            raise bad("rpm", "must be positive")
         if self.tpm is not None and self.tpm <= 0:
-            raise ConfigError("tpm", section="teacher", message=f"must be positive, got {self.tpm}")
+            raise bad("tpm", "must be positive")
         if self.max_in_flight < 1:
-            raise ConfigError("max_in_flight", section="teacher", message=f"must be at least 1, got {self.max_in_flight}")
+            raise bad("max_in_flight", "must be at least 1")
         if self.max_cost_usd is not None and self.max_cost_usd < 0:
-            raise ConfigError("max_cost_usd", section="teacher", message=f"must not be negative, got {self.max_cost_usd}")
+            raise bad("max_cost_usd", "must not be negative")
         if not 0 < self.headroom <= 1:
-            raise ConfigError("headroom", section="teacher", message=f"must be in (0, 1], got {self.headroom}")
+            raise bad("headroom", "must be in (0, 1]")
         if not self.limit_window_s > 0:
-            raise ConfigError("limit_window_s", section="teacher", message=f"must be positive, got {self.limit_window_s}")
+            raise bad("limit_window_s", "must be positive")
         if not self.jitter_s >= 0:
-            raise ConfigError("jitter_s", section="teacher", message=f"must not be negative, got {self.jitter_s}")
+            raise bad("jitter_s", "must not be negative")
 
     def validate(self) -> None:
         """Checked again (a config may be changed after it was made)."""
