@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from persd.runtime.errors import UsageError
+
 BENCHES: dict[str, str] = {
     "sandbox": "persd.bench.sandbox",
     "teacher": "persd.bench.teacher",
@@ -15,9 +17,13 @@ BENCHES: dict[str, str] = {
 
 
 def main(argv: list[str]) -> int:
+    usage = f"usage: persd bench {{{','.join(BENCHES)}}} [options]"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
     if not argv or argv[0] not in BENCHES:
-        print(f"usage: persd bench {{{','.join(BENCHES)}}} [options]", file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+        what = f"unknown benchmark '{argv[0]}'" if argv else "which benchmark?"
+        raise UsageError(f"{what} ({usage})")
     try:
         module = importlib.import_module(BENCHES[argv[0]])
     except ModuleNotFoundError as exc:

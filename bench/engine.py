@@ -28,6 +28,7 @@ from pathlib import Path
 
 import orjson
 
+from persd.config import parser_for
 from persd.engine.aio import run_async
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,7 +236,7 @@ def spawn_instant(n: int, work: Path, one_core: bool = True) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="persd bench engine", description=__doc__,
+    p = parser_for("bench engine", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=240, help="tasks in the capacity run (default 240)")
     p.add_argument("--student-latency", type=float, default=0.25, help="seconds per student request (default 0.25)")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import orjson
 
+from persd.config import parser_for
 from persd.engine.aio import run_async
 from persd.engine.evaluation.config import EvalConfig
 from persd.engine.evaluation.runner import evaluate, student_config
@@ -33,7 +34,7 @@ from persd.runtime.sandbox import Sandbox, SandboxConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="persd bench eval", description=__doc__.split("\n\n")[0])
+    p = parser_for("bench eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default="humaneval")
     p.add_argument("--limit", type=int, default=80, help="tasks (default 80)")
     p.add_argument("--n", type=int, default=5, help="samples per task (default 5)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 
+from persd.config import parser_for
 from persd.engine.aio import run_async
 from persd.engine.tasks import Task, iter_tasks
 from persd.runtime.sandbox import Sandbox, SandboxConfig
@@ -105,7 +106,7 @@ async def bench(args: argparse.Namespace) -> list[Row]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="persd bench sandbox", description=__doc__)
+    p = parser_for("bench sandbox", description=__doc__)
     p.add_argument("--workers", type=int, default=0, help="concurrency for both (default: one per core)")
     p.add_argument("--repeat", type=int, default=3, help="times the persd sandbox runs each set (default 3)")
     p.add_argument("--timeout", type=float, default=10.0)

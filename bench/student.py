@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from persd.config import parser_for
 from persd.engine.aio import run_async
 from persd.runtime.student import SamplingParams, StudentConfig, StudentRequest, create_student
 
@@ -238,7 +239,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="persd bench student", description=__doc__.split("\n")[0])
+    parser = parser_for("bench student", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="", help="model path for hf and vllm (default: the tiny model)")
     parser.add_argument("--out", default="runs/bench/student.json", help="where to write the JSON results")
     parser.add_argument("--skip-vllm", action="store_true", help="skip the vLLM benchmark (no vLLM, or short on time)")

@@ -19,6 +19,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from persd.config import parser_for
 from persd.engine.aio import run_async
 from persd.runtime.http import RetryPolicy
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
@@ -28,7 +29,7 @@ WORDS = "def return for while list dict sorted value index result check assert r
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="persd bench teacher", description=__doc__.split("\n\n")[0])
+    p = parser_for("bench teacher", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=600, help="requests per client (default 600)")
     p.add_argument("--rpm", type=float, default=1200, help="server limit, requests per minute")
     p.add_argument("--tpm", type=float, default=240_000, help="server limit, tokens per minute")

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from persd.config import parser_for
+
 REPO = Path(__file__).resolve().parents[1]
 PAPER_FILES = ("persd.jsonl", "inpd.jsonl", "refine-gold.jsonl")
 
@@ -28,7 +30,7 @@ def default_data() -> list[str]:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="persd bench train", description=__doc__.split("\n\n")[0])
+    p = parser_for("bench train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", default=None, help="record files or collect dirs (default: the paper's data)")
     p.add_argument("--model", default=None, help="model directory (default: a fresh tiny model)")
     p.add_argument("--random-model", default=None, metavar="1b|HIDDENxLAYERS",

@@ -11,8 +11,10 @@ resumes the way it does on its own. The layout:
     DIR/commands.log                 every command run, in order (to reproduce any stage by hand)
     DIR/round-0/eval/                the starting student, evaluated (with --eval-base)
     DIR/round-R/tasks.jsonl          R > 1: the tasks no earlier round's student solved
+    DIR/round-R/collect.toml         the stage's configuration: `persd collect --config round-R/collect.toml`
     DIR/round-R/collect/             persd collect output
     DIR/round-R/train-data.jsonl     the records trained on (ids prefixed with their round)
+    DIR/round-R/train.toml, eval.toml  (likewise for train and eval)
     DIR/round-R/train/               persd train output; train/final/ is round R's checkpoint
     DIR/round-R/eval/                persd eval output
 
@@ -31,76 +33,90 @@ from typing import Any
 
 import orjson
 
-from persd.engine.collect.config import describe_difference, resolve_student_backend
+from persd.config import fingerprint, nonneg_int, opt, positive_int, to_toml, with_defaults
+from persd.engine.collect.config import PROGRESS_MODES, CollectConfig, describe_difference, resolve_student_backend
+from persd.engine.evaluation.config import EvalConfig
+from persd.trainers.cli import TrainCommand
 from persd.engine.evaluation.journal import atomic_write
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.tasks import parse_task_line, resolve_source
-from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.errors import ConfigError, PersdError, UsageError
 
+
+# Stage fields the loop sets itself each round (not in a [collect], [train] or [eval] section).
+COLLECT_OWNED = ("tasks", "out", "limit", "student_backend", "student_model", "student_url", "student_chat",
+                 "sandbox_workers", "progress", "force", "num_shards", "shard_index")
+TRAIN_OWNED = ("data", "model", "out", "resume", "plan", "gpus_per_node", "nodes", "gpu_memory", "cpu_memory")
+EVAL_OWNED = ("out", "student_backend", "student_model", "student_url", "student_chat", "sandbox_workers",
+              "progress", "force")
 
 
 @dataclass
 class LoopConfig:
-    rounds: int = 1
-    tasks: str = ""
-    eval_tasks: str = ""
-    out: str = ""
-    limit: int | None = None
-    # student
-    student_backend: str = "auto"  # vllm on a GPU machine, else hf (a checkpoint changes every round)
-    student_model: str | None = None  # None: a tiny random-weight model (offline demo)
-    student_chat: bool = False
-    # teacher and collection
-    teacher_url: str | None = None  # None: collect's offline stand-in teacher
-    teacher_model: str | None = None
-    teacher_api_key_env: str | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    max_cost: float | None = None
-    formats: str = "persd,persd-refine"
-    refine_turns: int | None = None
-    samples: int | None = None
-    collect_temperature: float | None = None
-    collect_max_tokens: int | None = None
-    max_in_flight: int | None = None
-    collect_args: str = ""
-    # training
-    train_formats: str | None = None
-    train_on: str = "all"  # all: every round's records so far; round: this round's only
-    train_from: str = "base"  # base: the starting model; previous: the last round's checkpoint
-    preset: str | None = None
-    deepspeed: str | None = None
-    epochs: int | None = None
-    max_steps: int | None = None
-    lr: float | None = None
-    seq_len: int | None = None
-    train_launcher: str = ""  # e.g. "torchrun --nproc_per_node 8"; default: this Python
-    train_args: str = ""
-    # evaluation
-    protocol: str | None = None
-    eval_task_ids: str | None = None
-    eval_limit: int | None = None
-    n: int | None = None
-    eval_temperature: float | None = None
-    eval_max_tokens: int | None = None
-    k: str | None = None
-    refine_steps: int | None = None
-    eval_base: bool = True
-    eval_args: str = ""
-    # shared
-    sandbox_workers: int | None = None
-    exec_timeout: float | None = None
-    progress: str = "plain"
-    force: bool = False
+    """`persd loop`'s options: its own, a few shared by every stage, and one section per stage."""
+
+    rounds: int = opt(1, help="collect -> train -> eval rounds (rerun with more to add rounds)",
+                      changes_results=False, type=positive_int, group="rounds, tasks and output")
+    tasks: str = opt("", help="tasks to distil on: JSONL file or built-in set", changes_results=True,
+                     group="rounds, tasks and output", shown="required")
+    out: str = opt("", help="run directory (rerun with it to resume)", changes_results=False,
+                   group="rounds, tasks and output", shown="required")
+    limit: int | None = opt(None, help="only the first N of --tasks", changes_results=True, type=positive_int,
+                            group="rounds, tasks and output", shown="all")
+    # shared by the stages (collect and eval)
+    student_backend: str = opt("auto", help="auto: vllm on a GPU machine, else hf (the student changes every "
+                                            "round, so no openai)", changes_results=True,
+                               choices=("auto", "vllm", "hf"), group="shared by the stages")
+    student_model: str | None = opt(None, help="the starting checkpoint", changes_results=True,
+                                    group="shared by the stages", shown="a tiny random-weight model (demo)")
+    student_chat: bool = opt(False, help="an instruct model: chat template / chat messages", changes_results=True,
+                             group="shared by the stages")
+    sandbox_workers: int | None = opt(None, help="sandbox processes of collect and eval", changes_results=False,
+                                      type=nonneg_int, group="shared by the stages", shown="one per core")
+    progress: str = opt("plain", help="the stages' progress display", changes_results=False,
+                        choices=PROGRESS_MODES, group="shared by the stages")
+    force: bool = opt(False, help="continue a run (and its stages) whose settings changed", changes_results=False,
+                      group="shared by the stages")
+    # the loop's own
+    train_on: str = opt("all", help="all: every round's records so far; round: this round's only",
+                        changes_results=True, choices=("all", "round"), group="rounds, tasks and output")
+    train_from: str = opt("base", help="base: fine-tune the starting model each round; previous: the last "
+                                       "round's checkpoint", changes_results=True, choices=("base", "previous"),
+                          group="rounds, tasks and output")
+    train_launcher: str = opt("", help='run training under a launcher, e.g. "torchrun --nproc_per_node 8"',
+                              changes_results=False, group="rounds, tasks and output", shown="this Python")
+    eval_base: bool = opt(True, help="evaluate the starting student as round 0", changes_results=False,
+                          group="rounds, tasks and output")
+    # the stages: any persd collect / train / eval option (their --help), as [collect] keys or --collect.KEY
+    collect: dict[str, Any] = opt(help="persd collect options", changes_results=True, nested=CollectConfig,
+                                  owned=COLLECT_OWNED)
+    train: dict[str, Any] = opt(help="persd train options", changes_results=True, nested=TrainCommand,
+                                owned=TRAIN_OWNED)
+    eval: dict[str, Any] = opt(help="persd eval options (tasks or protocol required)", changes_results=True,
+                               nested=EvalConfig, owned=EVAL_OWNED)
 
     def resolved_backend(self) -> str:
         return resolve_student_backend(self.student_backend)  # no URL: auto is vllm on a GPU machine, else hf
 
     def fingerprint(self) -> dict[str, Any]:
-        """Settings that alter results. --rounds is not one: a rerun may add rounds."""
-        skip = {"rounds", "out", "progress", "force", "sandbox_workers", "max_in_flight", "rpm", "tpm",
-                "train_launcher", "max_cost", "eval_base"}
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        """Settings that alter results (fields and section keys marked changes_results). --rounds is not
+        one: a rerun may add rounds."""
+        return fingerprint(self)
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ConfigError("tasks", "required (the tasks to distil on)")
+        if not self.out:
+            raise ConfigError("out", "required (the run directory; rerun with it to resume)")
+        if not self.eval.get("tasks") and not self.eval.get("protocol"):
+            raise ConfigError("eval.tasks", "required unless eval.protocol names the evaluation (persd loop --help)")
+
+    # ---- what each stage is given
+
+    def shared(self, model: str) -> dict[str, Any]:
+        return {"student_backend": self.resolved_backend(), "student_model": model,
+                "student_chat": self.student_chat or None, "sandbox_workers": self.sandbox_workers,
+                "progress": self.progress, "force": self.force or None}
 
 
 # ------------------------------------------------------------------ files of one run
@@ -196,16 +212,16 @@ class Loop:
             raise UsageError("--student-backend openai cannot be used by persd loop: the student changes every "
                              "round (use vllm or hf with a checkpoint)")
         resolve_source(cfg.tasks)
-        if cfg.eval_tasks:
-            resolve_source(cfg.eval_tasks)
+        if cfg.eval.get("tasks"):
+            resolve_source(cfg.eval["tasks"])
         self.lay.out.mkdir(parents=True, exist_ok=True)
         fp = cfg.fingerprint()
         if self.lay.state.exists():
             self.state = orjson.loads(self.lay.state.read_bytes())
-            old = self.state.get("fingerprint", {})
-            if old != fp and not cfg.force:
+            diffs = describe_difference(with_defaults(self.state.get("fingerprint", {}), LoopConfig), fp)
+            if diffs and not cfg.force:
                 raise UsageError(f"{self.lay.out} holds a loop run with other settings:\n  "
-                                 + "\n  ".join(describe_difference(old, fp))
+                                 + "\n  ".join(diffs)
                                  + "\nuse another --out, or pass --force to continue with the new settings")
         self.state["fingerprint"] = fp
         self.state.setdefault("rounds", {})
@@ -319,19 +335,9 @@ class Loop:
             self.log(f"round {r}: collect: done already ({out})")
             return
         c = self.cfg
-        args = ["--tasks", str(tasks), "--out", str(out), "--student-backend", self.backend,
-                "--student-model", model, "--formats", c.formats, "--progress", c.progress]
-        if r == 1 and c.limit is not None:
-            args += ["--limit", str(c.limit)]
-        args += _flags({"--student-chat": c.student_chat, "--teacher-url": c.teacher_url,
-                        "--teacher-model": c.teacher_model, "--teacher-api-key-env": c.teacher_api_key_env,
-                        "--rpm": c.rpm, "--tpm": c.tpm, "--max-cost": c.max_cost, "--refine-turns": c.refine_turns,
-                        "--samples": c.samples, "--temperature": c.collect_temperature,
-                        "--max-tokens": c.collect_max_tokens, "--max-in-flight": c.max_in_flight,
-                        "--sandbox-workers": c.sandbox_workers, "--exec-timeout": c.exec_timeout,
-                        "--force": c.force})
-        cmd = [sys.executable, "-m", "persd", "collect", *args, *shlex.split(c.collect_args)]
-        self.run_stage(r, "collect", cmd)
+        values = {**c.collect, **c.shared(model), "tasks": str(tasks), "out": str(out),
+                  "limit": c.limit if r == 1 else None}
+        self.run_stage(r, "collect", [sys.executable, "-m", "persd", "collect"], values)
 
     def stage_train(self, r: int, init: str) -> None:
         out = self.lay.train(r)
@@ -339,31 +345,26 @@ class Loop:
             self.log(f"round {r}: train: done already ({out / 'final'})")
             return
         c = self.cfg
-        args = ["--data", str(self.lay.train_data(r)), "--model", init, "--out", str(out)]
-        args += _flags({"--formats": c.train_formats, "--preset": c.preset, "--deepspeed": c.deepspeed,
-                        "--epochs": c.epochs, "--max-steps": c.max_steps, "--lr": c.lr, "--seq-len": c.seq_len})
-        if _has_checkpoint(out / "checkpoints"):
-            args.append("--resume")
+        values = {**c.train, "data": [str(self.lay.train_data(r))], "model": init, "out": str(out)}
         launcher = shlex.split(c.train_launcher) if c.train_launcher else [sys.executable]
-        self.run_stage(r, "train", [*launcher, "-m", "persd", "train", *args, *shlex.split(c.train_args)])
+        resume = ["--resume"] if _has_checkpoint(out / "checkpoints") else []
+        self.run_stage(r, "train", [*launcher, "-m", "persd", "train"], values, resume)
 
     def stage_eval(self, r: int, model: str) -> None:
         out = self.lay.eval(r)
         if eval_done(out):
             self.log(f"round {r}: eval: done already ({out})")
             return
-        c = self.cfg
-        args = ["--out", str(out), "--student-backend", self.backend, "--student-model", model,
-                "--progress", c.progress]
-        args += _flags({"--tasks": c.eval_tasks or None, "--student-chat": c.student_chat, "--protocol": c.protocol,
-                        "--task-ids": c.eval_task_ids,
-                        "--limit": c.eval_limit, "--n": c.n, "--temperature": c.eval_temperature,
-                        "--max-tokens": c.eval_max_tokens, "--k": c.k, "--refine-steps": c.refine_steps,
-                        "--sandbox-workers": c.sandbox_workers, "--exec-timeout": c.exec_timeout,
-                        "--force": c.force})
-        self.run_stage(r, "eval", [sys.executable, "-m", "persd", "eval", *args, *shlex.split(c.eval_args)])
+        values = {**self.cfg.eval, **self.cfg.shared(model), "out": str(out)}
+        self.run_stage(r, "eval", [sys.executable, "-m", "persd", "eval"], values)
 
-    def run_stage(self, r: int, name: str, cmd: list[str]) -> None:
+    def run_stage(self, r: int, name: str, command: list[str], values: dict[str, Any],
+                  extra: list[str] = ()) -> None:
+        """Write round-R/NAME.toml (the stage's whole configuration) and run `persd NAME --config` on it."""
+        path = self.lay.round_dir(r) / f"{name}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, to_toml(values).encode())
+        cmd = [*command, "--config", str(path), *extra]
         line = shlex.join(cmd)
         self.log(f"round {r}: {name}: {line}")
         self.lay.commands.parent.mkdir(parents=True, exist_ok=True)
@@ -429,16 +430,6 @@ def _count(lines: list[dict], key: str) -> dict[str, int]:
     for line in lines:
         out[line.get(key)] = out.get(line.get(key), 0) + 1
     return out
-
-
-def _flags(values: dict[str, Any]) -> list[str]:
-    """Flags for the values given (None: leave the stage's default; True: a bare switch; False: nothing)."""
-    args: list[str] = []
-    for flag, value in values.items():
-        if value is None or value is False:
-            continue
-        args += [flag] if value is True else [flag, str(value)]
-    return args
 
 
 def _task_lines(src: str):

@@ -22,3 +22,15 @@ class InputError(UsageError):
         where = f"{path}:{line}"
         what = f"field '{field}': {message}" if field else message
         super().__init__(f"{where}: {what}")
+
+
+class ConfigError(UsageError):
+    """A configuration value that cannot work. It names the FIELD (runtime knows nothing of flags);
+    the command line renames it to the flag or the file and key the user wrote."""
+
+    def __init__(self, field: str, message: str, section: str = ""):
+        self.field, self.message, self.section = field, message, section
+        super().__init__(f"{section} {field}: {message}" if section else f"{field}: {message}")
+
+    def renamed(self, name: str) -> "UsageError":
+        return UsageError(f"{name}: {self.message}")

@@ -1,7 +1,7 @@
 """The import graph reads as layers, with no import running back up and no cycle.
 
-    cli  ->  rounds  ->  evaluation  ->  collect  ->  engine's shared modules  ->  runtime
-    rounds  ->  trainers  ->  collect.layout, runtime      (the loop reads the trainer's checkpoints)
+    cli  ->  rounds  ->  evaluation  ->  collect  ->  engine's shared modules  ->  config  ->  runtime
+    rounds  ->  trainers  ->  collect.layout, config, runtime      (the loop reads the trainer's checkpoints)
 Every import counts, also those inside functions (lazy imports are still dependencies); imports
 under `if TYPE_CHECKING:` do not.
 """
@@ -46,7 +46,7 @@ def _imports(path: Path, name: str) -> set[str]:
 
 
 def _graph() -> dict[str, set[str]]:
-    files = [p for top in TOP for p in (REPO / top).rglob("*.py")]
+    files = [p for top in TOP for p in (REPO / top).rglob("*.py")] + [REPO / "config.py"]
     mods = {_module_name(p): p for p in files}
     graph = {}
     for name, path in mods.items():
@@ -57,6 +57,8 @@ def _graph() -> dict[str, set[str]]:
 
 def _layer(mod: str) -> str:
     parts = mod.split(".")
+    if mod == "persd.config":  # the configuration pattern every command (and the trainers) use
+        return "config"
     if parts[1] != "engine" or len(parts) < 3:
         return parts[1]
     if parts[2] in SHARED:
@@ -66,15 +68,17 @@ def _layer(mod: str) -> str:
 
 ALLOWED = {  # layer -> the layers it may import (besides its own)
     "runtime": set(),
-    "engine-shared": {"runtime"},
-    "engine.collect": {"engine-shared", "runtime"},
-    "engine.evaluation": {"engine.collect", "engine-shared", "runtime"},
-    "engine.rounds": {"engine.evaluation", "engine.collect", "engine-shared", "runtime", "trainers"},
-    "trainers": {"runtime"},  # and engine.collect.layout, below
-    "engine.cli": {"engine.rounds", "engine.evaluation", "engine.collect", "engine-shared", "runtime", "trainers"},
+    "config": {"runtime"},
+    "engine-shared": {"config", "runtime"},
+    "engine.collect": {"engine-shared", "config", "runtime"},
+    "engine.evaluation": {"engine.collect", "engine-shared", "config", "runtime"},
+    "engine.rounds": {"engine.evaluation", "engine.collect", "engine-shared", "config", "runtime", "trainers"},
+    "trainers": {"config", "runtime"},  # and engine.collect.layout, below
+    "engine.cli": {"engine.rounds", "engine.evaluation", "engine.collect", "engine-shared", "config", "runtime",
+                   "trainers"},
     "engine": {"engine.cli"},  # persd/engine/__init__.py
-    "bench": {"engine.cli", "engine.rounds", "engine.evaluation", "engine.collect", "engine-shared", "runtime",
-              "trainers"},
+    "bench": {"engine.cli", "engine.rounds", "engine.evaluation", "engine.collect", "engine-shared", "config",
+              "runtime", "trainers"},
 }
 
 

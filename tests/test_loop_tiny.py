@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import orjson
@@ -22,10 +23,10 @@ def write_tasks(path: Path, names: list[str]) -> Path:
 
 
 def loop(tmp: Path, rounds: int, *extra: str) -> subprocess.CompletedProcess:
-    args = ["--rounds", str(rounds), "--tasks", str(tmp / "tasks.jsonl"), "--eval-tasks", str(tmp / "eval.jsonl"),
-            "--out", str(tmp / "run"), "--no-eval-base", "--collect-max-tokens", "16", "--max-steps", "1",
-            "--seq-len", "128", "--n", "2", "--eval-temperature", "0.8", "--eval-max-tokens", "16",
-            "--refine-steps", "1", "--sandbox-workers", "1", "--progress", "none", *extra]
+    args = ["--rounds", str(rounds), "--tasks", str(tmp / "tasks.jsonl"), "--eval.tasks", str(tmp / "eval.jsonl"),
+            "--out", str(tmp / "run"), "--no-eval-base", "--collect.max-tokens", "16", "--train.max-steps", "1",
+            "--train.seq-len", "128", "--eval.n", "2", "--eval.temperature", "0.8", "--eval.max-tokens", "16",
+            "--eval.refine-steps", "1", "--sandbox-workers", "1", "--progress", "none", *extra]
     return subprocess.run([sys.executable, "-m", "persd", "loop", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=900)
 
@@ -79,6 +80,14 @@ def test_two_rounds_end_to_end(two_rounds):
     assert "round 1: collect: done already" in second.stderr and "round 1: train: done already" in second.stderr
     commands = (run / "commands.log").read_text()
     assert commands.count(" collect ") == 2 and commands.count(" train ") == 2 and commands.count(" eval ") == 2
+    # each stage ran on its own config file: round-R/STAGE.toml, the loop's sections plus what the loop sets
+    assert commands.count(" --config ") == 6
+    collect1 = tomllib.loads((run / "round-1" / "collect.toml").read_text())
+    assert (collect1["max_tokens"], collect1["student_model"], collect1["sandbox_workers"]) == (16, str(base), 1)
+    train2 = tomllib.loads((run / "round-2" / "train.toml").read_text())
+    assert (train2["max_steps"], train2["seq_len"], train2["model"]) == (1, 128, str(base))
+    eval2 = tomllib.loads((run / "round-2" / "eval.toml").read_text())
+    assert (eval2["n"], eval2["temperature"], eval2["refine_steps"], eval2["student_model"]) == (2, 0.8, 1, str(ckpt2))
 
 
 def test_rerun_resumes_at_the_interrupted_stage(two_rounds):
@@ -93,8 +102,8 @@ def test_rerun_resumes_at_the_interrupted_stage(two_rounds):
     assert added.count(" -m persd ") == 1 and " eval " in added  # only round 2's eval ran again
     assert "resuming" in again.stderr  # ... and it regenerated nothing
     assert (run / "round-2" / "eval" / "results.jsonl").read_bytes() == results
-    changed = loop(tmp, 2, "--lr", "0.5")
-    assert changed.returncode == 2 and "--lr: was None, now 0.5" in changed.stderr
+    changed = loop(tmp, 2, "--train.lr", "0.5")
+    assert changed.returncode == 2 and "--train.lr: was None, now 0.5" in changed.stderr
 
 
 def test_later_rounds_attempt_only_unsolved_tasks(tmp_path):
@@ -105,7 +114,7 @@ def test_later_rounds_attempt_only_unsolved_tasks(tmp_path):
     outcomes = ["student_passed", "refined", "unresolved", "student_passed"]
     shards.joinpath("shard-00000.results.jsonl").write_bytes(b"".join(
         orjson.dumps({"task_id": t, "outcome": o}) + b"\n" for t, o in zip(["a/0", "b/1", "c/2", "d/3"], outcomes)))
-    lp = Loop(LoopConfig(rounds=2, tasks=str(tasks), eval_tasks=str(tasks), out=str(tmp_path / "run")))
+    lp = Loop(LoopConfig(rounds=2, tasks=str(tasks), eval={"tasks": str(tasks)}, out=str(tmp_path / "run")))
     path = lp.round_tasks(2)
     assert [t["task_id"] for t in read_jsonl(path)] == ["b/1", "c/2"]
     assert read_jsonl(path)[0] == read_jsonl(tasks)[1]  # the original lines, unchanged

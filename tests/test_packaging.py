@@ -7,6 +7,7 @@ environment's site-packages, added by a path file) into a fresh virtualenv in a 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,8 +31,12 @@ def test_every_package_folder_is_listed_in_pyproject():
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy, so the build's scratch folders never land in the checkout
+    src = tmp_path_factory.mktemp("src") / "persd"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", ".gpu", "__pycache__",
+                                                              "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--disable-pip-version-check", "-w", str(out), str(REPO)], check=True, capture_output=True)
+                    "--disable-pip-version-check", "-w", str(out), str(src)], check=True, capture_output=True)
     (whl,) = out.glob("persd-*.whl")
     return whl
 
@@ -41,7 +46,7 @@ def test_the_wheel_holds_persd_and_nothing_else_at_the_top(wheel):
     tops = {n.split("/", 1)[0] for n in names}
     assert tops == {"persd", next(t for t in tops if t.endswith(".dist-info"))}
     for needed in ("persd/engine/cli/main.py", "persd/runtime/sandbox/worker.py", "persd/trainers/configs/zero3.json",
-                   "persd/trainers/presets/paper.json", "persd/engine/collect/layout.py", "persd/__main__.py"):
+                   "persd/trainers/presets/paper.toml", "persd/engine/collect/layout.py", "persd/__main__.py"):
         assert needed in names
     assert not any(n.startswith("persd/tests/") or n.endswith("pyproject.toml") for n in names)
 

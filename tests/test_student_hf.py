@@ -19,7 +19,7 @@ async def hf(tiny_model_dir):
 
 
 def test_tiny_model_is_deterministic_and_cli_writes_it(tiny_model_dir, tmp_path):
-    from persd.runtime.student.tiny_model import main
+    from persd.engine.cli.commands.tiny_model import main
 
     assert main(["--out", str(tmp_path / "again"), "--seed", "0"]) == 0
     names = sorted(p.name for p in Path(tiny_model_dir).iterdir())

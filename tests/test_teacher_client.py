@@ -127,7 +127,8 @@ async def test_loopback_needs_no_key(monkeypatch):
 
 
 def test_bad_config_is_a_usage_error():
-    with pytest.raises(UsageError, match="--rpm"):
+    with pytest.raises(UsageError, match="rpm") as exc:  # the field; the command line names its flag
         TeacherClient(TeacherConfig(base_url="http://127.0.0.1:1/v1", rpm=0))
+    assert exc.value.field == "rpm"
     with pytest.raises(UsageError, match="price"):
         TeacherClient(TeacherConfig(base_url="http://127.0.0.1:1/v1", model="mystery", max_cost_usd=1.0))

@@ -6,13 +6,13 @@ import json
 import pytest
 
 from persd.runtime.errors import PersdError, UsageError
-from persd.trainers.cli import build_parser, config_from_args
+from persd.trainers.cli import parse_args
 from persd.trainers.config import SHIPPED_DS_CONFIGS, TrainConfig, load_ds_config, offload, resolve_ds_config, zero_stage
 from persd.trainers.model import lr_lambda
 
 
 def cfg_of(*argv: str) -> TrainConfig:
-    return config_from_args(build_parser().parse_args(list(argv)))
+    return parse_args(list(argv))
 
 
 def test_shipped_deepspeed_configs_resolve():

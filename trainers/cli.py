@@ -1,7 +1,8 @@
 """`persd train`: DeepSpeed ZeRO fine-tuning of a causal LM on collected shards or record files.
 
     persd train --data DIR [DIR|FILE ...] --model PATH --out DIR [--formats persd,persd-refine]
-                [--deepspeed zero2|zero3|zero3-offload|FILE.json] [--preset paper|FILE.json] [--resume] ...
+                [--deepspeed zero2|zero3|zero3-offload|FILE.json] [--preset paper|FILE.toml] [--resume] ...
+    persd train --config run.toml [any option as a flag, which wins]
     persd train --plan --model PATH|NAME [--deepspeed ...] [--gpus-per-node 8] [--nodes 2] [--gpu-memory 80]
 
 One process runs as is (DS_ACCELERATOR=cpu for CPU); many run under a launcher:
@@ -14,90 +15,55 @@ import argparse
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from persd import config
+from persd.config import Command, load, opt
 from persd.runtime.errors import UsageError
-from persd.trainers.config import (BATCHING, PRECISIONS, SCHEDULES, SHIPPED_DS_CONFIGS, SHIPPED_PRESETS, TrainConfig,
-                             load_preset)
+from persd.trainers.config import TrainConfig
 
-S = argparse.SUPPRESS
+@dataclass
+class TrainCommand(TrainConfig):
+    """`persd train`'s options: the training configuration plus what only this invocation decides."""
+
+    preset: str | None = opt(None, help="training preset: paper, or a TOML file of these options",
+                             changes_results=False, metavar="NAME|FILE.toml", group="configuration")
+    resume: bool = opt(False, help="continue from the latest checkpoint in OUT/checkpoints", changes_results=False,
+                       group="checkpoints and logging")
+    plan: bool = opt(False, help="print the memory plan and exit (1 if it cannot fit)", changes_results=False,
+                     group="memory plan (--plan)")
+    gpus_per_node: int = opt(8, help="GPUs per node", changes_results=False, group="memory plan (--plan)")
+    nodes: int = opt(1, help="nodes", changes_results=False, group="memory plan (--plan)")
+    gpu_memory: float | None = opt(None, help="GiB per GPU", changes_results=False, metavar="GIB",
+                                   group="memory plan (--plan)", shown="this machine's GPU, else 80")
+    cpu_memory: float | None = opt(None, help="GiB per node", changes_results=False, metavar="GIB",
+                                   group="memory plan (--plan)", shown="this machine's")
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # a bad flag is a UsageError: one line, exit 2
-        raise UsageError(message)
+def _launcher_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--local_rank", "--local-rank", type=int, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # set by some launchers; the environment is what is used
+
+
+TRAIN = Command(TrainCommand, "train", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                preset_field="preset", preset_package="persd.trainers.presets", extra=_launcher_flags,
+                groups=("data and model", "configuration", "batches", "optimisation", "checkpoints and logging",
+                        "memory plan (--plan)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="persd train", description=__doc__.split("\n\n")[0], argument_default=S,
-                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    g = p.add_argument_group("data and model")
-    g.add_argument("--data", nargs="+", metavar="DIR|FILE", help="collect output dirs (sealed shards) or record JSONL files")
-    g.add_argument("--model", metavar="PATH", help="Hugging Face model directory (with --plan: also a known shape name)")
-    g.add_argument("--out", metavar="DIR", help="run directory: final/, checkpoints/, metrics.jsonl")
-    g.add_argument("--formats", metavar="LIST", help="comma list of record formats (persd, persd-refine, "
-                   "persd-combined = both, inpd, stand, any present); default: all")
-    g.add_argument("--init", choices=("pretrained", "random"), help="random: the architecture with fresh weights")
-    g = p.add_argument_group("configuration")
-    g.add_argument("--preset", metavar="NAME|FILE", help=f"training preset ({', '.join(SHIPPED_PRESETS)}) or JSON file")
-    g.add_argument("--deepspeed", metavar="NAME|FILE", help=f"DeepSpeed config: {', '.join(SHIPPED_DS_CONFIGS)} "
-                   "or a JSON file (default zero2)")
-    g.add_argument("--precision", choices=PRECISIONS, help="auto: bf16 on GPUs that have it, fp32 on CPU")
-    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction)
-    g.add_argument("--attn-implementation", metavar="NAME", help="auto (default: the model's default, sdpa where supported), sdpa, flash_attention_2, eager")
-    g.add_argument("--optimizer", choices=("auto", "adamw", "cpu-adam"),
-                   help="auto: DeepSpeedCPUAdam when the optimizer is offloaded, torch AdamW otherwise")
-    g = p.add_argument_group("batches")
-    g.add_argument("--seq-len", type=int)
-    g.add_argument("--batching", choices=BATCHING, help="pack (default), group (by length), pad (to --seq-len)")
-    g.add_argument("--micro-batch", type=int, help="sequences per GPU per forward")
-    g.add_argument("--grad-accum", type=int, help="micro-batches accumulated per optimizer step")
-    g.add_argument("--global-batch", type=int, help="sequences per optimizer step (sets --grad-accum)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--max-steps", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--schedule", choices=SCHEDULES)
-    g.add_argument("--warmup-ratio", type=float)
-    g.add_argument("--warmup-steps", type=int)
-    g.add_argument("--min-lr-ratio", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--clip", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--eval-fraction", type=float, help="fraction of task ids held out (all their records)")
-    g.add_argument("--eval-every", type=int)
-    g = p.add_argument_group("checkpoints and logging")
-    g.add_argument("--save-every", type=int, help="engine checkpoint every K steps (0: none)")
-    g.add_argument("--keep-checkpoints", type=int)
-    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
-    g.add_argument("--log-every", type=int)
-    g.add_argument("--tensorboard", action="store_true", help="TensorBoard event files in OUT/tensorboard")
-    g.add_argument("--peak-tflops", type=float, help="per-GPU peak for the MFU estimate")
-    g.add_argument("--no-plan-check", dest="plan_check", action="store_false")
-    g = p.add_argument_group("memory plan (--plan)")
-    g.add_argument("--plan", action="store_true", help="print the memory plan and exit (1 if it cannot fit)")
-    g.add_argument("--gpus-per-node", type=int)
-    g.add_argument("--nodes", type=int)
-    g.add_argument("--gpu-memory", type=float, metavar="GIB")
-    g.add_argument("--cpu-memory", type=float, metavar="GIB", help="per node")
-    g.add_argument("--local_rank", "--local-rank", type=int, help=S)  # set by some launchers; the env is used
-    return p
+    return config.build_parser(TRAIN)
 
 
-def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    values = dict(load_preset(ns.preset)) if "preset" in ns else {}
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key, value in vars(ns).items():
-        if key in fields:
-            values[key] = value
-    if isinstance(values.get("formats"), str):
-        values["formats"] = [f.strip() for f in values["formats"].split(",") if f.strip()]
-    cfg = TrainConfig(**values)
-    cfg.validate()
-    return cfg
+def parse_args(argv: list[str]) -> TrainCommand:
+    return load(TRAIN, argv)
 
 
-def _plan(ns: argparse.Namespace, cfg: TrainConfig) -> int:
+def _plan(cfg: TrainCommand) -> int:
     import psutil
 
     from persd.trainers import plan as mplan
@@ -107,15 +73,15 @@ def _plan(ns: argparse.Namespace, cfg: TrainConfig) -> int:
         raise UsageError("--plan needs --model (a model directory or one of: " + ", ".join(mplan.KNOWN) + ")")
     ds = load_ds_config(cfg.deepspeed)
     opt_off, par_off = offload(ds)
-    gpu_mem = getattr(ns, "gpu_memory", None)
+    gpu_mem = cfg.gpu_memory
     if gpu_mem is None:
         import torch
 
         gpu_mem = (torch.cuda.get_device_properties(0).total_memory / mplan.GiB) if torch.cuda.is_available() else 80.0
-    cpu_mem = getattr(ns, "cpu_memory", None) or psutil.virtual_memory().total / mplan.GiB
+    cpu_mem = cfg.cpu_memory or psutil.virtual_memory().total / mplan.GiB
     plan = mplan.make_plan(mplan.shape_of(cfg.model), stage=zero_stage(ds), offload_optimizer=opt_off,
-                           offload_params=par_off, gpus_per_node=getattr(ns, "gpus_per_node", 8),
-                           nodes=getattr(ns, "nodes", 1), seq_len=cfg.seq_len, micro_batch=cfg.micro_batch,
+                           offload_params=par_off, gpus_per_node=cfg.gpus_per_node,
+                           nodes=cfg.nodes, seq_len=cfg.seq_len, micro_batch=cfg.micro_batch,
                            gradient_checkpointing=cfg.gradient_checkpointing, gpu_memory=gpu_mem * mplan.GiB,
                            cpu_memory=cpu_mem * mplan.GiB)
     mplan.render(plan)
@@ -128,15 +94,13 @@ def _plan(ns: argparse.Namespace, cfg: TrainConfig) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    cfg = config_from_args(ns)
-    if getattr(ns, "plan", False):
-        return _plan(ns, cfg)
+    cmd = parse_args(argv)
+    if cmd.plan:
+        return _plan(cmd)
     for flag in ("data", "model", "out"):
-        if not getattr(cfg, flag):
+        if not getattr(cmd, flag):
             raise UsageError(f"--{flag} is required (persd train --help)")
-    return run(cfg, resume=getattr(ns, "resume", False))
+    return run(cmd.train_config(), resume=cmd.resume)
 
 
 def run(cfg: TrainConfig, *, resume: bool = False) -> int:

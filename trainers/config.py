@@ -1,6 +1,8 @@
-"""The training configuration: one dataclass, presets, and the DeepSpeed config it resolves to.
+"""The training configuration: one dataclass, and the DeepSpeed config it resolves to.
 
-Precedence: dataclass defaults < preset (`--preset NAME|FILE.json`) < command-line flags.
+Each field carries its help and whether it changes results (persd.config); the command line, `--config`
+and the presets (`--preset paper|FILE.toml`, package data in trainers/presets/) are generated from it
+(trainers/cli.py). Precedence: flag > `--config` key > preset > the defaults below.
 The DeepSpeed JSON (`--deepspeed zero2|zero3|zero3-offload|FILE.json`) says how to shard
 and where to keep state; its "auto" values are filled from this config so that batch
 size, precision and clipping are set in one place.
@@ -11,15 +13,15 @@ import copy
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from persd.runtime.errors import UsageError
+from persd.config import comma_list, opt, result_fields
+from persd.runtime.errors import ConfigError, UsageError
 
 SHIPPED_DS_CONFIGS = ("zero2", "zero3", "zero3-offload")
-SHIPPED_PRESETS = ("paper",)
 BATCHING = ("pack", "group", "pad")
 SCHEDULES = ("cosine", "constant", "linear")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -27,52 +29,85 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 @dataclass
 class TrainConfig:
+    """What a training run computes and how. Fields marked changes_results are the run's identity:
+    a resumed run must match them (RESUME_KEYS)."""
+
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = ()  # set below from the metadata
+
     # what to train on, and where
-    data: list[str] = field(default_factory=list)
-    model: str = ""
-    out: str = ""
-    formats: list[str] | None = None  # None: every format present
-    init: str = "pretrained"  # "random": the model's architecture with fresh weights (benchmarks)
+    data: list[str] = opt(default_factory=list, help="collect output dirs (sealed shards) or record JSONL files",
+                          changes_results=False, nargs="+", type=str, metavar="DIR|FILE", group="data and model",
+                          shown="required")  # the examples themselves are fingerprinted on resume
+    model: str = opt("", help="Hugging Face model directory (with --plan: also a known shape name)",
+                     changes_results=False, metavar="PATH", group="data and model", shown="required")
+    out: str = opt("", help="run directory: final/, checkpoints/, metrics.jsonl", changes_results=False,
+                   metavar="DIR", group="data and model", shown="required")
+    formats: list[str] | None = opt(None, help="comma list of record formats (persd, persd-refine, persd-combined "
+                                               "= both, inpd, stand, any present)", changes_results=True,
+                                    metavar="LIST", group="data and model", shown="all present")
+    init: str = opt("pretrained", help="random: the model's architecture with fresh weights (benchmarks)",
+                    changes_results=True, choices=("pretrained", "random"), group="data and model")
     # sharding and precision
-    deepspeed: str = "zero2"
-    precision: str = "auto"  # auto: bf16 on GPUs that support it, fp32 on CPU
-    gradient_checkpointing: bool = False
-    attn_implementation: str = "auto"  # auto: transformers' default for the model (sdpa where supported)
-    optimizer: str = "auto"  # auto | adamw (torch) | cpu-adam (DeepSpeedCPUAdam; compiled on first use)
+    deepspeed: str = opt("zero2", help=f"DeepSpeed config: {', '.join(SHIPPED_DS_CONFIGS)} or a JSON file",
+                         changes_results=False, metavar="NAME|FILE", group="configuration")
+    precision: str = opt("auto", help="auto: bf16 on GPUs that have it, fp32 on CPU", changes_results=False,
+                         choices=PRECISIONS, group="configuration")  # the resolved precision is in the identity
+    gradient_checkpointing: bool = opt(False, help="recompute activations in the backward pass",
+                                       changes_results=False, group="configuration")
+    attn_implementation: str = opt("auto", help="auto (the model's default, sdpa where supported), sdpa, "
+                                                "flash_attention_2, eager", changes_results=False, metavar="NAME",
+                                   group="configuration")
+    optimizer: str = opt("auto", help="auto: DeepSpeedCPUAdam when the optimizer is offloaded, torch AdamW "
+                                      "otherwise", changes_results=False, choices=("auto", "adamw", "cpu-adam"),
+                         group="configuration")
     # batches
-    seq_len: int = 2048
-    batching: str = "pack"  # pack | group (length-grouped, padded per micro-batch) | pad (every example to seq_len)
-    micro_batch: int = 1  # sequences per GPU per forward
-    grad_accum: int = 8
-    global_batch: int | None = None  # sequences per optimizer step; when set, grad_accum is derived
+    seq_len: int = opt(2048, help="tokens per sequence", changes_results=True, group="batches")
+    batching: str = opt("pack", help="pack, group (length-grouped, padded per micro-batch) or pad (every "
+                                     "example to --seq-len)", changes_results=True, choices=BATCHING, group="batches")
+    micro_batch: int = opt(1, help="sequences per GPU per forward", changes_results=True, group="batches")
+    grad_accum: int = opt(8, help="micro-batches accumulated per optimizer step", changes_results=True,
+                          group="batches")
+    global_batch: int | None = opt(None, help="sequences per optimizer step (sets --grad-accum)",
+                                   changes_results=True, group="batches")
     # optimisation
-    epochs: int = 3
-    max_steps: int | None = None
-    lr: float = 1e-5
-    schedule: str = "cosine"
-    warmup_ratio: float = 0.03
-    warmup_steps: int | None = None
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    clip: float = 1.0
-    seed: int = 0
+    epochs: int = opt(3, help="passes over the data", changes_results=True, group="optimisation")
+    max_steps: int | None = opt(None, help="stop after this many optimizer steps", changes_results=True,
+                                group="optimisation", shown="the epochs' steps")
+    lr: float = opt(1e-5, help="peak learning rate", changes_results=True, group="optimisation")
+    schedule: str = opt("cosine", help="learning-rate schedule after warmup", changes_results=True,
+                        choices=SCHEDULES, group="optimisation")
+    warmup_ratio: float = opt(0.03, help="fraction of the steps spent warming up", changes_results=True,
+                              group="optimisation")
+    warmup_steps: int | None = opt(None, help="warmup steps (overrides --warmup-ratio)", changes_results=True,
+                                   group="optimisation")
+    min_lr_ratio: float = opt(0.1, help="the schedule's floor, as a fraction of --lr", changes_results=True,
+                              group="optimisation")
+    weight_decay: float = opt(0.0, help="AdamW weight decay", changes_results=True, group="optimisation")
+    betas: tuple[float, float] = opt((0.9, 0.95), help="AdamW betas", changes_results=True,
+                                     type=comma_list(float, "comma list of 2 numbers"), group="optimisation")
+    eps: float = opt(1e-8, help="AdamW epsilon", changes_results=True, group="optimisation")
+    clip: float = opt(1.0, help="gradient clipping (global norm)", changes_results=True, group="optimisation")
+    seed: int = opt(0, help="data order and initialisation seed", changes_results=True, group="optimisation")
     # held-out split (by task id)
-    eval_fraction: float = 0.0
-    eval_every: int = 0
+    eval_fraction: float = opt(0.0, help="fraction of task ids held out (all their records)", changes_results=True,
+                               group="optimisation")
+    eval_every: int = opt(0, help="held-out loss every K steps (0: at the end only)", changes_results=False,
+                          group="optimisation")
     # checkpoints and logging
-    save_every: int = 0  # 0: no engine checkpoints during training
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    tensorboard: bool = False
-    peak_tflops: float | None = None  # per GPU, for MFU; guessed from the GPU name when unset
-    plan_check: bool = True
+    save_every: int = opt(0, help="engine checkpoint every K steps (0: none during training)",
+                          changes_results=False, group="checkpoints and logging")
+    keep_checkpoints: int = opt(2, help="engine checkpoints kept", changes_results=False,
+                                group="checkpoints and logging")
+    log_every: int = opt(1, help="steps between log lines", changes_results=False, group="checkpoints and logging")
+    tensorboard: bool = opt(False, help="TensorBoard event files in OUT/tensorboard", changes_results=False,
+                            group="checkpoints and logging")
+    peak_tflops: float | None = opt(None, help="per-GPU peak for the MFU estimate", changes_results=False,
+                                    group="checkpoints and logging", shown="guessed from the GPU name")
+    plan_check: bool = opt(True, help="check the memory plan before loading the model", changes_results=False,
+                           group="checkpoints and logging")
 
     def validate(self) -> None:
-        def bad(flag: str, why: str) -> UsageError:
-            return UsageError(f"--{flag.replace('_', '-')}: {why}")
-
+        bad = ConfigError
         if self.batching not in BATCHING:
             raise bad("batching", f"expected one of {', '.join(BATCHING)}, got {self.batching!r}")
         if self.schedule not in SCHEDULES:
@@ -100,6 +135,8 @@ class TrainConfig:
             raise bad("min_lr_ratio", "must be in [0, 1]")
         if self.lr <= 0:
             raise bad("lr", "must be positive")
+        if len(self.betas) != 2:
+            raise bad("betas", f"expected two numbers, got {list(self.betas)}")
         if self.save_every < 0 or self.eval_every < 0:
             raise bad("save_every" if self.save_every < 0 else "eval_every", "must be 0 (off) or positive")
 
@@ -111,31 +148,13 @@ class TrainConfig:
         return max(1, math.ceil(self.global_batch / per_pass))
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
         d["betas"] = list(self.betas)
+        d["data"] = list(self.data)
         return d
 
-    # fields that change what a step computes: a resumed run must match them
-    RESUME_KEYS = ("seq_len", "batching", "micro_batch", "grad_accum", "global_batch", "epochs", "max_steps",
-                   "lr", "schedule", "warmup_ratio", "warmup_steps", "min_lr_ratio", "seed", "formats",
-                   "eval_fraction", "init")
 
-
-def load_preset(name_or_path: str) -> dict[str, Any]:
-    """A preset's fields (keys starting with '_' are comments)."""
-    text = _read_named_json(name_or_path, "persd.trainers.presets", SHIPPED_PRESETS, "--preset")
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--preset {name_or_path}: not valid JSON: {exc}") from None
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    fields = {k: v for k, v in raw.items() if not k.startswith("_")}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise UsageError(f"--preset {name_or_path}: unknown field(s) {', '.join(unknown)}")
-    if "betas" in fields:
-        fields["betas"] = tuple(fields["betas"])
-    return fields
+TrainConfig.RESUME_KEYS = result_fields(TrainConfig)
 
 
 def _read_named_json(name_or_path: str, package: str, shipped: tuple[str, ...], flag: str) -> str:

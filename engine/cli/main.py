@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("persd.engine.cli.commands.eval", "pass@k of a student, with optional refine-inference"),
     "loop": ("persd.engine.cli.commands.loop", "multi-round collect -> train -> eval"),
     "train": ("persd.trainers.cli", "DeepSpeed ZeRO fine-tuning on collected shards"),
-    "tiny-model": ("persd.runtime.student.tiny_model", "write a tiny random-weight causal LM for tests and demos"),
+    "tiny-model": ("persd.engine.cli.commands.tiny_model", "write a tiny random-weight causal LM for tests and demos"),
     "bench": ("persd.bench.cli", "throughput benchmarks: sandbox, teacher, student, engine, train, eval"),
 }
 

@@ -39,6 +39,21 @@ def default_student_model(cfg: CollectConfig) -> Path:
     return path
 
 
+# The runtime configs' fields (which know nothing of flags), as the command's fields: a runtime
+# ConfigError is re-raised naming the flag (persd.config.runtime_fields_as_flags).
+RUNTIME_FIELDS: dict[tuple[str, str], str] = {
+    **{("student", k): v for k, v in {
+        "backend": "student_backend", "model": "student_model", "url": "student_url", "chat": "student_chat",
+        "max_concurrency": "student_concurrency", "dtype": "dtype", "tensor_parallel_size": "tensor_parallel_size",
+        "gpu_memory_utilization": "gpu_memory_utilization", "kv_cache_gib": "kv_cache_gib",
+        "max_model_len": "max_model_len"}.items()},
+    **{("teacher", k): v for k, v in {
+        "base_url": "teacher_url", "model": "teacher_model", "api_key_env": "teacher_api_key_env", "rpm": "rpm",
+        "tpm": "tpm", "max_in_flight": "teacher_max_in_flight", "max_cost_usd": "max_cost"}.items()},
+    **{("sampling", k): k for k in ("n", "max_tokens", "temperature", "top_p")},
+}
+
+
 def student_config(cfg: StudentFields, seed: int, model: str | None = None):
     """The runtime StudentConfig for a command's student options (collect's CollectConfig and eval's
     EvalConfig are both StudentFields) and its base sampling seed. `model` stands in for a missing

@@ -196,6 +196,7 @@ class TaskFlow:
         req = self._ChatRequest(
             messages=messages,
             temperature=self.cfg.teacher_temperature,
+            top_p=self.cfg.teacher_top_p,
             max_tokens=self.cfg.teacher_max_tokens,
             n=1,
             sample_index=0,

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from persd.config import with_defaults
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.config import CollectConfig, describe_difference
 from persd.runtime.errors import PersdError, UsageError
@@ -68,7 +69,7 @@ def check_compatible(out_dir: Path, fingerprint: dict[str, Any], force: bool) ->
             old = read_manifest(path)
         except PersdError:
             continue
-        diff = describe_difference(old.get("fingerprint", {}), fingerprint)
+        diff = describe_difference(with_defaults(old.get("fingerprint", {}), CollectConfig), fingerprint)
         if not diff:
             continue
         if not force:

@@ -1,7 +1,8 @@
 """`persd eval`: pass@k of a student, with refine-inference, reusing collect's student backends,
 prompts, extraction and sandbox. Modules, one job each:
 
-    config      the flags and the dataclass (with --protocol presets from protocols)
+    config      the dataclass its flags, --config and the fingerprint come from
+    presets/    the --protocol config files (paper-humaneval.toml, ...); protocols: the MBPP id list
     selection   which tasks (a source, an id list, --limit)
     sampling    the student's requests: direct samples and refine turns (persd-refine layout)
     pipeline    the per-task coroutines: generate, score on hidden and visible tests, refine

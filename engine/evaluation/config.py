@@ -1,62 +1,21 @@
-"""`persd eval` configuration: one dataclass, its flags, protocol presets, and the fingerprint a rerun must keep.
+"""`persd eval` configuration: one dataclass whose fields carry their help and whether they change results.
 
-Precedence: a flag on the command line > the `--protocol` preset > the defaults below.
+Precedence: a flag > a key in `--config FILE.toml` > the `--protocol` preset (a config file of the same
+format: persd/engine/evaluation/presets/NAME.toml, or your own FILE.toml) > the defaults below.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from persd.engine.collect.config import StudentFields, check_sampling, check_student_url
-from persd.engine.evaluation.protocols import PROTOCOLS, protocol_defaults
-from persd.engine.flags import PROGRESS_MODES, add_student_flags, nonneg_int, parser_for, positive_float, positive_int
-from persd.runtime.errors import UsageError
+from persd import config
+from persd.config import (Command, build, fingerprint, gather, nonneg_int, opt, positive_float, positive_int)
+from persd.engine.collect.config import PROGRESS_MODES, StudentFields, check_sampling, check_student_url
+from persd.runtime.errors import ConfigError
 
 PROMPT_VERSION = 1  # bump when eval's prompts (direct or refine) change: it alters results
-
-
-@dataclass
-class EvalConfig(StudentFields):
-    student_concurrency: int = 256  # the student's other options: StudentFields
-    tasks: str = ""
-    out: str = ""
-    protocol: str | None = None
-    task_ids: str | None = None  # a file (JSON list or one id a line) or "@mbpp-307"
-    limit: int | None = None
-    # sampling
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 0.95
-    max_tokens: int = 512
-    k: tuple[int, ...] = (1,)
-    seed: int = 0
-    refine_steps: int = 0
-    # flow
-    max_in_flight: int = 64  # tasks alive at once
-    sandbox_workers: int = 0
-    exec_timeout: float = 10.0
-    force: bool = False
-    progress: str = "auto"  # auto | live | plain | none
-    log_every: float = 10.0
-    explicit: tuple[str, ...] = field(default=(), repr=False)  # flags given on the command line
-
-    def public(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("explicit")
-        data["k"] = list(self.k)
-        data["student_backend"] = self.resolved_student_backend()
-        return data
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What alters results: a rerun in the same directory must keep it (or pass --force)."""
-        return {
-            "tasks": self.tasks, "task_ids": self.task_ids, "limit": self.limit,
-            "student_model": self.student_model, "student_chat": self.student_chat,
-            "n": self.n, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-            "seed": self.seed, "refine_steps": self.refine_steps, "exec_timeout": self.exec_timeout,
-            "prompt_version": PROMPT_VERSION,
-        }
+PAPER_REFINE_STEPS = 2  # the paper refines a failing sample up to twice at inference
 
 
 def _ks(v: str | list | tuple) -> tuple[int, ...]:
@@ -70,69 +29,94 @@ def _ks(v: str | list | tuple) -> tuple[int, ...]:
     return ks
 
 
-PAPER_REFINE_STEPS = 2  # the paper refines a failing sample up to twice at inference
+@dataclass
+class EvalConfig(StudentFields):
+    # the student's other options: StudentFields
+    student_concurrency: int = opt(256, help="student requests in flight", changes_results=False,
+                                   type=positive_int, group="student")
+    # tasks and output
+    tasks: str = opt("", help="JSONL task file or a built-in set (humaneval, mbpp)", changes_results=True,
+                     group="tasks and output", shown="required, or from --protocol")
+    out: str = opt("", help="output directory (rerun with the same one to resume)", changes_results=False,
+                   group="tasks and output", shown="required")
+    protocol: str | None = opt(None, help="a preset of the paper's settings: paper-humaneval, "
+                                          "paper-humaneval-passk, paper-mbpp, or a TOML file of eval options; "
+                                          "flags and --config keys still win", changes_results=False,
+                               group="tasks and output", metavar="NAME|FILE.toml")
+    task_ids: str | None = opt(None, help="evaluate only these task ids: a JSON list or one id a line "
+                                          "(integers match MBPP/N; @mbpp-307: the sanitized MBPP ids)",
+                               changes_results=True, group="tasks and output", shown="all")
+    limit: int | None = opt(None, help="only the first N selected tasks", changes_results=True,
+                            type=positive_int, group="tasks and output", shown="all")
+    # sampling and scoring
+    n: int = opt(1, help="samples per task", changes_results=True, type=positive_int, group="sampling and scoring")
+    temperature: float = opt(0.0, help="sampling temperature (0: greedy)", changes_results=True,
+                             group="sampling and scoring")
+    top_p: float = opt(0.95, help="top_p", changes_results=True, group="sampling and scoring")
+    max_tokens: int = opt(512, help="max new tokens per sample", changes_results=True, type=positive_int,
+                          group="sampling and scoring")
+    k: tuple[int, ...] = opt((1,), help="comma list of k for pass@k (k above n is left out)",
+                             changes_results=False, type=_ks, group="sampling and scoring")
+    seed: int = opt(0, help="base sampling seed", changes_results=True, group="sampling and scoring")
+    refine_steps: int = opt(0, help="refine-inference: up to S rounds of visible-test feedback in the "
+                                    f"persd-refine prompt layout (the paper uses {PAPER_REFINE_STEPS}; "
+                                    f"--refine for short)", changes_results=True, type=nonneg_int,
+                            group="sampling and scoring")
+    # flow
+    max_in_flight: int = opt(64, help="tasks alive at once", changes_results=False, type=positive_int,
+                             group="flow")
+    sandbox_workers: int = opt(0, help="sandbox processes (0: one per core)", changes_results=False,
+                               type=nonneg_int, group="flow")
+    exec_timeout: float = opt(10.0, help="seconds per execution", changes_results=True, type=positive_float,
+                              group="flow")
+    force: bool = opt(False, help="discard earlier results in --out whose settings differ, and start over",
+                      changes_results=False, group="flow")
+    progress: str = opt("auto", help="progress display", changes_results=False, choices=PROGRESS_MODES,
+                        group="flow")
+    log_every: float = opt(10.0, help="seconds between plain progress lines", changes_results=False,
+                           type=positive_float, group="flow")
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["k"] = list(self.k)
+        data["student_backend"] = self.resolved_student_backend()
+        return data
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What alters results (every field marked changes_results): a rerun in the same directory must
+        keep it (or pass --force)."""
+        return dict(fingerprint(self), prompt_version=PROMPT_VERSION)
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ConfigError("tasks", "required (a JSONL file or humaneval/mbpp), or pass --protocol")
+        if not self.out:
+            raise ConfigError("out", "required (the output directory; rerun with it to resume)")
+        backend = check_student_url(self)
+        if backend in ("hf", "vllm") and not self.student_model:
+            raise ConfigError("student_model", f"required with the {backend} backend (a checkpoint directory)")
+        check_sampling(self.temperature, self.top_p)
 
 
-def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling and scoring")
-    g.add_argument("--n", type=positive_int, help="samples per task (default 1)")
-    g.add_argument("--temperature", type=float, help="sampling temperature (default 0: greedy)")
-    g.add_argument("--top-p", type=float, help="top_p (default 0.95)")
-    g.add_argument("--max-tokens", type=positive_int, help="max new tokens per sample (default 512)")
-    g.add_argument("--k", type=_ks, help="comma list of k for pass@k (default 1; k above n is left out)")
-    g.add_argument("--seed", type=int, help="base sampling seed (default 0)")
-    g.add_argument("--refine-steps", type=nonneg_int,
-                   help="refine-inference: up to S rounds of visible-test feedback in the persd-refine prompt "
-                        "layout (default 0; the paper uses 2)")
-    g.add_argument("--refine", dest="refine_steps", action="store_const", const=PAPER_REFINE_STEPS,
+def _refine_alias(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refine", dest="refine_steps", action="store_const", const=PAPER_REFINE_STEPS,
+                   default=argparse.SUPPRESS,
                    help=f"refine-inference as in the paper: --refine-steps {PAPER_REFINE_STEPS}")
 
 
+EVAL = Command(EvalConfig, "eval", description="pass@k of a student on HumanEval, MBPP or any task file, with "
+               "optional refine-inference. Writes DIR/results.jsonl and DIR/summary.json; rerun to resume.",
+               preset_field="protocol", preset_package="persd.engine.evaluation.presets", extra=_refine_alias,
+               groups=("tasks and output", "student", "sampling and scoring", "flow"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = parser_for("eval",
-                   description="pass@k of a student on HumanEval, MBPP or any task file, with optional "
-                               "refine-inference. Writes DIR/results.jsonl and DIR/summary.json; rerun to resume.")
-    g = p.add_argument_group("tasks and output")
-    g.add_argument("--tasks", help="JSONL task file or a built-in set (humaneval, mbpp)")
-    g.add_argument("--out", help="output directory (rerun with the same one to resume)")
-    g.add_argument("--protocol", choices=tuple(PROTOCOLS),
-                   help="fill in the paper's settings (tasks, n, temperature, k, MBPP ids); flags still win")
-    g.add_argument("--task-ids", help="evaluate only these task ids: a JSON list or one id a line "
-                                      "(integers match MBPP/N)")
-    g.add_argument("--limit", type=positive_int, help="only the first N selected tasks")
-    add_student_flags(p, concurrency_default=256, vllm=True)
-    add_sampling_flags(p)
-    g = p.add_argument_group("flow")
-    g.add_argument("--max-in-flight", type=positive_int, help="tasks alive at once (default 64)")
-    g.add_argument("--sandbox-workers", type=nonneg_int, help="sandbox processes (default: one per core)")
-    g.add_argument("--exec-timeout", type=positive_float, help="seconds per execution (default 10)")
-    g.add_argument("--force", action="store_true", default=None,
-                   help="discard earlier results in --out whose settings differ, and start over")
-    g.add_argument("--progress", choices=PROGRESS_MODES)
-    g.add_argument("--log-every", type=positive_float, help="seconds between plain progress lines (default 10)")
-    return p
+    return config.build_parser(EVAL)
 
 
 def parse_args(argv: list[str]) -> EvalConfig:
-    ns = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(ns).items() if v is not None}
-    values = protocol_defaults(given.get("protocol"))
-    values.update(given)
-    known = {f.name for f in fields(EvalConfig)}
-    cfg = EvalConfig(**{k: v for k, v in values.items() if k in known}, explicit=tuple(sorted(given)))
-    validate(cfg)
-    return cfg
+    values, _, src = gather(EVAL, argv)
+    return build(EvalConfig, values, src)
 
 
-def validate(cfg: EvalConfig) -> None:
-    if not cfg.tasks:
-        raise UsageError("--tasks is required (a JSONL file or humaneval/mbpp), or pass --protocol")
-    if not cfg.out:
-        raise UsageError("--out is required (the output directory; rerun with it to resume)")
-    backend = check_student_url(cfg)
-    if backend in ("hf", "vllm") and not cfg.student_model:
-        raise UsageError(f"--student-model is required with the {backend} backend (a checkpoint directory)")
-    check_sampling(cfg.temperature, cfg.top_p)
-
-
-__all__ = ["EvalConfig", "PROMPT_VERSION", "build_parser", "parse_args", "add_sampling_flags"]
+__all__ = ["EvalConfig", "EVAL", "PROMPT_VERSION", "build_parser", "parse_args"]

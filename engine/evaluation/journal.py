@@ -16,8 +16,10 @@ from typing import Any
 
 import orjson
 
+from persd.config import with_defaults
 from persd.engine.collect.config import describe_difference
 from persd.engine.collect.layout import iter_lines
+from persd.engine.evaluation.config import EvalConfig
 from persd.runtime.errors import PersdError, UsageError
 
 Key = tuple[str, int, int]  # (task_id, sample, step)
@@ -53,10 +55,10 @@ class EvalJournal:
             old = orjson.loads(self.settings_path.read_bytes())
         except orjson.JSONDecodeError:
             old = {}
-        if old == fingerprint:
+        diffs = describe_difference(with_defaults(old, EvalConfig), fingerprint)
+        if not diffs:
             return True
         if not force:
-            diffs = describe_difference(old, fingerprint)
             raise UsageError(f"{self.out} holds an evaluation with other settings:\n  " + "\n  ".join(diffs)
                              + "\nuse another --out, or pass --force to discard it and start over")
         self.discard()

@@ -1,42 +1,14 @@
-"""`--protocol` presets: the paper's evaluation settings, filled in where a flag was not given.
-
-The PERsD paper (Chen et al., EMNLP 2023) reports HumanEval pass@1 from n=20 samples at
-temperature 0.2, pass@k from n=100 samples at temperature 0.8, and MBPP on the 307 sanitized
-task ids scored with the original MBPP text and tests. Refine-inference (`--refine-steps 2`)
-is an extra column for models trained on `persd-refine` records, so no preset turns it on.
-"""
+"""Where `--protocol paper-mbpp`'s 307 sanitized MBPP task ids are found. The protocols themselves are
+config files: persd/engine/evaluation/presets/*.toml."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from persd.runtime.errors import UsageError
 
 MBPP_EVAL_IDS = "mbpp-eval-ids-307.json"
 MBPP_IDS_ENV = "PERSD_MBPP_EVAL_IDS"  # a path to the ids file, where it is not next to mbpp.jsonl
-
-# name -> defaults; "task_ids": "@mbpp-307" stands for the sanitized id list, found on disk.
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "paper-humaneval": {
-        "tasks": "humaneval", "n": 20, "temperature": 0.2, "top_p": 0.95, "max_tokens": 512, "k": (1, 5, 10),
-    },
-    "paper-humaneval-passk": {
-        "tasks": "humaneval", "n": 100, "temperature": 0.8, "top_p": 0.95, "max_tokens": 512, "k": (1, 10, 100),
-    },
-    "paper-mbpp": {
-        "tasks": "mbpp", "task_ids": "@mbpp-307", "n": 20, "temperature": 0.2, "top_p": 0.95, "max_tokens": 512,
-        "k": (1, 5, 10),
-    },
-}
-
-
-def protocol_defaults(name: str | None) -> dict[str, Any]:
-    if name is None:
-        return {}
-    if name not in PROTOCOLS:
-        raise UsageError(f"--protocol: unknown protocol '{name}' (choose from {', '.join(PROTOCOLS)})")
-    return dict(PROTOCOLS[name])
 
 
 def mbpp_eval_ids_path() -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.errors import ConfigError, PersdError, UsageError
 
 BACKENDS = ("vllm", "openai", "hf")
 
@@ -42,13 +42,13 @@ class SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         object.__setattr__(self, "stop", tuple(s for s in stop if s))
         if self.n < 1:
-            raise UsageError(f"sampling: n must be at least 1, got {self.n}")
+            raise ConfigError("n", f"must be at least 1, got {self.n}", "sampling")
         if self.max_tokens < 1:
-            raise UsageError(f"sampling: max_tokens must be at least 1, got {self.max_tokens}")
+            raise ConfigError("max_tokens", f"must be at least 1, got {self.max_tokens}", "sampling")
         if self.temperature < 0:
-            raise UsageError(f"sampling: temperature must be >= 0, got {self.temperature}")
+            raise ConfigError("temperature", f"must be >= 0, got {self.temperature}", "sampling")
         if not 0 < self.top_p <= 1:
-            raise UsageError(f"sampling: top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}", "sampling")
 
     @property
     def greedy(self) -> bool:
@@ -128,7 +128,7 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
-            raise UsageError(f"student: max_concurrency must be at least 1, got {self.max_concurrency}")
+            raise ConfigError("max_concurrency", f"must be at least 1, got {self.max_concurrency}", "student")
 
 
 @runtime_checkable

@@ -1,7 +1,7 @@
 """Pick a student backend by name; heavy imports (torch, vLLM) happen only for the one chosen."""
 from __future__ import annotations
 
-from persd.runtime.errors import UsageError
+from persd.runtime.errors import ConfigError
 from persd.runtime.student.base import BACKENDS, StudentBackend, StudentConfig
 
 
@@ -21,4 +21,4 @@ def create_student(config: StudentConfig) -> StudentBackend:
         from persd.runtime.student.hf import HFStudent
 
         return HFStudent(config)
-    raise UsageError(f"--student-backend: unknown backend '{config.backend}' (choose from {', '.join(BACKENDS)})")
+    raise ConfigError("backend", f"unknown backend '{config.backend}' (choose from {', '.join(BACKENDS)})", "student")

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.errors import ConfigError, PersdError
 from persd.runtime.student.base import (
     BaseStudent,
     SamplingParams,
@@ -78,7 +78,7 @@ class HFStudent(BaseStudent):
         if self._started:
             return
         if not self.config.model:
-            raise UsageError("--student-model: the hf backend needs a model path or name")
+            raise ConfigError("model", "the hf backend needs a model path or name", "student")
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="persd-hf")
         loop = asyncio.get_running_loop()
         try:
@@ -102,7 +102,7 @@ class HFStudent(BaseStudent):
         elif cfg.dtype in DTYPES:
             dtype = getattr(torch, DTYPES[cfg.dtype])
         else:
-            raise UsageError(f"--dtype: unknown dtype '{cfg.dtype}' (auto, float32, float16, bfloat16)")
+            raise ConfigError("dtype", f"unknown dtype '{cfg.dtype}' (auto, float32, float16, bfloat16)", "student")
         from transformers.utils import logging as hf_logging
 
         bars = hf_logging.is_progress_bar_enabled()
@@ -111,7 +111,7 @@ class HFStudent(BaseStudent):
             tok = AutoTokenizer.from_pretrained(cfg.model)
             model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
         except OSError as exc:
-            raise UsageError(f"--student-model: cannot load '{cfg.model}': {exc}") from None
+            raise ConfigError("model", f"cannot load '{cfg.model}': {exc}", "student") from None
         finally:
             if bars:
                 hf_logging.enable_progress_bar()

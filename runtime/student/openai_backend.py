@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.errors import ConfigError, PersdError
 from persd.runtime.http import HTTPStatusError, RetryPolicy, post_json
 from persd.runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
 
@@ -36,7 +36,8 @@ def normalise_base_url(url: str) -> str:
         if url.endswith(suffix):
             url = url[: -len(suffix)]
     if not url.startswith(("http://", "https://")):
-        raise UsageError(f"--student-url: expected an http(s) base URL such as http://127.0.0.1:8000/v1, got '{url}'")
+        raise ConfigError("url", f"expected an http(s) base URL such as http://127.0.0.1:8000/v1, got '{url}'",
+                          "student")
     path = url.split("://", 1)[1].partition("/")[2]
     return url if path else url + "/v1"
 
@@ -92,7 +93,8 @@ class OpenAIStudent(BaseStudent):
     def __init__(self, config: StudentConfig):
         super().__init__(config)
         if not config.url:
-            raise UsageError("--student-url: the openai backend needs the server's base URL, e.g. http://127.0.0.1:8000/v1")
+            raise ConfigError("url", "the openai backend needs the server's base URL, e.g. http://127.0.0.1:8000/v1",
+                              "student")
         self.base_url = normalise_base_url(config.url)
         self.model = config.model
         self.stats = ClientStats()
@@ -128,7 +130,7 @@ class OpenAIStudent(BaseStudent):
                 if resp.status != 200:
                     raise PersdError(f"GET {url}: HTTP {resp.status}: {body[:500].decode('utf-8', 'replace')}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise PersdError(f"--student-url: cannot reach {url}: {exc!r}") from None
+            raise PersdError(f"cannot reach the student server at {url}: {exc!r}") from None
         try:
             return orjson.loads(body)["data"][0]["id"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):

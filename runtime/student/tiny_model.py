@@ -1,4 +1,4 @@
-"""`persd tiny-model --out DIR`: a tiny random-weight Llama-style causal LM for tests and demos.
+"""A tiny random-weight Llama-style causal LM for tests and demos.
 
 The tokenizer is a byte-level BPE trained in about a second on Python source from the
 standard library, so prompts tokenize like code does. Everything is written with
@@ -8,13 +8,11 @@ Same seed, same machine: byte-identical weights and tokenizer.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from persd.runtime.errors import UsageError
 
 # Standard-library modules whose source trains the tokenizer (a fixed list: deterministic).
 CORPUS_MODULES = (
@@ -147,16 +145,3 @@ def _portable_tokenizer_class(path: Path) -> None:
     cfg = json.loads(path.read_text())
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="persd tiny-model", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="directory to write the model to")
-    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: '{out}' exists and is not a directory")
-    path = write_tiny_model(out, seed=args.seed)
-    print(f"wrote tiny model to {path}")
-    return 0

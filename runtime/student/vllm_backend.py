@@ -14,7 +14,7 @@ import os
 import uuid
 from typing import Any
 
-from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.errors import ConfigError, PersdError, UsageError
 from persd.runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
 
 INSTALL_HINT = (
@@ -82,7 +82,7 @@ class VLLMStudent(BaseStudent):
         if self._started:
             return
         if not self.config.model:
-            raise UsageError("--student-model: the vllm backend needs a model path or name")
+            raise ConfigError("model", "the vllm backend needs a model path or name", "student")
         import_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

@@ -8,7 +8,7 @@ import dataclasses
 import aiohttp
 import orjson
 
-from persd.runtime.errors import UsageError
+from persd.runtime.errors import ConfigError
 from persd.runtime.http import AttemptOutcome, HTTPStatusError, RetriesExhausted, post_json
 from persd.runtime.teacher.budget import Budget, Reservation
 from persd.runtime.teacher.config import TeacherConfig
@@ -30,7 +30,7 @@ class TeacherClient:
     def __init__(self, config: TeacherConfig):
         config.validate()
         self.config = config
-        self._api_key = config.api_key()  # UsageError when missing for a remote URL
+        self._api_key = config.api_key()  # ConfigError when missing for a remote URL
         self.prices = PriceTable(config.prices)
         self._check_price(config.model)
         self.limiter = RateLimiter(config.rpm, config.tpm, headroom=config.headroom,
@@ -201,8 +201,8 @@ class TeacherClient:
 
     def _check_price(self, model: str) -> None:
         if self.config.max_cost_usd is not None and self.prices.lookup(model) is None:
-            raise UsageError(f"--max-cost needs a price for model '{model}': add it to the teacher "
-                             f"prices (input and output dollars per 1M tokens)")
+            raise ConfigError("max_cost_usd", section="teacher", message=f"a cost limit needs a price for model '{model}': add it to the "
+                                              f"teacher prices (input and output dollars per 1M tokens)")
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "[redacted]") if self._api_key and text else text

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from persd.runtime.errors import UsageError
+from persd.runtime.errors import ConfigError
 from persd.runtime.http import RetryPolicy
 
 
@@ -26,10 +26,10 @@ class TeacherConfig:
     """
 
     base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4o-mini"
+    model: str = "gpt-3.5-turbo"  # the paper's teacher (ChatGPT); persd collect's default too
     api_key_env: str = "OPENAI_API_KEY"
-    rpm: float = 500
-    tpm: float | None = 200_000
+    rpm: float = 3500  # OpenAI's tier-1 limits for gpt-3.5-turbo
+    tpm: float | None = 1_000_000
     max_in_flight: int = 64
     max_cost_usd: float | None = None
     journal_path: Path | None = None
@@ -42,26 +42,34 @@ class TeacherConfig:
     default_cooldown_s: float = 1.0  # shared pause after a 429 that names no Retry-After
     extra_headers: dict[str, str] | None = None
 
-    def validate(self) -> None:
-        scheme = urlsplit(self.base_url).scheme
-        if scheme not in ("http", "https") or not urlsplit(self.base_url).hostname:
-            raise UsageError(f"--teacher-url must be an http(s) URL such as http://127.0.0.1:8000/v1, got '{self.base_url}'")
+    def __post_init__(self) -> None:
+        """Each bad value names its field (the command line names it as the flag it came from)."""
+        def bad(name: str, message: str) -> ConfigError:
+            return ConfigError(name, f"{message}, got {getattr(self, name)!r}", section="teacher")
+
+        url = urlsplit(self.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise bad("base_url", "must be an http(s) URL such as http://127.0.0.1:8000/v1")
         if not self.model:
-            raise UsageError("--teacher-model must not be empty")
+            raise bad("model", "must not be empty")
         if not self.rpm or self.rpm <= 0:
-            raise UsageError(f"--rpm must be positive, got {self.rpm}")
+            raise bad("rpm", "must be positive")
         if self.tpm is not None and self.tpm <= 0:
-            raise UsageError(f"--tpm must be positive, got {self.tpm}")
+            raise bad("tpm", "must be positive")
         if self.max_in_flight < 1:
-            raise UsageError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
+            raise bad("max_in_flight", "must be at least 1")
         if self.max_cost_usd is not None and self.max_cost_usd < 0:
-            raise UsageError(f"--max-cost must not be negative, got {self.max_cost_usd}")
+            raise bad("max_cost_usd", "must not be negative")
         if not 0 < self.headroom <= 1:
-            raise UsageError(f"teacher headroom must be in (0, 1], got {self.headroom}")
+            raise bad("headroom", "must be in (0, 1]")
         if not self.limit_window_s > 0:
-            raise UsageError(f"teacher limit_window_s must be positive, got {self.limit_window_s}")
+            raise bad("limit_window_s", "must be positive")
         if not self.jitter_s >= 0:
-            raise UsageError(f"teacher jitter_s must not be negative, got {self.jitter_s}")
+            raise bad("jitter_s", "must not be negative")
+
+    def validate(self) -> None:
+        """Checked again (a config may be changed after it was made)."""
+        self.__post_init__()
 
     @property
     def chat_url(self) -> str:
@@ -83,7 +91,5 @@ class TeacherConfig:
             return key
         if self.is_loopback():
             return None
-        raise UsageError(
-            f"no teacher API key: set the environment variable {self.api_key_env} "
-            f"(or name another one with --teacher-api-key-env) for {self.base_url}"
-        )
+        raise ConfigError("api_key_env", section="teacher", message=f"no teacher API key: set the environment variable {self.api_key_env} "
+                                         f"(or name another variable) for {self.base_url}")

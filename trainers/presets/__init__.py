@@ -1,1 +1,1 @@
-"""Shipped training presets (package data): JSON objects of TrainConfig fields."""
+"""Shipped training presets (package data): NAME.toml, the format of `persd train --config`."""

@@ -1,7 +1,6 @@
 """`persd check`: functional correctness of samples (or of the tasks' own references) in the sandbox."""
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import sys
@@ -14,7 +13,9 @@ import orjson
 
 from persd.engine.aio import run_async
 from persd.engine.tasks import Task, iter_tasks, json_problem
-from persd.runtime.errors import InputError, UsageError
+from persd import config
+from persd.config import Command, load, nonneg_int, opt, positive_float, positive_int
+from persd.runtime.errors import ConfigError, InputError, UsageError
 from persd.runtime.sandbox import STATUSES, Sandbox, SandboxConfig
 
 
@@ -29,28 +30,38 @@ class Sample:
 NO_TESTS = "the task has no tests: nothing can be checked (never a pass)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="persd check", description=__doc__)
-    p.add_argument("--tasks", required=True, help="task JSONL path or built-in set (humaneval, mbpp)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--samples", help="JSONL of task_id + completion (appended to the prompt) or solution (whole program)")
-    src.add_argument("--references", action="store_true", help="check the tasks' own reference solutions")
-    p.add_argument("--out", required=True, help="results JSONL, one line per sample")
-    p.add_argument("--workers", type=int, default=0, help="sandbox workers (default: one per core)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per execution (default 10)")
-    p.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per execution")
-    p.add_argument("--limit", type=int, default=None, help="check only the first N samples")
-    return p
+@dataclass
+class CheckConfig:
+    tasks: str = opt("", help="task JSONL path or built-in set (humaneval, mbpp)", changes_results=True,
+                     shown="required")
+    samples: str | None = opt(None, help="JSONL of task_id + completion (appended to the prompt) or solution "
+                                         "(whole program)", changes_results=True, metavar="FILE")
+    references: bool = opt(False, help="check the tasks' own reference solutions", changes_results=True)
+    out: str = opt("", help="results JSONL, one line per sample", changes_results=False, shown="required")
+    workers: int = opt(0, help="sandbox workers (0: one per core)", changes_results=False, type=nonneg_int)
+    timeout: float = opt(10.0, help="seconds per execution", changes_results=True, type=positive_float)
+    memory_mb: int = opt(2048, help="address-space limit per execution, in MiB", changes_results=True,
+                         type=positive_int)
+    limit: int | None = opt(None, help="check only the first N samples", changes_results=True, type=positive_int,
+                            shown="all")
+
+    def validate(self) -> None:
+        for name in ("tasks", "out"):
+            if not getattr(self, name):
+                raise ConfigError(name, "required (persd check --help)")
+        if bool(self.samples) == self.references:
+            raise ConfigError("samples", "give exactly one of --samples FILE or --references")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.timeout <= 0:
-        parser.error("--timeout must be positive")
-    if args.workers < 0:
-        parser.error("--workers must be 0 (one per core) or more")
-    return args
+CHECK = Command(CheckConfig, "check", description=__doc__)
+
+
+def build_parser():
+    return config.build_parser(CHECK)
+
+
+def parse_args(argv: list[str]) -> CheckConfig:
+    return load(CHECK, argv)
 
 
 def reference_samples(tasks: dict[str, Task]) -> Iterator[Sample]:
@@ -165,7 +176,7 @@ def main(argv: list[str]) -> int:
         samples.append(sample)
     if not samples:
         raise UsageError("nothing to check: no samples" + (" (no task has a reference and tests)" if args.references else ""))
-    config = SandboxConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb)
-    summary = run_async(check_all(samples, config, Path(args.out)))
+    sandbox_config = SandboxConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb)
+    summary = run_async(check_all(samples, sandbox_config, Path(args.out)))
     print_summary(summary, args.out)
     return 0

@@ -6,8 +6,8 @@ sealed shard files and finished tasks in the shards' journals.
 """
 from __future__ import annotations
 
-import argparse
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -15,13 +15,24 @@ from rich.console import Console
 from rich.table import Table
 
 from persd.engine.collect.manifest import find_manifests, read_manifest
+from persd.config import Command, load, opt
 from persd.engine.collect.layout import CollectLayout
-from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.errors import ConfigError, PersdError, UsageError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
+@dataclass
+class StatusConfig:
+    dirs: list[str] = opt(default_factory=list, help="collect output directories (--out)", changes_results=False,
+                          positional=True, nargs="+", metavar="DIR", shown="required")
+    json: bool = opt(False, help="print JSON instead of a table", changes_results=False)
+
+    def validate(self) -> None:
+        if not self.dirs:
+            raise ConfigError("dirs", "give one or more collect output directories (persd status DIR)")
+
+
+STATUS = Command(StatusConfig, "status", description="Summarise the progress of one or many `persd collect` "
+                                                     "directories.")
 
 
 def _journal_done(path: Path) -> int:
@@ -64,10 +75,7 @@ def partition_status(out: Path, manifest_file: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    p = _Parser(prog="persd status", description="Summarise the progress of one or many `persd collect` directories.")
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="collect output directories (--out)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args(argv)
+    args = load(STATUS, argv)
     rows = []
     for d in args.dirs:
         out = Path(d)
