@@ -81,6 +81,21 @@ def add_student_flags(p: argparse.ArgumentParser, *, backends: tuple[str, ...] =
     return g
 
 
+def add_time_limit_flags(g: argparse._ArgumentGroup) -> None:
+    """--time-limits, --time-limit-factor, --min-time-limit (collect, eval, check, loop): per-task CPU-time
+    limits calibrated on each task's reference (persd.engine.timelimits; docs/time-limits.md)."""
+    from persd.engine.timelimits import DEFAULT_FACTOR, DEFAULT_FLOOR_S, MODES
+
+    g.add_argument("--time-limits", choices=MODES,
+                   help="calibrated: a task with a reference runs under max(--min-time-limit, --time-limit-factor x "
+                        "the reference's CPU time) of CPU time, at most the timeout; fixed: the timeout in wall-clock "
+                        "seconds for every task (default calibrated)")
+    g.add_argument("--time-limit-factor", type=positive_float,
+                   help=f"calibrated limits: multiple of the reference's CPU time (default {DEFAULT_FACTOR:g})")
+    g.add_argument("--min-time-limit", type=positive_float,
+                   help=f"calibrated limits: fewest CPU seconds any task gets (default {DEFAULT_FLOOR_S:g})")
+
+
 # ------------------------------------------------------------------ --config FILE.toml
 
 
@@ -113,4 +128,4 @@ def toml_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
 
 
 __all__ = ["STUDENT_BACKENDS", "PROGRESS_MODES", "parser_for", "positive_int", "nonneg_int", "positive_float",
-           "add_student_flags", "toml_defaults"]
+           "add_student_flags", "add_time_limit_flags", "toml_defaults"]

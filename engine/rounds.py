@@ -91,6 +91,9 @@ class LoopConfig:
     # shared
     sandbox_workers: int | None = None
     exec_timeout: float | None = None
+    time_limits: str | None = None  # passed on to collect and eval (persd.engine.timelimits)
+    time_limit_factor: float | None = None
+    min_time_limit: float | None = None
     progress: str = "plain"
     force: bool = False
 
@@ -101,7 +104,11 @@ class LoopConfig:
         """Settings that alter results. --rounds is not one: a rerun may add rounds."""
         skip = {"rounds", "out", "progress", "force", "sandbox_workers", "max_in_flight", "rpm", "tpm",
                 "train_launcher", "max_cost", "eval_base"}
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        fp = {k: v for k, v in self.__dict__.items() if k not in skip}
+        for key in ("time_limits", "time_limit_factor", "min_time_limit"):  # left to the stages' defaults:
+            if fp[key] is None:  # kept out, so a loop started before these flags existed still resumes
+                fp.pop(key)
+        return fp
 
 
 # ------------------------------------------------------------------ files of one run
@@ -335,6 +342,8 @@ class Loop:
                         "--samples": c.samples, "--temperature": c.collect_temperature,
                         "--max-tokens": c.collect_max_tokens, "--max-in-flight": c.max_in_flight,
                         "--sandbox-workers": c.sandbox_workers, "--exec-timeout": c.exec_timeout,
+                        "--time-limits": c.time_limits, "--time-limit-factor": c.time_limit_factor,
+                        "--min-time-limit": c.min_time_limit,
                         "--force": c.force})
         cmd = [sys.executable, "-m", "persd", "collect", *args, *shlex.split(c.collect_args)]
         self.run_stage(r, "collect", cmd)
@@ -366,6 +375,8 @@ class Loop:
                         "--limit": c.eval_limit, "--n": c.n, "--temperature": c.eval_temperature,
                         "--max-tokens": c.eval_max_tokens, "--k": c.k, "--refine-steps": c.refine_steps,
                         "--sandbox-workers": c.sandbox_workers, "--exec-timeout": c.exec_timeout,
+                        "--time-limits": c.time_limits, "--time-limit-factor": c.time_limit_factor,
+                        "--min-time-limit": c.min_time_limit,
                         "--force": c.force})
         self.run_stage(r, "eval", [sys.executable, "-m", "persd", "eval", *args, *shlex.split(c.eval_args)])
 

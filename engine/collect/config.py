@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from persd.engine.flags import (PROGRESS_MODES, STUDENT_BACKENDS, add_student_flags, nonneg_int, parser_for,
-                          positive_float, positive_int, toml_defaults)
+from persd.engine.flags import (PROGRESS_MODES, STUDENT_BACKENDS, add_student_flags, add_time_limit_flags, nonneg_int,
+                          parser_for, positive_float, positive_int, toml_defaults)
+from persd.engine.timelimits import DEFAULT_FACTOR, DEFAULT_FLOOR_S, config_from
 from persd.runtime.errors import UsageError
 
 FORMATS = ("persd", "persd-refine", "inpd", "stand")
@@ -89,6 +90,9 @@ class CollectConfig(StudentFields):
     shard_index: int = 0
     sandbox_workers: int = 0
     exec_timeout: float = 10.0
+    time_limits: str = "calibrated"  # calibrated | fixed (persd.engine.timelimits)
+    time_limit_factor: float = DEFAULT_FACTOR
+    min_time_limit: float = DEFAULT_FLOOR_S
     # run control
     force: bool = False
     grace: float = 10.0  # seconds in-flight tasks get to finish after SIGINT/SIGTERM
@@ -139,6 +143,7 @@ class CollectConfig(StudentFields):
             "shard_size": self.shard_size,
             "exec_timeout": self.exec_timeout,
             "prompt_version": PROMPT_VERSION,
+            **config_from(self).fingerprint(),
         }
 
 
@@ -196,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("flow")
     g.add_argument("--max-in-flight", type=positive_int, help="tasks alive at once (default 256)")
     g.add_argument("--sandbox-workers", type=nonneg_int, help="sandbox processes (default: one per core)")
-    g.add_argument("--exec-timeout", type=positive_float, help="seconds per sandbox execution (default 10)")
+    g.add_argument("--exec-timeout", type=positive_float,
+                   help="seconds per sandbox execution (default 10): the wall-clock limit of a task without a "
+                        "reference, the most CPU time a calibrated one gets")
+    add_time_limit_flags(g)
     g.add_argument("--force", action="store_true", default=None, help="accept a rerun whose settings alter results")
     g.add_argument("--grace", type=float, help="seconds in-flight tasks get to finish on SIGINT/SIGTERM (default 10)")
     g.add_argument("--progress", choices=PROGRESS_MODES)

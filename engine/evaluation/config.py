@@ -10,7 +10,9 @@ from typing import Any
 
 from persd.engine.collect.config import StudentFields, check_sampling, check_student_url
 from persd.engine.evaluation.protocols import PROTOCOLS, protocol_defaults
-from persd.engine.flags import PROGRESS_MODES, add_student_flags, nonneg_int, parser_for, positive_float, positive_int
+from persd.engine.flags import (PROGRESS_MODES, add_student_flags, add_time_limit_flags, nonneg_int, parser_for,
+                               positive_float, positive_int)
+from persd.engine.timelimits import DEFAULT_FACTOR, DEFAULT_FLOOR_S, config_from
 from persd.runtime.errors import UsageError
 
 PROMPT_VERSION = 1  # bump when eval's prompts (direct or refine) change: it alters results
@@ -36,6 +38,9 @@ class EvalConfig(StudentFields):
     max_in_flight: int = 64  # tasks alive at once
     sandbox_workers: int = 0
     exec_timeout: float = 10.0
+    time_limits: str = "calibrated"  # calibrated | fixed (persd.engine.timelimits)
+    time_limit_factor: float = DEFAULT_FACTOR
+    min_time_limit: float = DEFAULT_FLOOR_S
     force: bool = False
     progress: str = "auto"  # auto | live | plain | none
     log_every: float = 10.0
@@ -55,7 +60,7 @@ class EvalConfig(StudentFields):
             "student_model": self.student_model, "student_chat": self.student_chat,
             "n": self.n, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
             "seed": self.seed, "refine_steps": self.refine_steps, "exec_timeout": self.exec_timeout,
-            "prompt_version": PROMPT_VERSION,
+            "prompt_version": PROMPT_VERSION, **config_from(self).fingerprint(),
         }
 
 
@@ -105,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("flow")
     g.add_argument("--max-in-flight", type=positive_int, help="tasks alive at once (default 64)")
     g.add_argument("--sandbox-workers", type=nonneg_int, help="sandbox processes (default: one per core)")
-    g.add_argument("--exec-timeout", type=positive_float, help="seconds per execution (default 10)")
+    g.add_argument("--exec-timeout", type=positive_float,
+                   help="seconds per execution (default 10): the wall-clock limit of a task without a reference, "
+                        "the most CPU time a calibrated one gets")
+    add_time_limit_flags(g)
     g.add_argument("--force", action="store_true", default=None,
                    help="discard earlier results in --out whose settings differ, and start over")
     g.add_argument("--progress", choices=PROGRESS_MODES)

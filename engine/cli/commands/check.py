@@ -13,7 +13,9 @@ from typing import Iterator
 import orjson
 
 from persd.engine.aio import run_async
+from persd.engine.flags import add_time_limit_flags
 from persd.engine.tasks import Task, iter_tasks, json_problem
+from persd.engine.timelimits import DEFAULT_FACTOR, DEFAULT_FLOOR_S, TimeLimitConfig, TimeLimits, limit_fields
 from persd.runtime.errors import InputError, UsageError
 from persd.runtime.sandbox import STATUSES, Sandbox, SandboxConfig
 
@@ -24,6 +26,7 @@ class Sample:
     task_id: str
     program: str
     error: str = ""  # set when the sample cannot be judged at all (its task has no tests)
+    task: Task | None = None  # its task, whose reference calibrates the time limit
 
 
 NO_TESTS = "the task has no tests: nothing can be checked (never a pass)"
@@ -37,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--references", action="store_true", help="check the tasks' own reference solutions")
     p.add_argument("--out", required=True, help="results JSONL, one line per sample")
     p.add_argument("--workers", type=int, default=0, help="sandbox workers (default: one per core)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per execution (default 10)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds per execution (default 10): the wall-clock limit of a task without a reference, "
+                        "the most CPU time a calibrated one gets")
+    add_time_limit_flags(p)
     p.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per execution")
     p.add_argument("--limit", type=int, default=None, help="check only the first N samples")
     return p
@@ -50,12 +56,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--timeout must be positive")
     if args.workers < 0:
         parser.error("--workers must be 0 (one per core) or more")
+    args.time_limits = args.time_limits or "calibrated"
+    args.time_limit_factor = args.time_limit_factor or DEFAULT_FACTOR
+    args.min_time_limit = args.min_time_limit or DEFAULT_FLOOR_S
     return args
 
 
 def reference_samples(tasks: dict[str, Task]) -> Iterator[Sample]:
     for i, task in enumerate(t for t in tasks.values() if t.reference and t.has_tests):
-        yield Sample(i, task.task_id, task.program(task.reference))
+        yield Sample(i, task.task_id, task.program(task.reference), task=task)
 
 
 def file_samples(path: str, tasks: dict[str, Task]) -> Iterator[Sample]:
@@ -86,29 +95,37 @@ def file_samples(path: str, tasks: dict[str, Task]) -> Iterator[Sample]:
                 program = task.program(task.prompt + obj["completion"])
             else:
                 raise InputError(path, lineno, "needs a string 'completion' or 'solution'", field="completion")
-            yield Sample(index, task.task_id, program, "" if task.has_tests else NO_TESTS)
+            yield Sample(index, task.task_id, program, "" if task.has_tests else NO_TESTS, task=task)
             index += 1
 
 
-async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path) -> dict:
-    """Run every sample; write results in sample order; return the summary."""
+async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path,
+                    limits: TimeLimitConfig | None = None) -> dict:
+    """Run every sample; write results in sample order; return the summary. Time limits: `limits`
+    (calibrated per task by default; its measurements are cached in OUT's folder, work/time-limits.jsonl)."""
+    limits = limits or TimeLimitConfig(cap_s=config.timeout_s)
     counts: collections.Counter[str] = collections.Counter()
     results: list[dict | None] = [None] * len(samples)
     async with Sandbox(config) as sandbox:
         print(f"sandbox: {config.worker_count()} workers; protections: {'; '.join(sandbox.protections)}",
               file=sys.stderr)
+        time_limits = TimeLimits(sandbox, limits, cache=out_path.parent / "work" / "time-limits.jsonl")
         start = time.perf_counter()
 
         async def one(sample: Sample) -> None:
             if sample.error:
                 counts["error"] += 1
                 results[sample.index] = {"task_id": sample.task_id, "status": "error", "passed": False,
-                                         "error": sample.error, "duration_s": 0.0}
+                                         "error": sample.error, "duration_s": 0.0, "cpu_s": 0.0, "limit": None,
+                                         "limit_s": None}
                 return
-            r = await sandbox.run(sample.program)
+            if sample.task is not None:
+                r = await time_limits.run(sample.task, sample.program)
+            else:
+                r = await sandbox.run(sample.program)
             counts[r.status] += 1
             results[sample.index] = {"task_id": sample.task_id, "status": r.status, "passed": r.passed,
-                                     "error": r.feedback, "duration_s": round(r.duration_s, 4)}
+                                     "error": r.feedback, "duration_s": round(r.duration_s, 4), **limit_fields(r)}
 
         # The pool queues work itself; a bounded window keeps memory flat for large sample files.
         window = max(8, config.worker_count() * 4)
@@ -166,6 +183,8 @@ def main(argv: list[str]) -> int:
     if not samples:
         raise UsageError("nothing to check: no samples" + (" (no task has a reference and tests)" if args.references else ""))
     config = SandboxConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb)
-    summary = run_async(check_all(samples, config, Path(args.out)))
+    limits = TimeLimitConfig(mode=args.time_limits, factor=args.time_limit_factor, floor_s=args.min_time_limit,
+                             cap_s=args.timeout)
+    summary = run_async(check_all(samples, config, Path(args.out), limits))
     print_summary(summary, args.out)
     return 0

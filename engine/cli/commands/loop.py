@@ -11,7 +11,7 @@ import argparse
 from dataclasses import fields
 
 from persd.engine.evaluation.protocols import PROTOCOLS
-from persd.engine.flags import PROGRESS_MODES, add_student_flags, nonneg_int, parser_for, positive_int
+from persd.engine.flags import PROGRESS_MODES, add_student_flags, add_time_limit_flags, nonneg_int, parser_for, positive_int
 from persd.engine.rounds import Loop, LoopConfig, print_table
 from persd.runtime.errors import UsageError
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sandbox")
     g.add_argument("--sandbox-workers", type=nonneg_int)
     g.add_argument("--exec-timeout", type=float)
+    add_time_limit_flags(g)
     return p
 
 
