@@ -21,7 +21,7 @@ from persd.engine.evaluation import sampling
 from persd.engine.evaluation.journal import EvalJournal, Key
 from persd.engine.extract import extract_program
 from persd.engine.tasks import Task
-from persd.engine.timelimits import TimeLimits, limit_fields
+from persd.engine.timelimits import TimeLimits
 from persd.runtime.errors import PersdError
 
 
@@ -237,7 +237,8 @@ class Evaluator:
                 "feedback": hidden.feedback, "code": code,
                 "visible_status": visible.status if visible else None,
                 "visible_feedback": visible.feedback if visible else None,
-                "finish_reason": gen.get("finish_reason"), **limit_fields(hidden)}
+                "finish_reason": gen.get("finish_reason"), "limit": getattr(hidden, "limit", None),
+                "limit_s": getattr(hidden, "limit_s", None)}
 
     # ------------------------------------------------------------------ output
 

@@ -17,11 +17,13 @@ from persd.runtime.sandbox.result import ExecResult
 log = logging.getLogger("persd.sandbox")
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 GRACE_S = 10.0  # how long past its own deadline a worker may take before it is replaced
+STARVED_FACTOR = 10  # worker.py: a CPU-limited program's wall backstop, stretched by time spent waiting for a CPU
 
 
 def wall_backstop(cpu_limit: float) -> float:
-    """The wall-clock limit that goes with a CPU limit: room for a program slowed 3x by a loaded
-    machine, and a few seconds for one that sleeps or blocks (which spends no CPU)."""
+    """The wall-clock limit that goes with a CPU limit, for a program that sleeps or blocks (and so
+    spends no CPU): 3x the CPU limit, at least 5 s more than it. The worker does not count the time
+    the program waits for a CPU on a loaded machine (up to STARVED_FACTOR x this in all)."""
     return max(3.0 * cpu_limit, cpu_limit + 5.0)
 
 
@@ -82,7 +84,8 @@ class _Worker:
         except (ConnectionError, BrokenPipeError) as exc:
             raise WorkerDied(f"sandbox worker {self.index} died") from exc
         try:
-            reply = await asyncio.wait_for(self._read(), timeout + GRACE_S)
+            longest = timeout * (STARVED_FACTOR if cpu_limit is not None else 1)
+            reply = await asyncio.wait_for(self._read(), longest + GRACE_S)
         except asyncio.TimeoutError:
             raise WorkerDied(f"sandbox worker {self.index} stopped answering") from None
         if reply.get("id") != self._next_id:

@@ -417,7 +417,9 @@ class Worker:
                   cpu_limit: float | None = None) -> dict:
         """Drain the three pipes until the program exits or a limit passes, then kill it.
 
-        The wall-clock deadline is `start + timeout`. With `cpu_limit`, the CPU time of the program
+        The wall-clock deadline is `start + timeout`; with `cpu_limit` it is a backstop for programs
+        that sleep or block, and time spent waiting for a CPU (runqueue wait, from /proc schedstat) is
+        added to it, up to STARVED_FACTOR x timeout in all. With `cpu_limit`, the CPU time of the program
         and its descendants (polled from /proc, in clock ticks) is checked each time it could have reached the limit:
         a single-threaded program spends at most one CPU second per wall second, so the next check
         is due when the CPU left has passed on the wall clock (0.5 s at most, for threads).
@@ -429,11 +431,18 @@ class Worker:
         open_fds = {fd: name for name, fd in fds.items()}
         pidfd = os.pidfd_open(target)
         deadline = start + timeout
+        hard_deadline = start + STARVED_FACTOR * timeout  # with a CPU limit: the backstop's own backstop
         stopped_by: str | None = None
         exited = False
         cpu_seen = 0.0
         while True:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
+            if cpu_limit is not None:
+                # The backstop counts the time the program ran or chose to wait (sleep, a lock, I/O),
+                # not the time it sat runnable waiting for a CPU: a loaded machine cannot use it up.
+                remaining += runqueue_wait_s(target)
+                remaining = min(remaining, hard_deadline - now)
             if remaining <= 0:
                 stopped_by = "wall"
                 break
@@ -535,8 +544,11 @@ class Worker:
             result.update(status="timeout", feedback=f"Timed out: used its limit of {cpu_limit:g} s of CPU time",
                           signal=None, exit_code=None, limit="cpu", limit_s=cpu_limit)
         elif stopped_by == "wall":
-            result.update(status="timeout", feedback=f"Timed out after {timeout:g} s", signal=None, exit_code=None,
-                          limit="wall", limit_s=timeout)
+            feedback = f"Timed out after {timeout:g} s"
+            if cpu_limit is not None:
+                feedback += " of wall-clock time (sleeping or blocked)"
+            result.update(status="timeout", feedback=feedback, signal=None, exit_code=None, limit="wall",
+                          limit_s=timeout)
         elif exit_code == SETUP_FAILED:
             result.update(status="error", feedback="sandbox setup failed: " + _clip(stderr.strip(), 500))
         elif sig is not None:
@@ -551,6 +563,16 @@ class Worker:
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+STARVED_FACTOR = 10  # a CPU-limited program's wall backstop stretches at most this far under load (pool.py too)
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds `pid`'s main thread spent runnable but waiting for a CPU (0 where schedstat is absent)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def process_cpu_s(pid: int) -> float:
