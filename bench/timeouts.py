@@ -7,8 +7,9 @@ The student is a scripted OpenAI-compatible server on 127.0.0.1 that answers eve
 reference, except a --loop-share of samples (chosen by a hash of task and sample), which it answers
 with `while True: pass`. Each configuration is a full `persd eval` (engine/evaluation, the real
 sandbox) in a fresh directory, so the calibrated one pays for measuring the references too.
-Lost to timeouts: the worker-seconds the sandbox spent on executions that timed out. A false timeout
-is a timeout of a sample that does not loop.
+Lost to timeouts: the worker-seconds (wall clock) the sandbox spent on executions that timed out, and
+the CPU seconds they burnt. A false timeout is a timeout of a sample that does not loop. On a machine
+shared with other work, a CPU second costs more than a wall second: note the load average (shown).
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ class Row:
     worker_s: float
     timeouts: int
     lost_worker_s: float
+    lost_cpu_s: float
     false_timeouts: int
     loops_not_stopped: int
     pass_at_1: float
@@ -114,12 +116,13 @@ async def one_config(name: str, mode: str, cap: float, src: str, tasks: list[Tas
     summary = await evaluate(cfg, student, rec)
     wall = time.perf_counter() - t0
     lines = [orjson.loads(x) for x in Path(cfg.out, "results.jsonl").read_bytes().splitlines() if x.strip()]
-    looping = [ln for ln in lines if "while True" in ln["code"]]
+    looping = [ln for ln in lines if loops(ln["task_id"], ln["sample"], args.loop_share)]
     timed_out = [r for r in rec.results if r.status == "timeout"]
     return Row(src, name, len(lines), len(looping), round(wall, 2), len(rec.results),
                round(sum(r.duration_s for r in rec.results), 2), len(timed_out),
-               round(sum(r.duration_s for r in timed_out), 2),
-               sum(1 for ln in lines if ln["status"] == "timeout" and "while True" not in ln["code"]),
+               round(sum(r.duration_s for r in timed_out), 2), round(sum(r.cpu_s for r in timed_out), 2),
+               sum(1 for ln in lines if ln["status"] == "timeout" and not loops(ln["task_id"], ln["sample"],
+                                                                              args.loop_share)),
                sum(1 for ln in looping if ln["status"] != "timeout"), round(summary["pass@1"], 4), load_avg())
 
 
@@ -166,19 +169,20 @@ class PoolRow:
 
 
 async def bench_pool(args) -> list[PoolRow]:
-    """A mixed set: HumanEval references (CPU) and a share of programs that block for 0.5 s, with a
-    pool of 1x, 2x and 4x the cores."""
+    """A mixed set: HumanEval references (CPU) and a share of programs that block for 0.5 s, with pools
+    of several multiples of the cores."""
     tasks = list(iter_tasks("humaneval"))
     cores = os.cpu_count() or 1
     programs = []
+    every = round(1 / args.sleep_share) if args.sleep_share > 0 else 0
     for i, t in enumerate(tasks * args.pool_repeat):
-        if i % max(1, round(1 / args.sleep_share)) == 0:
+        if every and i % every == 0:
             programs.append("import time\ntime.sleep(0.5)\n" + t.program(t.reference))
         else:
             programs.append(t.program(t.reference))
     sleeping = sum(1 for p in programs if p.startswith("import time\ntime.sleep"))
     rows = []
-    for mult in (1, 2, 4, 1):  # 1x again last: the machine's load drifts
+    for mult in args.pool_multiples:
         workers = cores * mult
         async with Sandbox(SandboxConfig(workers=workers)) as sb:
             await asyncio.gather(*(sb.run("pass") for _ in range(workers)))
@@ -205,11 +209,11 @@ def report(rows: list[Row], pool: list[PoolRow], args) -> dict:
         table = Table(title=f"persd bench timeouts: {args.loop_share:.0%} of samples loop; n={args.n}; "
                             f"{args.workers or os.cpu_count()} workers, {os.cpu_count()} cores")
         for col in ("tasks", "limits", "samples", "looping", "wall s", "execs", "worker-s", "timeouts",
-                    "lost worker-s", "false timeouts", "loops not stopped", "pass@1", "load"):
+                    "lost worker-s", "lost CPU-s", "false timeouts", "loops not stopped", "pass@1", "load"):
             table.add_column(col, justify="right")
         for r in rows:
             table.add_row(r.tasks, r.limits, str(r.samples), str(r.looping), f"{r.wall_s:.1f}", str(r.executions),
-                          f"{r.worker_s:.1f}", str(r.timeouts), f"{r.lost_worker_s:.1f}", str(r.false_timeouts),
+                          f"{r.worker_s:.1f}", str(r.timeouts), f"{r.lost_worker_s:.1f}", f"{r.lost_cpu_s:.1f}", str(r.false_timeouts),
                           str(r.loops_not_stopped), f"{100 * r.pass_at_1:.1f}%", f"{r.load_avg:.1f}")
         console.print(table)
         for src in dict.fromkeys(r.tasks for r in rows):
@@ -247,6 +251,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--pool-only", action="store_true", help="only the pool-size measurement")
     p.add_argument("--sleep-share", type=float, default=0.25, help="pool: share of programs that block (0.25)")
     p.add_argument("--pool-repeat", type=int, default=2, help="pool: times the HumanEval set runs (default 2)")
+    p.add_argument("--pool-multiples", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 4, 1],
+                   help="pool: workers as multiples of the cores, in order (default 1,2,4,1: 1x again last, "
+                        "as the machine's load drifts)")
     p.add_argument("--json", default="runs/bench/timeouts.json", help="where to write the figures")
     args = p.parse_args(argv)
     rows = [] if args.pool_only else run_async(bench_timeouts(args))

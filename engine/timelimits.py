@@ -65,6 +65,15 @@ class Limit:
     source: str = "fixed"  # fixed | reference | no reference | reference failed
 
 
+CALIBRATED_WORKERS_PER_CORE = 2  # measured: benchmarks/timeouts_cpu2_2026-12-02.md
+
+
+def workers_per_core(mode: str) -> int:
+    """Default sandbox workers per core: 2 when limits count CPU time (a loaded machine cannot fail a
+    correct program, and a sleeping one holds no core), 1 with fixed wall-clock limits."""
+    return CALIBRATED_WORKERS_PER_CORE if mode == "calibrated" else 1
+
+
 def config_from(cfg) -> TimeLimitConfig:
     """The TimeLimitConfig of a command's config (fields time_limits, time_limit_factor, min_time_limit,
     exec_timeout: collect's and eval's)."""
@@ -192,5 +201,6 @@ def limit_fields(result) -> dict:
 
 
 __all__ = ["MODES", "DEFAULT_FACTOR", "DEFAULT_FLOOR_S", "TimeLimitConfig", "Limit", "TimeLimits", "config_from",
+           "workers_per_core",
            "machine_id",
            "limit_fields"]

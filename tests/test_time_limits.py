@@ -62,6 +62,21 @@ async def test_children_spend_the_programs_cpu_budget(sandbox):
     assert (r.status, r.limit) == ("timeout", "cpu")  # not the 30 s wall backstop
 
 
+async def test_waiting_for_a_cpu_does_not_use_up_the_wall_backstop(sandbox):
+    """A program that needs 0.2 s of CPU on a machine with 4 CPU burners per core takes about 1 s
+    of wall time, past its 0.6 s backstop: only the time it was not waiting for a CPU counts."""
+    program = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.2:\n    pass\n"
+    burners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(4 * (os.cpu_count() or 1))]
+    try:
+        r = await sandbox.run(program, timeout=0.6, cpu_limit=2.0)
+    finally:
+        for proc in burners:
+            proc.kill()
+            proc.wait()
+    assert (r.status, r.limit) == ("passed", None), r.feedback
+    assert r.cpu_s >= 0.2
+
+
 async def test_fixed_wall_limit_and_a_passing_program(sandbox):
     r = await sandbox.run(SPIN, timeout=0.5)
     assert (r.status, r.limit, r.limit_s) == ("timeout", "wall", 0.5)
@@ -128,6 +143,61 @@ def test_check_cli_says_which_limit_stopped_a_sample(tmp_path):
         ("timeout", "cpu", 0.5)
     assert (tmp_path / "calibrated" / "work" / "time-limits.jsonl").exists()
     assert (lines["fixed"]["status"], lines["fixed"]["limit"], lines["fixed"]["limit_s"]) == ("timeout", "wall", 2.0)
+
+
+async def test_collect_result_line_names_the_limit(sandbox, tmp_path):
+    import contextlib
+
+    from persd.bench.instant import InstantStudent, InstantTeacher
+    from persd.engine.collect.config import parse_args
+    from persd.engine.collect.flow import Backends
+    from persd.engine.collect.runner import Collector
+
+    class LoopingStudent(InstantStudent):
+        async def generate(self, req):
+            out = await super().generate(req)
+            out.texts = ["    while True:\n        pass\n"] * len(out.texts)
+            return out
+
+    @contextlib.asynccontextmanager
+    async def backends(cfg, collector):
+        yield Backends(student=LoopingStudent(), sandbox=sandbox, teacher=InstantTeacher())
+
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_bytes(orjson.dumps({"task_id": "t/1", "instruction": "Return x.", "header": "def solve(x):\n",
+                                    "entry_point": "solve", "reference": "def solve(x):\n    return x\n",
+                                    "tests": ["assert solve(3) == 3"]}) + b"\n")
+    lines = {}
+    for mode in ("calibrated", "fixed"):
+        out = tmp_path / mode
+        cfg = parse_args(["--tasks", str(tasks), "--out", str(out), "--student-model", "m", "--teacher-url",
+                          "http://127.0.0.1:9/v1", "--progress", "none", "--exec-timeout", "1.5",
+                          "--time-limits", mode], environ={})
+        assert await Collector(cfg, open_backends=backends, install_signals=False).run() == 0
+        (lines[mode],) = read_jsonl(out / "shards" / "shard-00000.results.jsonl")
+    assert (lines["calibrated"]["status"], lines["calibrated"]["limit"], lines["calibrated"]["limit_s"]) == \
+        ("timeout", "cpu", 0.5)
+    assert lines["calibrated"]["outcome"] == "refined"
+    assert (lines["fixed"]["status"], lines["fixed"]["limit"], lines["fixed"]["limit_s"]) == ("timeout", "wall", 1.5)
+    assert (tmp_path / "calibrated" / "work" / "time-limits.jsonl").exists()
+
+
+async def test_eval_result_lines_name_the_limit(sandbox, tmp_path):
+    from persd.bench.timeouts import LoopingStudent
+    from persd.engine.evaluation.config import EvalConfig
+    from persd.engine.evaluation.runner import evaluate, student_config
+    from persd.runtime.student import create_student
+
+    tasks = list(iter_tasks("humaneval"))[:2]
+    async with LoopingStudent(tasks, share=1.0) as url:
+        cfg = EvalConfig(tasks="humaneval", out=str(tmp_path / "eval"), limit=2, progress="none",
+                         student_backend="openai", student_model="looping-student", student_url=url)
+        async with create_student(student_config(cfg)) as student:
+            summary = await evaluate(cfg, student, sandbox)
+    lines = read_jsonl(tmp_path / "eval" / "results.jsonl")
+    assert [(ln["status"], ln["limit"], ln["limit_s"]) for ln in lines] == [("timeout", "cpu", 0.5)] * 2
+    assert summary["steps"][0]["timeouts_by_limit"] == {"cpu": 2}
+    assert summary["protocol"]["time_limits"] == "calibrated"
 
 
 # ------------------------------------------------------------------ no false timeouts under load

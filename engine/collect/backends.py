@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 from persd.engine.collect import standin
 from persd.engine.collect.config import CollectConfig, StudentFields
 from persd.engine.collect.flow import Backends
+from persd.engine.timelimits import workers_per_core
 
 if TYPE_CHECKING:
     from persd.engine.collect.runner import Collector
@@ -54,7 +55,8 @@ async def open_backends(cfg: CollectConfig, collector: "Collector") -> AsyncIter
 
     async with contextlib.AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(
-            Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout)))
+            Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
+                                  per_core=workers_per_core(cfg.time_limits))))
 
         if cfg.standin_teacher:
             from persd.runtime.teacher.local_server import LocalOpenAIServer

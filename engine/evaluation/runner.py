@@ -16,7 +16,7 @@ from persd.engine.evaluation.pipeline import EvalFailure, Evaluator
 from persd.engine.evaluation.progress import EvalProgress
 from persd.engine.evaluation.report import summarize
 from persd.engine.evaluation.selection import select_tasks, tasks_digest
-from persd.engine.timelimits import TimeLimits, config_from
+from persd.engine.timelimits import TimeLimits, config_from, workers_per_core
 
 
 def student_config(cfg: EvalConfig):
@@ -35,7 +35,8 @@ async def open_backends(cfg: EvalConfig, student=None, sandbox=None):
     async with contextlib.AsyncExitStack() as stack:
         if sandbox is None:
             sandbox = await stack.enter_async_context(
-                Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout)))
+                Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
+                                      per_core=workers_per_core(cfg.time_limits))))
         if student is None:
             student = await stack.enter_async_context(create_student(student_config(cfg)))
         yield student, sandbox

@@ -15,7 +15,8 @@ import orjson
 from persd.engine.aio import run_async
 from persd.engine.flags import add_time_limit_flags
 from persd.engine.tasks import Task, iter_tasks, json_problem
-from persd.engine.timelimits import DEFAULT_FACTOR, DEFAULT_FLOOR_S, TimeLimitConfig, TimeLimits, limit_fields
+from persd.engine.timelimits import (DEFAULT_FACTOR, DEFAULT_FLOOR_S, TimeLimitConfig, TimeLimits, limit_fields,
+                                    workers_per_core)
 from persd.runtime.errors import InputError, UsageError
 from persd.runtime.sandbox import STATUSES, Sandbox, SandboxConfig
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--samples", help="JSONL of task_id + completion (appended to the prompt) or solution (whole program)")
     src.add_argument("--references", action="store_true", help="check the tasks' own reference solutions")
     p.add_argument("--out", required=True, help="results JSONL, one line per sample")
-    p.add_argument("--workers", type=int, default=0, help="sandbox workers (default: one per core)")
+    p.add_argument("--workers", type=int, default=0, help="sandbox workers (default: two per core with calibrated time limits, one with fixed)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds per execution (default 10): the wall-clock limit of a task without a reference, "
                         "the most CPU time a calibrated one gets")
@@ -55,7 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
     if args.workers < 0:
-        parser.error("--workers must be 0 (one per core) or more")
+        parser.error("--workers must be 0 (the default per core) or more")
     args.time_limits = args.time_limits or "calibrated"
     args.time_limit_factor = args.time_limit_factor or DEFAULT_FACTOR
     args.min_time_limit = args.min_time_limit or DEFAULT_FLOOR_S
@@ -182,7 +183,8 @@ def main(argv: list[str]) -> int:
         samples.append(sample)
     if not samples:
         raise UsageError("nothing to check: no samples" + (" (no task has a reference and tests)" if args.references else ""))
-    config = SandboxConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb)
+    config = SandboxConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb,
+                           per_core=workers_per_core(args.time_limits))
     limits = TimeLimitConfig(mode=args.time_limits, factor=args.time_limit_factor, floor_s=args.min_time_limit,
                              cap_s=args.timeout)
     summary = run_async(check_all(samples, config, Path(args.out), limits))
