@@ -213,7 +213,8 @@ def report(rows: list[Row], pool: list[PoolRow], args) -> dict:
             table.add_column(col, justify="right")
         for r in rows:
             table.add_row(r.tasks, r.limits, str(r.samples), str(r.looping), f"{r.wall_s:.1f}", str(r.executions),
-                          f"{r.worker_s:.1f}", str(r.timeouts), f"{r.lost_worker_s:.1f}", f"{r.lost_cpu_s:.1f}", str(r.false_timeouts),
+                          f"{r.worker_s:.1f}", str(r.timeouts), f"{r.lost_worker_s:.1f}", f"{r.lost_cpu_s:.1f}",
+                          str(r.false_timeouts),
                           str(r.loops_not_stopped), f"{100 * r.pass_at_1:.1f}%", f"{r.load_avg:.1f}")
         console.print(table)
         for src in dict.fromkeys(r.tasks for r in rows):

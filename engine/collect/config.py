@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--testgen-inputs", type=positive_int, help="test inputs asked of the teacher for tasks without tests (default 5)")
     g = p.add_argument_group("flow")
     g.add_argument("--max-in-flight", type=positive_int, help="tasks alive at once (default 256)")
-    g.add_argument("--sandbox-workers", type=nonneg_int, help="sandbox processes (default: two per core with calibrated time limits, one with fixed)")
+    g.add_argument("--sandbox-workers", type=nonneg_int,
+                   help="sandbox processes (default: two per core with calibrated time limits, one with fixed)")
     g.add_argument("--exec-timeout", type=positive_float,
                    help="seconds per sandbox execution (default 10): the wall-clock limit of a task without a "
                         "reference, the most CPU time a calibrated one gets")

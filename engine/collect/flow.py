@@ -70,7 +70,8 @@ class TaskFlow:
         self.meta = meta
         self.formats = cfg.formats
         self.need_direct = "stand" in cfg.formats or "inpd" in cfg.formats
-        self.time_limits = TimeLimits(backends.sandbox, config_from(cfg), cache=cfg.out_dir / "work" / "time-limits.jsonl")
+        self.time_limits = TimeLimits(backends.sandbox, config_from(cfg),
+                                      cache=cfg.out_dir / "work" / "time-limits.jsonl")
 
     # ------------------------------------------------------------------ the flow
 

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_flags(p)
     g = p.add_argument_group("flow")
     g.add_argument("--max-in-flight", type=positive_int, help="tasks alive at once (default 64)")
-    g.add_argument("--sandbox-workers", type=nonneg_int, help="sandbox processes (default: two per core with calibrated time limits, one with fixed)")
+    g.add_argument("--sandbox-workers", type=nonneg_int,
+                   help="sandbox processes (default: two per core with calibrated time limits, one with fixed)")
     g.add_argument("--exec-timeout", type=positive_float,
                    help="seconds per execution (default 10): the wall-clock limit of a task without a reference, "
                         "the most CPU time a calibrated one gets")

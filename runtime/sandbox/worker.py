@@ -418,11 +418,12 @@ class Worker:
         """Drain the three pipes until the program exits or a limit passes, then kill it.
 
         The wall-clock deadline is `start + timeout`; with `cpu_limit` it is a backstop for programs
-        that sleep or block, and time spent waiting for a CPU (runqueue wait, from /proc schedstat) is
-        added to it, up to STARVED_FACTOR x timeout in all. With `cpu_limit`, the CPU time of the program
-        and its descendants (polled from /proc, in clock ticks) is checked each time it could have reached the limit:
-        a single-threaded program spends at most one CPU second per wall second, so the next check
-        is due when the CPU left has passed on the wall clock (0.5 s at most, for threads).
+        that sleep or block, and time spent waiting for a CPU (runqueue wait, from /proc schedstat)
+        is added to it, up to STARVED_FACTOR x timeout in all. With `cpu_limit`, the CPU time of the
+        program and its descendants (polled from /proc, in clock ticks) is checked each time it
+        could have reached the limit: a single-threaded program spends at most one CPU second per
+        wall second, so the next check is due when the CPU left has passed on the wall clock (0.5 s
+        at most, for threads).
         `target` is our own child, so its pid cannot be reused before we reap it.
         """
         cap = int(self.cfg["max_output_bytes"])
@@ -491,7 +492,8 @@ class Worker:
                 pass
             os.close(fd)
         os.close(pidfd)
-        return {"bufs": bufs, "dropped": dropped, "stopped_by": None if exited else stopped_by, "cpu_seen": cpu_seen}
+        return {"bufs": bufs, "dropped": dropped, "stopped_by": None if exited else stopped_by,
+                "cpu_seen": cpu_seen}
 
     def sweep(self, pid: int) -> None:
         """Without a PID namespace: kill the process group, and every process of our sandbox uid."""

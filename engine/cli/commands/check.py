@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--samples", help="JSONL of task_id + completion (appended to the prompt) or solution (whole program)")
     src.add_argument("--references", action="store_true", help="check the tasks' own reference solutions")
     p.add_argument("--out", required=True, help="results JSONL, one line per sample")
-    p.add_argument("--workers", type=int, default=0, help="sandbox workers (default: two per core with calibrated time limits, one with fixed)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="sandbox workers (default: two per core with calibrated time limits, one with fixed)")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds per execution (default 10): the wall-clock limit of a task without a reference, "
                         "the most CPU time a calibrated one gets")
