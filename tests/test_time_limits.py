@@ -85,6 +85,28 @@ async def test_fixed_wall_limit_and_a_passing_program(sandbox):
     assert ok.cpu_s > 0
 
 
+TIMING_CASES = ("infinite loop", "sleep past the timeout", "sigterm ignored",
+                "spinning non-daemon thread, correct tests", "bounded fork bomb", "double-forked setsid daemon",
+                "daemon outliving a timeout", "slow but correct")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="full isolation needs root (CI runs as root)")
+async def test_hostile_timing_cases_under_a_cpu_limit(tmp_path):
+    """The hostile corpus's cases about time get the same verdicts under a CPU limit, and leave nothing."""
+    from test_sandbox_hostile import UID_BASE, build_cases, sandbox_processes
+
+    cases = {c.name: c for c in build_cases(tmp_path / "victim", 9, os.getpid())}
+    async with Sandbox(SandboxConfig(workers=2, uid_base=UID_BASE)) as sb:
+        for name in TIMING_CASES:
+            case = cases[name]
+            r = await sb.run(case.program, cpu_limit=case.timeout)
+            assert r.status == case.verdict, (name, r.status, r.feedback)
+            if r.status == "timeout":
+                assert r.limit == ("wall" if "sleep" in name or "sigterm" in name else "cpu"), (name, r.limit)
+            assert sandbox_processes() == [], name
+
+
 # ------------------------------------------------------------------ calibration
 
 
