@@ -107,6 +107,7 @@ async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path
     (calibrated per task by default; its measurements are cached in OUT's folder, work/time-limits.jsonl)."""
     limits = limits or TimeLimitConfig(cap_s=config.timeout_s)
     counts: collections.Counter[str] = collections.Counter()
+    stopped_by: collections.Counter[str] = collections.Counter()
     results: list[dict | None] = [None] * len(samples)
     async with Sandbox(config) as sandbox:
         print(f"sandbox: {config.worker_count()} workers; protections: {'; '.join(sandbox.protections)}",
@@ -126,6 +127,8 @@ async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path
             else:
                 r = await sandbox.run(sample.program)
             counts[r.status] += 1
+            if r.status == "timeout":
+                stopped_by[r.limit or "wall"] += 1
             results[sample.index] = {"task_id": sample.task_id, "status": r.status, "passed": r.passed,
                                      "error": r.feedback, "duration_s": round(r.duration_s, 4), **limit_fields(r)}
 
@@ -153,7 +156,16 @@ async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path
         "counts": {s: counts[s] for s in STATUSES},
         "seconds": elapsed,
         "executions_per_s": total / elapsed if elapsed else 0.0,
+        "timeouts_by_limit": dict(stopped_by),
+        "time_limits": describe(limits, time_limits.calibrations),
     }
+
+
+def describe(limits: TimeLimitConfig, measured: int) -> str:
+    if limits.mode == "fixed":
+        return f"fixed: {limits.cap_s:g} s of wall-clock time per execution"
+    return (f"calibrated: {limits.factor:g}x each reference's CPU time, at least {limits.floor_s:g} s, at most "
+            f"{limits.cap_s:g} s ({measured} references measured now; tasks without one: {limits.cap_s:g} s wall)")
 
 
 def print_summary(summary: dict, out: str) -> None:
@@ -170,6 +182,8 @@ def print_summary(summary: dict, out: str) -> None:
                   *(str(summary["counts"][s]) for s in STATUSES), f"{summary['executions_per_s']:.0f}")
     console = Console()
     console.print(table)
+    by_limit = ", ".join(f"{n} by the {k} limit" for k, n in sorted(summary["timeouts_by_limit"].items()))
+    console.print(f"time limits: {summary['time_limits']}" + (f"; timeouts: {by_limit}" if by_limit else ""))
     console.print(f"results: {out}")
 
 
