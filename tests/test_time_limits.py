@@ -281,3 +281,22 @@ async def test_no_false_timeouts_oversubscribed(tmp_path):
     assert bad == []
     quadratic = results[-1]
     assert quadratic.cpu_s > 5 * found["pairs"].reference_cpu_s  # the variant really is much slower
+
+
+def test_loop_passes_the_time_limit_flags_on(tmp_path, monkeypatch):
+    from persd.engine.cli.commands.loop import parse_args
+    from persd.engine.rounds import Loop
+
+    base = ["--rounds", "1", "--tasks", "humaneval", "--eval-tasks", "humaneval", "--out", str(tmp_path / "run")]
+    assert "time_limits" not in parse_args(base).fingerprint()  # a loop started before these flags resumes
+    cfg = parse_args(base + ["--time-limits", "fixed", "--min-time-limit", "0.25"])
+    assert cfg.fingerprint()["time_limits"] == "fixed"
+    commands: list[list[str]] = []
+    monkeypatch.setattr(Loop, "run_stage", lambda self, r, name, cmd: commands.append(cmd))
+    loop = Loop(cfg)
+    loop.stage_collect(1, "humaneval", "model")
+    loop.stage_eval(1, "model")
+    assert len(commands) == 2
+    for cmd in commands:
+        assert cmd[cmd.index("--time-limits") + 1] == "fixed" and cmd[cmd.index("--min-time-limit") + 1] == "0.25"
+        assert "--time-limit-factor" not in cmd  # not given: the stage's default
