@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
