@@ -13,6 +13,7 @@ BENCHES: dict[str, str] = {
     "engine": "persd.bench.engine",
     "train": "persd.bench.train",
     "eval": "persd.bench.eval",
+    "timeouts": "persd.bench.timeouts",
 }
 
 

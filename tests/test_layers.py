@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = ("engine", "runtime", "trainers", "bench")
-SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "flags"}
+SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits"}
 
 
 def _module_name(path: Path) -> str:

@@ -12,6 +12,7 @@ from persd.engine.collect import standin
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.config import CollectConfig, StudentFields
 from persd.engine.collect.flow import Backends
+from persd.engine.timelimits import workers_per_core
 
 
 class RunLabels(Protocol):
@@ -75,7 +76,8 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
 
     async with contextlib.AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(
-            Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout)))
+            Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
+                                  per_core=workers_per_core(cfg.time_limits))))
 
         if cfg.standin_teacher:
             from persd.runtime.teacher.local_server import LocalOpenAIServer

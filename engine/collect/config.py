@@ -19,6 +19,7 @@ from persd import config
 from persd.config import (Command, build, fingerprint, gather, nonneg_float, nonneg_int, opt, positive_float,
                           positive_int)
 from persd.engine.collect.layout import partition_name
+from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
 from persd.runtime.http import RetryPolicy
 from persd.runtime.teacher.config import TeacherConfig
@@ -89,7 +90,7 @@ class StudentFields:
 
 
 @dataclass
-class CollectConfig(StudentFields):
+class CollectConfig(StudentFields, TimeLimitFields):
     # input and output
     tasks: str = opt("", help="JSONL task file or a built-in set (humaneval, mbpp)", changes_results=True,
                      group="input and output", shown="required")
@@ -149,9 +150,10 @@ class CollectConfig(StudentFields):
     # flow and run control
     max_in_flight: int = opt(256, help="tasks alive at once", changes_results=False, type=positive_int,
                              group="flow")
-    sandbox_workers: int = opt(0, help="sandbox processes (0: one per core)", changes_results=False,
-                               type=nonneg_int, group="flow")
-    exec_timeout: float = opt(10.0, help="seconds per sandbox execution", changes_results=True,
+    sandbox_workers: int = opt(0, help="sandbox processes", changes_results=False, type=nonneg_int, group="flow",
+                               shown="two per core with calibrated time limits, one with fixed")
+    exec_timeout: float = opt(10.0, help="seconds per sandbox execution: the wall-clock limit of a task without "
+                              "a reference, the most CPU time a calibrated one gets", changes_results=True,
                               type=positive_float, group="flow")
     force: bool = opt(False, help="accept a rerun whose settings alter results", changes_results=False,
                       group="flow")

@@ -24,6 +24,7 @@ from persd.engine.collect.shards import disk_error
 from persd.engine.collect.records import Meta, Tally, TaskOutcome, direct_records, refinement_records, result_line
 from persd.engine.collect.studentio import extract, student_request
 from persd.engine.tasks import Task
+from persd.engine.timelimits import TimeLimits, config_from, limit_fields
 from persd.runtime.errors import PersdError
 from persd.runtime.student.base import RequestRejected
 
@@ -69,6 +70,8 @@ class TaskFlow:
         self.meta = meta
         self.formats = cfg.formats
         self.need_direct = "stand" in cfg.formats or "inpd" in cfg.formats
+        self.time_limits = TimeLimits(backends.sandbox, config_from(cfg),
+                                      cache=cfg.out_dir / "work" / "time-limits.jsonl")
 
     # ------------------------------------------------------------------ the flow
 
@@ -103,6 +106,8 @@ class TaskFlow:
         attempt_code, first = programs[chosen], results[chosen]
         more["samples"] = len(programs)
         more["samples_passed"] = len(passing)
+        if first.status == "timeout":  # which limit stopped the attempt, and its value
+            more.update({k: v for k, v in limit_fields(first).items() if k != "cpu_s"})
         student_failed = not passing
 
         jobs: list[Awaitable] = []
@@ -182,7 +187,7 @@ class TaskFlow:
         program = task.program(solution, tests)
         async with self.lim.sandbox.timed():
             try:
-                result = await self.b.sandbox.run(program, timeout=self.cfg.exec_timeout)
+                result = await self.time_limits.run(task, program)
             except PersdError as exc:
                 raise BackendFailure(f"sandbox: {exc}") from exc
             except asyncio.CancelledError:

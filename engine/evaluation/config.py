@@ -12,6 +12,7 @@ from typing import Any
 from persd import config
 from persd.config import (Command, build, fingerprint, gather, nonneg_int, opt, positive_float, positive_int)
 from persd.engine.collect.config import PROGRESS_MODES, StudentFields, check_sampling, check_student_url
+from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError
 
 PROMPT_VERSION = 1  # bump when eval's prompts (direct or refine) change: it alters results
@@ -30,7 +31,7 @@ def _ks(v: str | list | tuple) -> tuple[int, ...]:
 
 
 @dataclass
-class EvalConfig(StudentFields):
+class EvalConfig(StudentFields, TimeLimitFields):
     # the student's other options: StudentFields
     student_concurrency: int = opt(256, help="student requests in flight", changes_results=False,
                                    type=positive_int, group="student")
@@ -65,10 +66,11 @@ class EvalConfig(StudentFields):
     # flow
     max_in_flight: int = opt(64, help="tasks alive at once", changes_results=False, type=positive_int,
                              group="flow")
-    sandbox_workers: int = opt(0, help="sandbox processes (0: one per core)", changes_results=False,
-                               type=nonneg_int, group="flow")
-    exec_timeout: float = opt(10.0, help="seconds per execution", changes_results=True, type=positive_float,
-                              group="flow")
+    sandbox_workers: int = opt(0, help="sandbox processes", changes_results=False, type=nonneg_int, group="flow",
+                               shown="two per core with calibrated time limits, one with fixed")
+    exec_timeout: float = opt(10.0, help="seconds per execution: the wall-clock limit of a task without a "
+                              "reference, the most CPU time a calibrated one gets", changes_results=True,
+                              type=positive_float, group="flow")
     force: bool = opt(False, help="discard earlier results in --out whose settings differ, and start over",
                       changes_results=False, group="flow")
     progress: str = opt("auto", help="progress display", changes_results=False, choices=PROGRESS_MODES,

@@ -21,6 +21,7 @@ from persd.engine.evaluation import sampling
 from persd.engine.evaluation.journal import EvalJournal, Key
 from persd.engine.extract import extract_program
 from persd.engine.tasks import Task
+from persd.engine.timelimits import TimeLimits
 from persd.runtime.errors import PersdError
 
 
@@ -65,6 +66,7 @@ class Evaluator:
         self.gens: dict[Key, dict] = gens if gens is not None else {}
         self.results: dict[Key, dict] = results if results is not None else {}
         self.steps = cfg.refine_steps
+        self.time_limits: TimeLimits | None = None  # set once the sandbox is open (runner.evaluate)
         self.stats = EvalStats(samples_total=len(tasks) * cfg.n)
         self.stats.resumed = self.stats.samples_done = sum(
             1 for t in tasks for s in range(cfg.n) if (t.task_id, s, self.steps) in self.results)
@@ -201,9 +203,12 @@ class Evaluator:
 
     # ------------------------------------------------------------------ execution
 
-    async def _run(self, program: str):
+    async def _run(self, task: Task, program: str):
         try:
-            result = await self.sandbox.run(program, timeout=self.cfg.exec_timeout)
+            if self.time_limits is not None:
+                result = await self.time_limits.run(task, program)
+            else:
+                result = await self.sandbox.run(program, timeout=self.cfg.exec_timeout)
         except asyncio.CancelledError:
             raise
         except PersdError as exc:
@@ -222,9 +227,9 @@ class Evaluator:
             return dict(prev, **base, origin="carried", student_error=gen["error"])
         code = extract_program(task, gen["completion"], self.cfg.student_chat)
         check_visible = step < self.steps and bool(task.visible_tests.strip())
-        runs = [self._run(task.program(code))]
+        runs = [self._run(task, task.program(code))]
         if check_visible:
-            runs.append(self._run(task.program(code, tests=task.visible_tests)))
+            runs.append(self._run(task, task.program(code, tests=task.visible_tests)))
         done = await asyncio.gather(*runs)
         hidden = done[0]
         visible = done[1] if check_visible else None
@@ -232,7 +237,8 @@ class Evaluator:
                 "feedback": hidden.feedback, "code": code,
                 "visible_status": visible.status if visible else None,
                 "visible_feedback": visible.feedback if visible else None,
-                "finish_reason": gen.get("finish_reason")}
+                "finish_reason": gen.get("finish_reason"), "limit": getattr(hidden, "limit", None),
+                "limit_s": getattr(hidden, "limit_s", None)}
 
     # ------------------------------------------------------------------ output
 

@@ -5,6 +5,7 @@ from collections import Counter
 from typing import Any
 
 from persd.engine.evaluation.passk import pass_at_k
+from persd.engine.timelimits import config_from
 from persd.runtime.sandbox import STATUSES
 
 
@@ -21,6 +22,7 @@ def summarize(cfg, tasks, lines: list[dict], stats: dict[str, Any], extra: dict[
         entry["tasks_solved"] = len(correct)
         entry["refined"] = sum(1 for ln in at if ln.get("origin") == "refined")
         entry["statuses"] = {s: sum(1 for ln in at if ln["status"] == s) for s in STATUSES}
+        entry["timeouts_by_limit"] = dict(Counter(ln.get("limit") or "wall" for ln in at if ln["status"] == "timeout"))
         steps.append(entry)
     first = steps[0]
     summary: dict[str, Any] = {"tasks": len(tasks), "n": cfg.n}
@@ -37,7 +39,7 @@ def summarize(cfg, tasks, lines: list[dict], stats: dict[str, Any], extra: dict[
         "seed": cfg.seed, "refine_steps": cfg.refine_steps, "refine_feedback": "visible tests",
         "refine_prompt": "persd-refine record layout (engine/lessons.refine_record_prompt)",
         "student_model": cfg.student_model, "student_backend": cfg.resolved_student_backend(),
-        "student_chat": cfg.student_chat, "exec_timeout": cfg.exec_timeout,
+        "student_chat": cfg.student_chat, "exec_timeout": cfg.exec_timeout, **config_from(cfg).fingerprint(),
     }
     summary["run"] = stats
     if extra:

@@ -16,6 +16,7 @@ from persd.engine.evaluation.pipeline import EvalFailure, Evaluator
 from persd.engine.evaluation.progress import EvalProgress
 from persd.engine.evaluation.report import summarize
 from persd.engine.evaluation.selection import select_tasks, tasks_digest
+from persd.engine.timelimits import TimeLimits, config_from, workers_per_core
 
 
 def student_config(cfg: EvalConfig):
@@ -34,7 +35,8 @@ async def open_backends(cfg: EvalConfig, student=None, sandbox=None):
     async with contextlib.AsyncExitStack() as stack:
         if sandbox is None:
             sandbox = await stack.enter_async_context(
-                Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout)))
+                Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
+                                      per_core=workers_per_core(cfg.time_limits))))
         if student is None:
             student = await stack.enter_async_context(create_student(student_config(cfg)))
         yield student, sandbox
@@ -55,6 +57,8 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
         journal.open()
         try:
             async with open_backends(cfg, student, sandbox) as (evaluator.student, evaluator.sandbox):
+                evaluator.time_limits = TimeLimits(evaluator.sandbox, config_from(cfg),
+                                                   cache=journal.work / "time-limits.jsonl")
                 evaluator.stats.restart()  # the rate counts the work, not loading the model
                 async with EvalProgress(cfg.progress, evaluator.stats.snapshot, cfg.log_every):
                     await (evaluator.run_phased() if mode == "phased" else evaluator.run())

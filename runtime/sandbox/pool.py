@@ -17,6 +17,14 @@ from persd.runtime.sandbox.result import ExecResult
 log = logging.getLogger("persd.sandbox")
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 GRACE_S = 10.0  # how long past its own deadline a worker may take before it is replaced
+STARVED_FACTOR = 10  # worker.py: a CPU-limited program's wall backstop, stretched by time spent waiting for a CPU
+
+
+def wall_backstop(cpu_limit: float) -> float:
+    """The wall-clock limit that goes with a CPU limit, for a program that sleeps or blocks (and so
+    spends no CPU): 3x the CPU limit, at least 5 s more than it. The worker does not count the time
+    the program waits for a CPU on a loaded machine (up to STARVED_FACTOR x this in all)."""
+    return max(3.0 * cpu_limit, cpu_limit + 5.0)
 
 
 class WorkerDied(Exception):
@@ -66,17 +74,18 @@ class _Worker:
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise WorkerDied(f"sandbox worker {self.index} died") from exc
 
-    async def execute(self, program: str, timeout: float) -> dict:
+    async def execute(self, program: str, timeout: float, cpu_limit: float | None = None) -> dict:
         assert self.proc and self.proc.stdin
         self._next_id += 1
-        data = orjson.dumps({"id": self._next_id, "program": program, "timeout": timeout})
+        data = orjson.dumps({"id": self._next_id, "program": program, "timeout": timeout, "cpu_limit": cpu_limit})
         try:
             self.proc.stdin.write(struct.pack(">I", len(data)) + data)
             await self.proc.stdin.drain()
         except (ConnectionError, BrokenPipeError) as exc:
             raise WorkerDied(f"sandbox worker {self.index} died") from exc
         try:
-            reply = await asyncio.wait_for(self._read(), timeout + GRACE_S)
+            longest = timeout * (STARVED_FACTOR if cpu_limit is not None else 1)
+            reply = await asyncio.wait_for(self._read(), longest + GRACE_S)
         except asyncio.TimeoutError:
             raise WorkerDied(f"sandbox worker {self.index} stopped answering") from None
         if reply.get("id") != self._next_id:
@@ -139,16 +148,21 @@ class Sandbox:
         caps = self._workers[0].caps if self._workers else {}
         return bool(caps.get("pidns") and caps.get("netns") and caps.get("uid") is not None)
 
-    async def run(self, program: str, timeout: float | None = None) -> ExecResult:
+    async def run(self, program: str, timeout: float | None = None, cpu_limit: float | None = None) -> ExecResult:
+        """Run `program`. `timeout`: the wall-clock limit (default: the config's, or with `cpu_limit`
+        its backstop, `wall_backstop(cpu_limit)`). `cpu_limit`: CPU seconds the program may spend;
+        a loaded machine slows it on the wall clock but does not use up its CPU budget."""
         if self._idle is None:
             raise RuntimeError("Sandbox.run() before start()")
-        timeout = float(timeout if timeout is not None else self.config.timeout_s)
+        if timeout is None:
+            timeout = wall_backstop(cpu_limit) if cpu_limit is not None else self.config.timeout_s
+        timeout = float(timeout)
         worker = await self._idle.get()
         try:
             reply = None
             for attempt in range(2):  # a worker that dies is replaced and the execution retried once
                 try:
-                    reply = await worker.execute(program, timeout)
+                    reply = await worker.execute(program, timeout, cpu_limit)
                     break
                 except WorkerDied as exc:
                     worker.kill()
@@ -172,6 +186,9 @@ class Sandbox:
             stderr=reply.get("stderr", ""),
             exit_code=reply.get("exit_code"),
             signal=reply.get("signal"),
+            cpu_s=float(reply.get("cpu_s") or 0.0),
+            limit=reply.get("limit"),
+            limit_s=reply.get("limit_s"),
         )
 
     async def _restart(self, worker: _Worker) -> None:

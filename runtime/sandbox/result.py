@@ -15,6 +15,9 @@ class ExecResult:
     stderr: str = ""
     exit_code: int | None = None  # the process's exit status, when it exited
     signal: int | None = None  # the signal that ended it, when one did
+    cpu_s: float = 0.0  # CPU seconds the program (and the children it reaped) spent
+    limit: str | None = None  # on a timeout, the limit that stopped it: "cpu" or "wall"
+    limit_s: float | None = None  # ... and that limit's value in seconds
 
     @property
     def passed(self) -> bool:

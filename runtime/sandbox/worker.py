@@ -23,6 +23,7 @@ import ctypes
 import errno
 import gc
 import json
+import math
 import os
 import resource
 import select
@@ -220,7 +221,8 @@ def exception_feedback(exc: BaseException, program_lines: list[str]) -> str:
 # ------------------------------------------------------------------ the child
 
 
-def run_child(program: str, cfg: dict, caps: dict, fds: dict, nonce: str, timeout: float) -> None:
+def run_child(program: str, cfg: dict, caps: dict, fds: dict, nonce: str, timeout: float,
+              cpu_limit: float | None = None) -> None:
     """Set up the sandbox around this process, run the program, report, `_exit`. Never returns."""
     try:
         os.setsid()
@@ -248,7 +250,9 @@ def run_child(program: str, cfg: dict, caps: dict, fds: dict, nonce: str, timeou
             (resource.RLIMIT_AS, cfg["memory_mb"] * mb),
             (resource.RLIMIT_FSIZE, cfg["max_file_mb"] * mb),
             (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_CPU, int(timeout) + 2),
+            # A per-process backstop: the worker itself stops the program at its CPU limit, counting
+            # the CPU of children it reaped too; RLIMIT_CPU still bounds each process on its own.
+            (resource.RLIMIT_CPU, math.ceil(cpu_limit) + 1 if cpu_limit else int(timeout) + 2),
             (resource.RLIMIT_NOFILE, 256),
         ]
         if uid is not None:  # RLIMIT_NPROC is per real uid: only meaningful once we have our own
@@ -378,7 +382,9 @@ class Worker:
 
     # -- one execution
 
-    def execute(self, program: str, timeout: float) -> dict:
+    def execute(self, program: str, timeout: float, cpu_limit: float | None = None) -> dict:
+        """Run one program. `timeout` is the wall-clock limit; `cpu_limit`, when given, the CPU
+        seconds the program (with the children it reaped) may spend before it is stopped."""
         nonce = os.urandom(16).hex()
         verdict_r, verdict_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -392,21 +398,32 @@ class Worker:
             try:
                 for fd in (verdict_r, out_r, err_r):
                     os.close(fd)
-                run_child(program, self.cfg, self.caps, fds, nonce, timeout)
+                run_child(program, self.cfg, self.caps, fds, nonce, timeout, cpu_limit)
             finally:
                 os._exit(SETUP_FAILED)
         for fd in (verdict_w, out_w, err_w):
             os.close(fd)
-        outcome = self.supervise(pid, timeout, start, {"verdict": verdict_r, "out": out_r, "err": err_r})
-        _, outcome["wait_status"] = os.waitpid(pid, 0)
+        outcome = self.supervise(pid, timeout, start, {"verdict": verdict_r, "out": out_r, "err": err_r},
+                                 cpu_limit)
+        _, outcome["wait_status"], usage = os.wait4(pid, 0)
+        # CPU of the program and of every child it waited for (exact, unlike the polled ticks)
+        outcome["cpu_s"] = max(usage.ru_utime + usage.ru_stime, outcome["cpu_seen"])
         if not self.caps["pidns"]:
             self.sweep(pid)
         outcome["duration_s"] = time.monotonic() - start
-        return self.verdict(outcome, nonce, timeout)
+        return self.verdict(outcome, nonce, timeout, cpu_limit)
 
-    def supervise(self, target: int, timeout: float, start: float, fds: dict) -> dict:
-        """Drain the three pipes until the program exits or its deadline passes, then kill it.
+    def supervise(self, target: int, timeout: float, start: float, fds: dict,
+                  cpu_limit: float | None = None) -> dict:
+        """Drain the three pipes until the program exits or a limit passes, then kill it.
 
+        The wall-clock deadline is `start + timeout`; with `cpu_limit` it is a backstop for programs
+        that sleep or block, and time spent waiting for a CPU (runqueue wait, from /proc schedstat)
+        is added to it, up to STARVED_FACTOR x timeout in all. With `cpu_limit`, the CPU time of the
+        program and its descendants (polled from /proc, in clock ticks) is checked each time it
+        could have reached the limit: a single-threaded program spends at most one CPU second per
+        wall second, so the next check is due when the CPU left has passed on the wall clock (0.5 s
+        at most, for threads).
         `target` is our own child, so its pid cannot be reused before we reap it.
         """
         cap = int(self.cfg["max_output_bytes"])
@@ -415,12 +432,28 @@ class Worker:
         open_fds = {fd: name for name, fd in fds.items()}
         pidfd = os.pidfd_open(target)
         deadline = start + timeout
-        timed_out = exited = False
+        hard_deadline = start + STARVED_FACTOR * timeout  # with a CPU limit: the backstop's own backstop
+        stopped_by: str | None = None
+        exited = False
+        cpu_seen = 0.0
         while True:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
+            if cpu_limit is not None:
+                # The backstop counts the time the program ran or chose to wait (sleep, a lock, I/O),
+                # not the time it sat runnable waiting for a CPU: a loaded machine cannot use it up.
+                remaining += runqueue_wait_s(target)
+                remaining = min(remaining, hard_deadline - now)
             if remaining <= 0:
-                timed_out = True
+                stopped_by = "wall"
                 break
+            if cpu_limit is not None:
+                cpu_seen = tree_cpu_s(target)
+                cpu_left = cpu_limit - cpu_seen
+                if cpu_left <= 0:
+                    stopped_by = "cpu"
+                    break
+                remaining = min(remaining, max(0.01, min(cpu_left, 0.5)))
             ready, _, _ = select.select(list(open_fds) + [pidfd], [], [], remaining)
             if pidfd in ready:
                 exited = True
@@ -459,7 +492,8 @@ class Worker:
                 pass
             os.close(fd)
         os.close(pidfd)
-        return {"bufs": bufs, "dropped": dropped, "timed_out": timed_out and not exited}
+        return {"bufs": bufs, "dropped": dropped, "stopped_by": None if exited else stopped_by,
+                "cpu_seen": cpu_seen}
 
     def sweep(self, pid: int) -> None:
         """Without a PID namespace: kill the process group, and every process of our sandbox uid."""
@@ -485,7 +519,7 @@ class Worker:
             except ChildProcessError:
                 break
 
-    def verdict(self, outcome: dict, nonce: str, timeout: float) -> dict:
+    def verdict(self, outcome: dict, nonce: str, timeout: float, cpu_limit: float | None = None) -> dict:
         bufs = outcome["bufs"]
         stdout = bufs["out"].decode("utf-8", "replace")
         stderr = bufs["err"].decode("utf-8", "replace")
@@ -501,12 +535,22 @@ class Worker:
                 sig = os.WTERMSIG(wait_status)
             elif os.WIFEXITED(wait_status):
                 exit_code = os.WEXITSTATUS(wait_status)
-        result = {"duration_s": outcome["duration_s"], "stdout": stdout, "stderr": stderr,
-                  "exit_code": exit_code, "signal": sig}
+        result = {"duration_s": outcome["duration_s"], "cpu_s": outcome.get("cpu_s", 0.0), "stdout": stdout,
+                  "stderr": stderr, "exit_code": exit_code, "signal": sig, "limit": None, "limit_s": None}
+        stopped_by = outcome["stopped_by"]
+        if stopped_by is None and cpu_limit is not None and sig == signal.SIGXCPU:
+            stopped_by = "cpu"  # RLIMIT_CPU's backstop fired before the worker's own check
         if status_word in ("passed", "failed"):
             result.update(status=status_word, feedback=feedback)
-        elif outcome["timed_out"]:
-            result.update(status="timeout", feedback=f"Timed out after {timeout:g} s", signal=None, exit_code=None)
+        elif stopped_by == "cpu":
+            result.update(status="timeout", feedback=f"Timed out: used its limit of {cpu_limit:g} s of CPU time",
+                          signal=None, exit_code=None, limit="cpu", limit_s=cpu_limit)
+        elif stopped_by == "wall":
+            feedback = f"Timed out after {timeout:g} s"
+            if cpu_limit is not None:
+                feedback += " of wall-clock time (sleeping or blocked)"
+            result.update(status="timeout", feedback=feedback, signal=None, exit_code=None, limit="wall",
+                          limit_s=timeout)
         elif exit_code == SETUP_FAILED:
             result.update(status="error", feedback="sandbox setup failed: " + _clip(stderr.strip(), 500))
         elif sig is not None:
@@ -518,6 +562,46 @@ class Worker:
             result.update(status="failed", feedback=msg + (f": {tail[0][:300]}" if tail else ""))
         result["feedback"] = _clip(result["feedback"], int(self.cfg["feedback_chars"]))
         return result
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+STARVED_FACTOR = 10  # a CPU-limited program's wall backstop stretches at most this far under load (pool.py too)
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds `pid`'s main thread spent runnable but waiting for a CPU (0 where schedstat is absent)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and of the children it has reaped (utime+stime+cutime+cstime), 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / _CLK_TCK
+
+
+def tree_cpu_s(pid: int, max_procs: int = 256) -> float:
+    """CPU seconds of `pid` and its descendants, living or reaped (a program that forks workers
+    spends its budget together with them). Descendants are found through each process's main
+    thread's /proc children list; one forked from another thread is counted once reaped."""
+    total, stack, seen = 0.0, [pid], 0
+    while stack and seen < max_procs:
+        p = stack.pop()
+        seen += 1
+        total += process_cpu_s(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children", "rb") as fh:
+                stack.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def parse_report(data: bytes, nonce: str) -> tuple[str | None, str]:
@@ -553,10 +637,12 @@ def main() -> None:
         except EOFError:
             return
         try:
-            reply = worker.execute(request["program"], float(request["timeout"]))
+            cpu_limit = request.get("cpu_limit")
+            reply = worker.execute(request["program"], float(request["timeout"]),
+                                   float(cpu_limit) if cpu_limit is not None else None)
         except OSError as exc:
-            reply = {"status": "error", "feedback": f"sandbox failure: {exc}", "duration_s": 0.0,
-                     "stdout": "", "stderr": "", "exit_code": None, "signal": None}
+            reply = {"status": "error", "feedback": f"sandbox failure: {exc}", "duration_s": 0.0, "cpu_s": 0.0,
+                     "stdout": "", "stderr": "", "exit_code": None, "signal": None, "limit": None, "limit_s": None}
         reply["id"] = request["id"]
         write_frame(rep_fd, reply)
 

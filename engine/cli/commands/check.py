@@ -15,6 +15,8 @@ from persd.engine.aio import run_async
 from persd.engine.tasks import Task, iter_tasks, json_problem
 from persd import config
 from persd.config import Command, load, nonneg_int, opt, positive_float, positive_int
+from persd.engine.timelimits import (TimeLimitConfig, TimeLimitFields, TimeLimits, config_from, limit_fields,
+                                    workers_per_core)
 from persd.runtime.errors import ConfigError, InputError, UsageError
 from persd.runtime.sandbox import STATUSES, Sandbox, SandboxConfig
 
@@ -25,21 +27,24 @@ class Sample:
     task_id: str
     program: str
     error: str = ""  # set when the sample cannot be judged at all (its task has no tests)
+    task: Task | None = None  # its task, whose reference calibrates the time limit
 
 
 NO_TESTS = "the task has no tests: nothing can be checked (never a pass)"
 
 
 @dataclass
-class CheckConfig:
+class CheckConfig(TimeLimitFields):
     tasks: str = opt("", help="task JSONL path or built-in set (humaneval, mbpp)", changes_results=True,
                      shown="required")
     samples: str | None = opt(None, help="JSONL of task_id + completion (appended to the prompt) or solution "
                                          "(whole program)", changes_results=True, metavar="FILE")
     references: bool = opt(False, help="check the tasks' own reference solutions", changes_results=True)
     out: str = opt("", help="results JSONL, one line per sample", changes_results=False, shown="required")
-    workers: int = opt(0, help="sandbox workers (0: one per core)", changes_results=False, type=nonneg_int)
-    timeout: float = opt(10.0, help="seconds per execution", changes_results=True, type=positive_float)
+    workers: int = opt(0, help="sandbox workers", changes_results=False, type=nonneg_int,
+                       shown="two per core with calibrated time limits, one with fixed")
+    timeout: float = opt(10.0, help="seconds per execution: the wall-clock limit of a task without a reference, "
+                         "the most CPU time a calibrated one gets", changes_results=True, type=positive_float)
     memory_mb: int = opt(2048, help="address-space limit per execution, in MiB", changes_results=True,
                          type=positive_int)
     limit: int | None = opt(None, help="check only the first N samples", changes_results=True, type=positive_int,
@@ -66,7 +71,7 @@ def parse_args(argv: list[str]) -> CheckConfig:
 
 def reference_samples(tasks: dict[str, Task]) -> Iterator[Sample]:
     for i, task in enumerate(t for t in tasks.values() if t.reference and t.has_tests):
-        yield Sample(i, task.task_id, task.program(task.reference))
+        yield Sample(i, task.task_id, task.program(task.reference), task=task)
 
 
 def file_samples(path: str, tasks: dict[str, Task]) -> Iterator[Sample]:
@@ -97,29 +102,40 @@ def file_samples(path: str, tasks: dict[str, Task]) -> Iterator[Sample]:
                 program = task.program(task.prompt + obj["completion"])
             else:
                 raise InputError(path, lineno, "needs a string 'completion' or 'solution'", field="completion")
-            yield Sample(index, task.task_id, program, "" if task.has_tests else NO_TESTS)
+            yield Sample(index, task.task_id, program, "" if task.has_tests else NO_TESTS, task=task)
             index += 1
 
 
-async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path) -> dict:
-    """Run every sample; write results in sample order; return the summary."""
+async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path,
+                    limits: TimeLimitConfig | None = None) -> dict:
+    """Run every sample; write results in sample order; return the summary. Time limits: `limits`
+    (calibrated per task by default; its measurements are cached in OUT's folder, work/time-limits.jsonl)."""
+    limits = limits or TimeLimitConfig(cap_s=config.timeout_s)
     counts: collections.Counter[str] = collections.Counter()
+    stopped_by: collections.Counter[str] = collections.Counter()
     results: list[dict | None] = [None] * len(samples)
     async with Sandbox(config) as sandbox:
         print(f"sandbox: {config.worker_count()} workers; protections: {'; '.join(sandbox.protections)}",
               file=sys.stderr)
+        time_limits = TimeLimits(sandbox, limits, cache=out_path.parent / "work" / "time-limits.jsonl")
         start = time.perf_counter()
 
         async def one(sample: Sample) -> None:
             if sample.error:
                 counts["error"] += 1
                 results[sample.index] = {"task_id": sample.task_id, "status": "error", "passed": False,
-                                         "error": sample.error, "duration_s": 0.0}
+                                         "error": sample.error, "duration_s": 0.0, "cpu_s": 0.0, "limit": None,
+                                         "limit_s": None}
                 return
-            r = await sandbox.run(sample.program)
+            if sample.task is not None:
+                r = await time_limits.run(sample.task, sample.program)
+            else:
+                r = await sandbox.run(sample.program)
             counts[r.status] += 1
+            if r.status == "timeout":
+                stopped_by[r.limit or "wall"] += 1
             results[sample.index] = {"task_id": sample.task_id, "status": r.status, "passed": r.passed,
-                                     "error": r.feedback, "duration_s": round(r.duration_s, 4)}
+                                     "error": r.feedback, "duration_s": round(r.duration_s, 4), **limit_fields(r)}
 
         # The pool queues work itself; a bounded window keeps memory flat for large sample files.
         window = max(8, config.worker_count() * 4)
@@ -145,7 +161,16 @@ async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path
         "counts": {s: counts[s] for s in STATUSES},
         "seconds": elapsed,
         "executions_per_s": total / elapsed if elapsed else 0.0,
+        "timeouts_by_limit": dict(stopped_by),
+        "time_limits": describe(limits, time_limits.calibrations),
     }
+
+
+def describe(limits: TimeLimitConfig, measured: int) -> str:
+    if limits.mode == "fixed":
+        return f"fixed: {limits.cap_s:g} s of wall-clock time per execution"
+    return (f"calibrated: {limits.factor:g}x each reference's CPU time, at least {limits.floor_s:g} s, at most "
+            f"{limits.cap_s:g} s ({measured} references measured now; tasks without one: {limits.cap_s:g} s wall)")
 
 
 def print_summary(summary: dict, out: str) -> None:
@@ -162,6 +187,8 @@ def print_summary(summary: dict, out: str) -> None:
                   *(str(summary["counts"][s]) for s in STATUSES), f"{summary['executions_per_s']:.0f}")
     console = Console()
     console.print(table)
+    by_limit = ", ".join(f"{n} by the {k} limit" for k, n in sorted(summary["timeouts_by_limit"].items()))
+    console.print(f"time limits: {summary['time_limits']}" + (f"; timeouts: {by_limit}" if by_limit else ""))
     console.print(f"results: {out}")
 
 
@@ -176,7 +203,8 @@ def main(argv: list[str]) -> int:
         samples.append(sample)
     if not samples:
         raise UsageError("nothing to check: no samples" + (" (no task has a reference and tests)" if args.references else ""))
-    sandbox_config = SandboxConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb)
-    summary = run_async(check_all(samples, sandbox_config, Path(args.out)))
+    sandbox_config = SandboxConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb,
+                                   per_core=workers_per_core(args.time_limits))
+    summary = run_async(check_all(samples, sandbox_config, Path(args.out), config_from(args, cap_s=args.timeout)))
     print_summary(summary, args.out)
     return 0
