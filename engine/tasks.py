@@ -212,6 +212,7 @@ def _mbpp(obj: dict, path: str, lineno: int, where: str) -> Task:
         reference=code or None,
         setup_code=setup,
         source=where,
+        extra={"raw": _raw_fields(obj, ("text", "code"))},
     )
 
 
@@ -255,10 +256,32 @@ def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
         visible_tests=visible,
         reference=reference,
         source=where,
+        extra={"raw": _raw_fields(obj, ("instruction", "header", "reference")),
+               "io_tests": _io_tests(obj, path, lineno)},
     )
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _raw_fields(obj: dict, names: tuple[str, ...]) -> dict[str, str]:
+    """The fields as given, line ends and all: paper mode builds its prompts from them, byte for byte
+    (the reference kept MBPP's and Code-Alpaca's `\r\n`)."""
+    return {n: obj[n] for n in names if isinstance(obj.get(n), str)}
+
+
+def _io_tests(obj: dict, path: str, lineno: int) -> list[dict]:
+    """Code-Alpaca-style tests, `test_list: [{"input": "f(1)", "output": "2"}, ...]` (the reference's
+    dataset layout; paper mode runs them the reference's way). Empty where absent."""
+    value = obj.get("test_list")
+    if value is None:
+        return []
+    ok = isinstance(value, list) and all(
+        isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output", ""), (str, type(None)))
+        for t in value)
+    if not ok:
+        raise InputError(path, lineno, 'expected a list of {"input": "f(..)", "output": ".."} objects', field="test_list")
+    return [{k: t[k] for k in ("input", "output") if t.get(k) is not None} for t in value]
 
 
 def json_problem(exc: "orjson.JSONDecodeError") -> str:

@@ -136,3 +136,36 @@ def refine_train_prompt(prompt: str, attempt: str, error_text: str, func_sig: st
     task = '"""'.join(prompt.split('"""')[:-1]) + '"""'
     return fill(template(REFINE_TEMPLATE), [("<<TASK>>", task), ("<<CODE>>", attempt), ("<<HEADER>>", func_sig),
                                             ("<<FEEDBACK>>", feedback), ("<<ERROR>>", error_text)])
+
+
+# ------------------------------------------------------------------ persd tasks
+
+
+def raw(task, name: str, default: str = "") -> str:
+    """A task field as the data gave it (`\\r\\n` kept); persd's Task holds normalised copies."""
+    return (task.extra.get("raw") or {}).get(name, default)
+
+
+def task_prompt(task) -> str | None:
+    """The student prompt for a persd Task, the reference's way for its shape (None: no header found,
+    a task the reference skips)."""
+    if task.shape == "humaneval":
+        return humaneval_prompt(task.prompt)
+    if task.shape == "mbpp":
+        return mbpp_prompt(raw(task, "text", task.instruction), list(task.tests), raw(task, "code", task.reference or ""))
+    tests = task.extra.get("io_tests") or []
+    # the reference takes the name from the first test's call; without tests, the function the
+    # header ends with (Code-Alpaca headers may define helpers first), else the entry point
+    defs = re.findall(r"def [ ]*(\w+)[ ]*\(", raw(task, "header"))
+    fn_name = tests[0]["input"].split("(")[0] if tests else (defs[-1] if defs else task.entry_point or "")
+    code = raw(task, "reference") or raw(task, "header") or task.reference or task.header
+    if not fn_name or not code:
+        return None
+    return alpaca_prompt(raw(task, "instruction", task.instruction), fn_name, code)
+
+
+def gold(task) -> str:
+    """The dataset's solution as given: the teacher's first answer, and the inpd/stand completion."""
+    if task.shape == "mbpp":
+        return raw(task, "code", task.reference or "")
+    return raw(task, "reference", task.reference or "")
