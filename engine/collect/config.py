@@ -19,6 +19,8 @@ from persd.engine.flags import (PROGRESS_MODES, STUDENT_BACKENDS, add_student_fl
 from persd.runtime.errors import UsageError
 
 FORMATS = ("persd", "persd-refine", "inpd", "stand")
+PROTOCOLS = ("persd", "paper")  # paper: the reference implementation's protocol (engine/paper/, docs/fidelity.md)
+TEACHER_CONTEXTS = ("gold", "none")
 PROMPT_VERSION = 1  # bump when the engine's teacher prompts change (it alters results)
 
 
@@ -69,8 +71,11 @@ class CollectConfig(StudentFields):
     teacher_url: str | None = None  # None: the offline stand-in teacher (answers from references)
     teacher_model: str = "gpt-3.5-turbo"
     teacher_api_key_env: str = "OPENAI_API_KEY"
-    teacher_temperature: float = 0.0
-    teacher_max_tokens: int = 1024
+    teacher_temperature: float | None = 0.0  # None ("default"): not sent, the API's default (paper mode)
+    teacher_max_tokens: int | None = 1024  # None ("none"): not sent (paper mode)
+    teacher_context: str | None = None  # paper protocol: "gold" (default) shows the dataset's solution first
+    price_in: float | None = None  # USD per 1M teacher input tokens (with price_out: overrides the price table)
+    price_out: float | None = None
     teacher_max_in_flight: int = 64
     rpm: int = 3500
     tpm: int = 1_000_000
@@ -82,6 +87,7 @@ class CollectConfig(StudentFields):
     refine_turns: int = 1
     testgen_inputs: int = 5
     round: int = 1  # written to meta.round (multi-round distillation)
+    protocol: str = "persd"  # persd | paper (set by --preset paper)
     # flow and layout
     max_in_flight: int = 256
     shard_size: int = 500
@@ -95,6 +101,7 @@ class CollectConfig(StudentFields):
     progress: str = "auto"  # auto | live | plain | none
     log_every: float = 10.0  # seconds between plain progress lines
     config: str | None = None
+    preset: str | None = None
 
     # ---- derived
 
@@ -139,6 +146,8 @@ class CollectConfig(StudentFields):
             "shard_size": self.shard_size,
             "exec_timeout": self.exec_timeout,
             "prompt_version": PROMPT_VERSION,
+            **({"protocol": self.protocol, "teacher_context": self.teacher_context or "gold"}
+               if self.protocol != "persd" else {}),
         }
 
 
@@ -156,6 +165,38 @@ def _formats(v: str | list) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+UNSET = "__unset__"  # a flag's word for "send nothing" ('default', 'none'); None once parsed
+
+
+def _optional(cast, word: str):
+    def convert(v: str):
+        return UNSET if str(v).strip().lower() == word else cast(v)
+
+    convert.__name__ = f"{getattr(cast, '__name__', 'value')} or '{word}'"
+    return convert
+
+
+def _nonneg_float(v: str) -> float:
+    x = float(v)
+    if x < 0:
+        raise ValueError
+    return x
+
+
+_nonneg_float.__name__ = "non-negative number"
+
+
+def preset_path(name: str, command: str) -> str:
+    """A named preset's file (engine/paper/presets/<command>.toml for 'paper'), or the path given."""
+    if name == "paper":
+        from importlib import resources
+
+        return str(resources.files("persd.engine.paper").joinpath("presets", f"{command}.toml"))
+    if not Path(name).is_file():
+        raise UsageError(f"--preset: '{name}' is neither a named preset (paper) nor a file")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = parser_for(
         "collect",
@@ -167,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="output directory (rerun with the same one to resume)")
     g.add_argument("--limit", type=positive_int, help="only the first N tasks")
     g.add_argument("--config", help="TOML file; any flag as a key (flags on the command line win)")
+    g.add_argument("--preset", help="settings file under --config: 'paper' (the reference implementation's "
+                                    "protocol, docs/paper.md) or a TOML path")
+    g.add_argument("--protocol", choices=PROTOCOLS, help="persd (default) or paper (set by --preset paper)")
     g.add_argument("--formats", type=_formats, help=f"comma list of {', '.join(FORMATS)} (default persd,persd-refine)")
     g.add_argument("--shard-size", type=positive_int, help="tasks per shard (default 500)")
     g.add_argument("--num-shards", type=positive_int, help="number of partitions (machines); default from SLURM_ARRAY_TASK_COUNT, else 1")
@@ -182,8 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-url", help="OpenAI-compatible base URL; without it an offline stand-in answers from references")
     g.add_argument("--teacher-model")
     g.add_argument("--teacher-api-key-env", help="environment variable holding the key (default OPENAI_API_KEY)")
-    g.add_argument("--teacher-temperature", type=float)
-    g.add_argument("--teacher-max-tokens", type=positive_int)
+    g.add_argument("--teacher-temperature", type=_optional(float, "default"),
+                   help="teacher temperature, or 'default' to send none (default 0; paper: default)")
+    g.add_argument("--teacher-max-tokens", type=_optional(positive_int, "none"),
+                   help="teacher max_tokens, or 'none' to send none (default 1024; paper: none)")
+    g.add_argument("--teacher-context", choices=TEACHER_CONTEXTS,
+                   help="paper protocol: gold (default) shows the teacher the dataset's solution as its own first "
+                        "answer, as the reference did; none leaves it out")
+    g.add_argument("--price-in", type=_nonneg_float, help="USD per 1M teacher input tokens (with --price-out; "
+                                                           "default: the price table)")
+    g.add_argument("--price-out", type=_nonneg_float, help="USD per 1M teacher output tokens")
     g.add_argument("--teacher-max-in-flight", type=positive_int)
     g.add_argument("--rpm", type=positive_int, help="teacher requests per minute, this process (default 3500)")
     g.add_argument("--tpm", type=positive_int, help="teacher tokens per minute, this process (default 1000000)")
@@ -209,9 +261,12 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> Collec
     parser = build_parser()
     ns = parser.parse_args(argv)
     values: dict[str, Any] = {}
+    if ns.preset:
+        values.update(toml_defaults(preset_path(ns.preset, "collect"), parser))
     if ns.config:
         values.update(toml_defaults(ns.config, parser))
     values.update({k: v for k, v in vars(ns).items() if v is not None})
+    values = {k: (None if v == UNSET else v) for k, v in values.items()}
     known = {f.name for f in fields(CollectConfig)}
     cfg = CollectConfig(**{k: v for k, v in values.items() if k in known})
     # many machines: SLURM array defaults
@@ -267,6 +322,12 @@ def validate(cfg: CollectConfig) -> None:
         raise UsageError(f"--teacher-url {cfg.teacher_url!r}: expected an http(s) URL")
     if cfg.grace < 0:
         raise UsageError("--grace must be >= 0")
+    if cfg.protocol not in PROTOCOLS:
+        raise UsageError(f"--protocol {cfg.protocol!r}: choose persd or paper")
+    if cfg.teacher_context is not None and cfg.protocol != "paper":
+        raise UsageError("--teacher-context applies to the paper protocol (--preset paper)")
+    if (cfg.price_in is None) != (cfg.price_out is None):
+        raise UsageError("--price-in and --price-out go together (USD per 1M input and output tokens)")
 
 
 def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

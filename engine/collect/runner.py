@@ -175,7 +175,10 @@ class Collector:
     async def _work(self) -> None:
         cfg = self.cfg
         assert self.limits and self.backends
-        self.flow = TaskFlow(cfg, self.backends, self.limits, Meta(self.student_label, self.teacher_label, cfg.round))
+        flow_class = TaskFlow
+        if cfg.protocol == "paper":
+            from persd.engine.paper.flow import PaperTaskFlow as flow_class
+        self.flow = flow_class(cfg, self.backends, self.limits, Meta(self.student_label, self.teacher_label, cfg.round))
         self.work_started = time.monotonic()  # backends are up: what follows is the work itself
         self._slots = asyncio.Semaphore(cfg.max_in_flight)
         title = f"persd collect -> {self.out}" + (f" [{cfg.partition}]" if cfg.partition else "")

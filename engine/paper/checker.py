@@ -45,6 +45,7 @@ _p_input = {input!r}
 _p_args = {args!r}
 _p_expected = {expected!r}
 _p_mark = {mark!r}
+_p_emit = {emit!r}
 
 
 def _p_is_float(text):
@@ -88,18 +89,21 @@ def _p_run():
                     except:  # noqa: E722 (the reference's bare except: any failure compares the text)
                         assert out == _p_expected, msg
         except Exception:
-            return _p_tb.format_exc()
+            return _p_tb.format_exc(), None
         except SystemExit as exc:  # the reference's child process exits with this code
             code = exc.code
-            return "Exit code: " + str(0 if code is None else code if isinstance(code, int) else 1)
+            return "Exit code: " + str(0 if code is None else code if isinstance(code, int) else 1), None
         except BaseException:
-            return "Exit code: 1"
-        return None
+            return "Exit code: 1", None
+        return None, out
     finally:
         _p_sys.stdout = real
 
 
-_p_failure = _p_run()
+_p_failure, _p_out = _p_run()
+if _p_failure is None and _p_emit:  # the value the reference records as a generated test's output
+    _p_sys.stdout.write(_p_mark + "\\n" + _p_out + "\\n" + _p_mark + "\\n")
+    _p_sys.stdout.flush()
 if _p_failure is not None:
     _p_sys.stdout.write(_p_mark + "\\n" + _p_failure + "\\n" + _p_mark + "\\n")
     _p_sys.stdout.flush()
@@ -111,12 +115,13 @@ def new_marker() -> str:
     return f"__PERSD_PAPER_{secrets.token_hex(8)}__"
 
 
-def test_program(code: str, test: dict, marker: str) -> str:
-    """The program that runs one test against `code` (already cleaned and truncated)."""
+def test_program(code: str, test: dict, marker: str, emit: bool = False) -> str:
+    """The program that runs one test against `code` (already cleaned and truncated). `emit`: also
+    print the call's output between the markers when it runs (for generating expectations)."""
     call = str(test["input"]).strip()
     expected = test.get("output")
     return _PROGRAM.format(src=PRELUDE + code, input="output = " + call, args=call[call.find("("): call.rfind(")") + 1],
-                           expected=None if expected is None else str(expected), mark=marker)
+                           expected=None if expected is None else str(expected), mark=marker, emit=emit)
 
 
 def failure_text(result: Any, marker: str) -> str:
@@ -219,3 +224,35 @@ async def check_alpaca(run: Runner, code: str, tests: list[dict], timeout: float
         raw = failure_text(result, marker)
         return Verdict(False, error_text(alpaca_return_value(raw)), raw, i, runs)
     return Verdict(True, "", "", None, runs)
+
+
+async def expected_outputs(run: Runner, code: str, entry: str, text: str,
+                           timeout: float = TEST_TIMEOUT_S) -> list[dict]:
+    """Tests from proposed inputs, the reference's way (generate_alpaca_data.py:90-132): each line a call
+    (cut to start at the entry point's name), run on the reference solution; a call that runs gives
+    {"input", "output"} with the output as the reference records it (str of the value, or what was
+    printed when the function returns None); an output that is an object's default repr gives an
+    input-only test. Calls that fail are left out (the release does not show how the reference's
+    dataset kept them)."""
+    import re
+
+    tests: list[dict] = []
+    for line in text.strip().split("\n"):
+        line = line.strip()
+        if not line.startswith(entry) and entry in line:
+            line = line[line.find(entry):]
+        marker = new_marker()
+        result = await run(test_program(code, {"input": line}, marker, emit=True), timeout)
+        if result.status != "passed":
+            continue
+        stdout = result.stdout or ""
+        start = stdout.find(marker + "\n")
+        end = stdout.find("\n" + marker, start + len(marker) + 1) if start >= 0 else -1
+        if start < 0 or end < 0:
+            continue
+        out = stdout[start + len(marker) + 1: end]
+        if re.search("<" + entry + " object at .*>", out):
+            tests.append({"input": line})
+        else:
+            tests.append({"input": line, "output": out})
+    return tests
