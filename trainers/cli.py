@@ -28,6 +28,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _int_triple(v: str) -> tuple[int, int, int]:
+    parts = tuple(int(x) for x in v.split(","))
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError
+    return parts  # type: ignore[return-value]
+
+
+_int_triple.__name__ = "PER_GPU,ACCUM,GPUS"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="persd train", description=__doc__.split("\n\n")[0], argument_default=S,
                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -53,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--micro-batch", type=int, help="sequences per GPU per forward")
     g.add_argument("--grad-accum", type=int, help="micro-batches accumulated per optimizer step")
     g.add_argument("--global-batch", type=int, help="sequences per optimizer step (sets --grad-accum)")
+    g.add_argument("--reference-batch", type=_int_triple, metavar="PER_GPU,ACCUM,GPUS",
+                   help="take as many optimizer steps as a padded run of this batch would (paper: 12,20,8); "
+                        "sets --grad-accum and --max-steps from the data")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--max-steps", type=int)

@@ -45,6 +45,9 @@ class TrainConfig:
     micro_batch: int = 1  # sequences per GPU per forward
     grad_accum: int = 8
     global_batch: int | None = None  # sequences per optimizer step; when set, grad_accum is derived
+    # (examples per GPU, accumulation, GPUs) of a padded run whose optimizer-step count to reproduce with
+    # packed batches (the paper: 12, 20, 8); sets grad_accum and max_steps from the data (reference_steps)
+    reference_batch: tuple[int, int, int] | None = None
     # optimisation
     epochs: int = 3
     max_steps: int | None = None
@@ -92,6 +95,8 @@ class TrainConfig:
             raise bad("max_steps", "must be at least 1")
         if self.global_batch is not None and self.global_batch < 1:
             raise bad("global_batch", "must be at least 1")
+        if self.reference_batch is not None and (len(self.reference_batch) != 3 or min(self.reference_batch) < 1):
+            raise bad("reference_batch", "expected three positive ints: examples per GPU, accumulation, GPUs")
         if not (0.0 <= self.eval_fraction < 1.0):
             raise bad("eval_fraction", "must be in [0, 1)")
         if not (0.0 <= self.warmup_ratio < 1.0):
@@ -113,6 +118,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
+        if self.reference_batch is not None:
+            d["reference_batch"] = list(self.reference_batch)
         return d
 
     # fields that change what a step computes: a resumed run must match them
@@ -135,7 +142,20 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         raise UsageError(f"--preset {name_or_path}: unknown field(s) {', '.join(unknown)}")
     if "betas" in fields:
         fields["betas"] = tuple(fields["betas"])
+    if fields.get("reference_batch") is not None:
+        fields["reference_batch"] = tuple(fields["reference_batch"])
     return fields
+
+
+def reference_steps(examples: int, epochs: int, per_gpu: int, accum: int, gpus: int) -> int:
+    """Optimizer steps of the reference's padded run (Hugging Face Trainer as finetune.py used it):
+    each epoch has ceil(examples / (per_gpu x gpus)) micro-batches per rank, a step every `accum` of
+    them, and an epoch's remainder carried into the next epoch's first step (the Trainer neither
+    steps nor zeroes it). 3,248 examples at 12 x 20 x 8 for 20 epochs: 34 steps."""
+    micro = math.ceil(examples / (per_gpu * gpus))
+    if micro <= accum:  # the Trainer steps at the end of an epoch shorter than one accumulation
+        return epochs
+    return max(1, (epochs * micro) // accum)
 
 
 def _read_named_json(name_or_path: str, package: str, shipped: tuple[str, ...], flag: str) -> str:
