@@ -58,7 +58,7 @@ class LoopConfig:
     rpm: int | None = None
     tpm: int | None = None
     max_cost: float | None = None
-    formats: str = "persd,persd-refine"
+    formats: str | None = None  # None: collect's default (persd,persd-refine), or the preset's
     refine_turns: int | None = None
     samples: int | None = None
     collect_temperature: float | None = None
@@ -326,10 +326,12 @@ class Loop:
             return
         c = self.cfg
         args = ["--tasks", str(tasks), "--out", str(out), "--student-backend", self.backend,
-                "--student-model", model, "--formats", c.formats, "--progress", c.progress]
+                "--student-model", model, "--progress", c.progress]
+        if c.preset == "paper":  # the paper preset is a collect preset too (engine/paper/presets/collect.toml)
+            args += ["--preset", "paper"]
         if r == 1 and c.limit is not None:
             args += ["--limit", str(c.limit)]
-        args += _flags({"--student-chat": c.student_chat, "--teacher-url": c.teacher_url,
+        args += _flags({"--formats": c.formats, "--student-chat": c.student_chat, "--teacher-url": c.teacher_url,
                         "--teacher-model": c.teacher_model, "--teacher-api-key-env": c.teacher_api_key_env,
                         "--rpm": c.rpm, "--tpm": c.tpm, "--max-cost": c.max_cost, "--refine-turns": c.refine_turns,
                         "--samples": c.samples, "--temperature": c.collect_temperature,

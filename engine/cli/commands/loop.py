@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rpm", type=positive_int)
     g.add_argument("--tpm", type=positive_int)
     g.add_argument("--max-cost", type=float, help="per round")
-    g.add_argument("--formats", help="records to collect (default persd,persd-refine: PERsD-combined)")
+    g.add_argument("--formats", help="records to collect (default persd,persd-refine; --preset paper: all four)")
     g.add_argument("--refine-turns", type=positive_int)
     g.add_argument("--samples", type=positive_int, help="student attempts per task")
     g.add_argument("--collect-temperature", type=float)
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-on", choices=("all", "round"), help="all: every round's records so far (default)")
     g.add_argument("--train-from", choices=("base", "previous"),
                    help="base: fine-tune the starting model each round (default); previous: the last checkpoint")
-    g.add_argument("--preset", help="training preset (paper) or JSON file")
+    g.add_argument("--preset", help="paper: the reference implementation's protocol for collect and train "
+                                    "(docs/paper.md); or a training preset JSON file")
     g.add_argument("--deepspeed", help="zero2, zero3, zero3-offload or a JSON file")
     g.add_argument("--epochs", type=positive_int)
     g.add_argument("--max-steps", type=positive_int)
