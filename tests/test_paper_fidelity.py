@@ -246,3 +246,40 @@ def test_return_value_parsing_matches_reference_on_raw_failures(monkeypatch):
         _, rv = he.eval(None, "t", "def f(): pass")
         assert checker.bench_return_value(raw) == rv, raw
         assert checker.error_text(checker.bench_return_value(raw), trim_words=None) == he.get_error_text(rv), raw
+
+
+async def test_humaneval_and_mbpp_feedback_match_reference_checker(sandbox):
+    """Visible-test feedback at refine-inference: persd's program in its sandbox vs the reference's eval."""
+    from persd.engine.paper import evaluation as paper
+
+    he_ref, mbpp_ref = load("eval_humaneval"), load("eval_mbpp")
+    ref_dir = require_reference()
+    he_rows = [json.loads(line) for line in (ref_dir / "data" / "humaneval_formatted.jsonl").read_text().splitlines()]
+    mb_rows = [json.loads(line) for line in (ref_dir / "data" / "mbpp_formatted.jsonl").read_text().splitlines()]
+    he_data = {k: [r[k] for r in he_rows] for k in ("task_id", "entry_point", "test_seen", "test")}
+    mb_data = {"task_id": [r["task_id"] for r in mb_rows], "entrypoint": [r["entrypoint"] for r in mb_rows],
+               "test_formatted": [r["test_formatted"] for r in mb_rows]}
+    he_tasks = {t.task_id: t for t in iter_tasks("humaneval")}
+    cases = [("HumanEval/0", "    return False\n"), ("HumanEval/2", "    return int(number)\n"),
+             ("HumanEval/4", "    return 1 / 0\n"), ("HumanEval/7", "    while True:\n        pass\n"),
+             ("HumanEval/12", "    return undefined\n"), ("HumanEval/0", "    return True\n")]
+    for tid, body in cases:
+        task = he_tasks[tid]
+        code = paper.cleaned(task, prompts.humaneval_prompt(task.prompt) + body)
+        mark = checker.new_marker()
+        result = await sandbox.run(paper.feedback_program(task, code, mark), timeout=3)
+        passed, rv = he_ref.eval(he_data, tid, code, mode="infer_seen")
+        assert (result.status == "passed") == bool(passed), (tid, body)
+        assert ("" if passed else paper.error_text(result, mark)) == he_ref.get_error_text(rv), (tid, body)
+    if not (DATA / "mbpp.jsonl").is_file():
+        pytest.skip("mbpp.jsonl not found (set PERSD_DATA_DIR)")
+    mb_tasks = {t.task_id: t for t in iter_tasks(str(DATA / "mbpp.jsonl"))}
+    for num, body in [(2, "    return tuple(test_tup1)"), (3, "    return n % 2 == 0"), (4, "    return nums[:n]"),
+                      (11, "    return s.replace(ch, '')")]:
+        task = mb_tasks[f"MBPP/{num}"]
+        code = paper.cleaned(task, prompts.task_prompt(task) + body)
+        mark = checker.new_marker()
+        result = await sandbox.run(paper.feedback_program(task, code, mark), timeout=3)
+        passed, rv = mbpp_ref.eval(mb_data, num, code)
+        assert (result.status == "passed") == bool(passed), (num, body)
+        assert ("" if passed else paper.error_text(result, mark)) == mbpp_ref.get_error_text(rv), (num, body)

@@ -32,6 +32,7 @@ class EvalConfig(StudentFields):
     k: tuple[int, ...] = (1,)
     seed: int = 0
     refine_steps: int = 0
+    style: str = "persd"  # persd | paper: the reference's prompts, cleaning, scoring and refine (engine/paper/)
     # flow
     max_in_flight: int = 64  # tasks alive at once
     sandbox_workers: int = 0
@@ -55,7 +56,7 @@ class EvalConfig(StudentFields):
             "student_model": self.student_model, "student_chat": self.student_chat,
             "n": self.n, "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
             "seed": self.seed, "refine_steps": self.refine_steps, "exec_timeout": self.exec_timeout,
-            "prompt_version": PROMPT_VERSION,
+            "prompt_version": PROMPT_VERSION, **({"style": self.style} if self.style != "persd" else {}),
         }
 
 
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--task-ids", help="evaluate only these task ids: a JSON list or one id a line "
                                       "(integers match MBPP/N)")
     g.add_argument("--limit", type=positive_int, help="only the first N selected tasks")
+    g.add_argument("--style", choices=("persd", "paper"),
+                   help="paper: the reference implementation's prompts, cleaning, scoring and refine-inference "
+                        "(set by the paper-* protocols; persd-* keep persd's own)")
     add_student_flags(p, concurrency_default=256, vllm=True)
     add_sampling_flags(p)
     g = p.add_argument_group("flow")
@@ -133,6 +137,8 @@ def validate(cfg: EvalConfig) -> None:
     if backend in ("hf", "vllm") and not cfg.student_model:
         raise UsageError(f"--student-model is required with the {backend} backend (a checkpoint directory)")
     check_sampling(cfg.temperature, cfg.top_p)
+    if cfg.style == "paper" and cfg.student_chat:
+        raise UsageError("--style paper (the paper-* protocols) drives a base model: leave out --student-chat")
 
 
 __all__ = ["EvalConfig", "PROMPT_VERSION", "build_parser", "parse_args", "add_sampling_flags"]

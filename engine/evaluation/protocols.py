@@ -4,6 +4,11 @@ The PERsD paper (Chen et al., EMNLP 2023) reports HumanEval pass@1 from n=20 sam
 temperature 0.2, pass@k from n=100 samples at temperature 0.8, and MBPP on the 307 sanitized
 task ids scored with the original MBPP text and tests. Refine-inference (`--refine-steps 2`)
 is an extra column for models trained on `persd-refine` records, so no preset turns it on.
+
+`paper-*` run the reference implementation's evaluation (style "paper", engine/paper/evaluation.py:
+its prompts, 1,024 new tokens without stop strings, its cleaning and test programs, 3 s a run;
+MBPP's refine feedback comes from the tests it is scored on, as there). `persd-*` are the same
+sampling settings with persd's own prompts, stops and strict visible-test feedback.
 """
 from __future__ import annotations
 
@@ -17,17 +22,23 @@ MBPP_EVAL_IDS = "mbpp-eval-ids-307.json"
 MBPP_IDS_ENV = "PERSD_MBPP_EVAL_IDS"  # a path to the ids file, where it is not next to mbpp.jsonl
 
 # name -> defaults; "task_ids": "@mbpp-307" stands for the sanitized id list, found on disk.
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "paper-humaneval": {
+_PERSD: dict[str, dict[str, Any]] = {
+    "humaneval": {
         "tasks": "humaneval", "n": 20, "temperature": 0.2, "top_p": 0.95, "max_tokens": 512, "k": (1, 5, 10),
     },
-    "paper-humaneval-passk": {
+    "humaneval-passk": {
         "tasks": "humaneval", "n": 100, "temperature": 0.8, "top_p": 0.95, "max_tokens": 512, "k": (1, 10, 100),
     },
-    "paper-mbpp": {
+    "mbpp": {
         "tasks": "mbpp", "task_ids": "@mbpp-307", "n": 20, "temperature": 0.2, "top_p": 0.95, "max_tokens": 512,
         "k": (1, 5, 10),
     },
+}
+# the reference: 1,024 new tokens (generate_code_for_humaneval.py:676-680), 3 s a test run (eval_humaneval.py:131)
+_PAPER = {"style": "paper", "max_tokens": 1024, "exec_timeout": 3.0}
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    **{f"paper-{name}": {**values, **_PAPER} for name, values in _PERSD.items()},
+    **{f"persd-{name}": dict(values) for name, values in _PERSD.items()},
 }
 
 
