@@ -131,6 +131,8 @@ def parse_task_line(raw: bytes | str, path: str, lineno: int) -> Task:
     if not isinstance(obj, dict):
         raise InputError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
     where = f"{path}:{lineno}"
+    if "task_id" not in obj and "instruction" in obj and "output" in obj:
+        obj = _code_alpaca(obj, lineno)
     if "task_id" not in obj:
         raise InputError(path, lineno, "missing", field="task_id")
     if "canonical_solution" in obj:
@@ -214,6 +216,20 @@ def _mbpp(obj: dict, path: str, lineno: int, where: str) -> Task:
         source=where,
         extra={"raw": _raw_fields(obj, ("text", "code"))},
     )
+
+
+def _code_alpaca(obj: dict, lineno: int) -> dict:
+    """A line of the Code-Alpaca release (instruction / input / output, one JSON object a line): a generic
+    task with id CodeAlpaca/<line - 1> (the reference's index), the output as its reference solution and
+    the output's first function as the entry point (generate_alpaca_data.py:105). The input field is left
+    out, as the reference's prompts leave it out. An output without `def` gives a task without an entry
+    point, which collect reports as an error (the reference skips it, :173)."""
+    out = obj.get("output")
+    first = re.search(r"def ([^(]*)\(", out) if isinstance(out, str) else None
+    row = {"task_id": f"CodeAlpaca/{lineno - 1}", "instruction": obj["instruction"], "reference": out}
+    if first and first.group(1).strip():
+        row["entry_point"] = first.group(1).strip()
+    return row
 
 
 def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:

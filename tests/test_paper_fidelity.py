@@ -283,3 +283,19 @@ async def test_humaneval_and_mbpp_feedback_match_reference_checker(sandbox):
         passed, rv = mbpp_ref.eval(mb_data, num, code)
         assert (result.status == "passed") == bool(passed), (num, body)
         assert ("" if passed else paper.error_text(result, mark)) == mbpp_ref.get_error_text(rv), (num, body)
+
+
+def test_raw_code_alpaca_lines_become_tasks(tmp_path):
+    """The Code-Alpaca release as JSONL: ids by position, the output as the reference, the reference's
+    prompt once tests name the function; an output without a function is reported, not attempted."""
+    ref = load("generate_code_for_alpaca")
+    rows = [{"instruction": "Add two numbers.", "input": "", "output": "import math\r\ndef add(a, b):\r\n    return a + b"},
+            {"instruction": "What is a list?", "input": "", "output": "A sequence."}]
+    path = tmp_path / "code_alpaca.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks = list(iter_tasks(str(path)))
+    assert [t.task_id for t in tasks] == ["CodeAlpaca/0", "CodeAlpaca/1"]
+    assert tasks[0].entry_point == "add" and tasks[1].entry_point is None
+    tests = [{"input": "add(1, 2)", "output": "3"}]
+    assert prompts.task_prompt(tasks[0], tests) == ref.format_prompt(rows[0]["instruction"], tests, rows[0]["output"])
+    assert prompts.task_prompt(tasks[1]) is None

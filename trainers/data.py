@@ -17,7 +17,9 @@ import orjson
 from persd.runtime.errors import InputError, UsageError
 
 REQUIRED = ("id", "task_id", "format", "prompt", "completion")
-FORMAT_ALIASES = {"persd-combined": ("persd", "persd-refine")}
+FORMAT_ALIASES = {"persd-combined": ("persd", "persd-refine"),
+                  # the reference's PersD-combined file (finetuning_data_chatgpt_only.jsonl): refine + gold
+                  "paper-combined": ("persd-refine", "inpd")}
 
 
 @dataclass(frozen=True)

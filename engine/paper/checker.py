@@ -16,7 +16,7 @@ the text back (`failure_text`) and `alpaca_return_value` / `error_text` do what 
 with it, byte for byte. A pass still needs the sandbox's own proof that the program ran to its end.
 
 Tests are dicts `{"input": "f(1, 2)", "output": "3"}`; "output" may be absent (the test then only
-checks that the call runs). HumanEval and MBPP (eval_humaneval.py:246-280, eval_mbpp.py:280-305)
+checks that the call runs). HumanEval and MBPP (eval_humaneval.py:246-280, eval_mbpp.py:275-305)
 report the last traceback line split at its first colon: `bench_return_value`.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@
   scored as the reference scores it: HumanEval with a typing import before it (eval_humaneval.py:113),
   the dataset's `test` and `check(entry_point)`; MBPP after `truncate_code` with the formatted tests
   (`test_formatted`, the test_list asserts with pytest's approx and INPUT/OUTPUT/EXPECTED messages,
-  eval_mbpp.py:127-136, :280-283); each in a fresh namespace, 3 s;
+  eval_mbpp.py:130-140, :275-283); each in a fresh namespace, 3 s;
 - refine-inference (generate_code_for_humaneval.py:443-492, generate_code_for_mbpp.py:451-495): the
   sample cleaned (`get_clean_completion`), run on the visible tests (HumanEval: `test_seen` of the
   reference's formatted data; MBPP: the same formatted tests that score it, as the reference does:

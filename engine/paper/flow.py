@@ -30,15 +30,17 @@ class PaperTaskFlow(TaskFlow):
         def error(reason: str) -> TaskOutcome:
             return TaskOutcome(result_line(task, "error", "error", reason, tally, error=reason, **more))
 
-        prompt = prompts.task_prompt(task)
-        if prompt is None:
-            return error("no `def <name>(...):` line found for the task's function (the reference skips such tasks)")
         tests = list(task.extra.get("io_tests") or [])
         if not tests:
+            if prompts.task_prompt(task) is None:  # nothing to attempt: no teacher call either
+                return error("no `def <name>(...):` line found for the task's function (the reference skips it)")
             tests, why = await self._paper_tests(task, tally)
             more["generated_tests"] = tests
             if not tests:
                 return error(why)
+        prompt = prompts.task_prompt(task, more.get("generated_tests"))
+        if prompt is None:
+            return error("no `def <name>(...):` line found for the task's function (the reference skips it)")
         try:
             attempt = prior_attempt if prior_attempt is not None else await self._attempt(
                 task, on_attempt, self._request(task, prompt))

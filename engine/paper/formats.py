@@ -5,7 +5,7 @@ create_chatgpt_only_refinement_data.py and the "PersD-variants" block of
 chatgpt_ilf_pipeline_auto_feedback_alpaca.sh:158-165) builds, for each failed task:
 
 - `persd`        task prompt -> verified refinement without its header (newgold_rectification_only:
-                 create_refinement_as_new_gold_data.py:127-132, the gold file's prompt, :129)
+                 create_refinement_as_new_gold_data.py:56-66, the gold file's prompt, :60)
 - `persd-refine` ft_error_rectify prompt (task, the student's cleaned attempt, its error, the
                  refinement's own signature) -> the same body (create_alpaca...:269-300)
 - `inpd`         task prompt -> the dataset's gold without its header, for exactly the tasks with a

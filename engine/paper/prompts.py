@@ -146,9 +146,9 @@ def raw(task, name: str, default: str = "") -> str:
     return (task.extra.get("raw") or {}).get(name, default)
 
 
-def task_prompt(task) -> str | None:
+def task_prompt(task, generated: list[dict] | None = None) -> str | None:
     """The student prompt for a persd Task, the reference's way for its shape (None: no header found,
-    a task the reference skips)."""
+    a task the reference skips). `generated`: tests made for a task that had none."""
     if task.shape == "humaneval":
         return humaneval_prompt(task.prompt)
     if task.shape == "mbpp":
@@ -157,7 +157,8 @@ def task_prompt(task) -> str | None:
     # the reference takes the name from the first test's call; without tests, the function the
     # header ends with (Code-Alpaca headers may define helpers first), else the entry point
     defs = re.findall(r"def [ ]*(\w+)[ ]*\(", raw(task, "header"))
-    fn_name = tests[0]["input"].split("(")[0] if tests else (defs[-1] if defs else task.entry_point or "")
+    fn_name = tests[0]["input"].split("(")[0] if tests else defs[-1] if defs else \
+        generated[0]["input"].split("(")[0] if generated else task.entry_point or ""
     code = raw(task, "reference") or raw(task, "header") or task.reference or task.header
     if not fn_name or not code:
         return None
