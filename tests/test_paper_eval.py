@@ -64,3 +64,16 @@ def test_paper_and_persd_protocols():
 def test_every_humaneval_and_mbpp_task_has_the_reference_tests():
     assert all(paper.supported(t) for t in iter_tasks("humaneval"))
     assert len(paper.humaneval_seen()) == 164 and len(paper.mbpp_formatted()) == 974
+
+
+async def test_paper_style_refuses_tasks_without_reference_tests(tmp_path):
+    from helpers import write_doubling_tasks
+    from persd.runtime.errors import UsageError
+
+    import pytest
+
+    tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 1)
+    cfg = parse_args(["--tasks", str(tasks), "--style", "paper", "--out", str(tmp_path / "out"),
+                      "--student-model", "m"])
+    with pytest.raises(UsageError, match="double/0"):
+        await evaluate(cfg)
