@@ -67,3 +67,34 @@ def test_loop_with_the_paper_preset(tmp_path):
     assert train["config"]["reference_batch"] == [12, 20, 8] and train["config"]["lr"] == 5e-6
     summary = orjson.loads((run / "round-1" / "eval" / "summary.json").read_bytes())
     assert summary["tasks"] == 1
+
+
+def test_collect_preset_and_flags():
+    from persd.engine.collect.config import parse_args
+    from persd.runtime.errors import UsageError
+
+    base = ["--tasks", "t.jsonl", "--out", "o", "--student-backend", "hf"]
+    cfg = parse_args([*base, "--preset", "paper"])
+    assert (cfg.protocol, cfg.samples, cfg.temperature, cfg.top_p, cfg.max_tokens) == ("paper", 1, 0.3, 0.95, 1024)
+    assert (cfg.teacher_temperature, cfg.teacher_max_tokens, cfg.teacher_context) == (None, None, "gold")
+    assert cfg.teacher_model == "gpt-3.5-turbo-0301" and cfg.exec_timeout == 3.0
+    assert cfg.fingerprint()["protocol"] == "paper"
+    flags_win = parse_args([*base, "--preset", "paper", "--teacher-temperature", "0.7", "--teacher-context", "none"])
+    assert flags_win.teacher_temperature == 0.7 and flags_win.teacher_context == "none"
+    default = parse_args(base)
+    assert default.protocol == "persd" and "protocol" not in default.fingerprint()  # persd's defaults unchanged
+    assert (default.teacher_temperature, default.teacher_max_tokens) == (0.0, 1024)
+    with pytest.raises(UsageError, match="--teacher-context"):
+        parse_args([*base, "--teacher-context", "gold"])
+    with pytest.raises(UsageError, match="--price-in and --price-out"):
+        parse_args([*base, "--price-in", "2"])
+    assert parse_args([*base, "--price-in", "2", "--price-out", "2"]).price_out == 2.0
+    with pytest.raises(UsageError, match="--preset"):
+        parse_args([*base, "--preset", "nonesuch"])
+
+
+def test_paper_teacher_price_is_the_2023_one():
+    from persd.runtime.teacher.pricing import PriceTable
+
+    assert PriceTable().lookup("gpt-3.5-turbo-0301") == (2.0, 2.0)  # $0.002 per 1K tokens, in and out
+    assert PriceTable().cost("gpt-3.5-turbo-0301", 1_000_000, 500_000) == 3.0

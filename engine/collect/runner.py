@@ -320,7 +320,10 @@ class Collector:
 
     def snapshot(self) -> dict:
         teacher = self.backends.teacher if self.backends else None
-        return self.stats.snapshot(self.limits, teacher, self.cfg.max_cost)
+        snap = self.stats.snapshot(self.limits, teacher, self.cfg.max_cost)
+        if self.cfg.price_in is not None and "teacher" in snap:  # --price-in/--price-out: say which prices
+            snap["teacher"]["price_per_1m_usd"] = [self.cfg.price_in, self.cfg.price_out]
+        return snap
 
     def manifest(self) -> dict:
         assert self.plan and self.source and self.store
