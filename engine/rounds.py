@@ -87,6 +87,10 @@ class LoopConfig:
                               changes_results=False, group="rounds, tasks and output", shown="this Python")
     eval_base: bool = opt(True, help="evaluate the starting student as round 0", changes_results=False,
                           group="rounds, tasks and output")
+    preset: str | None = opt(None, help="paper: the reference implementation's protocol for collect and train "
+                             "(--collect.preset paper --train.preset paper, unless a section names its own; "
+                             "docs/paper.md)", changes_results=True, choices=("paper",),
+                             group="rounds, tasks and output")
     # the stages: any persd collect / train / eval option (their --help), as [collect] keys or --collect.KEY
     collect: dict[str, Any] = opt(help="persd collect options", changes_results=True, nested=CollectConfig,
                                   owned=COLLECT_OWNED)
@@ -335,8 +339,8 @@ class Loop:
             self.log(f"round {r}: collect: done already ({out})")
             return
         c = self.cfg
-        values = {**c.collect, **c.shared(model), "tasks": str(tasks), "out": str(out),
-                  "limit": c.limit if r == 1 else None}
+        values = {**({"preset": c.preset} if c.preset else {}), **c.collect, **c.shared(model),
+                  "tasks": str(tasks), "out": str(out), "limit": c.limit if r == 1 else None}
         self.run_stage(r, "collect", [sys.executable, "-m", "persd", "collect"], values)
 
     def stage_train(self, r: int, init: str) -> None:
@@ -345,7 +349,8 @@ class Loop:
             self.log(f"round {r}: train: done already ({out / 'final'})")
             return
         c = self.cfg
-        values = {**c.train, "data": [str(self.lay.train_data(r))], "model": init, "out": str(out)}
+        values = {**({"preset": c.preset} if c.preset else {}), **c.train,
+                  "data": [str(self.lay.train_data(r))], "model": init, "out": str(out)}
         launcher = shlex.split(c.train_launcher) if c.train_launcher else [sys.executable]
         resume = ["--resume"] if _has_checkpoint(out / "checkpoints") else []
         self.run_stage(r, "train", [*launcher, "-m", "persd", "train"], values, resume)

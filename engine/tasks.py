@@ -131,6 +131,8 @@ def parse_task_line(raw: bytes | str, path: str, lineno: int) -> Task:
     if not isinstance(obj, dict):
         raise InputError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
     where = f"{path}:{lineno}"
+    if "task_id" not in obj and "instruction" in obj and "output" in obj:
+        obj = _code_alpaca(obj, lineno)
     if "task_id" not in obj:
         raise InputError(path, lineno, "missing", field="task_id")
     if "canonical_solution" in obj:
@@ -212,7 +214,22 @@ def _mbpp(obj: dict, path: str, lineno: int, where: str) -> Task:
         reference=code or None,
         setup_code=setup,
         source=where,
+        extra={"raw": _raw_fields(obj, ("text", "code"))},
     )
+
+
+def _code_alpaca(obj: dict, lineno: int) -> dict:
+    """A line of the Code-Alpaca release (instruction / input / output, one JSON object a line): a generic
+    task with id CodeAlpaca/<line - 1> (the reference's index), the output as its reference solution and
+    the output's first function as the entry point (generate_alpaca_data.py:105). The input field is left
+    out, as the reference's prompts leave it out. An output without `def` gives a task without an entry
+    point, which collect reports as an error (the reference skips it, :173)."""
+    out = obj.get("output")
+    first = re.search(r"def ([^(]*)\(", out) if isinstance(out, str) else None
+    row = {"task_id": f"CodeAlpaca/{lineno - 1}", "instruction": obj["instruction"], "reference": out}
+    if first and first.group(1).strip():
+        row["entry_point"] = first.group(1).strip()
+    return row
 
 
 def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
@@ -255,10 +272,32 @@ def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
         visible_tests=visible,
         reference=reference,
         source=where,
+        extra={"raw": _raw_fields(obj, ("instruction", "header", "reference")),
+               "io_tests": _io_tests(obj, path, lineno)},
     )
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _raw_fields(obj: dict, names: tuple[str, ...]) -> dict[str, str]:
+    """The fields as given, line ends and all: paper mode builds its prompts from them, byte for byte
+    (the reference kept MBPP's and Code-Alpaca's `\r\n`)."""
+    return {n: obj[n] for n in names if isinstance(obj.get(n), str)}
+
+
+def _io_tests(obj: dict, path: str, lineno: int) -> list[dict]:
+    """Code-Alpaca-style tests, `test_list: [{"input": "f(1)", "output": "2"}, ...]` (the reference's
+    dataset layout; paper mode runs them the reference's way). Empty where absent."""
+    value = obj.get("test_list")
+    if value is None:
+        return []
+    ok = isinstance(value, list) and all(
+        isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output", ""), (str, type(None)))
+        for t in value)
+    if not ok:
+        raise InputError(path, lineno, 'expected a list of {"input": "f(..)", "output": ".."} objects', field="test_list")
+    return [{k: t[k] for k in ("input", "output") if t.get(k) is not None} for t in value]
 
 
 def json_problem(exc: "orjson.JSONDecodeError") -> str:

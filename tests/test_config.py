@@ -176,7 +176,7 @@ def test_precedence_flag_over_toml_over_preset_over_default(tmp_path):
     assert cfg.lr == 0.5  # flag
     assert cfg.epochs == 5  # TOML over the preset's 20
     assert cfg.deepspeed == "zero3-offload"  # the preset over the default
-    assert cfg.warmup_steps is None and cfg.seed == 0  # defaults
+    assert cfg.seed == 0 and cfg.eval_fraction == TrainConfig.eval_fraction  # defaults
     toml.write_text('protocol = "paper-humaneval"\nn = 7\n')
     values, _, _ = gather(EVAL, ["--config", str(toml), "--temperature", "0.5"])
     assert (values["n"], values["temperature"], values["tasks"], values["k"]) == (7, 0.5, "humaneval", (1, 5, 10))

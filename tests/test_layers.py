@@ -70,15 +70,19 @@ ALLOWED = {  # layer -> the layers it may import (besides its own)
     "runtime": set(),
     "config": {"runtime"},
     "engine-shared": {"config", "runtime"},
-    "engine.collect": {"engine-shared", "config", "runtime"},
-    "engine.evaluation": {"engine.collect", "engine-shared", "config", "runtime"},
-    "engine.rounds": {"engine.evaluation", "engine.collect", "engine-shared", "config", "runtime", "trainers"},
+    # paper mode is a variant of the collect and eval pipelines: collect's runner picks its flow, which
+    # extends collect's; eval calls its prompts and checker
+    "engine.collect": {"engine.paper", "engine-shared", "config", "runtime"},
+    "engine.paper": {"engine.collect", "engine-shared", "config", "runtime"},
+    "engine.evaluation": {"engine.collect", "engine.paper", "engine-shared", "config", "runtime"},
+    "engine.rounds": {"engine.evaluation", "engine.collect", "engine.paper", "engine-shared", "config", "runtime",
+                      "trainers"},
     "trainers": {"config", "runtime"},  # and engine.collect.layout, below
-    "engine.cli": {"engine.rounds", "engine.evaluation", "engine.collect", "engine-shared", "config", "runtime",
-                   "trainers"},
+    "engine.cli": {"engine.rounds", "engine.evaluation", "engine.collect", "engine.paper", "engine-shared", "config",
+                   "runtime", "trainers"},
     "engine": {"engine.cli"},  # persd/engine/__init__.py
-    "bench": {"engine.cli", "engine.rounds", "engine.evaluation", "engine.collect", "engine-shared", "config",
-              "runtime", "trainers"},
+    "bench": {"engine.cli", "engine.rounds", "engine.evaluation", "engine.collect", "engine.paper", "engine-shared",
+              "config", "runtime", "trainers"},
 }
 
 

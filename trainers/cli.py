@@ -55,6 +55,16 @@ TRAIN = Command(TrainCommand, "train", description=__doc__.split("\n\n")[0], epi
                         "memory plan (--plan)"))
 
 
+def _int_triple(v: str) -> tuple[int, int, int]:
+    parts = tuple(int(x) for x in v.split(","))
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError
+    return parts  # type: ignore[return-value]
+
+
+_int_triple.__name__ = "PER_GPU,ACCUM,GPUS"
+
+
 def build_parser() -> argparse.ArgumentParser:
     return config.build_parser(TRAIN)
 

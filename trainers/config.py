@@ -69,6 +69,11 @@ class TrainConfig:
                           group="batches")
     global_batch: int | None = opt(None, help="sequences per optimizer step (sets --grad-accum)",
                                    changes_results=True, group="batches")
+    reference_batch: tuple[int, ...] | None = opt(
+        None, help="(examples per GPU, accumulation, GPUs) of a padded run whose optimizer-step count to take with "
+        "packed batches (the paper: 12,20,8); sets the accumulation and the step count from the data",
+        changes_results=True, type=comma_list(int, "comma list of 3 ints: PER_GPU,ACCUM,GPUS"), group="batches",
+        metavar="PER_GPU,ACCUM,GPUS")
     # optimisation
     epochs: int = opt(3, help="passes over the data", changes_results=True, group="optimisation")
     max_steps: int | None = opt(None, help="stop after this many optimizer steps", changes_results=True,
@@ -127,6 +132,8 @@ class TrainConfig:
             raise bad("max_steps", "must be at least 1")
         if self.global_batch is not None and self.global_batch < 1:
             raise bad("global_batch", "must be at least 1")
+        if self.reference_batch is not None and (len(self.reference_batch) != 3 or min(self.reference_batch) < 1):
+            raise bad("reference_batch", "expected three positive ints: examples per GPU, accumulation, GPUs")
         if not (0.0 <= self.eval_fraction < 1.0):
             raise bad("eval_fraction", "must be in [0, 1)")
         if not (0.0 <= self.warmup_ratio < 1.0):
@@ -135,6 +142,8 @@ class TrainConfig:
             raise bad("min_lr_ratio", "must be in [0, 1]")
         if self.lr <= 0:
             raise bad("lr", "must be positive")
+        if self.reference_batch is not None and (len(self.reference_batch) != 3 or min(self.reference_batch) < 1):
+            raise bad("reference_batch", "expected three positive ints: examples per GPU, accumulation, GPUs")
         if len(self.betas) != 2:
             raise bad("betas", f"expected two numbers, got {list(self.betas)}")
         if self.save_every < 0 or self.eval_every < 0:
@@ -151,10 +160,23 @@ class TrainConfig:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
         d["betas"] = list(self.betas)
         d["data"] = list(self.data)
+        if self.reference_batch is not None:
+            d["reference_batch"] = list(self.reference_batch)
         return d
 
 
 TrainConfig.RESUME_KEYS = result_fields(TrainConfig)
+
+
+def reference_steps(examples: int, epochs: int, per_gpu: int, accum: int, gpus: int) -> int:
+    """Optimizer steps of the reference's padded run (Hugging Face Trainer as finetune.py used it):
+    each epoch has ceil(examples / (per_gpu x gpus)) micro-batches per rank, a step every `accum` of
+    them, and an epoch's remainder carried into the next epoch's first step (the Trainer neither
+    steps nor zeroes it). 3,248 examples at 12 x 20 x 8 for 20 epochs: 34 steps."""
+    micro = math.ceil(examples / (per_gpu * gpus))
+    if micro <= accum:  # the Trainer steps at the end of an epoch shorter than one accumulation
+        return epochs
+    return max(1, (epochs * micro) // accum)
 
 
 def _read_named_json(name_or_path: str, package: str, shipped: tuple[str, ...], flag: str) -> str:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from persd.runtime.errors import UsageError
 from persd.trainers import checkpoint
-from persd.trainers.config import TrainConfig, load_ds_config, offload, resolve_ds_config, zero_stage
+from persd.trainers.config import TrainConfig, load_ds_config, offload, reference_steps, resolve_ds_config, zero_stage
 from persd.trainers.data import load_records, split_by_task
 from persd.trainers.encode import Example, encode_records
 from persd.trainers.launch import World, init_world
@@ -37,20 +37,34 @@ from persd.trainers.packing import collate, padding_waste, plan_epoch
 
 @dataclass
 class Schedule:
-    """Where every optimizer step's micro-batches come from: deterministic from (data, seed, epoch)."""
+    """Where every optimizer step's micro-batches come from: deterministic from (data, seed, epoch).
+
+    `steps`: the epochs are one stream cut into exactly this many optimizer steps of (nearly) equal
+    size, a step may span an epoch's end (what the reference's Trainer did with an epoch's remainder);
+    --reference-batch uses it to take the reference's step count. per_step is then the largest step."""
     plans: list[list[list[list[int]]]]  # per epoch: micro-batches of rows of example indices
     per_step: int  # micro-batches per optimizer step (world x grad_accum)
+    steps: int | None = None
     steps_per_epoch: list[int] = field(init=False)
 
     def __post_init__(self):
         self.steps_per_epoch = [math.ceil(len(p) / self.per_step) for p in self.plans]
+        if self.steps is not None:
+            self._flat = [(e, mb) for e, p in enumerate(self.plans) for mb in p]
+            if math.ceil(len(self._flat) / self.steps) > self.per_step:
+                raise ValueError("a step holds more micro-batches than world x grad_accum")
 
     @property
     def total(self) -> int:
-        return sum(self.steps_per_epoch)
+        return self.steps if self.steps is not None else sum(self.steps_per_epoch)
 
     def window(self, step: int, rank: int, world: int, grad_accum: int) -> tuple[int, list[list[list[int]]]]:
         """(epoch, this rank's micro-batches of the step); [] stands for a filler at an epoch's end."""
+        if self.steps is not None:
+            n = len(self._flat)
+            lo, hi = step * n // self.steps, (step + 1) * n // self.steps
+            idx = [lo + g * world + rank for g in range(grad_accum)]
+            return self._flat[min(lo, n - 1)][0], [self._flat[i][1] if i < hi else [] for i in idx]
         epoch = 0
         while step >= self.steps_per_epoch[epoch]:
             step -= self.steps_per_epoch[epoch]
@@ -183,6 +197,18 @@ def evaluate(engine, examples: list[Example], cfg: TrainConfig, world: World, pa
     return total / max(count, 1.0)
 
 
+def match_reference_steps(cfg: TrainConfig, plans, examples: int, world: int) -> int:
+    """--reference-batch: as many optimizer steps as the reference's padded run takes on the same number
+    of examples (config.reference_steps), however many examples a packed sequence holds. The epochs are
+    one stream (Schedule.steps) cut into that many steps of nearly equal size; a rank with nothing left in
+    a step's last accumulation slot runs a filler. Returns the step count."""
+    wanted = min(reference_steps(examples, cfg.epochs, *cfg.reference_batch), sum(len(p) for p in plans))
+    largest = math.ceil(sum(len(p) for p in plans) / wanted)  # micro-batches in the largest step
+    cfg.grad_accum, cfg.global_batch = max(1, math.ceil(largest / world)), None
+    cfg.max_steps = min(cfg.max_steps, wanted) if cfg.max_steps else wanted
+    return wanted
+
+
 @dataclass
 class TrainState:
     """Everything one rank holds for a run, built once by `setup` and advanced by `train_step`."""
@@ -264,6 +290,10 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
     # the world, and whether the model can fit, before any weight is loaded
     world = init_world()
     precision = resolve_precision(cfg.precision, world.device)
+    lengths = [len(e) for e in examples]
+    plans = [plan_epoch(lengths, seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, batching=cfg.batching,
+                        seed=cfg.seed, epoch=e) for e in range(cfg.epochs)]
+    stream_steps = match_reference_steps(cfg, plans, len(examples), world.size) if cfg.reference_batch else None
     ds = resolve_ds_config(cfg, ds_file, world_size=world.size, precision=precision)
     grad_accum = ds["gradient_accumulation_steps"]
     stage = zero_stage(ds)
@@ -271,10 +301,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
     if cfg.plan_check:
         _check_plan(cfg, stage, opt_off, par_off, world)
 
-    lengths = [len(e) for e in examples]
-    plans = [plan_epoch(lengths, seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, batching=cfg.batching,
-                        seed=cfg.seed, epoch=e) for e in range(cfg.epochs)]
-    sched = Schedule(plans, world.size * grad_accum)
+    sched = Schedule(plans, world.size * grad_accum, steps=stream_steps)
     total_steps = min(sched.total, cfg.max_steps or sched.total)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
     waste = padding_waste(plans[0], lengths, seq_len=cfg.seq_len, batching=cfg.batching)

@@ -89,6 +89,8 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
             collector.notes.append(standin.LABEL)
         else:
             base_url, model, key_env, prices = cfg.teacher_url, cfg.teacher_model, cfg.teacher_api_key_env, None
+            if cfg.price_in is not None and cfg.price_out is not None:
+                prices = {model: (cfg.price_in, cfg.price_out)}
             key = os.environ.get(key_env, "").strip()
             if key:
                 collector.secrets.append(key)

@@ -27,6 +27,17 @@ from persd.runtime.teacher.config import TeacherConfig
 STUDENT_BACKENDS = ("vllm", "openai", "hf")
 PROGRESS_MODES = ("auto", "live", "plain", "none")
 FORMATS = ("persd", "persd-refine", "inpd", "stand")
+PROTOCOLS = ("persd", "paper")  # paper: the reference implementation's protocol (engine/paper/, docs/fidelity.md)
+TEACHER_CONTEXTS = ("gold", "none")
+
+
+def _or_unset(cast: Any, word: str) -> Any:
+    """A value, or `word` ('default', 'none') for "send nothing": None."""
+    def convert(v: Any) -> Any:
+        return None if v is None or str(v).strip().lower() == word else cast(v)
+
+    convert.__name__ = f"{getattr(cast, '__name__', 'value')} or '{word}'"
+    return convert
 PROMPT_VERSION = 1  # bump when the engine's teacher prompts change (it alters results)
 
 
@@ -103,6 +114,12 @@ class CollectConfig(StudentFields, TimeLimitFields):
                                    group="input and output")
     shard_size: int = opt(500, help="tasks per shard", changes_results=True, type=positive_int,
                           group="input and output")
+    preset: str | None = opt(None, help="settings under --config: paper (the reference implementation's "
+                             "protocol, docs/paper.md) or a TOML file of these options", changes_results=False,
+                             group="input and output", metavar="NAME|FILE.toml")
+    protocol: str = opt("persd", help="persd, or paper: the reference implementation's prompts, checker and "
+                        "formats (set by --preset paper)", changes_results=True, choices=PROTOCOLS,
+                        group="input and output")
     num_shards: int = opt(1, help="number of partitions (machines)", changes_results=False, type=positive_int,
                           group="input and output", shown="SLURM_ARRAY_TASK_COUNT, else 1")
     shard_index: int = opt(0, help="this machine's partition", changes_results=False, type=nonneg_int,
@@ -123,10 +140,22 @@ class CollectConfig(StudentFields, TimeLimitFields):
                              group="teacher")
     teacher_api_key_env: str = opt(TeacherConfig.api_key_env, help="environment variable holding the key",
                                    changes_results=False, group="teacher")
-    teacher_temperature: float = opt(0.0, help="teacher sampling temperature", changes_results=True,
-                                     group="teacher")
-    teacher_max_tokens: int = opt(1024, help="teacher max new tokens", changes_results=True, type=positive_int,
-                                  group="teacher")
+    teacher_temperature: float | None = opt(0.0, help="teacher sampling temperature, or 'default' to send none "
+                                            "(the API's default; the paper preset)", changes_results=True,
+                                            type=_or_unset(float, "default"), group="teacher")
+    teacher_max_tokens: int | None = opt(1024, help="teacher max new tokens, or 'none' to send none (the paper "
+                                         "preset)", changes_results=True, type=_or_unset(positive_int, "none"),
+                                         group="teacher")
+    teacher_context: str | None = opt(None, help="paper protocol: gold shows the teacher the dataset's solution as "
+                                      "its own first answer, as the reference did; none leaves it out",
+                                      changes_results=True, choices=TEACHER_CONTEXTS, group="teacher",
+                                      shown="gold with --protocol paper")
+    price_in: float | None = opt(None, help="USD per 1M teacher input tokens (with --price-out; overrides the "
+                                 "price table)", changes_results=False, type=nonneg_float, group="teacher",
+                                 shown="the price table")
+    price_out: float | None = opt(None, help="USD per 1M teacher output tokens (with --price-in)",
+                                  changes_results=False, type=nonneg_float, group="teacher",
+                                  shown="the price table")
     teacher_top_p: float | None = opt(None, help="teacher nucleus sampling top_p", changes_results=True,
                                       type=positive_float, group="teacher", shown="the provider's")
     teacher_max_in_flight: int = opt(TeacherConfig.max_in_flight, help="teacher requests in flight",
@@ -210,12 +239,18 @@ class CollectConfig(StudentFields, TimeLimitFields):
             raise ConfigError("teacher_top_p", f"{self.teacher_top_p}: expected a value in (0, 1]")
         if self.teacher_url and not self.teacher_url.startswith(("http://", "https://")):
             raise ConfigError("teacher_url", f"{self.teacher_url!r}: expected an http(s) URL")
+        if self.teacher_context is not None and self.protocol != "paper":
+            raise ConfigError("teacher_context", "applies to the paper protocol (--preset paper)")
+        if (self.price_in is None) != (self.price_out is None):
+            raise ConfigError("price_in", "--price-in and --price-out go together (USD per 1M input and output "
+                              "tokens)")
 
 
 COLLECT = Command(
     CollectConfig, "collect",
     description="Personalised-distillation collection: student attempt -> sandbox -> teacher refinement -> "
                 "verified training records, written as sealed shards. Rerun the same command to resume.",
+    preset_field="preset", preset_package="persd.engine.collect.presets",
     groups=("input and output", "student", "teacher", "flow"))
 
 

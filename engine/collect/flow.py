@@ -144,8 +144,8 @@ class TaskFlow:
 
     # ------------------------------------------------------------------ steps
 
-    async def _attempt(self, task: Task, on_attempt: Callable[[dict], None] | None) -> dict:
-        req = student_request(task, self.cfg, self.cfg.seed)
+    async def _attempt(self, task: Task, on_attempt: Callable[[dict], None] | None, req=None) -> dict:
+        req = req if req is not None else student_request(task, self.cfg, self.cfg.seed)
         async with self.lim.student.timed():
             try:
                 out = await self.b.student.generate(req)

@@ -22,7 +22,9 @@ from typing import Any, Iterator
 import orjson
 
 RECORD_FIELDS = ("id", "task_id", "format", "prompt", "completion")  # required, all strings; `meta` optional
-FORMAT_ALIASES = {"persd-combined": ("persd", "persd-refine")}
+FORMAT_ALIASES = {"persd-combined": ("persd", "persd-refine"),
+                  # the reference's PersD-combined file (finetuning_data_chatgpt_only.jsonl): refine + gold
+                  "paper-combined": ("persd-refine", "inpd")}
 
 
 def shard_name(k: int) -> str:

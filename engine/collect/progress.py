@@ -168,6 +168,12 @@ def summary_table(snap: dict, out_dir: str, wall_s: float) -> Table:
     table.add_row("teacher requests (this run)", str(t.get("requests", 0)))
     table.add_row("teacher tokens in/out (this run)", f"{t.get('tokens_in', 0)}/{t.get('tokens_out', 0)}")
     table.add_row("teacher cost (this run)", f"${t.get('cost_usd', 0) or 0:.4f}")
+    if t.get("price_per_1m_usd"):
+        p_in, p_out = t["price_per_1m_usd"]
+        table.add_row("  at --price-in/--price-out", f"${p_in:g} / ${p_out:g} per 1M tokens")
+    refined = oc.get("refined", 0)
+    if refined and t.get("cost_usd"):
+        table.add_row("  per verified refinement", f"${t['cost_usd'] / refined:.5f}")
     sandbox = snap.get("sandbox") or {}
     table.add_row("sandbox executions", str(sandbox.get("done", 0)))
     table.add_row("shards sealed", f"{snap.get('shards_sealed', 0)}/{snap.get('shards_total', 0)}")

@@ -175,7 +175,10 @@ class Collector:
     async def _work(self) -> None:
         cfg = self.cfg
         assert self.limits and self.backends
-        self.flow = TaskFlow(cfg, self.backends, self.limits, Meta(self.student_label, self.teacher_label, cfg.round))
+        flow_class = TaskFlow
+        if cfg.protocol == "paper":
+            from persd.engine.paper.flow import PaperTaskFlow as flow_class
+        self.flow = flow_class(cfg, self.backends, self.limits, Meta(self.student_label, self.teacher_label, cfg.round))
         self.work_started = time.monotonic()  # backends are up: what follows is the work itself
         self._slots = asyncio.Semaphore(cfg.max_in_flight)
         title = f"persd collect -> {self.out}" + (f" [{cfg.partition}]" if cfg.partition else "")
@@ -317,7 +320,10 @@ class Collector:
 
     def snapshot(self) -> dict:
         teacher = self.backends.teacher if self.backends else None
-        return self.stats.snapshot(self.limits, teacher, self.cfg.max_cost)
+        snap = self.stats.snapshot(self.limits, teacher, self.cfg.max_cost)
+        if self.cfg.price_in is not None and "teacher" in snap:  # --price-in/--price-out: say which prices
+            snap["teacher"]["price_per_1m_usd"] = [self.cfg.price_in, self.cfg.price_out]
+        return snap
 
     def manifest(self) -> dict:
         assert self.plan and self.source and self.store

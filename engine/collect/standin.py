@@ -38,6 +38,12 @@ class StandinResponder:
     def __call__(self, body: dict) -> str:
         messages = body.get("messages") or []
         first_user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+        paper = _paper_task(first_user)
+        if paper is not None:  # engine/paper's prompts (the reference implementation's wording)
+            ref, calls = self.references.get(_key(paper[1]), ("", ""))
+            if paper[0] == "inputs":
+                return calls or "The offline stand-in cannot propose test inputs for this task."
+            return f"RECTIFIED CODE:\n```python\n{ref.rstrip()}\n```" if ref else "The code is correct."
         m = _TASK.search(first_user)
         ref, calls = self.references.get(_key(m.group(1)) if m else "", ("", ""))
         if lessons.INPUTS in first_user:
@@ -45,6 +51,19 @@ class StandinResponder:
         if not ref:
             return "```python\n# the offline stand-in has no reference solution for this task\n```"
         return f"```python\n{ref.rstrip()}\n```"
+
+
+_PAPER_TEACHER = re.compile(r'^Complete the python function.*?\nTASK:\n"""\n(.*?)\n"""', re.S)
+_PAPER_INPUTS = re.compile(r"^### INSTRUCTION: Generate 5 example inputs.*?\nTASK:\n(.*?)\n\nCODE:\n", re.S)
+
+
+def _paper_task(text: str) -> tuple[str, str] | None:
+    """("refine" | "inputs", the task's text) for a paper-mode teacher prompt, else None."""
+    for kind, pattern in (("refine", _PAPER_TEACHER), ("inputs", _PAPER_INPUTS)):
+        m = pattern.search(text)
+        if m:
+            return kind, m.group(1).replace("\r\n", "\n")
+    return None
 
 
 def _calls(task: Task) -> str:

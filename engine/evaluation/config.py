@@ -63,6 +63,9 @@ class EvalConfig(StudentFields, TimeLimitFields):
                                     f"persd-refine prompt layout (the paper uses {PAPER_REFINE_STEPS}; "
                                     f"--refine for short)", changes_results=True, type=nonneg_int,
                             group="sampling and scoring")
+    style: str = opt("persd", help="paper: the reference implementation's prompts, cleaning, scoring and "
+                     "refine-inference (engine/paper/; set by the paper-* protocols, persd-* keep persd's own)",
+                     changes_results=True, choices=("persd", "paper"), group="sampling and scoring")
     # flow
     max_in_flight: int = opt(64, help="tasks alive at once", changes_results=False, type=positive_int,
                              group="flow")
@@ -98,6 +101,9 @@ class EvalConfig(StudentFields, TimeLimitFields):
         if backend in ("hf", "vllm") and not self.student_model:
             raise ConfigError("student_model", f"required with the {backend} backend (a checkpoint directory)")
         check_sampling(self.temperature, self.top_p)
+        if self.style == "paper" and self.student_chat:
+            raise ConfigError("student_chat", "the paper style (the paper-* protocols) drives a base model: "
+                              "leave out --student-chat")
 
 
 def _refine_alias(p: argparse.ArgumentParser) -> None:

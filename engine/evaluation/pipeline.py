@@ -192,7 +192,8 @@ class Evaluator:
                 self._keep_gen(task, s, 0, {"completion": text, "finish_reason": reason})
 
     async def _generate_refine(self, task: Task, sample: int, step: int, prev: dict) -> None:
-        req = sampling.refine_request(task, self.cfg, sample, step, prev["code"], prev["visible_feedback"] or "")
+        code = prev.get("visible_code", prev["code"])  # paper style: the cleaned sample the reference shows
+        req = sampling.refine_request(task, self.cfg, sample, step, code, prev["visible_feedback"] or "")
         got = await self._generate(req)
         if isinstance(got, str):
             self._keep_gen(task, sample, step, {"error": got})
@@ -225,6 +226,8 @@ class Evaluator:
                 return {**base, "origin": "direct", "status": "error", "feedback": gen["error"], "code": "",
                         "visible_status": None, "visible_feedback": None, "finish_reason": None}
             return dict(prev, **base, origin="carried", student_error=gen["error"])
+        if self.cfg.style == "paper":
+            return await self._score_paper(task, step, gen, prev, base)
         code = extract_program(task, gen["completion"], self.cfg.student_chat)
         check_visible = step < self.steps and bool(task.visible_tests.strip())
         runs = [self._run(task, task.program(code))]
@@ -239,6 +242,34 @@ class Evaluator:
                 "visible_feedback": visible.feedback if visible else None,
                 "finish_reason": gen.get("finish_reason"), "limit": getattr(hidden, "limit", None),
                 "limit_s": getattr(hidden, "limit_s", None)}
+
+    async def _score_paper(self, task: Task, step: int, gen: dict, prev: dict | None, base: dict) -> dict:
+        """The reference's sample, score and visible-test feedback (engine/paper/evaluation.py)."""
+        from persd.engine.paper import checker
+        from persd.engine.paper import evaluation as paper
+
+        origin = "direct" if step == 0 else "refined"
+        if step == 0:
+            completion = paper.direct_completion(task, gen["completion"])
+        else:
+            completion = paper.refined_completion(task, gen["completion"], prev["code"])
+            if completion is None:  # a "none" or too short answer: the sample stays as it was
+                completion, origin = prev["code"], "kept"
+        marks = [checker.new_marker(), checker.new_marker()]
+        runs = [self._run(task, paper.score_program(task, completion, marks[0]))]
+        check_visible = step < self.steps
+        visible_code = paper.cleaned(task, completion) if check_visible else None
+        if check_visible:
+            runs.append(self._run(task, paper.feedback_program(task, visible_code, marks[1])))
+        done = await asyncio.gather(*runs)
+        hidden, visible = done[0], (done[1] if check_visible else None)
+        return {**base, "origin": origin, "status": hidden.status,
+                "feedback": "" if hidden.status == "passed" else paper.error_text(hidden, marks[0]),
+                "code": completion, "visible_code": visible_code,
+                "visible_status": visible.status if visible else None,
+                "visible_feedback": (None if visible is None else
+                                     "" if visible.status == "passed" else paper.error_text(visible, marks[1])),
+                "finish_reason": gen.get("finish_reason")}
 
     # ------------------------------------------------------------------ output
 

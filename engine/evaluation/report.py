@@ -39,8 +39,18 @@ def summarize(cfg, tasks, lines: list[dict], stats: dict[str, Any], extra: dict[
         "seed": cfg.seed, "refine_steps": cfg.refine_steps, "refine_feedback": "visible tests",
         "refine_prompt": "persd-refine record layout (engine/lessons.refine_record_prompt)",
         "student_model": cfg.student_model, "student_backend": cfg.resolved_student_backend(),
-        "student_chat": cfg.student_chat, "exec_timeout": cfg.exec_timeout, **config_from(cfg).fingerprint(),
+        "student_chat": cfg.student_chat, "exec_timeout": cfg.exec_timeout, "style": cfg.style,
+        **config_from(cfg).fingerprint(),
     }
+    if cfg.style == "paper":
+        from persd.engine.paper import evaluation as paper
+
+        shapes = {t.shape for t in tasks}
+        summary["protocol"].update(
+            refine_prompt="the reference's ft_error_rectify_instruction.txt, TASK empty (engine/paper/prompts.py)",
+            refine_feedback="; ".join(sorted({paper.feedback_tests_label(t) for t in tasks})) if tasks else "",
+            scoring="the reference's programs: " + ", ".join(sorted(
+                {"humaneval": "HumanEval test", "mbpp": "MBPP test_formatted"}.get(s, s) for s in shapes)))
     summary["run"] = stats
     if extra:
         summary.update(extra)

@@ -44,6 +44,14 @@ async def open_backends(cfg: EvalConfig, student=None, sandbox=None):
 
 async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pipelined") -> dict[str, Any]:
     tasks = select_tasks(cfg.tasks, cfg.task_ids, cfg.limit)
+    if cfg.style == "paper":
+        from persd.engine.paper import evaluation as paper
+        from persd.runtime.errors import UsageError
+
+        other = next((t.task_id for t in tasks if not paper.supported(t)), None)
+        if other is not None:
+            raise UsageError(f"--style paper (the paper-* protocols) evaluates HumanEval and MBPP tasks with the "
+                             f"reference's tests; task {other!r} is neither (use a persd-* protocol)")
     journal = EvalJournal(Path(cfg.out))
     fingerprint = dict(cfg.fingerprint(), tasks_count=len(tasks), tasks_sha256=tasks_digest(tasks))
     resuming = journal.check_settings(fingerprint, cfg.force)

@@ -37,6 +37,10 @@ def direct_request(task: Task, cfg: "EvalConfig", samples: list[int]) -> "Studen
     (the base seed, offset by the first sample), so backends that batch by sampling settings (hf)
     batch every task's request together; vLLM seeds the n samples of a request seed, seed+1, ..."""
     params = sampling_params(cfg, len(samples), cfg.seed + samples[0])
+    if cfg.style == "paper":
+        from persd.engine.paper import evaluation as paper
+
+        return paper.direct_request(task, params, task.task_id)
     return prompts.student_request(task, params, cfg.student_chat)
 
 
@@ -49,6 +53,10 @@ def refine_request(task: Task, cfg: "EvalConfig", sample: int, step: int, attemp
     from persd.runtime.student import StudentRequest
 
     params = sampling_params(cfg, 1, request_seed(cfg.seed, task.task_id, sample, step))
+    if cfg.style == "paper":  # attempt: the cleaned sample; feedback: the reference's error text
+        from persd.engine.paper import evaluation as paper
+
+        return paper.refine_request(task, params, attempt, feedback, f"{task.task_id}#{sample}/{step}")
     text = refine_prompt(task, attempt, feedback)
     if cfg.student_chat:
         messages = [{"role": "system", "content": prompts.SYSTEM},

@@ -19,6 +19,8 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4-turbo": (10.00, 30.00),
     "gpt-4": (30.00, 60.00),
     "gpt-3.5-turbo": (0.50, 1.50),
+    # the PERsD paper's teacher (2023): $0.002 per 1K tokens, input and output alike (retired since)
+    "gpt-3.5-turbo-0301": (2.00, 2.00),
     "o4-mini": (1.10, 4.40),
     "o3-mini": (1.10, 4.40),
     "o3": (2.00, 8.00),

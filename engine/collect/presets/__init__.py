@@ -1,0 +1,1 @@
+"""Shipped `persd collect --preset` files (TOML, the format of --config)."""
