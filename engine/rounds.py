@@ -34,6 +34,7 @@ import orjson
 
 from persd.engine.collect.config import describe_difference, resolve_student_backend
 from persd.engine.evaluation.journal import atomic_write
+from persd.engine.report import hint
 from persd.engine.collect.shards import iter_lines
 from persd.engine.tasks import parse_task_line, resolve_source
 from persd.runtime.errors import PersdError, UsageError
@@ -425,6 +426,7 @@ def print_table(infos: list[RoundInfo], out: str) -> None:
     console = Console()
     console.print(table)
     console.print(f"summary: {out}/summary.json  commands: {out}/commands.log")
+    print(hint(out))
 
 
 # ------------------------------------------------------------------ helpers

@@ -10,3 +10,11 @@
     page.py      the HTML page: every text from a model or a task is escaped
     build.py     all of it together: build_report(dirs, out)
 """
+from __future__ import annotations
+
+import shlex
+
+
+def hint(out) -> str:
+    """The line each command prints at the end of a run: how to see it."""
+    return f"report: persd report {shlex.quote(str(out))}"

@@ -68,6 +68,8 @@ details.ex>summary{cursor:pointer;font-size:13px}
 .count{color:#546e7a;font-size:12px}
 .cols{display:grid;grid-template-columns:1fr 1fr;gap:10px}
 .cols>div{min-width:0}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:8px 16px;align-items:start}
+.top{display:grid;grid-template-columns:minmax(320px,420px) 1fr;gap:16px;align-items:start}
 """
 
 SCRIPT = """
@@ -161,10 +163,11 @@ def collect_body(s: CollectSummary, figs: dict[str, Figure]) -> str:
         ("HTTP 429 / retries", Raw(f"{t.get('http_429', '-')} / {t.get('retries', '-')}")),
         ("wall time (s, last run)", s.metrics.get("wall_s")),
     ]
-    out = [kv_table(rows), notes(s.notes)]
-    for key in ("share", "funnel", "turns", "errors", "time"):
-        if key in figs:
-            out.append(img(figs[key]))
+    side = "".join(img(figs[k]) for k in ("share", "funnel") if k in figs)
+    out = [f'<div class="top"><div>{kv_table(rows)}</div><div>{side}</div></div>', notes(s.notes)]
+    out.append('<div class="figs">' + "".join(img(figs[k]) for k in ("turns", "errors") if k in figs) + "</div>")
+    if "time" in figs:
+        out.append(img(figs["time"]))
     if s.error_kinds:
         out.append(table(["error kind (student attempts)", "tasks"], [[k, v] for k, v in s.error_kinds.most_common(20)]))
     out.append(settings_block("collect settings", s.config))

@@ -91,7 +91,8 @@ def error_kinds(s: CollectSummary, top: int = 12) -> bytes | None:
         return None
     panels = [(c, t) for c, t in ((s.error_kinds, "student's failing attempts"),
                                   (s.refine_error_kinds, "teacher's last failing program (unresolved)")) if c]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.3 * top + 1), squeeze=False)
+    rows = max(min(top + 1, len(c)) for c, _ in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.3 * rows + 1.1), squeeze=False)
     for ax, (counts, title) in zip(axes[0], panels):
         items = counts.most_common(top)
         rest = sum(counts.values()) - sum(v for _, v in items)
@@ -114,10 +115,13 @@ def over_time(s: CollectSummary) -> bytes | None:
         ax.set_title("teacher tokens by task (no timeline.jsonl in this directory)")
         return png(fig)
     t0 = rows[0]["t"]
-    t = [(r["t"] - t0) / 60 for r in rows]
+    minutes = rows[-1]["t"] - t0 >= 120
+    unit = "minutes" if minutes else "seconds"
+    t = [(r["t"] - t0) / (60 if minutes else 1) for r in rows]
     done = [r.get("tasks_done", 0) for r in rows]
     teacher = [r.get("teacher") or {} for r in rows]
-    rate = [0.0] + [max(0.0, (done[i] - done[i - 1]) / max(1e-9, (t[i] - t[i - 1]) * 60)) for i in range(1, len(t))]
+    scale = 60 if minutes else 1
+    rate = [0.0] + [max(0.0, (done[i] - done[i - 1]) / max(1e-9, (t[i] - t[i - 1]) * scale)) for i in range(1, len(t))]
     fig, axes = plt.subplots(2, 2, figsize=(10, 5.5), sharex=True)
     a = axes[0][0]
     a.plot(t, done, color="#455a64")
@@ -135,14 +139,17 @@ def over_time(s: CollectSummary) -> bytes | None:
     a = axes[1][0]
     a.plot(t, [x.get("cost_usd", 0) for x in teacher], color="#6a1b9a")
     a.set_title("teacher cost, USD (cumulative)")
-    a.set_xlabel("minutes")
+    a.set_xlabel(unit)
     a = axes[1][1]
     a.plot(t, [x.get("http_429", 0) for x in teacher], color="#c62828", label="HTTP 429")
     a.plot(t, [x.get("retries", 0) for x in teacher], color="#e65100", label="retries")
     a.plot(t, [x.get("failures", 0) for x in teacher], color="#757575", label="failures")
     a.set_title("rate limits and retries (cumulative)")
-    a.set_xlabel("minutes")
+    a.set_xlabel(unit)
     a.legend(fontsize=8)
+    for a in (axes[0][0], axes[0][1], axes[1][0], axes[1][1], b):
+        a.set_ylim(bottom=0)
+        a.yaxis.get_major_locator().set_params(integer=a is not axes[1][0])
     return png(fig)
 
 
@@ -187,12 +194,15 @@ def eval_passk(s: EvalSummary) -> bytes | None:
     axes[0].set_xlabel("refine step (0 = direct)")
     axes[0].set_ylabel("pass@1 (%)")
     axes[0].set_title("pass@1 per refine step")
+    axes[0].set_ylim(0, max(5.0, max(p1, default=0) * 1.15))
     for st in steps:
         ks = sorted(s.pass_at[st])
         axes[1].plot(ks, [100 * s.pass_at[st][k] for k in ks], "o-", label=f"step {st}")
     axes[1].set_xlabel("k")
     axes[1].set_ylabel("pass@k (%)")
     axes[1].set_title("pass@k against k")
+    axes[1].set_ylim(0, max(5.0, 115 * max((v for d in s.pass_at.values() for v in d.values()), default=0)))
+    axes[1].xaxis.get_major_locator().set_params(integer=True)
     axes[1].legend(fontsize=8)
     statuses = ("passed", "failed", "timeout", "error")
     bottom = [0] * len(steps)
@@ -232,6 +242,8 @@ def loop_rounds(s: LoopSummary) -> bytes | None:
                  color="#1565c0", label="pass@1 after refine")
     axes[1].set_xticks(list(x), labels)
     axes[1].set_ylabel("pass@1 (%)")
+    top = max((100 * v for r in rounds for v in (r.pass1, r.pass1_refined) if v is not None), default=0)
+    axes[1].set_ylim(0, max(5.0, top * 1.15))
     axes[1].set_title("the student after each round")
     axes[1].legend(fontsize=8)
     return png(fig)
