@@ -318,21 +318,31 @@ def _records_of(path: Path, ids: set[str]) -> dict[str, dict]:
     return out
 
 
-def _attach_prompts(s: CollectSummary, max_scan: int = 2_000_000) -> None:
-    """The task prompt of each example, from the task source named in the manifest (read lazily, stopped as
-    soon as every example has its prompt); left out where the source is gone."""
+def _attach_prompts(s: CollectSummary) -> None:
+    """The task prompt of each example, from the task source named in the manifest: lines are matched by
+    the task id's bytes before any is parsed, and reading stops once every example has its prompt; left
+    out where the source is gone."""
     want = {e.task_id: e for e in s.examples if e.prompt is None}
     src = s.config.get("tasks")
     if not want or not src:
         return
-    try:
-        from persd.engine.tasks import iter_tasks
+    import gzip
 
-        for n, task in enumerate(iter_tasks(src)):
-            e = want.pop(task.task_id, None)
-            if e is not None:
-                e.prompt = task.prompt
-            if not want or n >= max_scan:
-                break
-    except Exception:  # the source moved or changed: the browser shows the rest
-        s.notes.append(f"task prompts not shown: the task source {src} could not be read")
+    from persd.engine.tasks import parse_task_line, resolve_source
+
+    pattern = re.compile(b"|".join(re.escape(orjson.dumps(tid)) for tid in want))  # one C-level scan a line
+    try:
+        path = resolve_source(str(src))
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if pattern.search(raw) is None:
+                    continue
+                task = parse_task_line(raw, str(path), lineno)
+                e = want.pop(task.task_id, None)
+                if e is not None:
+                    e.prompt = task.prompt
+                if not want:
+                    break
+    except Exception:  # the source moved, changed or is unreadable: the browser shows the rest
+        s.notes.append(f"task prompts not shown for {len(want)} example(s): the task source {src} could not be read")
