@@ -324,3 +324,173 @@ def _inline_pngs(html: str) -> list[bytes]:
     import base64
 
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+# ------------------------------------------------------------------ a real browser
+
+
+def find_browser() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (aiohttp websockets): navigate, evaluate,
+    screenshot, and every console error, uncaught exception and log error (CSP violations included)."""
+
+    def __init__(self, exe: str, profile: Path):
+        self.exe, self.profile = exe, profile
+        self.errors: list[str] = []
+        self._id = 0
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future] = {}
+
+    async def __aenter__(self) -> "Browser":
+        import aiohttp
+
+        self.proc = await asyncio.create_subprocess_exec(
+            self.exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+            "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "--window-size=1280,1800", "about:blank",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            return await self._connect()
+        except BaseException:
+            self.proc.kill()
+            await self.proc.wait()
+            raise
+
+    async def _connect(self) -> "Browser":
+        import aiohttp
+
+        ws_url = None
+        while ws_url is None:  # the browser says where it listens on its stderr
+            line = await asyncio.wait_for(self.proc.stderr.readline(), 60)
+            assert line, "chromium exited before listening"
+            m = re.search(rb"DevTools listening on (ws://\S+)", line)
+            ws_url = m and m.group(1).decode()
+        self._drain = asyncio.create_task(self._drain_stderr())
+        port = re.search(r":(\d+)/", ws_url).group(1)
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/json/list") as resp:
+            page = next(t for t in await resp.json() if t["type"] == "page" and t["url"] == "about:blank")
+        self.http = aiohttp.ClientSession()
+        self.ws = await self.http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0)
+        self._reader = asyncio.create_task(self._read())
+        for domain in ("Runtime", "Log", "Page"):
+            await self.call(f"{domain}.enable")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._reader.cancel()
+        await self.ws.close()
+        await self.http.close()
+        self.proc.kill()
+        await self.proc.wait()
+        self._drain.cancel()
+
+    async def _drain_stderr(self) -> None:
+        while await self.proc.stderr.readline():
+            pass
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            data = orjson.loads(msg.data)
+            if "id" in data:
+                self._pending.pop(data["id"]).set_result(data)
+                continue
+            method, params = data.get("method"), data.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                self.errors.append(f"exception: {params['exceptionDetails']}")
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert", "warning"):
+                self.errors.append(f"console.{params['type']}: {params.get('args')}")
+            elif method == "Log.entryAdded" and params["entry"].get("level") in ("error", "warning"):
+                self.errors.append(f"log: {params['entry'].get('text')} {params['entry'].get('url', '')}")
+            await self._events.put((method, params))
+
+    async def call(self, method: str, **params) -> dict:
+        self._id += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[self._id] = fut
+        await self.ws.send_str(orjson.dumps({"id": self._id, "method": method, "params": params}).decode())
+        data = await asyncio.wait_for(fut, 120)
+        assert "error" not in data, data
+        return data["result"]
+
+    async def open(self, url: str) -> None:
+        while not self._events.empty():
+            self._events.get_nowait()
+        await self.call("Page.navigate", url=url)
+        while (await asyncio.wait_for(self._events.get(), 120))[0] != "Page.loadEventFired":
+            pass
+
+    async def js(self, expr: str):
+        out = await self.call("Runtime.evaluate", expression=expr, returnByValue=True)
+        assert "exceptionDetails" not in out, out
+        return out["result"].get("value")
+
+    async def screenshot(self, path: Path, full: bool = False) -> Path:
+        import base64
+
+        params = {"format": "png", "captureBeyondViewport": full}
+        if full:
+            h = await self.js("document.documentElement.scrollHeight")
+            params["clip"] = {"x": 0, "y": 0, "width": 1280, "height": min(int(h), 12000), "scale": 1}
+        path.write_bytes(base64.b64decode((await self.call("Page.captureScreenshot", **params))["data"]))
+        return path
+
+
+def not_blank(png: Path) -> None:
+    from PIL import Image, ImageStat
+
+    im = Image.open(png).convert("RGB")
+    assert im.size[0] >= 800 and im.size[1] >= 600
+    small = im.resize((im.size[0] // 4, im.size[1] // 4))
+    colours = small.getcolors(1 << 20) or []
+    assert len(colours) > 50, f"{png}: only {len(colours)} colours"
+    assert max(ImageStat.Stat(im).stddev) > 20, f"{png}: nearly uniform"
+    # the figures are drawn: their blues and reds are on screen
+    assert any(b > 150 and r < 60 for _, (r, g, b) in colours) and any(r > 150 and g < 60 for _, (r, g, b) in colours)
+
+
+async def test_report_in_a_real_browser(runs, tmp_path):
+    exe = find_browser()
+    if exe is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium; .ci/run installs it)")
+    out = tmp_path / "report.html"
+    p = report(str(runs["collect"]), str(runs["eval"]), str(runs["train"]), "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    async with Browser(exe, tmp_path / "profile") as b:
+        await b.open(out.as_uri())
+        ids = await b.js("[...document.querySelectorAll('section')].map(s => s.id)")
+        assert ids == ["collect-1", "collect-1-examples", "eval-1", "train-1"]
+        assert await b.js("document.querySelectorAll('main img').length") == 7
+        assert await b.js("[...document.images].every(i => i.complete && i.naturalWidth > 100)")
+        # no script from a completion ran (it would have marked the body), and its text is on the page
+        assert await b.js("document.body.dataset.pwned === undefined")
+        assert await b.js("document.body.textContent.includes(\"<img src=x onerror=\")")
+        # the example browser: its script ran, the filter and the search work
+        count = "document.querySelector('#collect-1-browser .count').textContent"
+        assert await b.js(count) == f"{N_TASKS} of {N_TASKS} shown"
+        shot = await b.screenshot(tmp_path / "top.png")
+        await b.js("(() => { const s = document.querySelector('#collect-1-browser select');"
+                   " s.value = 'unresolved'; s.dispatchEvent(new Event('change')); })()")
+        visible = "[...document.querySelectorAll('#collect-1-browser details.ex')].filter(d => !d.hidden)" \
+                  ".map(d => d.dataset.task)"
+        assert sorted(await b.js(visible)) == ["t/1", "t/5"]
+        await b.js("(() => { const s = document.querySelector('#collect-1-browser select'); s.value = '';"
+                   " s.dispatchEvent(new Event('change')); const q = document.querySelector('#collect-1-browser input');"
+                   " q.value = 'SCRIPT>'; q.dispatchEvent(new Event('input')); })()")
+        assert await b.js(visible) == [EVIL_ID]
+        await b.js("document.querySelectorAll('details.ex').forEach(d => d.open = true)")
+        assert await b.js("document.body.dataset.pwned === undefined")
+        full = await b.screenshot(tmp_path / "full.png", full=True)
+        assert b.errors == []
+    not_blank(shot)
+    not_blank(full)
+    keep = os.environ.get("PERSD_REPORT_SHOTS")  # to look at them: PERSD_REPORT_SHOTS=DIR pytest ...
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        for f in (shot, full, out):
+            shutil.copy(f, Path(keep) / f.name)
