@@ -91,9 +91,10 @@ def error_kinds(s: CollectSummary, top: int = 12) -> bytes | None:
         return None
     panels = [(c, t) for c, t in ((s.error_kinds, "student's failing attempts"),
                                   (s.refine_error_kinds, "teacher's last failing program (unresolved)")) if c]
-    rows = max(min(top + 1, len(c)) for c, _ in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.3 * rows + 1.1), squeeze=False)
-    for ax, (counts, title) in zip(axes[0], panels):
+    heights = [0.28 * min(top + 1, len(c)) + 0.7 for c, _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(5.5, sum(heights) + 0.3), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (counts, title) in zip(axes[:, 0], panels):
         items = counts.most_common(top)
         rest = sum(counts.values()) - sum(v for _, v in items)
         if rest:
@@ -176,6 +177,11 @@ def train_curves(s: TrainSummary) -> bytes | None:
         ax.set_title(title)
     axes[1][0].set_xlabel("step")
     axes[1][1].set_xlabel("step")
+    axes[1][0].set_ylim(bottom=0)
+    _, pad = s.series("padding")
+    if pad:
+        axes[1][1].set_ylim(0, max(0.05, max(pad) * 1.3))
+    axes[1][1].xaxis.get_major_locator().set_params(integer=True)
     return png(fig)
 
 
