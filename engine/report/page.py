@@ -161,6 +161,8 @@ def collect_body(s: CollectSummary, figs: dict[str, Figure]) -> str:
         ("teacher cost (USD)", cost),
         ("cost per record (USD)", cost / n_records if cost is not None and n_records else None),
         ("HTTP 429 / retries", Raw(f"{t.get('http_429', '-')} / {t.get('retries', '-')}")),
+        ("retries by cause", Raw(esc(_pairs(t.get("retries_by_cause"))))),
+        ("teacher finish reasons", Raw(esc(_pairs(t.get("finish_reasons"))))),
         ("wall time (s, last run)", s.metrics.get("wall_s")),
     ]
     side = "".join(img(figs[k]) for k in ("share", "funnel") if k in figs)
@@ -174,9 +176,13 @@ def collect_body(s: CollectSummary, figs: dict[str, Figure]) -> str:
     return "".join(out)
 
 
+def _pairs(d: Any) -> str:
+    return ", ".join(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in d.items()) if isinstance(d, dict) and d else "-"
+
+
 def example_browser(anchor: str, examples: list[Example], total: dict[str, int]) -> str:
     if not examples:
-        return "<p>No finished tasks yet.</p>"
+        return "<p>No examples: no finished task yet, or --examples 0.</p>"
     shown = {o: sum(1 for e in examples if e.outcome == o) for o in OUTCOME_ORDER}
     options = '<option value="">all outcomes</option>' + "".join(
         f'<option value="{o}">{o} ({shown[o]} of {total.get(o, 0):,})</option>' for o in OUTCOME_ORDER if shown[o])
