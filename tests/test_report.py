@@ -349,8 +349,6 @@ class Browser:
         self._pending: dict[int, asyncio.Future] = {}
 
     async def __aenter__(self) -> "Browser":
-        import aiohttp
-
         self.proc = await asyncio.create_subprocess_exec(
             self.exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
             "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "--window-size=1280,1800", "about:blank",

@@ -253,7 +253,8 @@ def read_collect(path: Path, per_outcome: int = 30, seed: int = 0, series_points
         s.notes.append(f"{s.journaled_tasks} task(s) read from the journals of unsealed shards (work in progress)")
     step = max(1, len(series) // series_points)
     s.cum_teacher_tokens = series[::step] + ([series[-1]] if series and (len(series) - 1) % step else [])
-    s.examples = _examples(path, [item for o in OUTCOME_ORDER for item in samples[o].items])
+    in_order = lambda item: (int(item[0].get("shard") or 0), int(item[0].get("index") or 0))  # noqa: E731
+    s.examples = _examples(path, [item for o in OUTCOME_ORDER for item in sorted(samples[o].items, key=in_order)])
     _attach_prompts(s)
     return s
 
