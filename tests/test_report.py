@@ -286,6 +286,30 @@ def test_comparison_of_eval_directories(runs, tmp_path):
     assert re.search(r"<td>m-b</td>(<td>[^<]*</td>){2}<td>-</td><td>-</td>", table)  # m-b has no MBPP run
 
 
+def test_eval_still_running_is_read_from_its_journal(runs, tmp_path):
+    from persd.engine.report.evalrun import read_eval
+
+    d = tmp_path / "eval"
+    shutil.copytree(runs["eval"], d)
+    (d / "summary.json").unlink()
+    (d / "results.jsonl").unlink()
+    s, done = read_eval(d), read_eval(runs["eval"])
+    assert not s.finished and s.steps == [0, 1] and s.pass_at == done.pass_at and s.flips_up == done.flips_up
+    assert any("journal" in n for n in s.notes)
+
+
+def test_partition_timelines_are_summed(tmp_path):
+    from persd.engine.report.collect import _timeline
+
+    a, b = tmp_path / "timeline.part-0000-of-0002.jsonl", tmp_path / "timeline.part-0001-of-0002.jsonl"
+    write_jsonl(a, [{"t": 10, "tasks_done": 1, "teacher": {"requests": 1}},
+                    {"t": 30, "tasks_done": 5, "teacher": {"requests": 4}}])
+    write_jsonl(b, [{"t": 20, "tasks_done": 2, "teacher": {"requests": 2, "http_429": 1}}])
+    rows = _timeline([a, b])
+    assert [(r["t"], r["tasks_done"], r["teacher"].get("requests"), r["teacher"].get("http_429", 0)) for r in rows] == \
+        [(10, 1, 1, 0), (20, 3, 3, 1), (30, 7, 6, 1)]
+
+
 # ------------------------------------------------------------------ input, size
 
 
