@@ -298,6 +298,23 @@ def test_eval_still_running_is_read_from_its_journal(runs, tmp_path):
     assert any("journal" in n for n in s.notes)
 
 
+def test_example_sample_is_uniform_and_seeded():
+    from collections import Counter
+
+    from persd.engine.report.collect import Reservoir
+
+    def sample(seed: int, n: int = 50, k: int = 5) -> list[int]:
+        r = Reservoir(k, seed)
+        for i in range(n):
+            r.offer(i)
+        return r.items
+
+    assert sample(1) == sample(1) and sorted(sample(1, n=3)) == [0, 1, 2] and sample(1, k=0) == []
+    counts = Counter(i for seed in range(4000) for i in sample(seed))
+    assert sorted(counts) == list(range(50))  # every item can be drawn, each about k/n of the time
+    assert all(0.7 * 400 < c < 1.3 * 400 for c in counts.values()), counts
+
+
 def test_partition_timelines_are_summed(tmp_path):
     from persd.engine.report.collect import _timeline
 

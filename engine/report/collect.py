@@ -8,6 +8,7 @@ tasks, and only the lines of those tasks are parsed.
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import Counter
@@ -162,22 +163,32 @@ def _timeline(paths: list[Path]) -> list[dict]:
 
 
 class Reservoir:
-    """A seeded uniform sample of at most `size` items from a stream (the same directory, the same sample)."""
+    """A seeded uniform sample of at most `size` items from a stream (the same directory, the same sample).
+    Li's algorithm L: random numbers are drawn only when an item is taken, not for every item offered."""
 
     def __init__(self, size: int, seed: int):
         self.size = size
         self.rng = random.Random(seed)
         self.seen = 0
         self.items: list = []
+        self._w = 1.0
+        self._next = size - 1  # the index of the last item taken (0-based)
+
+    def _skip(self) -> None:
+        self._w *= math.exp(math.log(1.0 - self.rng.random()) / self.size)
+        self._next += int(math.log(1.0 - self.rng.random()) / math.log(1.0 - self._w)) + 1 if self._w < 1 else 1
 
     def offer(self, item) -> None:
         self.seen += 1
+        if self.size == 0:
+            return
         if len(self.items) < self.size:
             self.items.append(item)
-        else:
-            j = self.rng.randrange(self.seen)
-            if j < self.size:
-                self.items[j] = item
+            if len(self.items) == self.size:
+                self._skip()
+        elif self.seen - 1 == self._next:
+            self.items[self.rng.randrange(self.size)] = item
+            self._skip()
 
 
 def read_collect(path: Path, per_outcome: int = 30, seed: int = 0, series_points: int = 2000) -> CollectSummary:
@@ -213,7 +224,10 @@ def read_collect(path: Path, per_outcome: int = 30, seed: int = 0, series_points
         s.outcomes[outcome] += 1
         s.statuses[status] += 1
         if outcome in ("refined", "unresolved"):
-            s.turns.setdefault(outcome, Counter())[int(r.get("refine_turns") or 0)] += 1
+            turns = s.turns.get(outcome)
+            if turns is None:
+                turns = s.turns[outcome] = Counter()
+            turns[int(r.get("refine_turns") or 0)] += 1
         if outcome != "student_passed":
             s.error_kinds[error_kind(r.get("error") or r.get("feedback", ""), status if outcome != "error" else "error")] += 1
         if outcome == "unresolved":
