@@ -110,7 +110,7 @@ class Builder:
     def comparison(self) -> None:
         if len(self.evals) < 2:
             return
-        self.sections.append(Section("comparison", "comparison", "comparison: pass@1 by model and task set",
+        self.sections.insert(0, Section("comparison", "comparison", "comparison: pass@1 by model and task set",
                                      page.comparison_table(self.evals)))
 
 

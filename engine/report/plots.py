@@ -220,6 +220,7 @@ def eval_passk(s: EvalSummary) -> bytes | None:
         bottom = [b + v for b, v in zip(bottom, vals)]
     axes[2].set_xlabel("refine step")
     axes[2].set_title("sample statuses")
+    axes[2].yaxis.get_major_locator().set_params(integer=True)
     axes[2].legend(fontsize=8)
     return png(fig)
 
