@@ -55,11 +55,11 @@ def write_collect(out: Path, n: int, shard_size: int = 1000, seed: int = 0) -> P
                 calls += r["teacher_calls"]
                 tokens += t_in + t_out
                 if outcome in ("refined", "unresolved"):
-                    r.update(attempt=attempt, refine_turns=1 if outcome == "refined" else 2,
+                    r.update(refine_turns=1 if outcome == "refined" else 2,
                              refine_status="passed" if outcome == "refined" else "failed",
                              refine_feedback="" if outcome == "refined" else "AssertionError")
                 if outcome == "unresolved":
-                    r["refinement"] = f"def f_{i}(x, y):\n    return x - y\n"
+                    r.update(attempt=attempt, refinement=f"def f_{i}(x, y):\n    return x - y\n")
                 if outcome == "error":
                     r["error"] = "student rejected the request: prompt too long"
                 res.write(orjson.dumps(r) + b"\n")

@@ -114,17 +114,17 @@ def test_each_command_prints_the_report_command(runs):
 
 
 def test_collect_keeps_what_the_report_shows(runs):
-    """Failed tasks keep the student's attempt; unresolved ones the teacher's last program; a timeline."""
+    """Unresolved tasks keep the student's attempt and the teacher's last program (no record holds them; a
+    refined task's attempt is in its records' meta); and a timeline."""
     res = [r for f in sorted((runs["collect"] / "shards").glob("*.results.jsonl")) for r in read_jsonl(f)]
     by_outcome = {r["outcome"] for r in res}
     assert by_outcome == {"student_passed", "refined", "unresolved"}
     for r in res:
-        if r["outcome"] == "student_passed":
-            assert "attempt" not in r
-        else:
-            assert "return x + 2" in r["attempt"]
         if r["outcome"] == "unresolved":
+            assert "return x + 2" in r["attempt"]
             assert "return x - 1" in r["refinement"] and r["refine_turns"] == 2
+        else:
+            assert "attempt" not in r and "refinement" not in r
     timeline = read_jsonl(runs["collect"] / "timeline.jsonl")
     assert len(timeline) >= 2 and timeline[-1]["tasks_done"] == N_TASKS
     assert timeline[-1]["teacher"]["requests"] >= 1

@@ -116,7 +116,6 @@ class TaskFlow:
         outcome = "student_passed"
         if student_failed:
             solution, turns, last, last_program = done[0]
-            more["attempt"] = attempt_code  # shown by `persd report` next to the teacher's fix
             more["refine_turns"] = turns
             more["refine_status"] = last.status if last is not None else None
             more["refine_feedback"] = last.feedback if last is not None else ""
@@ -125,6 +124,8 @@ class TaskFlow:
                 records += refinement_records(task, self.formats, solution, attempt_code, first.feedback, self.meta, turns)
             else:
                 outcome = "unresolved"
+                # no record keeps these: `persd report` shows them (a refined task's are in its records' meta)
+                more["attempt"] = attempt_code
                 more["refinement"] = last_program  # the teacher's last (failing) program
         if len(done) > (1 if student_failed else 0):
             direct_solution, direct_result = done[-1]
