@@ -301,7 +301,7 @@ def test_eval_still_running_is_read_from_its_journal(runs, tmp_path):
 def test_example_sample_is_uniform_and_seeded():
     from collections import Counter
 
-    from persd.engine.report.collect import Reservoir
+    from persd.engine.report.examples import Reservoir
 
     def sample(seed: int, n: int = 50, k: int = 5) -> list[int]:
         r = Reservoir(k, seed)

@@ -5,7 +5,7 @@
     train.py     a train directory (metrics.jsonl, train.json) -> TrainSummary
     evalrun.py   an eval directory (summary.json, results.jsonl or its journal) -> EvalSummary
     loop.py      a loop directory (loop.json, round-N/) -> LoopSummary
-    examples.py  the sampled tasks of the example browser, and the attempt -> fix diff
+    examples.py  the example browser: a seeded sample per outcome, its texts, the attempt -> fix diff
     plots.py     matplotlib (Agg) figures, saved as PNG
     page.py      the HTML page: every text from a model or a task is escaped
     build.py     all of it together: build_report(dirs, out)

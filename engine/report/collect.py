@@ -8,8 +8,6 @@ tasks, and only the lines of those tasks are parsed.
 """
 from __future__ import annotations
 
-import math
-import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,28 +17,10 @@ from typing import Any, Iterator
 import orjson
 
 from persd.engine.collect.shards import iter_lines
+from persd.engine.report.examples import Example, Reservoir, attach_prompts, examples_of
 
 OUTCOME_ORDER = ("student_passed", "refined", "unresolved", "error")
 _ERROR_NAME = re.compile(r"\b([A-Z][A-Za-z]*(?:Error|Exception|Exit|Interrupt))\b")
-
-
-@dataclass
-class Example:
-    """One task shown in the browser: everything here is untrusted text (escaped when rendered)."""
-
-    task_id: str
-    outcome: str
-    status: str = ""
-    feedback: str = ""
-    attempt: str | None = None
-    solution: str | None = None  # the teacher's verified program (refined)
-    refinement: str | None = None  # the teacher's last failing program (unresolved)
-    refine_feedback: str = ""
-    refine_turns: int | None = None
-    prompt: str | None = None
-    error: str = ""
-    teacher_tokens: int = 0
-    shard: int | None = None
 
 
 @dataclass
@@ -162,35 +142,6 @@ def _timeline(paths: list[Path]) -> list[dict]:
     return out
 
 
-class Reservoir:
-    """A seeded uniform sample of at most `size` items from a stream (the same directory, the same sample).
-    Li's algorithm L: random numbers are drawn only when an item is taken, not for every item offered."""
-
-    def __init__(self, size: int, seed: int):
-        self.size = size
-        self.rng = random.Random(seed)
-        self.seen = 0
-        self.items: list = []
-        self._w = 1.0
-        self._next = size - 1  # the index of the last item taken (0-based)
-
-    def _skip(self) -> None:
-        self._w *= math.exp(math.log(1.0 - self.rng.random()) / self.size)
-        self._next += int(math.log(1.0 - self.rng.random()) / math.log(1.0 - self._w)) + 1 if self._w < 1 else 1
-
-    def offer(self, item) -> None:
-        self.seen += 1
-        if self.size == 0:
-            return
-        if len(self.items) < self.size:
-            self.items.append(item)
-            if len(self.items) == self.size:
-                self._skip()
-        elif self.seen - 1 == self._next:
-            self.items[self.rng.randrange(self.size)] = item
-            self._skip()
-
-
 def read_collect(path: Path, per_outcome: int = 30, seed: int = 0, series_points: int = 2000) -> CollectSummary:
     path = Path(path)
     s = CollectSummary(path)
@@ -268,8 +219,8 @@ def read_collect(path: Path, per_outcome: int = 30, seed: int = 0, series_points
     step = max(1, len(series) // series_points)
     s.cum_teacher_tokens = series[::step] + ([series[-1]] if series and (len(series) - 1) % step else [])
     in_order = lambda item: (int(item[0].get("shard") or 0), int(item[0].get("index") or 0))  # noqa: E731
-    s.examples = _examples(path, [item for o in OUTCOME_ORDER for item in sorted(samples[o].items, key=in_order)])
-    _attach_prompts(s)
+    s.examples = examples_of(path, [item for o in OUTCOME_ORDER for item in sorted(samples[o].items, key=in_order)])
+    attach_prompts(s.examples, s.config.get("tasks"), s.notes)
     return s
 
 
@@ -281,83 +232,3 @@ def _count_record_formats(path: Path) -> Counter:
         for r in iter_lines(f):
             counts[str(r.get("format", "?"))] += 1
     return counts
-
-
-def _examples(path: Path, picked: list[tuple[dict, list[dict] | None]]) -> list[Example]:
-    """Examples of the sampled tasks; the teacher's verified program comes from the records (their shard only)."""
-    need: dict[int, set[str]] = {}
-    for r, recs in picked:
-        if r.get("outcome") == "refined" and recs is None and r.get("shard") is not None:
-            need.setdefault(int(r["shard"]), set()).add(str(r.get("task_id")))
-    found = {}
-    for k, ids in need.items():
-        found.update(_records_of(path / "shards" / f"shard-{k:05d}.jsonl", ids))
-    out = []
-    for r, recs in picked:
-        tid = str(r.get("task_id"))
-        rec = found.get(tid) or next((x for x in recs or () if x.get("format") in ("persd", "persd-refine")), None)
-        meta = (rec or {}).get("meta") or {}
-        out.append(Example(
-            task_id=tid, outcome=str(r.get("outcome")), status=str(r.get("status", "")),
-            feedback=str(r.get("feedback", "")), attempt=r.get("attempt", meta.get("attempt")),
-            solution=meta.get("solution"), refinement=r.get("refinement"),
-            refine_feedback=str(r.get("refine_feedback") or ""), refine_turns=r.get("refine_turns"),
-            prompt=(rec or {}).get("prompt") if (rec or {}).get("format") == "persd" else None,
-            error=str(r.get("error") or ""), teacher_tokens=int(r.get("teacher_tokens", 0) or 0),
-            shard=r.get("shard")))
-    return out
-
-
-def _records_of(path: Path, ids: set[str]) -> dict[str, dict]:
-    """The first persd / persd-refine record of each wanted task in a records file; other lines unparsed."""
-    out: dict[str, dict] = {}
-    if not path.is_file():
-        return out
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if raw.startswith(b'{"id":"'):
-                end = raw.find(b'","', 7)
-                rid = raw[7:end].decode("utf-8", "replace") if end > 0 else ""
-                tid = rid.rsplit("/", 1)[0]
-                if tid not in ids or tid in out:
-                    continue
-            try:
-                rec = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            tid = str(rec.get("task_id"))
-            if tid in ids and tid not in out and rec.get("format") in ("persd", "persd-refine"):
-                out[tid] = rec
-            if len(out) == len(ids):
-                break
-    return out
-
-
-def _attach_prompts(s: CollectSummary) -> None:
-    """The task prompt of each example, from the task source named in the manifest: lines are matched by
-    the task id's bytes before any is parsed, and reading stops once every example has its prompt; left
-    out where the source is gone."""
-    want = {e.task_id: e for e in s.examples if e.prompt is None}
-    src = s.config.get("tasks")
-    if not want or not src:
-        return
-    import gzip
-
-    from persd.engine.tasks import parse_task_line, resolve_source
-
-    pattern = re.compile(b"|".join(re.escape(orjson.dumps(tid)) for tid in want))  # one C-level scan a line
-    try:
-        path = resolve_source(str(src))
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if pattern.search(raw) is None:
-                    continue
-                task = parse_task_line(raw, str(path), lineno)
-                e = want.pop(task.task_id, None)
-                if e is not None:
-                    e.prompt = task.prompt
-                if not want:
-                    break
-    except Exception:  # the source moved, changed or is unreadable: the browser shows the rest
-        s.notes.append(f"task prompts not shown for {len(want)} example(s): the task source {src} could not be read")

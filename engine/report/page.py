@@ -13,9 +13,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from persd.engine.report.collect import OUTCOME_ORDER, CollectSummary, Example, error_kind
+from persd.engine.report.collect import OUTCOME_ORDER, CollectSummary, error_kind
 from persd.engine.report.evalrun import EvalSummary
-from persd.engine.report.examples import clip, diff_lines
+from persd.engine.report.examples import Example, clip, diff_lines
 from persd.engine.report.loop import LoopSummary
 from persd.engine.report.train import TrainSummary
 
