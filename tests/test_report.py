@@ -315,6 +315,19 @@ def test_example_sample_is_uniform_and_seeded():
     assert all(0.7 * 400 < c < 1.3 * 400 for c in counts.values()), counts
 
 
+def test_timeline_of_a_resumed_run_stays_cumulative(tmp_path):
+    from persd.engine.report.collect import _timeline
+
+    p = write_jsonl(tmp_path / "timeline.jsonl", [
+        {"t": 1, "tasks_done": 0, "tasks_done_this_run": 0, "teacher": {"requests": 0, "cost_usd": 0.0}},
+        {"t": 2, "tasks_done": 4, "tasks_done_this_run": 4, "teacher": {"requests": 3, "cost_usd": 0.5}},
+        {"t": 9, "tasks_done": 4, "tasks_done_this_run": 0, "teacher": {"requests": 0, "cost_usd": 0.0}},  # resumed
+        {"t": 10, "tasks_done": 6, "tasks_done_this_run": 2, "teacher": {"requests": 2, "cost_usd": 0.25}}])
+    rows = _timeline([p])
+    assert [r["teacher"]["requests"] for r in rows] == [0, 3, 3, 5]
+    assert [r["teacher"]["cost_usd"] for r in rows] == [0.0, 0.5, 0.5, 0.75]
+
+
 def test_partition_timelines_are_summed(tmp_path):
     from persd.engine.report.collect import _timeline
 

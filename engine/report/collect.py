@@ -125,7 +125,7 @@ def _sum_metrics(paths: list[Path]) -> dict:
 def _timeline(paths: list[Path]) -> list[dict]:
     """The rows of timeline.jsonl; with several partitions, one series of their summed counters
     (at each row's time: the latest row of every partition so far)."""
-    per = [[r for r in iter_lines(p) if isinstance(r.get("t"), (int, float))] for p in paths]
+    per = [_across_runs([r for r in iter_lines(p) if isinstance(r.get("t"), (int, float))]) for p in paths]
     if len(per) == 1:
         return per[0]
     tagged = sorted(((r["t"], i, r) for i, rows in enumerate(per) for r in rows), key=lambda x: (x[0], x[1]))
@@ -139,6 +139,21 @@ def _timeline(paths: list[Path]) -> list[dict]:
             row["teacher"].update({k: v for k, v in (x.get("teacher") or {}).items() if isinstance(v, (int, float))})
         row["teacher"] = dict(row["teacher"])
         out.append(row)
+    return out
+
+
+def _across_runs(rows: list[dict]) -> list[dict]:
+    """The teacher's counters of a row count one run (a resumed run starts again from 0): made cumulative
+    over the runs appended to one timeline, so a resume does not draw a drop."""
+    offset: Counter = Counter()
+    prev: dict = {}
+    out = []
+    for r in rows:
+        raw = {k: v for k, v in (r.get("teacher") or {}).items() if isinstance(v, (int, float))}
+        if r.get("tasks_done_this_run", 1) < prev.get("_this_run", 0) or raw.get("requests", 0) < prev.get("requests", 0):
+            offset.update({k: v for k, v in prev.items() if k != "_this_run"})  # a new run began
+        prev = dict(raw, _this_run=r.get("tasks_done_this_run", 0))
+        out.append(dict(r, teacher={k: v + offset.get(k, 0) for k, v in raw.items()}))
     return out
 
 
