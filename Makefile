@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(VENV)/bin/persd collect --tasks humaneval --limit 20 --max-tokens 96 --out runs/demo/collect
+	$(VENV)/bin/persd report runs/demo/collect --out runs/demo/report.html
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -14,6 +14,7 @@ BENCHES: dict[str, str] = {
     "train": "persd.bench.train",
     "eval": "persd.bench.eval",
     "timeouts": "persd.bench.timeouts",
+    "report": "persd.bench.report",
 }
 
 

@@ -38,6 +38,7 @@ from persd.engine.collect.config import PROGRESS_MODES, CollectConfig, describe_
 from persd.engine.evaluation.config import EvalConfig
 from persd.trainers.cli import TrainCommand
 from persd.engine.evaluation.journal import atomic_write
+from persd.engine.report import hint
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.tasks import parse_task_line, resolve_source
 from persd.runtime.errors import ConfigError, PersdError, UsageError
@@ -425,6 +426,7 @@ def print_table(infos: list[RoundInfo], out: str) -> None:
     console = Console()
     console.print(table)
     console.print(f"summary: {out}/summary.json  commands: {out}/commands.log")
+    print(hint(out))
 
 
 # ------------------------------------------------------------------ helpers

@@ -78,11 +78,12 @@ ALLOWED = {  # layer -> the layers it may import (besides its own)
     "engine.rounds": {"engine.evaluation", "engine.collect", "engine.paper", "engine-shared", "config", "runtime",
                       "trainers"},
     "trainers": {"config", "runtime"},  # and engine.collect.layout, below
-    "engine.cli": {"engine.rounds", "engine.evaluation", "engine.collect", "engine.paper", "engine-shared", "config",
-                   "runtime", "trainers"},
+    "engine.cli": {"engine.report", "engine.rounds", "engine.evaluation", "engine.collect", "engine.paper",
+                   "engine-shared", "config", "runtime", "trainers"},
+    "engine.report": {"engine.collect", "engine.evaluation", "engine.paper", "engine-shared", "config", "runtime"},
     "engine": {"engine.cli"},  # persd/engine/__init__.py
-    "bench": {"engine.cli", "engine.rounds", "engine.evaluation", "engine.collect", "engine.paper", "engine-shared",
-              "config", "runtime", "trainers"},
+    "bench": {"engine.cli", "engine.report", "engine.rounds", "engine.evaluation", "engine.collect", "engine.paper",
+              "engine-shared", "config", "runtime", "trainers"},
 }
 
 
@@ -94,6 +95,8 @@ def test_no_import_runs_back_up_a_layer():
             if dep == "persd.engine.collect.layout" and layer == "trainers":
                 continue  # the trainers read shards through the layout module alone
             if dep in ("persd.engine", "persd.engine.collect"):  # package __init__s: docstrings only
+                continue
+            if dep == "persd.engine.report":  # its __init__ holds `hint` alone: the line every command prints
                 continue
             dl = _layer(dep)
             if dl != layer and dl not in ALLOWED[layer]:

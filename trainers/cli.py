@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,7 @@ def run(cfg: TrainConfig, *, resume: bool = False) -> int:
         summary = result.to_json()
         summary.update(config=cfg.to_dict(), export=checked, final_loss=history[-1]["loss"] if history else None)
         (Path(cfg.out) / "train.json").write_text(json.dumps(summary, indent=2, default=str))
+        log.info(f"report: persd report {shlex.quote(str(cfg.out))}")
     log.close()
     close_world()
     return 0

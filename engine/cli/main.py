@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("persd.engine.cli.commands.eval", "pass@k of a student, with optional refine-inference"),
     "loop": ("persd.engine.cli.commands.loop", "multi-round collect -> train -> eval"),
     "train": ("persd.trainers.cli", "DeepSpeed ZeRO fine-tuning on collected shards"),
+    "report": ("persd.engine.cli.commands.report", "one self-contained HTML page of collect, train, eval and loop directories"),
     "tiny-model": ("persd.engine.cli.commands.tiny_model", "write a tiny random-weight causal LM for tests and demos"),
     "bench": ("persd.bench.cli", "throughput benchmarks: sandbox, teacher, student, engine, train, eval"),
 }

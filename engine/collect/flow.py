@@ -120,7 +120,7 @@ class TaskFlow:
         records: list[dict] = []
         outcome = "student_passed"
         if student_failed:
-            solution, turns, last = done[0]
+            solution, turns, last, last_program = done[0]
             more["refine_turns"] = turns
             more["refine_status"] = last.status if last is not None else None
             more["refine_feedback"] = last.feedback if last is not None else ""
@@ -129,6 +129,9 @@ class TaskFlow:
                 records += refinement_records(task, self.formats, solution, attempt_code, first.feedback, self.meta, turns)
             else:
                 outcome = "unresolved"
+                # no record keeps these: `persd report` shows them (a refined task's are in its records' meta)
+                more["attempt"] = attempt_code
+                more["refinement"] = last_program  # the teacher's last (failing) program
         if len(done) > (1 if student_failed else 0):
             direct_solution, direct_result = done[-1]
             more["direct_status"] = direct_result.status if direct_result is not None else None
@@ -217,18 +220,19 @@ class TaskFlow:
         return resp
 
     async def _refine(self, task: Task, attempt: str, feedback: str, tally: Tally):
-        """Up to --refine-turns teacher turns; returns (verified program or None, turns used, last result)."""
+        """Up to --refine-turns teacher turns; returns (verified program or None, turns used, last result,
+        last program)."""
         messages = lessons.refine_messages(task, attempt, feedback)
-        last = None
+        last, program = None, ""
         for turn in range(1, self.cfg.refine_turns + 1):
             resp = await self._teach(messages, tally)
             text = resp.texts[0] if resp.texts else ""
             program = extract(task, text, True)
             last = await self._execute(task, program, tally)
             if last.status == "passed":
-                return program, turn, last
+                return program, turn, last, program
             messages = messages + [{"role": "assistant", "content": text}, lessons.followup_message(last.feedback)]
-        return None, self.cfg.refine_turns, last
+        return None, self.cfg.refine_turns, last, program
 
     async def _direct(self, task: Task, tally: Tally):
         resp = await self._teach(lessons.direct_messages(task), tally)

@@ -63,3 +63,16 @@ class RunStats:
             t["max_cost_usd"] = max_cost
             snap["teacher"] = t
         return snap
+
+
+TIMELINE_TEACHER = ("requests", "http_429", "retries", "failures", "tokens_in", "tokens_out", "cost_usd", "cached_hits")
+
+
+def timeline_row(snap: dict[str, Any]) -> dict[str, Any]:
+    """The few counters of a snapshot worth a time series (wall clock `t`, cumulative counts)."""
+    row = {"t": round(time.time(), 3), "elapsed_s": snap["elapsed_s"], "tasks_done": snap["tasks_done"],
+           "tasks_done_this_run": snap["tasks_done_this_run"], "outcomes": snap["outcomes"], "records": snap["records"]}
+    teacher = snap.get("teacher")
+    if teacher:
+        row["teacher"] = {k: teacher[k] for k in TIMELINE_TEACHER if k in teacher}
+    return row

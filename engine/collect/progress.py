@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from persd.engine.report import hint
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
@@ -185,3 +187,4 @@ def print_summary(snap: dict, out_dir: str, wall_s: float, mode: str) -> None:
     if mode == "none":
         return
     Console().print(summary_table(snap, out_dir, wall_s))
+    print(hint(out_dir))

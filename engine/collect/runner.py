@@ -23,7 +23,7 @@ import orjson
 from persd.engine.collect import manifest as mf
 from persd.engine.collect.config import CollectConfig
 from persd.engine.collect.flow import Backends, BackendFailure, Limits, TaskFlow
-from persd.engine.collect.metrics import RunStats
+from persd.engine.collect.metrics import RunStats, timeline_row
 from persd.engine.collect.progress import Progress, print_summary
 from persd.engine.collect.records import Meta, Tally, TaskOutcome, result_line
 from persd.engine.collect.shards import DiskError, ShardPlan, ShardState, ShardStore
@@ -33,6 +33,7 @@ from persd.runtime.errors import PersdError, UsageError
 
 OpenBackends = Callable[[CollectConfig, "Collector"], AsyncContextManager[Backends]]
 MANIFEST_EVERY_S = 30.0
+TIMELINE_EVERY_S = 5.0  # one DIR/timeline.jsonl line (what `persd report` plots over time)
 
 
 class Collector:
@@ -313,10 +314,20 @@ class Collector:
     # ------------------------------------------------------------------ reporting
 
     async def _tick(self) -> None:
+        last_manifest = time.monotonic()
         while True:
-            await asyncio.sleep(MANIFEST_EVERY_S)
-            with contextlib.suppress(PersdError):
-                self.write_manifest()
+            self.write_timeline()
+            await asyncio.sleep(TIMELINE_EVERY_S)
+            if time.monotonic() - last_manifest >= MANIFEST_EVERY_S:
+                last_manifest = time.monotonic()
+                with contextlib.suppress(PersdError):
+                    self.write_manifest()
+
+    def write_timeline(self) -> None:
+        """Append one line of counters to DIR/timeline.jsonl (appended across resumed runs)."""
+        name = f"timeline.{self.cfg.partition}.jsonl" if self.cfg.partition else "timeline.jsonl"
+        with contextlib.suppress(OSError), open(self.out / name, "ab") as fh:
+            fh.write(orjson.dumps(mf.scrub(timeline_row(self.snapshot()), self.secrets)) + b"\n")
 
     def snapshot(self) -> dict:
         teacher = self.backends.teacher if self.backends else None
@@ -388,6 +399,8 @@ class Collector:
             snap = self.snapshot()
             snap["wall_s"] = round(wall, 3)
             snap["state"] = self.state
+            if self.work_started is not None:
+                self.write_timeline()
             name = f"metrics.{self.cfg.partition}.json" if self.cfg.partition else "metrics.json"
             path = self.out / name
             tmp = path.with_name(f".{name}.tmp")

@@ -5,6 +5,7 @@ from collections import Counter
 from typing import Any
 
 from persd.engine.evaluation.passk import pass_at_k
+from persd.engine.report import hint
 from persd.engine.timelimits import config_from
 from persd.runtime.sandbox import STATUSES
 
@@ -87,3 +88,4 @@ def print_summary(summary: dict, out: str) -> None:
     if summary.get("k_left_out"):
         console.print(f"pass@k left out for k > n: {', '.join(map(str, summary['k_left_out']))}")
     console.print(f"results: {out}/results.jsonl  summary: {out}/summary.json")
+    print(hint(out))
