@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("checkpoints and logging")
     g.add_argument("--save-every", type=int, help="engine checkpoint every K steps (0: none)")
     g.add_argument("--keep-checkpoints", type=int)
-    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints "
+                   "(a rerun over an interrupted run resumes by itself)")
+    g.add_argument("--force", action="store_true", help="start over in an OUT that holds an earlier run "
+                   "(its checkpoints, metrics and final model are deleted)")
     g.add_argument("--log-every", type=int)
     g.add_argument("--tensorboard", action="store_true", help="TensorBoard event files in OUT/tensorboard")
     g.add_argument("--peak-tflops", type=float, help="per-GPU peak for the MFU estimate")
@@ -136,7 +139,57 @@ def main(argv: list[str]) -> int:
     for flag in ("data", "model", "out"):
         if not getattr(cfg, flag):
             raise UsageError(f"--{flag} is required (persd train --help)")
-    return run(cfg, resume=getattr(ns, "resume", False))
+    from persd.runtime.student.model_dir import model_dir_problem
+
+    problem = model_dir_problem(cfg.model, weights=cfg.init != "random")
+    if problem:
+        raise UsageError(f"--model {problem}")
+    from persd.engine.ownership import refuse_foreign
+    from persd.engine.runlock import main_rank, run_lock
+
+    refuse_foreign(cfg.out, "train")
+    if not main_rank():  # the other ranks of a launch share rank 0's lock and decision
+        force = getattr(ns, "force", False)
+        return run(cfg, resume=getattr(ns, "resume", False) or (not force and _has_checkpoint(Path(cfg.out))))
+    with run_lock(cfg.out, "train"):
+        resume = rerun_decision(Path(cfg.out), resume=getattr(ns, "resume", False), force=getattr(ns, "force", False))
+        return run(cfg, resume=resume)
+
+
+def _has_checkpoint(out: Path) -> bool:
+    from persd.trainers.checkpoint import latest_tag
+
+    return latest_tag(out / "checkpoints") is not None
+
+
+def rerun_decision(out: Path, *, resume: bool, force: bool) -> bool:
+    """Never start over silently in a directory that holds an earlier run: resume an interrupted run
+    (its checkpoint refuses other settings), refuse a finished one or one with nothing to resume
+    from, unless --force (then the earlier run's files are deleted). Returns whether to resume."""
+    import shutil
+
+    if force:
+        if resume:
+            raise UsageError("--resume and --force contradict each other (continue the run, or start over)")
+        for name in ("checkpoints", "final", "tensorboard"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("metrics.jsonl", "train.json", "plan.json"):
+            (out / name).unlink(missing_ok=True)
+        return False
+    if (out / "train.json").is_file() and (out / "final" / "config.json").is_file():
+        raise UsageError(f"{out} holds a finished training run (its model is {out / 'final'}): use another --out, "
+                         f"or pass --force to train again from scratch")
+    if _has_checkpoint(out):
+        if not resume:
+            print(f"persd train: {out} holds an interrupted run: resuming it from its latest checkpoint "
+                  f"(--force starts over)", file=sys.stderr)
+        return True
+    if resume:
+        return True  # train() says there is no checkpoint to resume from
+    if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size:
+        raise UsageError(f"{out} holds an earlier run that stopped before its first checkpoint (metrics.jsonl, "
+                         f"no checkpoint to --resume from): pass --force to start over, or use another --out")
+    return False
 
 
 def run(cfg: TrainConfig, *, resume: bool = False) -> int:

@@ -51,10 +51,39 @@ def record_files(source: str | Path) -> list[Path]:
         if not shards.is_dir():
             raise UsageError(f"--data {source}: a directory must be a collect output (DIR/shards/ not found)")
         files = sorted(p for p in shards.glob("shard-*.jsonl") if not p.name.endswith(".results.jsonl"))
+        for f in files:
+            problem = _seal_problem(f)
+            if problem:
+                raise UsageError(f"--data {source}: {problem}: the shard is damaged; rerun the same `persd collect` "
+                                 f"command (same --out) to rebuild it from its journal, then train again")
         return files  # may be empty: no shard sealed yet
     if path.is_file():
         return [path]
     raise UsageError(f"--data {source}: no such file or directory")
+
+
+def _seal_problem(records: Path) -> str | None:
+    """A sealed shard's records and results files against the size and sha256 in its seal file
+    (DIR/shards/shard-NNNNN.seal.json, written by collect); None when whole or when there is no seal."""
+    seal_path = records.with_name(records.name.replace(".jsonl", ".seal.json"))
+    if not seal_path.is_file():
+        return None
+    try:
+        seal = orjson.loads(seal_path.read_bytes())
+        entries = [seal["records"], seal["results"]]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return f"{seal_path}: unreadable seal ({exc})"
+    for entry in entries:
+        path = records.parent / entry["file"]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return f"{path}: unreadable ({exc.strerror or exc})"
+        if len(data) != entry["bytes"]:
+            return f"{path}: {len(data)} bytes where its seal says {entry['bytes']}"
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            return f"{path}: its content differs from its seal (sha256)"
+    return None
 
 
 def _parse(path: Path) -> Iterator[Record]:

@@ -236,11 +236,25 @@ def _env_int(env, name: str, minimum: int) -> int:
 
 
 def check_student_url(cfg: StudentFields) -> str:
-    """The resolved student backend, once the openai backend is known to have its --student-url."""
+    """The resolved student backend, once the openai backend is known to have its --student-url
+    (and a local backend is known not to have been given one: it would be silently ignored)."""
     backend = cfg.resolved_student_backend()
     if backend == "openai" and not cfg.student_url:
         raise UsageError("--student-backend openai needs --student-url (e.g. http://127.0.0.1:8000/v1)")
+    if backend in ("hf", "vllm") and cfg.student_url:
+        raise UsageError(f"--student-url is for --student-backend openai; the {backend} backend loads "
+                         f"--student-model itself (drop one of the two)")
     return backend
+
+
+def check_student_model(cfg: StudentFields) -> None:
+    """A local backend's --student-model must be a loadable model directory (checked before loading)."""
+    from persd.runtime.student.model_dir import model_dir_problem
+
+    if cfg.resolved_student_backend() in ("hf", "vllm") and cfg.student_model:
+        problem = model_dir_problem(cfg.student_model)
+        if problem:
+            raise UsageError(f"--student-model {problem}")
 
 
 def check_sampling(temperature: float, top_p: float) -> None:
@@ -285,4 +299,5 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 __all__ = ["CollectConfig", "StudentFields", "FORMATS", "STUDENT_BACKENDS", "parse_args", "build_parser",
-           "describe_difference", "resolve_student_backend", "check_student_url", "check_sampling"]
+           "describe_difference", "resolve_student_backend", "check_student_url", "check_student_model",
+           "check_sampling"]

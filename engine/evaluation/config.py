@@ -84,7 +84,7 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--refine-steps", type=nonneg_int,
                    help="refine-inference: up to S rounds of visible-test feedback in the persd-refine prompt "
                         "layout (default 0; the paper uses 2)")
-    g.add_argument("--refine", dest="refine_steps", action="store_const", const=PAPER_REFINE_STEPS,
+    g.add_argument("--refine", dest="refine_paper", action="store_true", default=None,
                    help=f"refine-inference as in the paper: --refine-steps {PAPER_REFINE_STEPS}")
 
 
@@ -115,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> EvalConfig:
     ns = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(ns).items() if v is not None}
+    if ns.refine_paper:
+        if ns.refine_steps is not None and ns.refine_steps != PAPER_REFINE_STEPS:
+            raise UsageError(f"--refine means --refine-steps {PAPER_REFINE_STEPS}; it conflicts with "
+                             f"--refine-steps {ns.refine_steps} (give one of the two)")
+        ns.refine_steps = PAPER_REFINE_STEPS
+    given = {k: v for k, v in vars(ns).items() if v is not None and k != "refine_paper"}
     values = protocol_defaults(given.get("protocol"))
     values.update(given)
     known = {f.name for f in fields(EvalConfig)}
@@ -133,6 +138,11 @@ def validate(cfg: EvalConfig) -> None:
     if backend in ("hf", "vllm") and not cfg.student_model:
         raise UsageError(f"--student-model is required with the {backend} backend (a checkpoint directory)")
     check_sampling(cfg.temperature, cfg.top_p)
+    if cfg.n > 1 and cfg.temperature == 0:
+        import sys
+
+        print(f"persd eval: warning: --n {cfg.n} at temperature 0 (greedy) gives {cfg.n} identical samples per "
+              f"task; set --temperature (the paper's pass@k protocols sample at 0.2-0.8)", file=sys.stderr)
 
 
 __all__ = ["EvalConfig", "PROMPT_VERSION", "build_parser", "parse_args", "add_sampling_flags"]

@@ -121,7 +121,7 @@ async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path
             await asyncio.gather(*pending)
         elapsed = time.perf_counter() - start
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+    tmp = out_path.with_name(f".{out_path.name}.tmp")  # beside the output: nothing is left outside it
     with open(tmp, "wb") as fh:
         for row in results:
             fh.write(orjson.dumps(row) + b"\n")
@@ -154,8 +154,21 @@ def print_summary(summary: dict, out: str) -> None:
     console.print(f"results: {out}")
 
 
+def check_out_path(out: str) -> None:
+    """--out is a file to write: refuse a directory, or a path under a file, before any work."""
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"--out {out}: is a directory; --out names the results file (e.g. {path / 'results.jsonl'})")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out}: {parent} is a file, not a directory")
+            break
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    check_out_path(args.out)
     tasks = {t.task_id: t for t in iter_tasks(args.tasks)}
     samples_iter = reference_samples(tasks) if args.references else file_samples(args.samples, tasks)
     samples = []

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 from persd.engine.aio import run_async
-from persd.engine.collect.config import parse_args
+from persd.engine.collect.config import check_student_model, parse_args
 from persd.engine.collect.runner import Collector
+from persd.engine.ownership import refuse_foreign
+from persd.engine.runlock import run_lock
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
-    return run_async(Collector(cfg).run())
+    check_student_model(cfg)
+    refuse_foreign(cfg.out, "collect")
+    # one lock per partition: machines sharing DIR (--num-shards) work side by side, a second copy is refused
+    with run_lock(cfg.out, "collect", f".lock.{cfg.partition}" if cfg.partition else ".lock"):
+        return run_async(Collector(cfg).run())

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from persd.engine.collect.manifest import find_manifests, read_manifest
-from persd.engine.collect.shards import shard_name
+from persd.engine.collect.shards import seal_problem, shard_name
 from persd.runtime.errors import PersdError, UsageError
 
 
@@ -36,27 +36,38 @@ def partition_status(out: Path, manifest_file: Path) -> dict:
     m = read_manifest(manifest_file)
     shards = m.get("shards", [])
     done = sealed = 0
+    damaged: list[str] = []
     for s in shards:
         k = s["index"]
         if (out / "shards" / f"{shard_name(k)}.jsonl").exists() and (out / "shards" / f"{shard_name(k)}.results.jsonl").exists():
+            problem = seal_problem(out / "shards", k)
+            if problem:
+                damaged.append(problem)
+                continue
             sealed += 1
             done += s["tasks"]
         else:
             done += min(s["tasks"], _journal_done(out / "work" / f"{shard_name(k)}.journal.jsonl"))
     totals = m.get("totals", {})
     part = m.get("partition", {"index": 0, "count": 1})
+    teacher = m.get("teacher") or {}
+    state = m.get("state", "?")
+    if damaged:
+        state = "damaged"
     return {
         "dir": str(out),
         "manifest": manifest_file.name,
         "partition": f"{part.get('index', 0)}/{part.get('count', 1)}",
-        "state": m.get("state", "?"),
+        "state": state,
+        "damaged": damaged,
         "tasks": totals.get("tasks", sum(s["tasks"] for s in shards)),
         "done": done,
         "shards": len(shards),
         "shards_sealed": sealed,
         "outcomes": totals.get("outcomes", {}),
         "records": totals.get("records", {}),
-        "teacher": (m.get("teacher") or {}).get("model"),
+        "teacher": teacher.get("model"),
+        "offline_stand_in": bool(teacher.get("offline_stand_in")),
         "updated_at": m.get("updated_at"),
         "error": m.get("error"),
     }
@@ -90,26 +101,33 @@ def main(argv: list[str]) -> int:
         "records": dict(sum((Counter(r["records"]) for r in rows), Counter())),
         "complete": all(r["shards_sealed"] == r["shards"] and r["shards"] for r in rows),
     }
+    # damage or an unreadable manifest is a failure a script must see: exit 1, after the report
+    rc = 1 if any(r["state"] in ("unreadable", "damaged") for r in rows) else 0
     if args.json:
         print(orjson.dumps({"partitions": rows, "total": total}, option=orjson.OPT_INDENT_2).decode())
-        return 0
+        return rc
     table = Table(title="persd collect status")
-    for col in ("dir", "partition", "state", "tasks done", "shards sealed", "outcomes", "records", "updated"):
+    for col in ("dir", "partition", "state", "tasks done", "shards sealed", "outcomes", "records", "teacher",
+                "updated"):
         table.add_column(col)
     for r in rows:
+        teacher = str(r.get("teacher") or "-") + (" (offline stand-in)" if r.get("offline_stand_in") else "")
         table.add_row(r["dir"], r.get("partition", "?"), r["state"], f"{r['done']}/{r['tasks']}",
-                      f"{r['shards_sealed']}/{r['shards']}", _fmt(r["outcomes"]), _fmt(r["records"]),
+                      f"{r['shards_sealed']}/{r['shards']}", _fmt(r["outcomes"]), _fmt(r["records"]), teacher,
                       str(r.get("updated_at") or ""))
     if len(rows) > 1:
         table.add_row("total", "", "complete" if total["complete"] else "in progress",
                       f"{total['done']}/{total['tasks']}", f"{total['shards_sealed']}/{total['shards']}",
-                      _fmt(total["outcomes"]), _fmt(total["records"]), "")
+                      _fmt(total["outcomes"]), _fmt(total["records"]), "", "")
     console = Console(width=max(Console().width, 140))
     console.print(table)
     for r in rows:
         if r.get("error"):
             console.print(f"{r['dir']} ({r['manifest']}): {r['error']}", markup=False)
-    return 0
+        for problem in r.get("damaged", ()):
+            console.print(f"damaged: {problem}; rerun the same `persd collect` command to rebuild it from its "
+                          f"journal", markup=False)
+    return rc
 
 
 def _fmt(counts: dict) -> str:
