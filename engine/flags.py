@@ -47,6 +47,7 @@ def _checked(name: str, cast: Callable[[str], Any], ok: Callable[[Any], bool]) -
 positive_int = _checked("positive int", int, lambda n: n >= 1)
 nonneg_int = _checked("non-negative int", int, lambda n: n >= 0)
 positive_float = _checked("positive number", float, lambda x: x > 0)
+nonneg_float = _checked("non-negative number", float, lambda x: x >= 0)
 
 
 # ------------------------------------------------------------------ flag groups
@@ -84,8 +85,11 @@ def add_student_flags(p: argparse.ArgumentParser, *, backends: tuple[str, ...] =
 # ------------------------------------------------------------------ --config FILE.toml
 
 
-def toml_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """A TOML file's keys (any flag, with `-` or `_`) as parser destinations, each checked as its flag is."""
+def toml_defaults(path: str, parser: argparse.ArgumentParser, aliases: dict[str, str] | None = None,
+                  tables: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """A TOML file's keys (any flag, with `-` or `_`) as parser destinations, each checked as its flag is.
+    `aliases` maps other documented key names to destinations; `tables` maps a table's keys
+    (`[retry] max_attempts = 4`) to destinations."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -95,14 +99,24 @@ def toml_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         raise UsageError(f"--config: {path}: not valid TOML ({exc})") from None
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     out: dict[str, Any] = {}
+    flat: list[tuple[str, str, Any]] = []
     for key, value in data.items():
-        dest = key.replace("-", "_")
+        if tables and key in tables:
+            if not isinstance(value, dict):
+                raise UsageError(f"--config: {path}: key '{key}': expected a table ([{key}])")
+            for sub, v in value.items():
+                if sub not in tables[key]:
+                    raise UsageError(f"--config: {path}: unknown key '{key}.{sub}' (known: {', '.join(tables[key])})")
+                flat.append((f"{key}.{sub}", tables[key][sub], v))
+        else:
+            flat.append((key, (aliases or {}).get(key, key.replace("-", "_")), value))
+    for key, dest, value in flat:
         if dest not in actions or dest == "config":
             raise UsageError(f"--config: {path}: unknown key '{key}'")
         action = actions[dest]
         try:
             if action.type is not None and not isinstance(value, bool):
-                value = action.type(value if isinstance(value, list) else str(value))
+                value = action.type(value if isinstance(value, (list, dict)) else str(value))
             if action.choices and value not in action.choices:
                 raise ValueError
         except (ValueError, argparse.ArgumentTypeError) as exc:
@@ -113,4 +127,5 @@ def toml_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
 
 
 __all__ = ["STUDENT_BACKENDS", "PROGRESS_MODES", "parser_for", "positive_int", "nonneg_int", "positive_float",
+           "nonneg_float",
            "add_student_flags", "toml_defaults"]

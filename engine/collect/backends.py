@@ -65,7 +65,7 @@ async def open_backends(cfg: CollectConfig, collector: "Collector") -> AsyncIter
             prices = {standin.MODEL: (0.0, 0.0)}
             collector.notes.append(standin.LABEL)
         else:
-            base_url, model, key_env, prices = cfg.teacher_url, cfg.teacher_model, cfg.teacher_api_key_env, None
+            base_url, model, key_env, prices = cfg.teacher_url, cfg.teacher_model, cfg.teacher_api_key_env, cfg.teacher_prices()
             key = os.environ.get(key_env, "").strip()
             if key:
                 collector.secrets.append(key)
@@ -79,7 +79,13 @@ async def open_backends(cfg: CollectConfig, collector: "Collector") -> AsyncIter
             max_cost_usd=cfg.max_cost,
             journal_path=teacher_journal_path(cfg),
             prices=prices,
-            retry=RetryPolicy(max_attempts=cfg.teacher_retries, base_delay_s=cfg.teacher_retry_delay),
+            retry=RetryPolicy(max_attempts=cfg.teacher_retries, base_delay_s=cfg.teacher_retry_delay,
+                              max_delay_s=cfg.teacher_max_retry_delay, deadline_s=cfg.teacher_deadline,
+                              request_timeout_s=cfg.teacher_timeout),
+            headroom=cfg.teacher_headroom,
+            limit_window_s=cfg.teacher_limit_window,
+            jitter_s=cfg.teacher_jitter,
+            reconcile_tokens=cfg.teacher_reconcile_tokens,
         )
         teacher = await stack.enter_async_context(TeacherClient(tcfg))
 

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from persd.engine.flags import (PROGRESS_MODES, STUDENT_BACKENDS, add_student_flags, nonneg_int, parser_for,
-                          positive_float, positive_int, toml_defaults)
+from persd.engine.flags import (PROGRESS_MODES, STUDENT_BACKENDS, add_student_flags, nonneg_float, nonneg_int,
+                                parser_for, positive_float, positive_int, toml_defaults)
 from persd.runtime.errors import UsageError
 
 FORMATS = ("persd", "persd-refine", "inpd", "stand")
@@ -76,7 +76,17 @@ class CollectConfig(StudentFields):
     tpm: int = 1_000_000
     max_cost: float | None = None
     teacher_retries: int = 8  # sends per request before the run stops (resumably)
-    teacher_retry_delay: float = 0.5  # first backoff, doubling up to 30 s
+    teacher_retry_delay: float = 0.5  # first backoff, doubling up to teacher_max_retry_delay
+    teacher_max_retry_delay: float = 30.0  # cap on one backoff
+    teacher_deadline: float = 600.0  # seconds one request may spend on retries (rate-limit waits excluded)
+    teacher_timeout: float = 300.0  # seconds one send may wait for its answer (a hung provider)
+    price_in: float | None = None  # USD per 1M input tokens of --teacher-model (models outside the price table)
+    price_out: float | None = None  # USD per 1M output tokens
+    prices: dict[str, Any] | None = None  # config file: {model = [input, output]} USD per 1M tokens
+    teacher_headroom: float = 0.98  # pace at this fraction of rpm/tpm
+    teacher_limit_window: float = 1.0  # shortest window over which the provider may enforce rpm/tpm (s)
+    teacher_jitter: float = 0.005  # how much the network may bunch requests up (s)
+    teacher_reconcile_tokens: bool = True  # give back over-estimated tokens from `usage`
     # what to collect
     formats: tuple[str, ...] = ("persd", "persd-refine")
     refine_turns: int = 1
@@ -109,6 +119,13 @@ class CollectConfig(StudentFields):
     @property
     def partition(self) -> str:
         return "" if self.num_shards == 1 else f"part-{self.shard_index:04d}-of-{self.num_shards:04d}"
+
+    def teacher_prices(self) -> dict[str, tuple[float, float]] | None:
+        """Price overrides: --prices (or the config's table), then --price-in/--price-out for --teacher-model."""
+        prices = {m: (float(a), float(b)) for m, (a, b) in (self.prices or {}).items()}
+        if self.price_in is not None and self.price_out is not None:
+            prices[self.teacher_model] = (self.price_in, self.price_out)
+        return prices or None
 
     def public(self) -> dict[str, Any]:
         """The configuration as written to the manifest: no secrets (the key's variable name only)."""
@@ -156,6 +173,39 @@ def _formats(v: str | list) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def _prices(v: str | dict) -> dict[str, list[float]]:
+    """'m1=0.15:0.6,m2=1:2' (a flag) or {m1 = [0.15, 0.6]} (a TOML table) -> {model: [in, out]}."""
+    if isinstance(v, dict):
+        items = list(v.items())
+    else:
+        items = []
+        for part in (x.strip() for x in str(v).split(",") if x.strip()):
+            model, _, pair = part.partition("=")
+            items.append((model.strip(), pair.split(":")))
+    out: dict[str, list[float]] = {}
+    for model, pair in items:
+        try:
+            if isinstance(pair, dict):
+                pair = [pair["input"], pair["output"]]
+            a, b = (float(x) for x in pair)
+            if not model or a < 0 or b < 0:
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            raise argparse.ArgumentTypeError(
+                f"expected MODEL=IN:OUT (USD per 1M input and output tokens), got {model}={pair!r}") from None
+        out[model] = [a, b]
+    return out
+
+
+# keys the README documents for the teacher (TeacherConfig's names), accepted in a --config file
+CONFIG_ALIASES = {"headroom": "teacher_headroom", "limit_window_s": "teacher_limit_window",
+                  "jitter_s": "teacher_jitter", "reconcile_tokens": "teacher_reconcile_tokens",
+                  "request_timeout_s": "teacher_timeout"}
+RETRY_KEYS = {"max_attempts": "teacher_retries", "base_delay_s": "teacher_retry_delay",
+              "max_delay_s": "teacher_max_retry_delay", "deadline_s": "teacher_deadline",
+              "request_timeout_s": "teacher_timeout"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = parser_for(
         "collect",
@@ -190,6 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-cost", type=positive_float, help="stop (resumably) once teacher spending reaches this many dollars")
     g.add_argument("--teacher-retries", type=positive_int, help="sends per teacher request before giving up (default 8)")
     g.add_argument("--teacher-retry-delay", type=positive_float, help="first retry backoff in seconds, doubling (default 0.5)")
+    g.add_argument("--teacher-max-retry-delay", type=positive_float, help="cap on one retry backoff in seconds (default 30)")
+    g.add_argument("--teacher-deadline", type=positive_float,
+                   help="seconds one teacher request may spend on retries, rate-limit waits excluded (default 600)")
+    g.add_argument("--teacher-timeout", type=positive_float,
+                   help="seconds one send waits for the teacher's answer before retrying (default 300)")
+    g.add_argument("--price-in", type=nonneg_float, help="USD per 1M input tokens of --teacher-model (for --max-cost "
+                   "with a model outside the built-in price table; give --price-out too)")
+    g.add_argument("--price-out", type=nonneg_float, help="USD per 1M output tokens of --teacher-model")
+    g.add_argument("--prices", type=_prices, help="prices of several models: 'MODEL=IN:OUT,...' USD per 1M tokens "
+                   "(config file: a table, prices = {model = [in, out]})")
+    g.add_argument("--teacher-headroom", type=positive_float, help="pace at this fraction of rpm/tpm (default 0.98)")
+    g.add_argument("--teacher-limit-window", type=positive_float,
+                   help="shortest window (s) over which the provider may enforce rpm/tpm (default 1)")
+    g.add_argument("--teacher-jitter", type=nonneg_float, help="seconds the network may bunch requests up (default 0.005)")
+    g.add_argument("--teacher-reconcile-tokens", action=argparse.BooleanOptionalAction,
+                   help="give back over-estimated tokens from usage (default on; off for providers that charge "
+                        "max_tokens against TPM)")
     g.add_argument("--refine-turns", type=positive_int, help="teacher turns per failed task (default 1)")
     g.add_argument("--round", type=positive_int, help="distillation round written to each record's meta.round (default 1)")
     g.add_argument("--testgen-inputs", type=positive_int, help="test inputs asked of the teacher for tasks without tests (default 5)")
@@ -210,7 +277,7 @@ def parse_args(argv: list[str], environ: dict[str, str] | None = None) -> Collec
     ns = parser.parse_args(argv)
     values: dict[str, Any] = {}
     if ns.config:
-        values.update(toml_defaults(ns.config, parser))
+        values.update(toml_defaults(ns.config, parser, aliases=CONFIG_ALIASES, tables={"retry": RETRY_KEYS}))
     values.update({k: v for k, v in vars(ns).items() if v is not None})
     known = {f.name for f in fields(CollectConfig)}
     cfg = CollectConfig(**{k: v for k, v in values.items() if k in known})
@@ -281,6 +348,16 @@ def validate(cfg: CollectConfig) -> None:
         raise UsageError(f"--teacher-url {cfg.teacher_url!r}: expected an http(s) URL")
     if cfg.grace < 0:
         raise UsageError("--grace must be >= 0")
+    if (cfg.price_in is None) != (cfg.price_out is None):
+        raise UsageError("--price-in and --price-out go together (USD per 1M input and output tokens)")
+    if cfg.max_cost is not None and cfg.teacher_url:
+        from persd.runtime.teacher.pricing import PriceTable
+
+        if PriceTable(cfg.teacher_prices()).lookup(cfg.teacher_model) is None:
+            raise UsageError(f"--max-cost needs the price of --teacher-model {cfg.teacher_model!r}, which is not in "
+                             f"the built-in table: give --price-in and --price-out (USD per 1M tokens)")
+    if not 0 < cfg.teacher_headroom <= 1:
+        raise UsageError(f"--teacher-headroom {cfg.teacher_headroom}: expected a fraction in (0, 1]")
 
 
 def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -153,10 +153,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="persd tiny-model", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory to write the model to")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
+    parser.add_argument("--force", action="store_true", help="overwrite a model (or other files) already in --out")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: '{out}' exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        what = "a model" if (out / "config.json").exists() else "files"
+        raise UsageError(f"--out: '{out}' already holds {what}; use another --out, or pass --force to overwrite")
     path = write_tiny_model(out, seed=args.seed)
     print(f"wrote tiny model to {path}")
     return 0
