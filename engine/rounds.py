@@ -206,7 +206,16 @@ class Loop:
         self.lay.out.mkdir(parents=True, exist_ok=True)
         fp = cfg.fingerprint()
         if self.lay.state.exists():
-            self.state = orjson.loads(self.lay.state.read_bytes())
+            try:
+                self.state = orjson.loads(self.lay.state.read_bytes())
+                if not isinstance(self.state, dict):
+                    raise orjson.JSONDecodeError("not a JSON object", "", 0)
+            except (OSError, orjson.JSONDecodeError) as exc:
+                if not cfg.force:
+                    raise UsageError(f"{self.lay.state}: unreadable ({exc}), so the settings of this loop run are "
+                                     f"unknown: restore it, use another --out, or pass --force to continue with "
+                                     f"these settings") from None
+                self.state = {}
             old = self.state.get("fingerprint", {})
             if old != fp and not cfg.force:
                 raise UsageError(f"{self.lay.out} holds a loop run with other settings:\n  "

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,6 +35,13 @@ from persd.runtime.errors import PersdError, UsageError
 
 OpenBackends = Callable[[CollectConfig, "Collector"], AsyncContextManager[Backends]]
 MANIFEST_EVERY_S = 30.0
+HARD_STOP_S = 3.0  # after a second SIGINT/SIGTERM, the longest the process waits for its backends to close
+
+
+def _exit_now() -> None:
+    """The second signal's deadline passed: every finished task is already journaled (one write each)."""
+    print("persd: stopped; rerun the same command to resume", file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 class Collector:
@@ -61,6 +70,7 @@ class Collector:
         self._admission: asyncio.Task | None = None
         self._slots: asyncio.Semaphore | None = None
         self._grace_handle: asyncio.TimerHandle | None = None
+        self._hard_stop: threading.Timer | None = None
         self.work_started: float | None = None
         self._had_manifest = False
         self.work_ended: float | None = None
@@ -316,8 +326,14 @@ class Collector:
             if self._admission is not None:
                 self._admission.cancel()
             self._grace_handle = asyncio.get_running_loop().call_later(self.cfg.grace, self._cancel_running)
-        else:
+        elif self._hard_stop is None:
+            print(f"persd: {name} again: stopping now (finished tasks are journaled). Rerun the same command to "
+                  f"resume.", file=sys.stderr, flush=True)
             self._cancel_running()
+            # a backend may block its close on work in a thread (a long generation): do not wait for it
+            self._hard_stop = threading.Timer(HARD_STOP_S, _exit_now)
+            self._hard_stop.daemon = True
+            self._hard_stop.start()
 
     def _cancel_running(self) -> None:
         for t in list(self._running):
