@@ -59,9 +59,11 @@ def test_the_lock_is_freed_when_its_holder_is_killed(tmp_path):
 @pytest.mark.parametrize("command", ["eval", "train", "loop"])
 def test_eval_train_and_loop_refuse_a_directory_in_use(tmp_path, command, tiny_model_dir):
     tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 2)
+    records = write_jsonl(tmp_path / "records.jsonl", [{"id": "a/persd", "task_id": "a", "format": "persd",
+                                                        "prompt": "p", "completion": "c"}])
     out = tmp_path / "out"
     args = {"eval": eval_args(tasks, out, "http://127.0.0.1:9/v1"),
-            "train": ["train", "--data", str(tasks), "--model", str(tiny_model_dir), "--out", str(out)],
+            "train": ["train", "--data", str(records), "--model", str(tiny_model_dir), "--out", str(out)],
             "loop": ["loop", "--rounds", "1", "--tasks", str(tasks), "--eval-tasks", str(tasks), "--out", str(out)]}
     with run_lock(out, command):
         res = persd(*args[command])
