@@ -95,6 +95,8 @@ def toml_defaults(path: str, parser: argparse.ArgumentParser, aliases: dict[str,
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise UsageError(f"--config: no such file '{path}'") from None
+    except OSError as exc:  # a directory, a file it may not read
+        raise UsageError(f"--config: cannot read '{path}' ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"--config: {path}: not valid TOML ({exc})") from None
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}

@@ -201,7 +201,7 @@ def run(cfg: TrainConfig, *, resume: bool = False) -> int:
         result = train(cfg, resume=resume)
     except TrainingInterrupted as stop:
         where = f"checkpoint of step {stop.step} in {stop.ckpt_dir}" if stop.ckpt_dir else "no new checkpoint"
-        print(f"persd train: interrupted ({where}); rerun the same command to continue from it",
+        print(f"persd train: interrupted ({where}); rerun the same command to continue from it (--resume is implied)",
               file=sys.stderr)
         close_world()
         return 130
