@@ -419,6 +419,8 @@ class Collector:
 
     def finish(self, t0: float) -> None:
         wall = time.monotonic() - t0
+        if self._hard_stop is not None:  # the backends closed in time: finish normally
+            self._hard_stop.cancel()
         if self.state == "failed" and self.work_started is None and not (self._had_manifest or self.stats.resumed):
             return  # failed at start-up (a backend would not open): leave no settings behind to be held to
         try:
