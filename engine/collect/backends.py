@@ -65,7 +65,8 @@ async def open_backends(cfg: CollectConfig, collector: "Collector") -> AsyncIter
             prices = {standin.MODEL: (0.0, 0.0)}
             collector.notes.append(standin.LABEL)
         else:
-            base_url, model, key_env, prices = cfg.teacher_url, cfg.teacher_model, cfg.teacher_api_key_env, cfg.teacher_prices()
+            base_url, model, key_env = cfg.teacher_url, cfg.teacher_model, cfg.teacher_api_key_env
+            prices = cfg.teacher_prices()
             key = os.environ.get(key_env, "").strip()
             if key:
                 collector.secrets.append(key)

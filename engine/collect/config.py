@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-cost", type=positive_float, help="stop (resumably) once teacher spending reaches this many dollars")
     g.add_argument("--teacher-retries", type=positive_int, help="sends per teacher request before giving up (default 8)")
     g.add_argument("--teacher-retry-delay", type=positive_float, help="first retry backoff in seconds, doubling (default 0.5)")
-    g.add_argument("--teacher-max-retry-delay", type=positive_float, help="cap on one retry backoff in seconds (default 30)")
+    g.add_argument("--teacher-max-retry-delay", type=positive_float,
+                   help="cap on one retry backoff in seconds (default 30)")
     g.add_argument("--teacher-deadline", type=positive_float,
                    help="seconds one teacher request may spend on retries, rate-limit waits excluded (default 600)")
     g.add_argument("--teacher-timeout", type=positive_float,
@@ -253,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-headroom", type=positive_float, help="pace at this fraction of rpm/tpm (default 0.98)")
     g.add_argument("--teacher-limit-window", type=positive_float,
                    help="shortest window (s) over which the provider may enforce rpm/tpm (default 1)")
-    g.add_argument("--teacher-jitter", type=nonneg_float, help="seconds the network may bunch requests up (default 0.005)")
+    g.add_argument("--teacher-jitter", type=nonneg_float,
+                   help="seconds the network may bunch requests up (default 0.005)")
     g.add_argument("--teacher-reconcile-tokens", action=argparse.BooleanOptionalAction,
                    help="give back over-estimated tokens from usage (default on; off for providers that charge "
                         "max_tokens against TPM)")

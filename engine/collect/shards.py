@@ -10,9 +10,10 @@ Layout (DIR is --out):
 
 A shard's files appear by atomic rename only once all its tasks are done (seal, results, then
 records: the records file's presence marks the shard sealed). A rerun checks each sealed shard
-against its seal and rebuilds a damaged one from its kept journal (nothing is paid twice). The journal is an append-only orjson-lines file;
-every line is handed to the kernel with one write(2) before anything depends on it, so it
-survives kill -9; a torn or unreadable line (a crash mid-write, a full disk) is skipped on load.
+against its seal and rebuilds a damaged one from its kept journal (nothing is paid twice).
+
+The journal is an append-only orjson-lines file; every line is handed to the kernel with one
+write(2) before anything depends on it, so it survives kill -9; a torn or unreadable line (a crash mid-write, a full disk) is skipped on load.
 """
 from __future__ import annotations
 
