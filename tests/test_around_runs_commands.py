@@ -240,3 +240,15 @@ def test_train_reads_no_damaged_shard_through_the_cli(tmp_path, tiny_model_dir):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "shard-00000.jsonl" in res.stderr and "persd collect" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_status_tells_a_stopped_run_from_a_running_one(tmp_path):
+    """A manifest left at "running" by a killed run: status says stopped (no process holds the lock)."""
+    manifest = {"fingerprint": {}, "state": "running", "shards": [{"index": 0, "tasks": 2}],
+                "partition": {"index": 0, "count": 1}, "totals": {"tasks": 2}}
+    (tmp_path / "manifest.json").write_bytes(orjson.dumps(manifest))
+    res = persd("status", str(tmp_path), "--json")
+    assert orjson.loads(res.stdout)["partitions"][0]["state"] == "stopped"
+    with run_lock(tmp_path, "collect"):
+        res = persd("status", str(tmp_path), "--json")
+    assert orjson.loads(res.stdout)["partitions"][0]["state"] == "running"

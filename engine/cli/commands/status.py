@@ -16,6 +16,7 @@ from rich.table import Table
 
 from persd.engine.collect.manifest import find_manifests, read_manifest
 from persd.engine.collect.shards import seal_problem, shard_name
+from persd.engine.runlock import is_locked
 from persd.runtime.errors import PersdError, UsageError
 
 
@@ -52,6 +53,11 @@ def partition_status(out: Path, manifest_file: Path) -> dict:
     part = m.get("partition", {"index": 0, "count": 1})
     teacher = m.get("teacher") or {}
     state = m.get("state", "?")
+    if state in ("starting", "running"):
+        count = int(part.get("count", 1))
+        lock = ".lock" if count == 1 else f".lock.part-{int(part.get('index', 0)):04d}-of-{count:04d}"
+        if not is_locked(out, lock):  # the manifest says running, but no process holds the directory
+            state = "stopped"
     if damaged:
         state = "damaged"
     return {
@@ -124,6 +130,9 @@ def main(argv: list[str]) -> int:
     for r in rows:
         if r.get("error"):
             console.print(f"{r['dir']} ({r['manifest']}): {r['error']}", markup=False)
+        if r["state"] == "stopped":
+            console.print(f"{r['dir']} ({r['manifest']}): stopped before it finished (no process holds it); rerun "
+                          f"the same `persd collect` command to resume", markup=False)
         for problem in r.get("damaged", ()):
             console.print(f"damaged: {problem}; rerun the same `persd collect` command to rebuild it from its "
                           f"journal", markup=False)
