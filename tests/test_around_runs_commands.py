@@ -252,3 +252,15 @@ def test_status_tells_a_stopped_run_from_a_running_one(tmp_path):
     with run_lock(tmp_path, "collect"):
         res = persd("status", str(tmp_path), "--json")
     assert orjson.loads(res.stdout)["partitions"][0]["state"] == "running"
+
+
+def test_train_on_an_unfinished_collection_says_so(tmp_path, capsys):
+    from persd.trainers.data import record_files
+
+    (tmp_path / "shards").mkdir()
+    rec = {"id": "a/persd", "task_id": "a", "format": "persd", "prompt": "p", "completion": "c"}
+    (tmp_path / "shards" / "shard-00000.jsonl").write_bytes(orjson.dumps(rec) + b"\n")
+    (tmp_path / "shards" / "shard-00000.results.jsonl").write_bytes(b'{"task_id": "a"}\n')
+    (tmp_path / "manifest.json").write_bytes(orjson.dumps({"fingerprint": {}, "shards": [{"index": 0}, {"index": 1}]}))
+    assert len(record_files(tmp_path)) == 1
+    assert "1 of 2 shards are sealed" in capsys.readouterr().err
