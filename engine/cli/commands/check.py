@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -121,7 +122,8 @@ async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path
             await asyncio.gather(*pending)
         elapsed = time.perf_counter() - start
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")  # beside the output: nothing is left outside it
+    # beside the output (nothing left outside it), one per process (two checks of one --out never mix)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         for row in results:
             fh.write(orjson.dumps(row) + b"\n")
