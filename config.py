@@ -325,12 +325,12 @@ def convert_value(cls: type, f: Field, value: Any, where: str) -> Any:
                 raise ValueError
         else:
             convert = _converter(cls, f)
-            if isinstance(value, dict) or isinstance(value, bool):
-                raise ValueError
+            if isinstance(value, bool) or (isinstance(value, dict) and f.metadata["type"] is None):
+                raise ValueError  # a table only where the field's own type reads one (e.g. collect's prices)
             if f.metadata["nargs"] and isinstance(value, list):  # one value a list item, as on the command line
                 value = [convert(str(x)) for x in value]
             else:
-                value = convert(value if isinstance(value, (list, tuple)) else str(value))
+                value = convert(value if isinstance(value, (list, tuple, dict)) else str(value))
         if f.metadata["choices"] is not None and value not in f.metadata["choices"]:
             raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(map(str, f.metadata['choices']))}")
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:

@@ -23,7 +23,9 @@ A rerun skips finished stages (judged by their output files) and resumes the int
 from __future__ import annotations
 
 import gzip
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -216,13 +218,20 @@ class Loop:
         if self.backend == "openai":
             raise UsageError("--student-backend openai cannot be used by persd loop: the student changes every "
                              "round (use vllm or hf with a checkpoint)")
-        resolve_source(cfg.tasks)
-        if cfg.eval.get("tasks"):
-            resolve_source(cfg.eval["tasks"])
+        self.validate()
         self.lay.out.mkdir(parents=True, exist_ok=True)
         fp = cfg.fingerprint()
         if self.lay.state.exists():
-            self.state = orjson.loads(self.lay.state.read_bytes())
+            try:
+                self.state = orjson.loads(self.lay.state.read_bytes())
+                if not isinstance(self.state, dict):
+                    raise orjson.JSONDecodeError("not a JSON object", "", 0)
+            except (OSError, orjson.JSONDecodeError) as exc:
+                if not cfg.force:
+                    raise UsageError(f"{self.lay.state}: unreadable ({exc}), so the settings of this loop run are "
+                                     f"unknown: restore it, use another --out, or pass --force to continue with "
+                                     f"these settings") from None
+                self.state = {}
             diffs = describe_difference(with_defaults(self.state.get("fingerprint", {}), LoopConfig), fp)
             if diffs and not cfg.force:
                 raise UsageError(f"{self.lay.out} holds a loop run with other settings:\n  "
@@ -241,6 +250,31 @@ class Loop:
         else:
             self.base_model = cfg.student_model
         self.save_state()
+
+    def validate(self) -> None:
+        """Everything a stage would refuse, checked before the first stage runs: the task files (every
+        line), the student model, the launcher; each stage's options were checked when the loop's
+        configuration was read (they are typed by the stage's own fields)."""
+        from persd.engine.tasks import iter_tasks
+
+        cfg = self.cfg
+        for src, limit in ((cfg.tasks, cfg.limit), (cfg.eval.get("tasks"), cfg.eval.get("limit"))):
+            if src:
+                resolve_source(src)
+                for i, _ in enumerate(iter_tasks(src)):  # InputError names the file and line
+                    if limit is not None and i + 1 >= limit:
+                        break
+        if cfg.student_model:
+            from persd.runtime.student.model_dir import model_dir_problem
+
+            problem = model_dir_problem(cfg.student_model)
+            if problem:
+                raise UsageError(f"--student-model {problem}")
+        if cfg.train_launcher:
+            try:
+                shlex.split(cfg.train_launcher)
+            except ValueError as exc:
+                raise UsageError(f"--train-launcher {cfg.train_launcher!r}: {exc}") from None
 
     def save_state(self) -> None:
         atomic_write(self.lay.state, orjson.dumps(self.state, option=orjson.OPT_INDENT_2))
@@ -376,11 +410,11 @@ class Loop:
         self.lay.commands.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lay.commands, "a", encoding="utf-8") as fh:
             fh.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} round {r} {name}\n{line}\n")
-        rc = subprocess.run(cmd).returncode
-        if rc == 0:
+        rc, signalled = run_child(cmd)
+        if rc == 0 and not signalled:
             return
-        if rc == 130:
-            raise KeyboardInterrupt
+        if rc in (130, -signal.SIGINT, -signal.SIGTERM) or signalled:
+            raise StageInterrupted(f"round {r}: {name} was interrupted (exit {rc}); its work so far is saved")
         err = PersdError(f"round {r}: {name} failed (exit {rc}; its message is above); "
                          f"rerun the same command to resume from this stage")
         err.exit_code = 2 if rc == 2 else 1
@@ -430,6 +464,39 @@ def print_table(infos: list[RoundInfo], out: str) -> None:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+class StageInterrupted(KeyboardInterrupt):
+    """A stage stopped on SIGINT/SIGTERM at its own safe point; the loop exits 130 with this message."""
+
+
+def run_child(cmd: list[str]) -> tuple[int, bool]:
+    """Run a stage and wait for it, however many signals arrive: (exit code, whether a signal came).
+
+    The stage runs in its own process group, so a Ctrl-C at the terminal reaches only the loop, which
+    passes each SIGINT/SIGTERM on to the stage's group once: the stage sees exactly what it would see
+    run alone (the first signal: stop at its safe point, e.g. train checkpoints its last step; the
+    second: stop at once), and the loop never exits before the stage has."""
+    got: list[int] = []
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, process_group=0)
+
+    def forward(signum, frame) -> None:
+        got.append(signum)
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                return proc.wait(), bool(got)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries wait() itself
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _count(lines: list[dict], key: str) -> dict[str, int]:

@@ -95,6 +95,13 @@ def config_from(cfg: TimeLimitFields, cap_s: float | None = None) -> TimeLimitCo
                            cap_s=cap_s if cap_s is not None else cfg.exec_timeout)
 
 
+def user_cache() -> Path:
+    """`persd check`'s calibration cache (it has no run directory): $PERSD_CACHE_DIR, else the user's cache
+    folder ($XDG_CACHE_HOME or ~/.cache)/persd; keyed by program and machine, so any run may share it."""
+    base = os.environ.get("PERSD_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "persd")
+    return Path(base).expanduser() / "time-limits.jsonl"
+
+
 def machine_id() -> str:
     """Which machine a measurement belongs to: host, CPU model, core count, interpreter."""
     cpu = ""

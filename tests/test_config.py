@@ -103,6 +103,8 @@ def other_value(cls, f: dataclasses.Field):
         return (default or 0.0) + 0.25
     if hint is str:
         return (default or "") + "-other"
+    if hint is dict or typing.get_origin(hint) is dict:
+        return {"some-model": [1.0, 2.0]}
     if typing.get_origin(hint) in (tuple, list):
         item = typing.get_args(hint)[0]
         value = [item(7)] * max(1, len(default or ()))

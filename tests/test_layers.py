@@ -12,7 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = ("engine", "runtime", "trainers", "bench")
-SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits"}
+SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits", "runlock", "ownership"}
+RUN_DIR_GUARDS = {"persd.engine.runlock", "persd.engine.ownership"}  # one run per directory, every command
 
 
 def _module_name(path: Path) -> str:
@@ -92,8 +93,8 @@ def test_no_import_runs_back_up_a_layer():
     for mod, deps in _graph().items():
         layer = _layer(mod)
         for dep in deps:
-            if dep == "persd.engine.collect.layout" and layer == "trainers":
-                continue  # the trainers read shards through the layout module alone
+            if layer == "trainers" and (dep == "persd.engine.collect.layout" or dep in RUN_DIR_GUARDS):
+                continue  # the trainers read shards through the layout module alone, and lock their directory
             if dep in ("persd.engine", "persd.engine.collect"):  # package __init__s: docstrings only
                 continue
             if dep == "persd.engine.report":  # its __init__ holds `hint` alone: the line every command prints

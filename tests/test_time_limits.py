@@ -151,6 +151,7 @@ async def test_without_a_passing_reference_the_fixed_limit_stays(sandbox, tmp_pa
 
 
 def test_check_cli_says_which_limit_stopped_a_sample(tmp_path):
+    env = {**os.environ, "PERSD_CACHE_DIR": str(tmp_path / "cache")}
     samples = tmp_path / "samples.jsonl"
     samples.write_bytes(orjson.dumps({"task_id": "HumanEval/0", "solution": SPIN}) + b"\n")
     lines = {}
@@ -158,12 +159,13 @@ def test_check_cli_says_which_limit_stopped_a_sample(tmp_path):
         out = tmp_path / mode / "out.jsonl"
         proc = subprocess.run([sys.executable, "-m", "persd", "check", "--tasks", "humaneval", "--samples",
                                str(samples), "--out", str(out), "--timeout", "2", "--time-limits", mode],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stderr
         (lines[mode],) = read_jsonl(out)
     assert (lines["calibrated"]["status"], lines["calibrated"]["limit"], lines["calibrated"]["limit_s"]) == \
         ("timeout", "cpu", 0.5)
-    assert (tmp_path / "calibrated" / "work" / "time-limits.jsonl").exists()
+    assert (tmp_path / "cache" / "time-limits.jsonl").exists()  # check has no run directory: the user cache
+    assert sorted(p.name for p in (tmp_path / "calibrated").iterdir()) == ["out.jsonl"]
     assert (lines["fixed"]["status"], lines["fixed"]["limit"], lines["fixed"]["limit_s"]) == ("timeout", "wall", 2.0)
 
 

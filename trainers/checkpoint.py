@@ -87,6 +87,7 @@ def resume(engine, ckpt_dir: Path, *, identity: dict[str, Any]) -> int:
     saved = state["identity"]
     diffs = [f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}" for k in identity if saved.get(k) != identity.get(k)]
     if diffs:
-        raise UsageError("--resume: the checkpoint was made with different settings (" + "; ".join(diffs) + ")")
+        raise UsageError(f"{ckpt_dir}: the checkpoint was made with different settings (" + "; ".join(diffs)
+                         + "): rerun with the original settings to resume, or pass --force to start over")
     _set_rng_state(state["rng"])
     return int(state["next_step"])

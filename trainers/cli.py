@@ -30,8 +30,10 @@ class TrainCommand(TrainConfig):
 
     preset: str | None = opt(None, help="training preset: paper, or a TOML file of these options",
                              changes_results=False, metavar="NAME|FILE.toml", group="configuration")
-    resume: bool = opt(False, help="continue from the latest checkpoint in OUT/checkpoints", changes_results=False,
-                       group="checkpoints and logging")
+    resume: bool = opt(False, help="continue from the latest checkpoint in OUT/checkpoints (a rerun over an "
+                       "interrupted run resumes by itself)", changes_results=False, group="checkpoints and logging")
+    force: bool = opt(False, help="start over in an OUT that holds an earlier run (its checkpoints, metrics and "
+                      "final model are deleted)", changes_results=False, group="checkpoints and logging")
     plan: bool = opt(False, help="print the memory plan and exit (1 if it cannot fit)", changes_results=False,
                      group="memory plan (--plan)")
     gpus_per_node: int = opt(8, help="GPUs per node", changes_results=False, group="memory plan (--plan)")
@@ -56,14 +58,6 @@ TRAIN = Command(TrainCommand, "train", description=__doc__.split("\n\n")[0], epi
                         "memory plan (--plan)"))
 
 
-def _int_triple(v: str) -> tuple[int, int, int]:
-    parts = tuple(int(x) for x in v.split(","))
-    if len(parts) != 3 or min(parts) < 1:
-        raise ValueError
-    return parts  # type: ignore[return-value]
-
-
-_int_triple.__name__ = "PER_GPU,ACCUM,GPUS"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +105,56 @@ def main(argv: list[str]) -> int:
     for flag in ("data", "model", "out"):
         if not getattr(cmd, flag):
             raise UsageError(f"--{flag} is required (persd train --help)")
-    return run(cmd.train_config(), resume=cmd.resume)
+    cfg = cmd.train_config()
+    from persd.runtime.student.model_dir import model_dir_problem
+
+    problem = model_dir_problem(cfg.model, weights=cfg.init != "random")
+    if problem:
+        raise UsageError(f"--model {problem}")
+    from persd.engine.ownership import refuse_foreign
+    from persd.engine.runlock import main_rank, run_lock
+
+    refuse_foreign(cfg.out, "train")
+    if not main_rank():  # the other ranks of a launch share rank 0's lock and decision
+        return run(cfg, resume=cmd.resume or (not cmd.force and _has_checkpoint(Path(cfg.out))))
+    with run_lock(cfg.out, "train"):
+        return run(cfg, resume=rerun_decision(Path(cfg.out), resume=cmd.resume, force=cmd.force))
+
+
+def _has_checkpoint(out: Path) -> bool:
+    from persd.trainers.checkpoint import latest_tag
+
+    return latest_tag(out / "checkpoints") is not None
+
+
+def rerun_decision(out: Path, *, resume: bool, force: bool) -> bool:
+    """Never start over silently in a directory that holds an earlier run: resume an interrupted run
+    (its checkpoint refuses other settings), refuse a finished one or one with nothing to resume
+    from, unless --force (then the earlier run's files are deleted). Returns whether to resume."""
+    import shutil
+
+    if force:
+        if resume:
+            raise UsageError("--resume and --force contradict each other (continue the run, or start over)")
+        for name in ("checkpoints", "final", "tensorboard"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("metrics.jsonl", "train.json", "plan.json"):
+            (out / name).unlink(missing_ok=True)
+        return False
+    if (out / "train.json").is_file() and (out / "final" / "config.json").is_file():
+        raise UsageError(f"{out} holds a finished training run (its model is {out / 'final'}): use another --out, "
+                         f"or pass --force to train again from scratch")
+    if _has_checkpoint(out):
+        if not resume:
+            print(f"persd train: {out} holds an interrupted run: resuming it from its latest checkpoint "
+                  f"(--force starts over)", file=sys.stderr)
+        return True
+    if resume:
+        return True  # train() says there is no checkpoint to resume from
+    if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size:
+        raise UsageError(f"{out} holds an earlier run that stopped before its first checkpoint (metrics.jsonl, "
+                         f"no checkpoint to --resume from): pass --force to start over, or use another --out")
+    return False
 
 
 def run(cfg: TrainConfig, *, resume: bool = False) -> int:
@@ -123,7 +166,7 @@ def run(cfg: TrainConfig, *, resume: bool = False) -> int:
         result, st = train(cfg, resume=resume)
     except TrainingInterrupted as stop:
         where = f"checkpoint of step {stop.step} in {stop.ckpt_dir}" if stop.ckpt_dir else "no new checkpoint"
-        print(f"persd train: interrupted ({where}); rerun the same command with --resume to continue",
+        print(f"persd train: interrupted ({where}); rerun the same command to continue from it (--resume is implied)",
               file=sys.stderr)
         close_world()
         return 130

@@ -7,6 +7,8 @@ Anything else given to --data must be a JSONL file of records.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Iterable, Iterator
 
 import orjson
 
-from persd.engine.collect.layout import FORMAT_ALIASES, CollectLayout, Record
+from persd.engine.collect.layout import FORMAT_ALIASES, CollectLayout, Record, shard_index
 from persd.runtime.errors import InputError, UsageError
 
 
@@ -39,10 +41,31 @@ def record_files(source: str | Path) -> list[Path]:
         layout = CollectLayout(path)
         if not layout.shards_dir.is_dir():
             raise UsageError(f"--data {source}: a directory must be a collect output (DIR/shards/ not found)")
-        return layout.sealed_record_files()  # may be empty: no shard sealed yet
+        files = layout.sealed_record_files()
+        for f in files:
+            problem = layout.seal_problem(shard_index(f))
+            if problem:
+                raise UsageError(f"--data {source}: {problem}: the shard is damaged; rerun the same `persd collect` "
+                                 f"command (same --out) to rebuild it from its journal, then train again")
+        _warn_unfinished(path, len(files))
+        return files  # may be empty: no shard sealed yet
     if path.is_file():
         return [path]
     raise UsageError(f"--data {source}: no such file or directory")
+
+
+def _warn_unfinished(out: Path, sealed: int) -> None:
+    """Training on a collect directory whose manifests list more shards than are sealed uses part of
+    the data: say so (once, on the first rank) rather than train on it silently."""
+    planned = 0
+    for manifest in CollectLayout(out).manifests():
+        try:
+            planned += len(orjson.loads(manifest.read_bytes()).get("shards", []))
+        except (OSError, orjson.JSONDecodeError, AttributeError):
+            return
+    if planned > sealed and os.environ.get("RANK", "0") == "0":
+        print(f"persd train: warning: --data {out}: {sealed} of {planned} shards are sealed (the collection is not "
+              f"finished); training on the sealed ones only", file=sys.stderr)
 
 
 def _parse(path: Path) -> Iterator[Record]:

@@ -84,7 +84,7 @@ def run_guarded(fn, argv: list[str]) -> int:
         print(f"persd: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("persd: interrupted", file=sys.stderr)
+        print("persd: interrupted; nothing finished is lost: rerun the same command to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1

@@ -50,7 +50,9 @@ RUNTIME_FIELDS: dict[tuple[str, str], str] = {
         "max_model_len": "max_model_len"}.items()},
     **{("teacher", k): v for k, v in {
         "base_url": "teacher_url", "model": "teacher_model", "api_key_env": "teacher_api_key_env", "rpm": "rpm",
-        "tpm": "tpm", "max_in_flight": "teacher_max_in_flight", "max_cost_usd": "max_cost"}.items()},
+        "tpm": "tpm", "max_in_flight": "teacher_max_in_flight", "max_cost_usd": "max_cost",
+        "headroom": "teacher_headroom", "limit_window_s": "teacher_limit_window", "jitter_s": "teacher_jitter",
+        "prices": "prices"}.items()},
     **{("sampling", k): k for k in ("n", "max_tokens", "temperature", "top_p")},
 }
 
@@ -88,9 +90,8 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
             prices = {standin.MODEL: (0.0, 0.0)}
             collector.notes.append(standin.LABEL)
         else:
-            base_url, model, key_env, prices = cfg.teacher_url, cfg.teacher_model, cfg.teacher_api_key_env, None
-            if cfg.price_in is not None and cfg.price_out is not None:
-                prices = {model: (cfg.price_in, cfg.price_out)}
+            base_url, model, key_env = cfg.teacher_url, cfg.teacher_model, cfg.teacher_api_key_env
+            prices = cfg.teacher_prices()
             key = os.environ.get(key_env, "").strip()
             if key:
                 collector.secrets.append(key)
@@ -104,7 +105,13 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
             max_cost_usd=cfg.max_cost,
             journal_path=teacher_journal_path(cfg),
             prices=prices,
-            retry=RetryPolicy(max_attempts=cfg.teacher_retries, base_delay_s=cfg.teacher_retry_delay),
+            retry=RetryPolicy(max_attempts=cfg.teacher_retries, base_delay_s=cfg.teacher_retry_delay,
+                              max_delay_s=cfg.teacher_max_retry_delay, deadline_s=cfg.teacher_deadline,
+                              request_timeout_s=cfg.teacher_timeout),
+            headroom=cfg.teacher_headroom,
+            limit_window_s=cfg.teacher_limit_window,
+            jitter_s=cfg.teacher_jitter,
+            reconcile_tokens=cfg.teacher_reconcile_tokens,
         )
         teacher = await stack.enter_async_context(TeacherClient(tcfg))
 

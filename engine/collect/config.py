@@ -31,6 +31,30 @@ PROTOCOLS = ("persd", "paper")  # paper: the reference implementation's protocol
 TEACHER_CONTEXTS = ("gold", "none")
 
 
+def _prices(v: str | dict) -> dict[str, list[float]]:
+    """'m1=0.15:0.6,m2=1:2' (a flag) or {m1 = [0.15, 0.6]} (a TOML table) -> {model: [in, out]}."""
+    if isinstance(v, dict):
+        items = list(v.items())
+    else:
+        items = []
+        for part in (x.strip() for x in str(v).split(",") if x.strip()):
+            model, _, pair = part.partition("=")
+            items.append((model.strip(), pair.split(":")))
+    out: dict[str, list[float]] = {}
+    for model, pair in items:
+        try:
+            if isinstance(pair, dict):
+                pair = [pair["input"], pair["output"]]
+            a, b = (float(x) for x in pair)
+            if not model or a < 0 or b < 0:
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            raise argparse.ArgumentTypeError(
+                f"expected MODEL=IN:OUT (USD per 1M input and output tokens), got {model}={pair!r}") from None
+        out[model] = [a, b]
+    return out
+
+
 def _or_unset(cast: Any, word: str) -> Any:
     """A value, or `word` ('default', 'none') for "send nothing": None."""
     def convert(v: Any) -> Any:
@@ -169,7 +193,29 @@ class CollectConfig(StudentFields, TimeLimitFields):
     teacher_retries: int = opt(RetryPolicy.max_attempts, help="sends per teacher request before the run stops "
                                "(resumably)", changes_results=False, type=positive_int, group="teacher")
     teacher_retry_delay: float = opt(RetryPolicy.base_delay_s, help="first retry backoff in seconds, doubling up "
-                                     "to 30 s", changes_results=False, type=positive_float, group="teacher")
+                                     "to --teacher-max-retry-delay", changes_results=False, type=positive_float,
+                                     group="teacher")
+    teacher_max_retry_delay: float = opt(RetryPolicy.max_delay_s, help="cap on one retry backoff, in seconds",
+                                         changes_results=False, type=positive_float, group="teacher")
+    teacher_deadline: float = opt(RetryPolicy.deadline_s, help="seconds one request may spend on retries "
+                                  "(rate-limit waits excluded)", changes_results=False, type=positive_float,
+                                  group="teacher")
+    teacher_timeout: float = opt(RetryPolicy.request_timeout_s, help="seconds one send waits for the teacher's "
+                                 "answer before it is retried (a provider that accepts and never answers)",
+                                 changes_results=False, type=positive_float, group="teacher")
+    prices: dict[str, Any] | None = opt(None, help="prices of several models: 'MODEL=IN:OUT,...' USD per 1M "
+                                        "tokens (config file: a table, prices = {model = [in, out]})",
+                                        changes_results=False, type=_prices, group="teacher",
+                                        shown="the price table")
+    teacher_headroom: float = opt(TeacherConfig.headroom, help="pace at this fraction of --rpm and --tpm",
+                                  changes_results=False, type=positive_float, group="teacher")
+    teacher_limit_window: float = opt(TeacherConfig.limit_window_s, help="shortest window (s) over which the "
+                                      "provider may enforce --rpm/--tpm", changes_results=False,
+                                      type=positive_float, group="teacher")
+    teacher_jitter: float = opt(TeacherConfig.jitter_s, help="seconds the network may bunch requests up",
+                                changes_results=False, type=nonneg_float, group="teacher")
+    teacher_reconcile_tokens: bool = opt(TeacherConfig.reconcile_tokens, help="give back over-estimated tokens "
+                                         "from each answer's usage", changes_results=False, group="teacher")
     refine_turns: int = opt(1, help="teacher turns per failed task", changes_results=True, type=positive_int,
                             group="teacher")
     testgen_inputs: int = opt(5, help="test inputs asked of the teacher for tasks without tests",
@@ -206,6 +252,13 @@ class CollectConfig(StudentFields, TimeLimitFields):
     @property
     def partition(self) -> str:
         return partition_name(self.num_shards, self.shard_index)
+
+    def teacher_prices(self) -> dict[str, tuple[float, float]] | None:
+        """Price overrides: --prices (or the config's table), then --price-in/--price-out for --teacher-model."""
+        prices = {m: (float(a), float(b)) for m, (a, b) in (self.prices or {}).items()}
+        if self.price_in is not None and self.price_out is not None:
+            prices[self.teacher_model] = (self.price_in, self.price_out)
+        return prices or None
 
     def public(self) -> dict[str, Any]:
         """The configuration as written to the manifest: no secrets (the key's variable name only)."""
@@ -244,6 +297,15 @@ class CollectConfig(StudentFields, TimeLimitFields):
         if (self.price_in is None) != (self.price_out is None):
             raise ConfigError("price_in", "--price-in and --price-out go together (USD per 1M input and output "
                               "tokens)")
+        if self.max_cost is not None and self.teacher_url:
+            from persd.runtime.teacher.pricing import PriceTable
+
+            if PriceTable(self.teacher_prices()).lookup(self.teacher_model) is None:
+                raise ConfigError("max_cost", f"needs the price of --teacher-model {self.teacher_model!r}, which is "
+                                  f"not in the built-in table: give --price-in and --price-out (USD per 1M tokens)")
+        if not 0 < self.teacher_headroom <= 1:
+            raise ConfigError("teacher_headroom", f"{self.teacher_headroom}: expected a fraction in (0, 1]")
+
 
 
 COLLECT = Command(
@@ -252,6 +314,39 @@ COLLECT = Command(
                 "verified training records, written as sealed shards. Rerun the same command to resume.",
     preset_field="preset", preset_package="persd.engine.collect.presets",
     groups=("input and output", "student", "teacher", "flow"))
+
+
+def _prices(v: str | dict) -> dict[str, list[float]]:
+    """'m1=0.15:0.6,m2=1:2' (a flag) or {m1 = [0.15, 0.6]} (a TOML table) -> {model: [in, out]}."""
+    if isinstance(v, dict):
+        items = list(v.items())
+    else:
+        items = []
+        for part in (x.strip() for x in str(v).split(",") if x.strip()):
+            model, _, pair = part.partition("=")
+            items.append((model.strip(), pair.split(":")))
+    out: dict[str, list[float]] = {}
+    for model, pair in items:
+        try:
+            if isinstance(pair, dict):
+                pair = [pair["input"], pair["output"]]
+            a, b = (float(x) for x in pair)
+            if not model or a < 0 or b < 0:
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            raise argparse.ArgumentTypeError(
+                f"expected MODEL=IN:OUT (USD per 1M input and output tokens), got {model}={pair!r}") from None
+        out[model] = [a, b]
+    return out
+
+
+# keys the README documents for the teacher (TeacherConfig's names), accepted in a --config file
+CONFIG_ALIASES = {"headroom": "teacher_headroom", "limit_window_s": "teacher_limit_window",
+                  "jitter_s": "teacher_jitter", "reconcile_tokens": "teacher_reconcile_tokens",
+                  "request_timeout_s": "teacher_timeout"}
+RETRY_KEYS = {"max_attempts": "teacher_retries", "base_delay_s": "teacher_retry_delay",
+              "max_delay_s": "teacher_max_retry_delay", "deadline_s": "teacher_deadline",
+              "request_timeout_s": "teacher_timeout"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,7 +381,20 @@ def check_student_url(cfg: StudentFields) -> str:
     backend = cfg.resolved_student_backend()
     if backend == "openai" and not cfg.student_url:
         raise ConfigError("student_url", "the openai backend needs it (e.g. http://127.0.0.1:8000/v1)")
+    if backend in ("hf", "vllm") and cfg.student_url:
+        raise ConfigError("student_url", f"is for --student-backend openai; the {backend} backend loads "
+                          f"--student-model itself (drop one of the two)")
     return backend
+
+
+def check_student_model(cfg: StudentFields) -> None:
+    """A local backend's --student-model must be a loadable model directory (checked before loading)."""
+    from persd.runtime.student.model_dir import model_dir_problem
+
+    if cfg.resolved_student_backend() in ("hf", "vllm") and cfg.student_model:
+        problem = model_dir_problem(cfg.student_model)
+        if problem:
+            raise UsageError(f"--student-model {problem}")
 
 
 def check_sampling(temperature: float, top_p: float) -> None:

@@ -7,7 +7,10 @@ never the pipeline: it depends on nothing but the standard library and orjson).
     DIR/manifest.json                       one partition (or DIR/manifest.part-000I-of-000N.json each)
     DIR/shards/shard-00007.jsonl            training records of sealed shard 7 (the seal: it appears last)
     DIR/shards/shard-00007.results.jsonl    one result line per task of shard 7
+    DIR/shards/shard-00007.seal.json        size and sha256 of the two files above: what proves them whole
     DIR/work/shard-00007.journal.jsonl      work in progress of shard 7 (attempts, finished tasks)
+    DIR/work/sealed/shard-00007.journal.jsonl   the journal of a sealed shard, kept to rebuild a damaged one
+    DIR/.lock (.lock.part-000I-of-000N)     held by the run writing here (flock: freed when it dies)
     DIR/work/teacher.journal.jsonl          every teacher answer (teacher.part-....journal.jsonl per partition)
     DIR/work/tiny-student/                  the offline demo's student, when no --student-model is given
 
@@ -15,6 +18,7 @@ A training record is one JSON object a line (`Record`): id, task_id, format, pro
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -61,6 +65,41 @@ class CollectLayout:
 
     def journal_path(self, k: int) -> Path:
         return self.work_dir / f"{shard_name(k)}.journal.jsonl"
+
+    def seal_path(self, k: int) -> Path:
+        """Size and sha256 of shard k's two files: what proves them whole."""
+        return self.shards_dir / f"{shard_name(k)}.seal.json"
+
+    def sealed_journal_path(self, k: int) -> Path:
+        """The journal of a sealed shard, kept to rebuild the shard if it is damaged."""
+        return self.work_dir / "sealed" / f"{shard_name(k)}.journal.jsonl"
+
+    def lock_name(self, partition: str = "") -> str:
+        """The lock file one run holds while it writes here (one per partition)."""
+        return f".lock.{partition}" if partition else ".lock"
+
+    def seal_problem(self, k: int) -> str | None:
+        """None when shard k's records and results files match its seal file (or it has none: sealed
+        by a persd that wrote no seal); else one line naming the damaged file."""
+        seal_path = self.seal_path(k)
+        if not seal_path.exists():
+            return None
+        try:
+            seal = orjson.loads(seal_path.read_bytes())
+            entries = [seal["records"], seal["results"]]
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            return f"{seal_path}: unreadable seal ({exc})"
+        for entry in entries:
+            path = self.shards_dir / entry["file"]
+            try:
+                n, digest = file_digest(path)
+            except OSError as exc:
+                return f"{path}: unreadable ({exc.strerror or exc})"
+            if n != entry["bytes"]:
+                return f"{path}: {n} bytes where its seal says {entry['bytes']}"
+            if digest != entry["sha256"]:
+                return f"{path}: its content differs from its seal (sha256)"
+        return None
 
     def teacher_journal_path(self, partition: str = "") -> Path:
         """Every teacher answer, durable before anything depends on it (one per partition)."""
@@ -111,6 +150,22 @@ class CollectLayout:
     def results(self) -> Iterator[dict]:
         for f in self.results_files():
             yield from iter_lines(f)
+
+
+def shard_index(path: Path) -> int:
+    """k of a shard file (shard-0000k.jsonl, .results.jsonl, .seal.json, .journal.jsonl)."""
+    return int(Path(path).name.split(".")[0].split("-")[1])
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(bytes, sha256 hex) of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
 
 
 def iter_lines(path: Path) -> Iterator[dict]:

@@ -67,7 +67,11 @@ def check_compatible(out_dir: Path, fingerprint: dict[str, Any], force: bool) ->
     for path in find_manifests(out_dir):
         try:
             old = read_manifest(path)
-        except PersdError:
+        except PersdError as exc:
+            if not force:  # its settings are unknown: a rerun could relabel the records under other ones
+                raise UsageError(f"{exc}: the settings this directory was collected with are unknown; restore the "
+                                 f"file, use another --out, or pass --force to continue with these settings") from None
+            warnings.append(f"--force: {exc}; continuing with these settings")
             continue
         diff = describe_difference(with_defaults(old.get("fingerprint", {}), CollectConfig), fingerprint)
         if not diff:

@@ -60,7 +60,7 @@ def status_line(snap: dict) -> str:
         f"[collect] {done}/{total} tasks ({100 * done / total if total else 100:.0f}%)"
         f" | student pass {_pct(snap.get('student_pass_rate'))}"
         f" | refined {oc.get('refined', 0)} unresolved {oc.get('unresolved', 0)} error {oc.get('error', 0)}"
-        f" | teacher {t.get('requests', 0)} req, {rpm}, {tpm}, {dollars}"
+        f" | teacher {t.get('requests', 0)} req{_teacher_queue(snap)}, {rpm}, {tpm}, {dollars}"
         f" | sandbox {sandbox.get('per_s', 0):.1f}/s"
         f" | shards {snap.get('shards_sealed', 0)}/{snap.get('shards_total', 0)}"
         f" | ETA {_dur(snap.get('eta_s'))}"
@@ -83,12 +83,21 @@ def live_table(snap: dict, title: str) -> Table:
     table.add_row("refinements", f"{oc.get('refined', 0)} verified, {oc.get('unresolved', 0)} unresolved, "
                   f"{oc.get('error', 0)} errors  (verified {_pct(snap.get('refined_rate'))} of failures)")
     t = snap.get("teacher") or {}
-    table.add_row("teacher", f"{t.get('requests', 0)} requests, {t.get('http_429', 0)} x 429  {rpm}  {tpm}  {dollars}")
+    table.add_row("teacher", f"{t.get('requests', 0)} requests{_teacher_queue(snap)}, {t.get('http_429', 0)} x 429  "
+                  f"{rpm}  {tpm}  {dollars}")
     sandbox = snap.get("sandbox") or {}
     table.add_row("sandbox", f"{sandbox.get('per_s', 0):.1f} executions/s, {sandbox.get('done', 0)} total" + _slots(sandbox))
     table.add_row("shards", f"{snap.get('shards_sealed', 0)}/{snap.get('shards_total', 0)} sealed, "
                   f"{snap.get('tasks_per_s', 0):.1f} tasks/s")
     return table
+
+
+def _teacher_queue(snap: dict) -> str:
+    """Requests sent and not yet answered, and tasks waiting for a teacher slot: a teacher that
+    accepts connections and never answers shows as a growing 'in flight' with no new requests."""
+    t = snap.get("teacher") or {}
+    waiting = (snap.get("teacher_slots") or {}).get("waiting", 0)
+    return f" ({t.get('in_flight', 0)} in flight, {waiting} waiting)"
 
 
 def _slots(lim: dict | None) -> str:
@@ -184,7 +193,6 @@ def summary_table(snap: dict, out_dir: str, wall_s: float) -> Table:
 
 
 def print_summary(snap: dict, out_dir: str, wall_s: float, mode: str) -> None:
-    if mode == "none":
-        return
+    """The final table, whatever the progress mode: --progress none quiets the run, not its result."""
     Console().print(summary_table(snap, out_dir, wall_s))
     print(hint(out_dir))

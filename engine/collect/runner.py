@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,6 +36,13 @@ from persd.runtime.errors import PersdError, UsageError
 OpenBackends = Callable[[CollectConfig, "Collector"], AsyncContextManager[Backends]]
 MANIFEST_EVERY_S = 30.0
 TIMELINE_EVERY_S = 5.0  # one DIR/timeline.jsonl line (what `persd report` plots over time)
+HARD_STOP_S = 3.0  # after a second SIGINT/SIGTERM, the longest the process waits for its backends to close
+
+
+def _exit_now() -> None:
+    """The second signal's deadline passed: every finished task is already journaled (one write each)."""
+    print("persd: stopped; rerun the same command to resume", file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 class Collector:
@@ -62,7 +71,9 @@ class Collector:
         self._admission: asyncio.Task | None = None
         self._slots: asyncio.Semaphore | None = None
         self._grace_handle: asyncio.TimerHandle | None = None
+        self._hard_stop: threading.Timer | None = None
         self.work_started: float | None = None
+        self._had_manifest = False
         self.work_ended: float | None = None
         self.student_label = cfg.student_model or "tiny-local"
         self.teacher_label = cfg.teacher_model if cfg.teacher_url else "offline-stand-in"
@@ -85,8 +96,11 @@ class Collector:
         self.stats.shards_total = len(owned)
         for k in owned:
             if self.store.is_sealed(k):
-                self._adopt_sealed(k)
-                continue
+                problem = self.store.check_seal(k)
+                if problem is None:
+                    self._adopt_sealed(k)
+                    continue
+                self._rebuild_damaged(k, problem)
             state = self.store.load(k)
             if state.complete:  # every task journaled, the seal was interrupted
                 self._seal(k, state)
@@ -98,12 +112,28 @@ class Collector:
                 self.open_shards[k] = state
         return self.stats.total - self.stats.resumed
 
+    def _rebuild_damaged(self, k: int, problem: str) -> None:
+        """A sealed shard whose files no longer match its seal: seal it again from its kept journal
+        (nothing is redone), or refuse, naming the file, when that journal is gone."""
+        assert self.store
+        if self.store.journal_path(k).exists() or self.store.unseal_for_rebuild(k):
+            for path in (self.store.records_path(k), self.store.results_path(k), self.store.seal_path(k)):
+                path.unlink(missing_ok=True)
+            self.warnings.append(f"{problem}: shard {k} is damaged; rebuilt from its journal")
+            return
+        name = self.store.records_path(k).name.replace(".jsonl", "")
+        raise UsageError(
+            f"{problem}: shard {k} is damaged and its journal is gone, so it cannot be rebuilt; remove "
+            f"{self.out / 'shards' / name}.* and rerun to redo its tasks (teacher answers already paid for are "
+            f"reused from the teacher journal where the same request comes again)")
+
     def _adopt_sealed(self, k: int) -> None:
         assert self.store and self.plan
         stale = self.store.journal_path(k)
-        if stale.exists():  # sealed, then stopped before the journal was removed
+        if stale.exists():  # sealed, then stopped before the journal was moved aside
             with contextlib.suppress(OSError):
-                stale.unlink()
+                self.store.sealed_journal_path(k).parent.mkdir(exist_ok=True)
+                stale.replace(self.store.sealed_journal_path(k))
         info = self.store.sealed_stats(k)
         if info["tasks"] != self.plan.size(k):  # sealed under another --limit (a --force rerun)
             name = self.store.results_path(k).name.replace(".results.jsonl", "")
@@ -128,9 +158,11 @@ class Collector:
 
     async def run(self) -> int:
         t0 = time.monotonic()
+        self._had_manifest = mf.manifest_path(self.out, self.cfg).exists()
         left = self.prepare()
         self.state = "running"
-        self.write_manifest()
+        if self._had_manifest or self.stats.resumed:
+            self.write_manifest()
         for w in self.warnings:
             print(f"persd: warning: {w}", file=sys.stderr)
         if left == 0:
@@ -185,6 +217,7 @@ class Collector:
         title = f"persd collect -> {self.out}" + (f" [{cfg.partition}]" if cfg.partition else "")
         if self.notes:
             title += "  (" + "; ".join(self.notes) + ")"
+        self.write_manifest()  # the backends are up: from here on, the directory holds this run's settings
         self.progress = Progress(cfg.progress, self.snapshot, title, cfg.log_every)
         for note in self.notes:
             self.progress.log(f"persd: {note}")
@@ -297,8 +330,14 @@ class Collector:
             if self._admission is not None:
                 self._admission.cancel()
             self._grace_handle = asyncio.get_running_loop().call_later(self.cfg.grace, self._cancel_running)
-        else:
+        elif self._hard_stop is None:
+            print(f"persd: {name} again: stopping now (finished tasks are journaled). Rerun the same command to "
+                  f"resume.", file=sys.stderr, flush=True)
             self._cancel_running()
+            # a backend may block its close on work in a thread (a long generation): do not wait for it
+            self._hard_stop = threading.Timer(HARD_STOP_S, _exit_now)
+            self._hard_stop.daemon = True
+            self._hard_stop.start()
 
     def _cancel_running(self) -> None:
         for t in list(self._running):
@@ -350,6 +389,9 @@ class Collector:
                              teacher_calls=info["teacher_calls"], teacher_tokens=info["teacher_tokens"],
                              files=[str(self.store.records_path(k).relative_to(self.out)),
                                     str(self.store.results_path(k).relative_to(self.out))])
+                if info.get("seal"):
+                    entry["seal"] = {f: {"bytes": info["seal"][f]["bytes"], "sha256": info["seal"][f]["sha256"]}
+                                     for f in ("records", "results")}
                 totals["records"] += info["records"]
                 totals["teacher_calls"] += info["teacher_calls"]
                 totals["teacher_tokens"] += info["teacher_tokens"]
@@ -394,6 +436,10 @@ class Collector:
 
     def finish(self, t0: float) -> None:
         wall = time.monotonic() - t0
+        if self._hard_stop is not None:  # the backends closed in time: finish normally
+            self._hard_stop.cancel()
+        if self.state == "failed" and self.work_started is None and not (self._had_manifest or self.stats.resumed):
+            return  # failed at start-up (a backend would not open): leave no settings behind to be held to
         try:
             self.write_manifest()
             snap = self.snapshot()

@@ -4,23 +4,28 @@ Layout (DIR is --out):
 
     DIR/shards/shard-00007.jsonl           training records of shard 7, in task order
     DIR/shards/shard-00007.results.jsonl   one result line per task of shard 7, in task order
+    DIR/shards/shard-00007.seal.json       size and sha256 of the two files above: what proves them whole
     DIR/work/shard-00007.journal.jsonl     work in progress: the student's attempts and finished tasks
+    DIR/work/sealed/shard-00007.journal.jsonl   the journal of a sealed shard, kept to rebuild a damaged one
 
-A shard's two files appear by atomic rename only once all its tasks are done (results first,
-then records: the records file is the seal). The journal is an append-only orjson-lines file;
-every line is handed to the kernel with one write(2) before anything depends on it, so it
-survives kill -9; a torn or unreadable line (a crash mid-write, a full disk) is skipped on load.
+A shard's files appear by atomic rename only once all its tasks are done (seal, results, then
+records: the records file's presence marks the shard sealed). A rerun checks each sealed shard
+against its seal and rebuilds a damaged one from its kept journal (nothing is paid twice).
+
+The journal is an append-only orjson-lines file; every line is handed to the kernel with one
+write(2) before anything depends on it, so it survives kill -9; a torn or unreadable line (a crash mid-write, a full disk) is skipped on load.
 """
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import orjson
 
-from persd.engine.collect.layout import CollectLayout, iter_lines, shard_name  # noqa: F401 (re-exported)
+from persd.engine.collect.layout import CollectLayout, file_digest, iter_lines, shard_name  # noqa: F401 (re-exported)
 from persd.runtime.errors import PersdError
 
 
@@ -115,8 +120,28 @@ class ShardStore:
     def journal_path(self, k: int) -> Path:
         return self.layout.journal_path(k)
 
+    def seal_path(self, k: int) -> Path:
+        return self.layout.seal_path(k)
+
+    def sealed_journal_path(self, k: int) -> Path:
+        return self.layout.sealed_journal_path(k)
+
     def is_sealed(self, k: int) -> bool:
         return self.layout.is_sealed(k)
+
+    def check_seal(self, k: int) -> str | None:
+        """None when shard k's files match its seal; else what is wrong, naming the file."""
+        return self.layout.seal_problem(k)
+
+    def unseal_for_rebuild(self, k: int) -> bool:
+        """Put a damaged shard's kept journal back in work/ (so it is sealed again); False if none was kept."""
+        kept = self.sealed_journal_path(k)
+        if not kept.exists():
+            return False
+        for path in (self.records_path(k), self.results_path(k), self.seal_path(k)):
+            path.unlink(missing_ok=True)
+        os.replace(kept, self.journal_path(k))
+        return True
 
     # ---------------------------------------------------------------- recovery
 
@@ -211,22 +236,31 @@ class ShardStore:
             raise PersdError(f"internal: shard {k} sealed with {len(missing)} task(s) unfinished")
         rec_tmp = self.shards_dir / f".{shard_name(k)}.jsonl.tmp"
         res_tmp = self.shards_dir / f".{shard_name(k)}.results.jsonl.tmp"
+        seal_tmp = self.shards_dir / f".{shard_name(k)}.seal.json.tmp"
         try:
+            rec_sum, res_sum = _Summer(), _Summer()
             with open(rec_tmp, "wb") as rec, open(res_tmp, "wb") as res:
                 for i in range(lo, hi):
                     ev = done[i]
-                    res.write(orjson.dumps(ev["r"]) + b"\n")
+                    res_sum.write(res, orjson.dumps(ev["r"]) + b"\n")
                     for r in ev["R"]:
-                        rec.write(orjson.dumps(r) + b"\n")
+                        rec_sum.write(rec, orjson.dumps(r) + b"\n")
                 rec.flush()
                 res.flush()
                 os.fsync(rec.fileno())
                 os.fsync(res.fileno())
+            seal = {"shard": k, "tasks": hi - lo, "records": rec_sum.entry(self.records_path(k).name),
+                    "results": res_sum.entry(self.results_path(k).name)}
+            with open(seal_tmp, "wb") as fh:
+                fh.write(orjson.dumps(seal, option=orjson.OPT_INDENT_2) + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(seal_tmp, self.seal_path(k))
             os.replace(res_tmp, self.results_path(k))
             os.replace(rec_tmp, self.records_path(k))
             _fsync_dir(self.shards_dir)
         except OSError as exc:
-            for tmp in (rec_tmp, res_tmp):
+            for tmp in (rec_tmp, res_tmp, seal_tmp):
                 try:
                     tmp.unlink()
                 except OSError:
@@ -234,16 +268,21 @@ class ShardStore:
             # a half-sealed shard (results renamed, records not) is re-sealed from the journal on rerun
             raise disk_error(exc, f"shard {k}") from None
         self.close(k)
-        try:
-            self.journal_path(k).unlink()
+        try:  # kept (not deleted) so that a shard damaged later can be rebuilt without redoing work
+            self.sealed_journal_path(k).parent.mkdir(exist_ok=True)
+            os.replace(self.journal_path(k), self.sealed_journal_path(k))
         except OSError:
             pass
         return shard_stats(done[i]["r"] for i in range(lo, hi)) | {
-            "records": sum(len(done[i]["R"]) for i in range(lo, hi))
+            "records": sum(len(done[i]["R"]) for i in range(lo, hi)), "seal": seal,
         }
 
     def sealed_stats(self, k: int) -> dict:
         stats = shard_stats(iter_lines(self.results_path(k)))
+        try:
+            stats["seal"] = orjson.loads(self.seal_path(k).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            pass
         formats: Counter = Counter(r.get("format", "?") for r in iter_lines(self.records_path(k)))
         stats["records"] = sum(formats.values())
         stats["formats"] = dict(sorted(formats.items()))
@@ -269,6 +308,22 @@ def shard_stats(results) -> dict:
         tokens += int(r.get("teacher_tokens", 0))
     return {"tasks": sum(outcomes.values()), "outcomes": dict(sorted(outcomes.items())),
             "teacher_calls": calls, "teacher_tokens": tokens}
+
+
+class _Summer:
+    """Size and sha256 of what is written through it."""
+
+    def __init__(self):
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def write(self, fh, data: bytes) -> None:
+        fh.write(data)
+        self.h.update(data)
+        self.n += len(data)
+
+    def entry(self, name: str) -> dict:
+        return {"file": name, "bytes": self.n, "sha256": self.h.hexdigest()}
 
 
 def _fsync_dir(path: Path) -> None:

@@ -6,6 +6,7 @@ format: persd/engine/evaluation/presets/NAME.toml, or your own FILE.toml) > the 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from persd import config
 from persd.config import (Command, build, fingerprint, gather, nonneg_int, opt, positive_float, positive_int)
 from persd.engine.collect.config import PROGRESS_MODES, StudentFields, check_sampling, check_student_url
 from persd.engine.timelimits import TimeLimitFields
-from persd.runtime.errors import ConfigError
+from persd.runtime.errors import ConfigError, UsageError
 
 PROMPT_VERSION = 1  # bump when eval's prompts (direct or refine) change: it alters results
 PAPER_REFINE_STEPS = 2  # the paper refines a failing sample up to twice at inference
@@ -107,8 +108,7 @@ class EvalConfig(StudentFields, TimeLimitFields):
 
 
 def _refine_alias(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--refine", dest="refine_steps", action="store_const", const=PAPER_REFINE_STEPS,
-                   default=argparse.SUPPRESS,
+    p.add_argument("--refine", dest="refine_paper", action="store_true", default=argparse.SUPPRESS,
                    help=f"refine-inference as in the paper: --refine-steps {PAPER_REFINE_STEPS}")
 
 
@@ -123,8 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]) -> EvalConfig:
-    values, _, src = gather(EVAL, argv)
-    return build(EvalConfig, values, src)
+    values, ns, src = gather(EVAL, argv)
+    if getattr(ns, "refine_paper", False):
+        if "refine_steps" in src.flags and values["refine_steps"] != PAPER_REFINE_STEPS:
+            raise UsageError(f"--refine means --refine-steps {PAPER_REFINE_STEPS}; it conflicts with "
+                             f"--refine-steps {values['refine_steps']} (give one of the two)")
+        values["refine_steps"] = PAPER_REFINE_STEPS
+        src.flags.add("refine_steps")
+    cfg = build(EvalConfig, values, src)
+    if cfg.n > 1 and cfg.temperature == 0:
+        print(f"persd eval: warning: --n {cfg.n} at temperature 0 (greedy) gives {cfg.n} identical samples per "
+              f"task; set --temperature (the paper's pass@k protocols sample at 0.2-0.8)", file=sys.stderr)
+    return cfg
 
 
 __all__ = ["EvalConfig", "EVAL", "PROMPT_VERSION", "build_parser", "parse_args"]

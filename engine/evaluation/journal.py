@@ -53,7 +53,11 @@ class EvalJournal:
             return False
         try:
             old = orjson.loads(self.settings_path.read_bytes())
-        except orjson.JSONDecodeError:
+        except (OSError, orjson.JSONDecodeError) as exc:
+            if not force:
+                raise UsageError(f"{self.settings_path}: unreadable ({exc}), so the settings of the results in "
+                                 f"{self.out} are unknown: pass --force to discard them and start over, or use "
+                                 f"another --out") from None
             old = {}
         diffs = describe_difference(with_defaults(old, EvalConfig), fingerprint)
         if not diffs:

@@ -55,7 +55,6 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
     journal = EvalJournal(Path(cfg.out))
     fingerprint = dict(cfg.fingerprint(), tasks_count=len(tasks), tasks_sha256=tasks_digest(tasks))
     resuming = journal.check_settings(fingerprint, cfg.force)
-    journal.save_settings(fingerprint)
     gens, results = journal.load() if resuming else ({}, {})
     evaluator = Evaluator(cfg, tasks, student, sandbox, journal, gens, results)
     if evaluator.stats.resumed:
@@ -65,6 +64,9 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
         journal.open()
         try:
             async with open_backends(cfg, student, sandbox) as (evaluator.student, evaluator.sandbox):
+                # the settings are written once the run really starts: a start-up failure (a wrong
+                # model path, a bad flag) must not tie the directory to the settings it failed with
+                journal.save_settings(fingerprint)
                 evaluator.time_limits = TimeLimits(evaluator.sandbox, config_from(cfg),
                                                    cache=journal.work / "time-limits.jsonl")
                 evaluator.stats.restart()  # the rate counts the work, not loading the model
@@ -76,6 +78,8 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
                               f"rerun the same command to resume") from exc
         finally:
             journal.close()
+    if not journal.settings_path.exists():
+        journal.save_settings(fingerprint)
     lines = evaluator.ordered_results()
     journal.write_results(lines)
     snap = evaluator.stats.snapshot()

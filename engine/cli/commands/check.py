@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from persd.engine.tasks import Task, iter_tasks, json_problem
 from persd import config
 from persd.config import Command, load, nonneg_int, opt, positive_float, positive_int
 from persd.engine.timelimits import (TimeLimitConfig, TimeLimitFields, TimeLimits, config_from, limit_fields,
-                                    workers_per_core)
+                                    user_cache, workers_per_core)
 from persd.runtime.errors import ConfigError, InputError, UsageError
 from persd.runtime.sandbox import STATUSES, Sandbox, SandboxConfig
 
@@ -109,7 +110,7 @@ def file_samples(path: str, tasks: dict[str, Task]) -> Iterator[Sample]:
 async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path,
                     limits: TimeLimitConfig | None = None) -> dict:
     """Run every sample; write results in sample order; return the summary. Time limits: `limits`
-    (calibrated per task by default; its measurements are cached in OUT's folder, work/time-limits.jsonl)."""
+    (calibrated per task by default; its measurements are cached per machine: timelimits.user_cache())."""
     limits = limits or TimeLimitConfig(cap_s=config.timeout_s)
     counts: collections.Counter[str] = collections.Counter()
     stopped_by: collections.Counter[str] = collections.Counter()
@@ -117,7 +118,7 @@ async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path
     async with Sandbox(config) as sandbox:
         print(f"sandbox: {config.worker_count()} workers; protections: {'; '.join(sandbox.protections)}",
               file=sys.stderr)
-        time_limits = TimeLimits(sandbox, limits, cache=out_path.parent / "work" / "time-limits.jsonl")
+        time_limits = TimeLimits(sandbox, limits, cache=user_cache())
         start = time.perf_counter()
 
         async def one(sample: Sample) -> None:
@@ -148,7 +149,8 @@ async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path
             await asyncio.gather(*pending)
         elapsed = time.perf_counter() - start
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+    # beside the output (nothing left outside it), one per process (two checks of one --out never mix)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         for row in results:
             fh.write(orjson.dumps(row) + b"\n")
@@ -192,8 +194,21 @@ def print_summary(summary: dict, out: str) -> None:
     console.print(f"results: {out}")
 
 
+def check_out_path(out: str) -> None:
+    """--out is a file to write: refuse a directory, or a path under a file, before any work."""
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"--out {out}: is a directory; --out names the results file (e.g. {path / 'results.jsonl'})")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out}: {parent} is a file, not a directory")
+            break
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    check_out_path(args.out)
     tasks = {t.task_id: t for t in iter_tasks(args.tasks)}
     samples_iter = reference_samples(tasks) if args.references else file_samples(args.samples, tasks)
     samples = []

@@ -4,11 +4,18 @@ from __future__ import annotations
 from persd.config import runtime_fields_as_flags
 from persd.engine.aio import run_async
 from persd.engine.collect.backends import RUNTIME_FIELDS
-from persd.engine.collect.config import parse_args
+from persd.engine.collect.config import check_student_model, parse_args
+from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.runner import Collector
+from persd.engine.ownership import refuse_foreign
+from persd.engine.runlock import run_lock
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
-    with runtime_fields_as_flags(RUNTIME_FIELDS):
-        return run_async(Collector(cfg).run())
+    check_student_model(cfg)
+    refuse_foreign(cfg.out, "collect")
+    # one lock per partition: machines sharing DIR (--num-shards) work side by side, a second copy is refused
+    with run_lock(cfg.out, "collect", CollectLayout(cfg.out).lock_name(cfg.partition)):
+        with runtime_fields_as_flags(RUNTIME_FIELDS):
+            return run_async(Collector(cfg).run())

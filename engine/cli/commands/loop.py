@@ -26,7 +26,19 @@ def parse_args(argv: list[str]) -> LoopConfig:
 
 
 def main(argv: list[str]) -> int:
+    import sys
+
+    from persd.engine.ownership import refuse_foreign
+    from persd.engine.runlock import run_lock
+
     cfg = parse_args(argv)
-    infos = Loop(cfg).run()
+    refuse_foreign(cfg.out, "loop")
+    with run_lock(cfg.out, "loop"):
+        try:
+            infos = Loop(cfg).run()
+        except KeyboardInterrupt as exc:  # a stage stopped at its safe point (it said so above)
+            why = str(exc) or "interrupted between stages"
+            print(f"persd loop: {why}\npersd loop: rerun the same command to resume", file=sys.stderr)
+            return 130
     print_table(infos, cfg.out)
     return 0

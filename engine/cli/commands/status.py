@@ -16,7 +16,8 @@ from rich.table import Table
 
 from persd.engine.collect.manifest import find_manifests, read_manifest
 from persd.config import Command, load, opt
-from persd.engine.collect.layout import CollectLayout
+from persd.engine.collect.layout import CollectLayout, partition_name
+from persd.engine.runlock import is_locked
 from persd.runtime.errors import ConfigError, PersdError, UsageError
 
 
@@ -48,27 +49,43 @@ def partition_status(out: Path, manifest_file: Path) -> dict:
     lay = CollectLayout(out)
     shards = m.get("shards", [])
     done = sealed = 0
+    damaged: list[str] = []
     for s in shards:
         k = s["index"]
         if lay.is_sealed(k):
+            problem = lay.seal_problem(k)
+            if problem:
+                damaged.append(problem)
+                continue
             sealed += 1
             done += s["tasks"]
         else:
             done += min(s["tasks"], _journal_done(lay.journal_path(k)))
     totals = m.get("totals", {})
     part = m.get("partition", {"index": 0, "count": 1})
+    teacher = m.get("teacher") or {}
+    state = m.get("state", "?")
+    if state in ("starting", "running"):
+        count = int(part.get("count", 1))
+        lock = lay.lock_name(partition_name(count, int(part.get("index", 0))))
+        if not is_locked(out, lock):  # the manifest says running, but no process holds the directory
+            state = "stopped"
+    if damaged:
+        state = "damaged"
     return {
         "dir": str(out),
         "manifest": manifest_file.name,
         "partition": f"{part.get('index', 0)}/{part.get('count', 1)}",
-        "state": m.get("state", "?"),
+        "state": state,
+        "damaged": damaged,
         "tasks": totals.get("tasks", sum(s["tasks"] for s in shards)),
         "done": done,
         "shards": len(shards),
         "shards_sealed": sealed,
         "outcomes": totals.get("outcomes", {}),
         "records": totals.get("records", {}),
-        "teacher": (m.get("teacher") or {}).get("model"),
+        "teacher": teacher.get("model"),
+        "offline_stand_in": bool(teacher.get("offline_stand_in")),
         "updated_at": m.get("updated_at"),
         "error": m.get("error"),
     }
@@ -99,26 +116,36 @@ def main(argv: list[str]) -> int:
         "records": dict(sum((Counter(r["records"]) for r in rows), Counter())),
         "complete": all(r["shards_sealed"] == r["shards"] and r["shards"] for r in rows),
     }
+    # damage or an unreadable manifest is a failure a script must see: exit 1, after the report
+    rc = 1 if any(r["state"] in ("unreadable", "damaged") for r in rows) else 0
     if args.json:
         print(orjson.dumps({"partitions": rows, "total": total}, option=orjson.OPT_INDENT_2).decode())
-        return 0
+        return rc
     table = Table(title="persd collect status")
-    for col in ("dir", "partition", "state", "tasks done", "shards sealed", "outcomes", "records", "updated"):
+    for col in ("dir", "partition", "state", "tasks done", "shards sealed", "outcomes", "records", "teacher",
+                "updated"):
         table.add_column(col)
     for r in rows:
+        teacher = str(r.get("teacher") or "-") + (" (offline stand-in)" if r.get("offline_stand_in") else "")
         table.add_row(r["dir"], r.get("partition", "?"), r["state"], f"{r['done']}/{r['tasks']}",
-                      f"{r['shards_sealed']}/{r['shards']}", _fmt(r["outcomes"]), _fmt(r["records"]),
+                      f"{r['shards_sealed']}/{r['shards']}", _fmt(r["outcomes"]), _fmt(r["records"]), teacher,
                       str(r.get("updated_at") or ""))
     if len(rows) > 1:
         table.add_row("total", "", "complete" if total["complete"] else "in progress",
                       f"{total['done']}/{total['tasks']}", f"{total['shards_sealed']}/{total['shards']}",
-                      _fmt(total["outcomes"]), _fmt(total["records"]), "")
+                      _fmt(total["outcomes"]), _fmt(total["records"]), "", "")
     console = Console(width=max(Console().width, 140))
     console.print(table)
     for r in rows:
         if r.get("error"):
             console.print(f"{r['dir']} ({r['manifest']}): {r['error']}", markup=False)
-    return 0
+        if r["state"] == "stopped":
+            console.print(f"{r['dir']} ({r['manifest']}): stopped before it finished (no process holds it); rerun "
+                          f"the same `persd collect` command to resume", markup=False)
+        for problem in r.get("damaged", ()):
+            console.print(f"damaged: {problem}; rerun the same `persd collect` command to rebuild it from its "
+                          f"journal", markup=False)
+    return rc
 
 
 def _fmt(counts: dict) -> str:
