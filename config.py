@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import tomllib
 import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field
@@ -33,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import tomllib
 from persd.runtime.errors import ConfigError, UsageError
 
 # ------------------------------------------------------------------ the one parser class

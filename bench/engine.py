@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import orjson
-
 from persd.config import parser_for
 from persd.engine.aio import run_async
 
@@ -204,11 +203,11 @@ def instant_child(n: int, work: Path, one_core: bool) -> dict:
     """Run collect on `n` synthetic tasks with instant backends in this process; report speed and peak RSS."""
     if one_core and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    from persd.engine.collect.config import parse_args
-    from persd.bench.instant import instant_backends, write_synthetic_tasks
-    from persd.engine.collect.runner import Collector
-
     import shutil
+
+    from persd.bench.instant import instant_backends, write_synthetic_tasks
+    from persd.engine.collect.config import parse_args
+    from persd.engine.collect.runner import Collector
 
     shutil.rmtree(work / f"instant-{n}", ignore_errors=True)
     tasks = write_synthetic_tasks(work / f"synthetic-{n}.jsonl", n)

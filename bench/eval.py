@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
-
 from persd.config import parser_for
 from persd.engine.aio import run_async
 from persd.engine.evaluation.config import EvalConfig

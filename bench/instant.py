@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import orjson
-
 from persd.engine.collect.flow import Backends
 
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import orjson
-
 from persd.bench.report_synth import write_collect
 
 

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
-
 from persd.config import parser_for
 from persd.engine.aio import run_async
 from persd.engine.tasks import Task, iter_tasks

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from persd.config import parser_for
 from persd.engine.aio import run_async
 from persd.runtime.student import SamplingParams, StudentConfig, StudentRequest, create_student
@@ -161,9 +160,8 @@ def _timed_offline(llm: Any, prompts: list[str], params: SamplingParams) -> tupl
 async def bench_vllm(model: str, requests: int, max_tokens: int, kv_gib: float, rounds: int) -> Result:
     """Both engines stay up; timed runs alternate (backend, offline, offline, backend, ...) and
     the best of each counts, so load from elsewhere on the machine hits both alike."""
-    from vllm import LLM
-
     from persd.runtime.student.vllm_backend import engine_args_kwargs
+    from vllm import LLM
 
     cfg = _vllm_config(model, max_model_len=512, kv_gib=kv_gib)
     prompts = bench_prompts(requests)

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
-
 from persd.engine.aio import run_async
 from persd.engine.evaluation.config import EvalConfig
 from persd.engine.evaluation.runner import evaluate, student_config

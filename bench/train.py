@@ -85,11 +85,10 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else os.environ.get("DS_ACCELERATOR", ""))
     if not os.environ["DS_ACCELERATOR"]:
         del os.environ["DS_ACCELERATOR"]
-    from rich.console import Console
-    from rich.table import Table
-
     from persd.runtime.errors import UsageError
     from persd.trainers.launch import close_world
+    from rich.console import Console
+    from rich.table import Table
 
     data = args.data or default_data()
     missing = [d for d in data if not Path(d).exists()]
@@ -139,9 +138,8 @@ def main(argv: list[str]) -> int:
 
 def write_random_model(tokenizer_dir: Path, out: Path, size: str, seq_len: int) -> Path:
     """A Llama config of the given size (no weights: the trainer initialises them) plus a tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig
-
     from persd.runtime.errors import UsageError
+    from transformers import AutoTokenizer, LlamaConfig
 
     shapes = {"1b": (2048, 20, 16)}  # hidden, layers, heads: about 1.0B parameters with the intermediate below
     if size in shapes:

@@ -34,17 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from persd.config import fingerprint, nonneg_int, opt, positive_int, to_toml, with_defaults
 from persd.engine.collect.config import PROGRESS_MODES, CollectConfig, describe_difference, resolve_student_backend
+from persd.engine.collect.layout import CollectLayout
 from persd.engine.evaluation.config import EvalConfig
-from persd.trainers.cli import TrainCommand
 from persd.engine.evaluation.journal import atomic_write
 from persd.engine.report import hint
-from persd.engine.collect.layout import CollectLayout
 from persd.engine.tasks import parse_task_line, resolve_source
 from persd.runtime.errors import ConfigError, PersdError, UsageError
-
+from persd.trainers.cli import TrainCommand
 
 # Stage fields the loop sets itself each round (not in a [collect], [train] or [eval] section).
 COLLECT_OWNED = ("tasks", "out", "limit", "student_backend", "student_model", "student_url", "student_chat",

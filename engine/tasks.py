@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
-
 from persd.runtime.errors import InputError, UsageError
 
 BUILTIN_SETS = ("humaneval", "mbpp")

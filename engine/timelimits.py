@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-
 from persd.config import opt, positive_float
 from persd.engine.tasks import Task
 

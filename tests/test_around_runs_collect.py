@@ -12,9 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-
-from test_collect_e2e import REPO, SECRET, Env, request_key, shard_bytes
 from persd.runtime.teacher.local_server import LocalOpenAIServer
+from test_collect_e2e import REPO, SECRET, Env, request_key, shard_bytes
 
 LIMIT = ("--limit", "16")  # two shards of 8
 

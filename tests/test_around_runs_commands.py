@@ -12,7 +12,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from helpers import write_doubling_tasks, write_jsonl
 from persd.engine.runlock import is_locked, run_lock
 from persd.runtime.errors import UsageError

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from helpers import doubling_task, read_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

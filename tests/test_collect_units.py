@@ -8,9 +8,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from persd.engine.collect.config import parse_args
 from persd.bench.instant import instant_backends, write_synthetic_tasks
+from persd.engine.collect.config import parse_args
 from persd.engine.collect.records import continuation
 from persd.engine.collect.runner import Collector
 from persd.engine.collect.shards import DiskError, ShardPlan, ShardStore
@@ -179,8 +178,8 @@ async def test_a_prompt_the_student_rejects_fails_only_its_task(tmp_path):
     """A request the student can never serve (prompt too long) is that task's `error`; the run goes on."""
     import contextlib
 
-    from persd.engine.collect.flow import Backends
     from persd.bench.instant import InstantSandbox, InstantStudent, InstantTeacher
+    from persd.engine.collect.flow import Backends
     from persd.runtime.student import RequestRejected
 
     class PickyStudent(InstantStudent):

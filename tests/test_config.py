@@ -8,7 +8,6 @@ import typing
 from pathlib import Path
 
 import pytest
-
 from persd import config
 from persd.config import Command, build_parser, config_fields, fingerprint, flag_of, gather, shown_default
 from persd.engine.cli.commands.check import CHECK

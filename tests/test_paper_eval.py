@@ -4,13 +4,12 @@ refine-inference prompt and rules."""
 from __future__ import annotations
 
 import orjson
-
+from helpers import read_jsonl
 from persd.engine.evaluation.config import parse_args
 from persd.engine.evaluation.runner import evaluate
 from persd.engine.paper import evaluation as paper
 from persd.engine.paper import prompts
 from persd.engine.tasks import iter_tasks
-from helpers import read_jsonl
 from persd.runtime.student.fake_server import FakeOpenAIServer
 
 WRONG = "    return not numbers\n<|endoftext|>def garbage("
@@ -67,10 +66,9 @@ def test_every_humaneval_and_mbpp_task_has_the_reference_tests():
 
 
 async def test_paper_style_refuses_tasks_without_reference_tests(tmp_path):
+    import pytest
     from helpers import write_doubling_tasks
     from persd.runtime.errors import UsageError
-
-    import pytest
 
     tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 1)
     cfg = parse_args(["--tasks", str(tasks), "--style", "paper", "--out", str(tmp_path / "out"),

@@ -13,9 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from persd.engine.paper import checker, cleaning, prompts
 from persd.engine.tasks import iter_tasks
+
 from tests.paper_reference import load, require_reference
 
 DATA = Path(os.environ.get("PERSD_DATA_DIR", "/nonexistent"))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import orjson
-
 from persd.engine import prompts
 from persd.engine.extract import extract_program
 from persd.engine.tasks import parse_task_line

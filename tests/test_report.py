@@ -14,7 +14,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from helpers import doubling_task, read_jsonl, write_jsonl
 from persd.runtime.student.fake_server import FakeOpenAIServer
 from persd.runtime.teacher.local_server import LocalOpenAIServer
@@ -355,8 +354,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
 
 def test_big_collect_samples_examples_and_stays_light(tmp_path):
     """20k tasks: every task counted, the browser holds a seeded sample, the page stays small."""
-    from persd.engine.report.build import ReportConfig, build_report
     from persd.bench.report_synth import write_collect
+    from persd.engine.report.build import ReportConfig, build_report
 
     d = write_collect(tmp_path / "big", 20_000, shard_size=1000)
     rep = build_report(ReportConfig([d], tmp_path / "big.html", examples_per_outcome=25))

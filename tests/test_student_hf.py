@@ -5,7 +5,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from persd.runtime.errors import PersdError, UsageError
 from persd.runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student
 from persd.runtime.student.hf import HFStudent

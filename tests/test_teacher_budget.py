@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from persd.runtime.http import RetryPolicy
 from persd.runtime.teacher import BudgetExceeded, ChatRequest, TeacherClient, TeacherConfig
 from persd.runtime.teacher.local_server import LocalOpenAIServer

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from persd.runtime.errors import UsageError
 from persd.runtime.http import RetryPolicy
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig, TeacherError

@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import orjson
-
 from persd.runtime.http import RetryPolicy
 from persd.runtime.teacher import ChatRequest, Journal, TeacherClient, TeacherConfig
 from persd.runtime.teacher.local_server import LocalOpenAIServer

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from helpers import read_jsonl
 from persd.engine.tasks import Task, iter_tasks, parse_task_line
 from persd.engine.timelimits import TimeLimitConfig, TimeLimits

@@ -4,10 +4,16 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from persd.runtime.errors import PersdError, UsageError
 from persd.trainers.cli import parse_args
-from persd.trainers.config import SHIPPED_DS_CONFIGS, TrainConfig, load_ds_config, offload, resolve_ds_config, zero_stage
+from persd.trainers.config import (
+    SHIPPED_DS_CONFIGS,
+    TrainConfig,
+    load_ds_config,
+    offload,
+    resolve_ds_config,
+    zero_stage,
+)
 from persd.trainers.model import lr_lambda
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from persd.runtime.errors import UsageError
 
 TAG = re.compile(r"^step-(\d+)$")

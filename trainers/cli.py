@@ -24,6 +24,7 @@ from persd.config import Command, load, opt
 from persd.runtime.errors import UsageError
 from persd.trainers.config import TrainConfig
 
+
 @dataclass
 class TrainCommand(TrainConfig):
     """`persd train`'s options: the training configuration plus what only this invocation decides."""
@@ -70,7 +71,6 @@ def parse_args(argv: list[str]) -> TrainCommand:
 
 def _plan(cfg: TrainCommand) -> int:
     import psutil
-
     from persd.trainers import plan as mplan
     from persd.trainers.config import load_ds_config, offload, zero_stage
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import orjson
-
 from persd.engine.collect.layout import FORMAT_ALIASES, CollectLayout, Record, shard_index
 from persd.runtime.errors import InputError, UsageError
 

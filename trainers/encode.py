@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from persd.runtime.errors import UsageError
 from persd.trainers.data import Record
 

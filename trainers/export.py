@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from persd.runtime.errors import PersdError
 
 DEFAULT_SHARD_BYTES = 5 * 2**30

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from persd.runtime.errors import UsageError
 from persd.trainers import checkpoint
 from persd.trainers.config import TrainConfig, load_ds_config, offload, reference_steps, resolve_ds_config, zero_stage
@@ -437,7 +436,6 @@ def _truncate_metrics(path: Path, keep_through: int) -> None:
 
 def _check_plan(cfg: TrainConfig, stage: int, opt_off: bool, par_off: bool, world: World) -> None:
     import psutil
-
     from persd.trainers import plan as mplan
 
     shape = mplan.shape_of(cfg.model)

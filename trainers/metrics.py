@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from persd.runtime.errors import UsageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-from persd.runtime.errors import UsageError
 
 # dense bf16 peak TFLOP/s per GPU, by a substring of the device name
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0,

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-
 from persd.runtime.errors import PersdError, UsageError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from persd.trainers.encode import Example
 
 IGNORE = -100

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from persd.engine import lessons
-
 from persd.engine.collect import testgen
 from persd.engine.collect.config import FORMATS, CollectConfig
 from persd.engine.collect.limiter import Limiter
-from persd.engine.collect.shards import disk_error
 from persd.engine.collect.records import Meta, Tally, TaskOutcome, direct_records, refinement_records, result_line
+from persd.engine.collect.shards import disk_error
 from persd.engine.collect.studentio import extract, student_request
 from persd.engine.tasks import Task
 from persd.engine.timelimits import TimeLimits, config_from, limit_fields

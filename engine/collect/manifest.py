@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from persd.config import with_defaults
-from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.config import CollectConfig, describe_difference
+from persd.engine.collect.layout import CollectLayout
 from persd.runtime.errors import PersdError, UsageError
 
 VERSION = 1

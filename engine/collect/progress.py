@@ -6,11 +6,10 @@ import sys
 import time
 from typing import Any, Callable
 
+from persd.engine.report import hint
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-
-from persd.engine.report import hint
 
 
 def _pct(x: float | None) -> str:

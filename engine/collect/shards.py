@@ -23,8 +23,8 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-import orjson
 
+import orjson
 from persd.engine.collect.layout import CollectLayout, file_digest, iter_lines, shard_name  # noqa: F401 (re-exported)
 from persd.runtime.errors import PersdError
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import orjson
 
-
 MAX_REPR = 2000  # an expected value longer than this is not turned into a test
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from persd import config
-from persd.config import (Command, build, fingerprint, gather, nonneg_int, opt, positive_float, positive_int)
+from persd.config import Command, build, fingerprint, gather, nonneg_int, opt, positive_float, positive_int
 from persd.engine.collect.config import PROGRESS_MODES, StudentFields, check_sampling, check_student_url
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError

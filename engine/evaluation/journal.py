@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from persd.config import with_defaults
 from persd.engine.collect.config import describe_difference
 from persd.engine.collect.layout import iter_lines

@@ -5,7 +5,6 @@ import hashlib
 from pathlib import Path
 
 import orjson
-
 from persd.engine.evaluation.protocols import mbpp_eval_ids_path
 from persd.engine.tasks import Task, iter_tasks
 from persd.runtime.errors import UsageError

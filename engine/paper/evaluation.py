@@ -23,7 +23,6 @@ from functools import lru_cache
 from importlib import resources
 
 import orjson
-
 from persd.engine.paper import checker, cleaning, prompts
 from persd.engine.tasks import Task
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
-
 from persd.engine.collect.layout import CollectLayout, iter_lines
 from persd.engine.report.examples import Example, Reservoir, attach_prompts, examples_of
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from persd.engine.collect.layout import iter_lines
 from persd.engine.evaluation.passk import pass_at_k
 

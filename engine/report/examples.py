@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-
 from persd.engine.collect.layout import CollectLayout
 
 MAX_TEXT = 12_000  # characters of one shown text (a prompt, an attempt, a program, a feedback)

@@ -12,7 +12,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-
 from persd.engine.report.collect import OUTCOME_ORDER, CollectSummary  # noqa: E402
 from persd.engine.report.evalrun import EvalSummary  # noqa: E402
 from persd.engine.report.loop import LoopSummary  # noqa: E402

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 from persd.engine.collect.layout import iter_lines
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import orjson
-
 from persd.runtime.errors import PersdError
 from persd.runtime.sandbox.config import SandboxConfig
 from persd.runtime.sandbox.result import ExecResult

@@ -18,10 +18,13 @@ private pipe, written only after the test program ran to its end.
 from __future__ import annotations
 
 import ast
+
+# Warm imports: modules task programs commonly use cost a dict lookup in the child.
+import bisect  # noqa: E401,F401
 import builtins
 import ctypes
-import errno
 import gc
+import heapq  # noqa: E401,F401
 import json
 import math
 import os
@@ -32,10 +35,6 @@ import struct
 import sys
 import time
 import traceback
-
-# Warm imports: modules task programs commonly use cost a dict lookup in the child.
-import bisect, collections, copy, datetime, decimal, fractions, functools, hashlib  # noqa: E401,F401
-import heapq, itertools, math, operator, random, re, statistics, string, typing  # noqa: E401,F401
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000

@@ -9,11 +9,11 @@ Importing this package is cheap: torch and vLLM load only when a backend that ne
 from persd.runtime.student.base import (
     BACKENDS,
     BaseStudent,
+    RequestRejected,
     SamplingParams,
     StudentBackend,
     StudentConfig,
     StudentError,
-    RequestRejected,
     StudentOutput,
     StudentRequest,
 )

@@ -18,10 +18,10 @@ from typing import Any
 from persd.runtime.errors import ConfigError, PersdError
 from persd.runtime.student.base import (
     BaseStudent,
+    RequestRejected,
     SamplingParams,
     StudentConfig,
     StudentError,
-    RequestRejected,
     StudentOutput,
     StudentRequest,
 )

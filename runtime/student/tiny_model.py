@@ -13,7 +13,6 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-
 # Standard-library modules whose source trains the tokenizer (a fixed list: deterministic).
 CORPUS_MODULES = (
     "textwrap.py", "string.py", "heapq.py", "bisect.py", "functools.py", "fractions.py",

@@ -11,13 +11,19 @@ from pathlib import Path
 from typing import Iterator
 
 import orjson
-
-from persd.engine.aio import run_async
-from persd.engine.tasks import Task, iter_tasks, json_problem
 from persd import config
 from persd.config import Command, load, nonneg_int, opt, positive_float, positive_int
-from persd.engine.timelimits import (TimeLimitConfig, TimeLimitFields, TimeLimits, config_from, limit_fields,
-                                    user_cache, workers_per_core)
+from persd.engine.aio import run_async
+from persd.engine.tasks import Task, iter_tasks, json_problem
+from persd.engine.timelimits import (
+    TimeLimitConfig,
+    TimeLimitFields,
+    TimeLimits,
+    config_from,
+    limit_fields,
+    user_cache,
+    workers_per_core,
+)
 from persd.runtime.errors import ConfigError, InputError, UsageError
 from persd.runtime.sandbox import STATUSES, Sandbox, SandboxConfig
 

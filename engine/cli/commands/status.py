@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from rich.console import Console
-from rich.table import Table
-
-from persd.engine.collect.manifest import find_manifests, read_manifest
 from persd.config import Command, load, opt
 from persd.engine.collect.layout import CollectLayout, partition_name
+from persd.engine.collect.manifest import find_manifests, read_manifest
 from persd.engine.runlock import is_locked
 from persd.runtime.errors import ConfigError, PersdError, UsageError
+from rich.console import Console
+from rich.table import Table
 
 
 @dataclass
