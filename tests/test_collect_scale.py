@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 
+from helpers import MBPP_FIXTURE
 from persd.bench.engine import spawn_instant
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_offline_demo_with_tiny_model_and_stand_in_teacher(tmp_path):
     assert all(r["meta"]["teacher_model"] == "offline-stand-in" for r in recs)
 
 
-async def test_mbpp_records_continue_their_prompt(tmp_path, shared_data):
+async def test_mbpp_records_continue_their_prompt(tmp_path):
     """MBPP prompts end with the function header; every record's prompt + completion must pass,
     not just meta.solution (references with code before the def, or `def f(x): ` with a space)."""
     from persd.engine.tasks import iter_tasks
@@ -55,11 +56,11 @@ async def test_mbpp_records_continue_their_prompt(tmp_path, shared_data):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.pop("OPENAI_API_KEY", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "persd", "collect", "--tasks", str(shared_data / "mbpp.jsonl"), "--limit", "12",
+        [sys.executable, "-m", "persd", "collect", "--tasks", str(MBPP_FIXTURE), "--limit", "12",
          "--max-tokens", "16", "--out", str(out), "--progress", "none"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tasks = {t.task_id: t for _, t in zip(range(12), iter_tasks(shared_data / "mbpp.jsonl"))}
+    tasks = {t.task_id: t for _, t in zip(range(12), iter_tasks(MBPP_FIXTURE))}
     recs = [orjson.loads(x) for x in (out / "shards" / "shard-00000.jsonl").read_bytes().splitlines()]
     persd = [r for r in recs if r["format"] == "persd"]
     assert len(persd) >= 10
