@@ -52,6 +52,7 @@ async def test_mbpp_reference_pass_rate_is_reported(shared_data, record_property
     assert rate > 0.99  # a handful of MBPP references are known to fail their own tests
 
 
+@pytest.mark.e2e
 def test_check_cli_on_samples(tmp_path):
     # the third sample loops forever: it times out whatever the limit; 5 s lets the reference pass on a loaded machine
     samples = tmp_path / "samples.jsonl"
@@ -73,6 +74,7 @@ def test_check_cli_on_samples(tmp_path):
     assert "pass rate" in proc.stdout and "33.3%" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_check_cli_references(tmp_path):
     out = tmp_path / "out.jsonl"
     proc = persd("check", "--tasks", str(MBPP_FIXTURE), "--references", "--limit", "20", "--out", str(out))
@@ -80,6 +82,7 @@ def test_check_cli_references(tmp_path):
     assert len(read_jsonl(out)) == 20
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("content, expected", [
     (b'{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": "nope", "completion": "x"}\n', ":2: field 'task_id': unknown task id"),
     (b'{"task_id": "HumanEval/0"}\n', ":1: field 'completion'"),
@@ -96,16 +99,19 @@ def test_check_cli_bad_sample_exits_2_with_file_and_line(tmp_path, content, expe
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_check_cli_bad_flag_exits_2(tmp_path):
     proc = persd("check", "--tasks", "humaneval", "--references", "--out", str(tmp_path / "o"), "--timeout", "-1")
     assert proc.returncode == 2 and "--timeout" in proc.stderr
 
 
+@pytest.mark.e2e
 def test_unknown_command_exits_2():
     proc = persd("frobnicate")
     assert proc.returncode == 2 and "unknown command" in proc.stderr
 
 
+@pytest.mark.e2e
 def test_check_never_passes_a_sample_of_a_task_without_tests(tmp_path):
     tasks = tmp_path / "t.jsonl"
     tasks.write_bytes(orjson.dumps({"task_id": "a/1", "instruction": "Sort a list.", "entry_point": "s",
@@ -119,6 +125,7 @@ def test_check_never_passes_a_sample_of_a_task_without_tests(tmp_path):
     assert "no tests" in read_jsonl(out)[0]["error"]
 
 
+@pytest.mark.e2e
 def test_check_accepts_mbpp_integer_ids(tmp_path):
     samples = tmp_path / "s.jsonl"
     samples.write_bytes(b'{"task_id": 2, "solution": "def similar_elements(a, b):\\n    return tuple(sorted(set(a) & set(b)))\\n"}\n')

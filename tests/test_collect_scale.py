@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from helpers import MBPP_FIXTURE
 from persd.bench.engine import spawn_instant
@@ -15,6 +16,8 @@ from persd.bench.engine import spawn_instant
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_memory_is_flat_from_1k_to_20k_tasks(tmp_path):
     small = spawn_instant(1_000, tmp_path)
     big = spawn_instant(20_000, tmp_path)
@@ -26,6 +29,8 @@ def test_memory_is_flat_from_1k_to_20k_tasks(tmp_path):
     assert n == 20_000
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_offline_demo_with_tiny_model_and_stand_in_teacher(tmp_path):
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -46,6 +51,8 @@ def test_offline_demo_with_tiny_model_and_stand_in_teacher(tmp_path):
     assert all(r["meta"]["teacher_model"] == "offline-stand-in" for r in recs)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 async def test_mbpp_records_continue_their_prompt(tmp_path):
     """MBPP prompts end with the function header; every record's prompt + completion must pass,
     not just meta.solution (references with code before the def, or `def f(x): ` with a space)."""
