@@ -53,6 +53,7 @@ async def test_mbpp_reference_pass_rate_is_reported(shared_data, record_property
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_check_cli_on_samples(tmp_path):
     # the third sample loops forever: it times out whatever the limit; 5 s lets the reference pass on a loaded machine
     samples = tmp_path / "samples.jsonl"

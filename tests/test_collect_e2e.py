@@ -23,7 +23,7 @@ from persd.runtime.sandbox import Sandbox, SandboxConfig
 from persd.runtime.student.fake_server import FakeOpenAIServer
 from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each test runs collect once or more, in subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-DO-NOT-LEAK-4242"

@@ -171,6 +171,7 @@ async def run_cli(args: list[str], counter: dict | None = None, timeout: float =
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 async def test_kill9_then_rerun_finishes_without_regenerating(tmp_path):
     tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 12)
     counter = {"seen": 0}
@@ -215,6 +216,7 @@ async def test_kill9_then_rerun_finishes_without_regenerating(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 async def test_changed_settings_and_bad_flags_are_usage_errors(tmp_path):
     tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 2)
     async with FakeOpenAIServer(reply=lambda p, i: BODY["right"]) as server:

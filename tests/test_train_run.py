@@ -65,32 +65,33 @@ def steps(records, tiny_model_dir) -> int:
 
 
 def assert_same_steps(rows: list[dict], ref: list[dict]) -> None:
-    """Two runs that compute the same optimizer steps: same losses and gradient norms, to rounding.
+    """Two runs that compute the same optimizer steps: the same losses and gradient norms, up to
+    float32 rounding, with bounds measured on two kinds of CPU kernels and ten times wider.
 
-    Step 1 is one forward and backward from the same weights on the same rows, so the runs differ
-    only in float32 rounding: ZeRO-3 gathers, partitions and reduces in another order than ZeRO-2,
-    two ranks add two partial gradients. That is 1e-7 relative with AVX-512 kernels, 2e-5 where oneDNN runs its
-    AVX2 kernels (measured with ONEDNN_MAX_CPU_ISA=AVX2, which moves ZeRO-3 and not ZeRO-2): 1e-4.
-    A wrong scale (gradient-accumulation divisor, world size) doubles or halves the gradient norm
-    (checked: DeepSpeed's own 1/grad_accum on top of ours, or a missing world-size factor, gives 0.71
-    for 1.42; Adam's updates barely change with the scale, so the losses alone would not show it).
-    After step 1 the gap grows: Adam's first updates are about lr * sign(gradient), so an element
-    that rounding moves across zero takes a full step the other way. Measured by step 8: 2e-7 with AVX-512,
-    1.6e-4 with the AVX2 kernels (and 1.5e-4 on the machine of issue 18, where 1e-4 failed).
-    2e-3 is ten times that. Weights that a step never reached (checked: ZeRO-3 not copying the
-    updated partition back into the model) move the loss by 6e-3 at step 2 and 8% by step 8.
+    Step 1 is one forward and backward from the same weights on the same rows: ZeRO-3 gathers,
+    partitions and reduces in another order than ZeRO-2, and two ranks add two partial gradients.
+    With AVX-512 kernels the runs agree to 1e-7. Where oneDNN runs its AVX2 kernels (measured with
+    ONEDNN_MAX_CPU_ISA=AVX2, which moves ZeRO-3 and leaves ZeRO-2 as it was) ZeRO-3's step-1 loss
+    is 1.1e-5 away and its gradient norm 1.1e-4 (two ranks): bounds 1e-4 and 1e-3. A wrong scale
+    (checked: DeepSpeed's own 1/grad_accum on top of ours, or a missing world-size factor) halves
+    the gradient norm; Adam's updates barely change with the scale, so the losses would not show it.
+    After step 1 the gap grows: Adam's first updates are about lr * sign(gradient), so an element that
+    rounding moves across zero takes a full step the other way. By step 8 the losses are 1e-7 apart
+    with AVX-512 and 1.6e-4 with the AVX2 kernels (1.5e-4 on the machine of issue 18, where the old
+    bound of 1e-4 failed): bound 2e-3. Weights that a step never reached (checked: ZeRO-3 not copying
+    the updated partition back into the model) move the loss by 6e-3 at step 2 and 8% by step 8.
     """
     assert [r["step"] for r in rows] == [r["step"] for r in ref]
     first, first_ref = rows[0], ref[0]
     assert first["loss"] == pytest.approx(first_ref["loss"], rel=1e-4, abs=0)
-    assert first["grad_norm"] == pytest.approx(first_ref["grad_norm"], rel=1e-4, abs=0)
+    assert first["grad_norm"] == pytest.approx(first_ref["grad_norm"], rel=1e-3, abs=0)
     assert losses(rows) == pytest.approx(losses(ref), rel=2e-3, abs=0)
 
 
 def assert_same_weights(out: Path, ref_out: Path, start: Path) -> None:
-    """The exported weights agree, compared with how far training moved them: with the AVX2 kernels
-    the distance between the runs is 2% of the distance travelled (1e-6 with AVX-512); a run whose weights
-    were never updated is 100% away."""
+    """The exported weights agree, compared with how far training moved them: the distance between
+    the runs is 1.7% of the distance travelled with the AVX2 kernels (3e-6 with AVX-512); a run whose
+    weights were never updated is 100% away."""
     from safetensors.torch import load_file
 
     a, b = (load_file(p / "final" / "model.safetensors") for p in (out, ref_out))
