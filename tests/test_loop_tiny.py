@@ -92,7 +92,7 @@ def test_rerun_resumes_at_the_interrupted_stage(two_rounds):
     again = loop(tmp, 2)
     assert again.returncode == 0, again.stderr[-3000:]
     added = (run / "commands.log").read_text()[len(before):]
-    assert added.count("persd.engine.cli.main") == 1 and " eval " in added  # only round 2's eval ran again
+    assert added.count(" -m persd ") == 1 and " eval " in added  # only round 2's eval ran again
     assert "resuming" in again.stderr  # ... and it regenerated nothing
     assert (run / "round-2" / "eval" / "results.jsonl").read_bytes() == results
     changed = loop(tmp, 2, "--lr", "0.5")
