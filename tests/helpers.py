@@ -6,6 +6,11 @@ from typing import Iterable
 
 import orjson
 
+# The repository's own data fixtures (see tests/data/README.md): every test can use them.
+FIXTURES = Path(__file__).resolve().parent / "data"
+MBPP_FIXTURE = FIXTURES / "mbpp.jsonl"  # MBPP task ids 1-40, unchanged
+PERSDISTILL_FIXTURE = FIXTURES / "persdistill-codegen6b"  # the first 100 records of each format
+
 
 def doubling_task(i: int, name: str = "f", task_id: str | None = None, variant: str | None = None) -> dict:
     """Task i: `{name}_{i}(x)` returns twice its argument; tests at x = 1 (the visible one) and x = 5."""

@@ -23,6 +23,8 @@ from persd.runtime.sandbox import Sandbox, SandboxConfig
 from persd.runtime.student.fake_server import FakeOpenAIServer
 from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each test runs collect once or more, in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-DO-NOT-LEAK-4242"
 N_TASKS = 48
@@ -136,7 +138,7 @@ class Env:
                 "--teacher-retries", "4", "--teacher-retry-delay", "0.02", *extra]
 
     async def run(self, out: Path, *extra: str, fire_at=None, sig=signal.SIGKILL, key: str = SECRET,
-                  timeout: float = 120) -> tuple[int, str, str]:
+                  timeout: float = 900) -> tuple[int, str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
         env["OPENAI_API_KEY"] = key
         self.ctl.fire_at, self.ctl.sig, self.ctl.fired = fire_at, sig, False
@@ -355,7 +357,7 @@ async def test_unreachable_teacher_stops_with_resumable_state(tmp_path):
         out = tmp_path / "out"
         port = env.teacher.port
         await env.teacher.stop()  # nothing listens there now
-        rc, so, se = await env.run(out, "--limit", "8", timeout=300)
+        rc, so, se = await env.run(out, "--limit", "8", timeout=900)
         assert rc == 1, se
         assert "rerun the same command to resume" in se and "Traceback" not in se
         assert orjson.loads((out / "manifest.json").read_bytes())["state"] == "failed"

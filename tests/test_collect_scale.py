@@ -8,12 +8,16 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
+from helpers import MBPP_FIXTURE
 from persd.bench.engine import spawn_instant
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_memory_is_flat_from_1k_to_20k_tasks(tmp_path):
     small = spawn_instant(1_000, tmp_path)
     big = spawn_instant(20_000, tmp_path)
@@ -25,6 +29,8 @@ def test_memory_is_flat_from_1k_to_20k_tasks(tmp_path):
     assert n == 20_000
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_offline_demo_with_tiny_model_and_stand_in_teacher(tmp_path):
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -45,7 +51,9 @@ def test_offline_demo_with_tiny_model_and_stand_in_teacher(tmp_path):
     assert all(r["meta"]["teacher_model"] == "offline-stand-in" for r in recs)
 
 
-async def test_mbpp_records_continue_their_prompt(tmp_path, shared_data):
+@pytest.mark.e2e
+@pytest.mark.slow
+async def test_mbpp_records_continue_their_prompt(tmp_path):
     """MBPP prompts end with the function header; every record's prompt + completion must pass,
     not just meta.solution (references with code before the def, or `def f(x): ` with a space)."""
     from persd.engine.tasks import iter_tasks
@@ -55,11 +63,11 @@ async def test_mbpp_records_continue_their_prompt(tmp_path, shared_data):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.pop("OPENAI_API_KEY", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "persd", "collect", "--tasks", str(shared_data / "mbpp.jsonl"), "--limit", "12",
+        [sys.executable, "-m", "persd", "collect", "--tasks", str(MBPP_FIXTURE), "--limit", "12",
          "--max-tokens", "16", "--out", str(out), "--progress", "none"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tasks = {t.task_id: t for _, t in zip(range(12), iter_tasks(shared_data / "mbpp.jsonl"))}
+    tasks = {t.task_id: t for _, t in zip(range(12), iter_tasks(MBPP_FIXTURE))}
     recs = [orjson.loads(x) for x in (out / "shards" / "shard-00000.jsonl").read_bytes().splitlines()]
     persd = [r for r in recs if r["format"] == "persd"]
     assert len(persd) >= 10

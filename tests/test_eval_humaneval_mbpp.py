@@ -14,6 +14,7 @@ import gzip
 import orjson
 import pytest
 
+from helpers import FIXTURES, MBPP_FIXTURE
 from persd.engine import lessons
 from persd.engine.evaluation.config import parse_args
 from persd.engine.evaluation.selection import select_tasks
@@ -53,11 +54,11 @@ def pick(lines: list[bytes], source: str, count: int, ids: set[str] | None = Non
 
 
 @pytest.fixture(scope="module")
-def mixed_tasks(tmp_path_factory, shared_data):
+def mixed_tasks(tmp_path_factory):
     """Three HumanEval and three MBPP (of the paper's 307 ids) tasks in one file: shapes are per line."""
     he = gzip.open(resolve_source("humaneval"), "rb").read().splitlines()
-    mbpp = (shared_data / "mbpp.jsonl").read_bytes().splitlines()
-    ids = {f"MBPP/{i}" for i in orjson.loads((shared_data / "mbpp-eval-ids-307.json").read_bytes())}
+    mbpp = MBPP_FIXTURE.read_bytes().splitlines()
+    ids = {f"MBPP/{i}" for i in orjson.loads((FIXTURES / "mbpp-eval-ids-307.json").read_bytes())}
     chosen = pick(he, "humaneval", 3) + pick(mbpp, "mbpp", 3, ids)
     path = tmp_path_factory.mktemp("mixed") / "tasks.jsonl"
     path.write_bytes(b"".join(raw.rstrip(b"\r\n") + b"\n" for raw, _ in chosen))

@@ -161,7 +161,7 @@ def resume_reply(counter: dict):
     return reply
 
 
-async def run_cli(args: list[str], counter: dict | None = None, timeout: float = 120) -> tuple[int, str, str]:
+async def run_cli(args: list[str], counter: dict | None = None, timeout: float = 900) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "persd", "eval", *args, cwd=REPO,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     if counter is not None:
@@ -170,6 +170,8 @@ async def run_cli(args: list[str], counter: dict | None = None, timeout: float =
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 async def test_kill9_then_rerun_finishes_without_regenerating(tmp_path):
     tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 12)
     counter = {"seen": 0}
@@ -213,6 +215,8 @@ async def test_kill9_then_rerun_finishes_without_regenerating(tmp_path):
     assert (out / "results.jsonl").read_bytes() == (tmp_path / "ref" / "results.jsonl").read_bytes()
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 async def test_changed_settings_and_bad_flags_are_usage_errors(tmp_path):
     tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 2)
     async with FakeOpenAIServer(reply=lambda p, i: BODY["right"]) as server:

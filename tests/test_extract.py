@@ -199,10 +199,11 @@ def test_every_humaneval_reference_survives_extraction_both_ways():
     assert len(items) == 328 and failing(items) == set()
 
 
-def test_mbpp_references_pass_as_often_after_extraction(shared_data):
+def test_mbpp_references_pass_as_often_after_extraction():
+    from helpers import MBPP_FIXTURE
     from persd.engine.tasks import iter_tasks
 
-    tasks = list(iter_tasks(str(shared_data / "mbpp.jsonl")))[:100]
+    tasks = list(iter_tasks(str(MBPP_FIXTURE)))
     direct = failing([(t.task_id, t.program(t.reference)) for t in tasks])
     extracted = failing([(t.task_id, t.program(extract_program(t, f"```python\n{t.reference}\n```", chat=True)))
                          for t in tasks])

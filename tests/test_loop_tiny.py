@@ -14,6 +14,8 @@ import pytest
 from persd.engine.rounds import Loop, LoopConfig
 from helpers import doubling_task, read_jsonl, write_jsonl
 
+pytestmark = [pytest.mark.e2e, pytest.mark.deepspeed, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 
 

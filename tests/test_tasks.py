@@ -5,7 +5,7 @@ import orjson
 import pytest
 
 from persd.engine.tasks import count_tasks, iter_tasks
-from helpers import write_jsonl
+from helpers import FIXTURES, MBPP_FIXTURE, write_jsonl
 from persd.runtime.errors import InputError, UsageError
 
 
@@ -20,9 +20,9 @@ def test_humaneval_builtin_has_164_tasks_with_tests_and_visible_examples():
     assert "assert has_close_elements([1.0, 2.0, 3.0], 0.5) == False" in first.visible_tests
 
 
-def test_mbpp_shape(shared_data):
-    tasks = list(iter_tasks(shared_data / "mbpp.jsonl"))
-    assert len(tasks) == 974
+def test_mbpp_shape():
+    tasks = list(iter_tasks(MBPP_FIXTURE))
+    assert [t.task_id for t in tasks] == [f"MBPP/{i}" for i in range(1, 41)]  # the fixture: ids 1-40
     t = tasks[1]
     assert t.task_id == "MBPP/2" and t.entry_point == "similar_elements"
     assert t.header == "def similar_elements(test_tup1, test_tup2):\n"
@@ -31,7 +31,12 @@ def test_mbpp_shape(shared_data):
     assert "\r" not in t.reference
 
 
-def test_mbpp_builtin_name_uses_data_dir(shared_data, monkeypatch):
+def test_mbpp_builtin_name_uses_data_dir(monkeypatch):
+    monkeypatch.setenv("PERSD_DATA_DIR", str(FIXTURES))
+    assert count_tasks("mbpp") == 40
+
+
+def test_full_mbpp_has_974_tasks(shared_data, monkeypatch):
     monkeypatch.setenv("PERSD_DATA_DIR", str(shared_data))
     assert count_tasks("mbpp") == 974
 

@@ -47,11 +47,13 @@ async def test_exhausted_names_last_status_and_body():
 
 
 async def test_timeout_is_retried_and_validate_rejects_empty_choices():
-    plan = FaultPlan(script=["slow", "no_choices"], slow_s=2.0)
+    # the slow answer would take a minute (the server stops when the client gives up): the 2 s limit fires
+    # on it for certain, and not on the quick ones, even on a loaded machine
+    plan = FaultPlan(script=["slow", "no_choices"], slow_s=60.0)
     causes: list[str] = []
     async with LocalOpenAIServer(faults=plan) as server, aiohttp.ClientSession() as session:
         body, _ = await post_json(session, server.base_url + "/chat/completions", BODY,
-                                  policy=RetryPolicy(base_delay_s=0.01, request_timeout_s=0.2),
+                                  policy=RetryPolicy(base_delay_s=0.01, request_timeout_s=2.0),
                                   on_retry=causes.append,
                                   validate=lambda b: None if b.get("choices") else "no_choices")
     assert causes == ["timeout", "no_choices"] and body["choices"]
