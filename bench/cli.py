@@ -11,6 +11,7 @@ BENCHES: dict[str, str] = {
     "engine": "persd.bench.engine",
     "train": "persd.bench.train",
     "eval": "persd.bench.eval",
+    "vllm-startup": "persd.bench.vllm_startup",
 }
 
 

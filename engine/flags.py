@@ -74,8 +74,10 @@ def add_student_flags(p: argparse.ArgumentParser, *, backends: tuple[str, ...] =
     if vllm:
         g.add_argument("--tensor-parallel-size", type=positive_int, help="vllm: GPUs per model (default 1)")
         g.add_argument("--gpu-memory-utilization", type=positive_float,
-                       help="vllm: fraction of accelerator memory (on CPU: of RAM) to take (default 0.9)")
-        g.add_argument("--kv-cache-gib", type=positive_float, help="vllm: KV cache size in GiB (CPU machines)")
+                       help="vllm: fraction of accelerator memory (on CPU: of the NUMA node's RAM) to take "
+                            "(default: vLLM's 0.9 on a GPU; on CPU persd sizes the KV cache from free memory)")
+        g.add_argument("--kv-cache-gib", type=positive_float,
+                       help="vllm: KV cache size in GiB (wins over --gpu-memory-utilization)")
         g.add_argument("--dtype", help="model dtype: auto, bfloat16, float16, float32 (default auto)")
         g.add_argument("--max-model-len", type=positive_int, help="context length the backend allows")
     return g

@@ -45,7 +45,7 @@ class StudentFields:
     student_chat: bool = False
     student_concurrency: int = 64
     tensor_parallel_size: int = 1  # vllm engine options, passed through to StudentConfig
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float | None = None  # None: vLLM's default on a GPU, persd's sizing on CPU
     kv_cache_gib: float | None = None
     dtype: str = "auto"
     max_model_len: int | None = None
