@@ -80,6 +80,9 @@ def add_student_flags(p: argparse.ArgumentParser, *, backends: tuple[str, ...] =
                        help="vllm: KV cache size in GiB (wins over --gpu-memory-utilization)")
         g.add_argument("--dtype", help="model dtype: auto, bfloat16, float16, float32 (default auto)")
         g.add_argument("--max-model-len", type=positive_int, help="context length the backend allows")
+        g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction,
+                       help="vllm: run the model without torch.compile (default: yes on CPU, where compiling "
+                            "adds minutes to every start with a new model path; no on GPU)")
     return g
 
 

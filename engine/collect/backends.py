@@ -43,7 +43,8 @@ def student_config(cfg: StudentFields, seed: int, model: str | None = None):
                          url=cfg.student_url, chat=cfg.student_chat, max_concurrency=cfg.student_concurrency,
                          seed=seed, tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
                          gpu_memory_utilization=cfg.gpu_memory_utilization, kv_cache_gib=cfg.kv_cache_gib,
-                         max_model_len=cfg.max_model_len, log_path=vllm_log_path(cfg))
+                         max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager,
+                         log_path=vllm_log_path(cfg))
 
 
 def vllm_log_path(cfg: StudentFields) -> str | None:

@@ -49,6 +49,7 @@ class StudentFields:
     kv_cache_gib: float | None = None
     dtype: str = "auto"
     max_model_len: int | None = None
+    enforce_eager: bool | None = None  # None: eager on CPU, vLLM's default (compiled) on GPU
 
     def resolved_student_backend(self) -> str:
         return resolve_student_backend(self.student_backend, self.student_url)

@@ -38,6 +38,8 @@ def import_vllm(level: str = "WARNING") -> Any:
     """Import vLLM lazily; a clear UsageError when it is not installed. `level`: vLLM's log level
     unless VLLM_LOGGING_LEVEL says otherwise (INFO when its output goes to a log file)."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", level)
+    if level == "INFO":  # its output goes to a file: no colour codes
+        os.environ.setdefault("VLLM_LOGGING_COLOR", "0")
     try:
         import vllm
     except ImportError as exc:
@@ -52,7 +54,7 @@ def engine_args_kwargs(config: StudentConfig) -> dict[str, Any]:
         tensor_parallel_size=config.tensor_parallel_size,
         dtype=config.dtype,
         enable_prefix_caching=config.enable_prefix_caching,
-        enforce_eager=config.enforce_eager,
+        enforce_eager=on_cpu() if config.enforce_eager is None else config.enforce_eager,
         seed=config.seed,
     )
     if config.gpu_memory_utilization is not None:  # else vLLM's default (GPU) or persd's sizing (CPU)
@@ -123,7 +125,7 @@ class VLLMStudent(BaseStudent):
                     vllm_config, usage_context=UsageContext.LLM_CLASS, disable_log_stats=True))
             except Exception as exc:  # out of memory, unsupported model, a worker that died...
                 self._log_parent_to(None)
-                raise start_failure(self.config, exc, log, mark) from None
+                raise start_failure(self.config, exc, log, mark, cpu=on_cpu()) from None
             except BaseException:  # interrupted: build_in_thread stopped what it had started
                 self._log_parent_to(None)
                 raise
@@ -281,10 +283,10 @@ def first_sentence(text: str) -> str:
 
 
 def log_hint(path: str | None) -> str:
-    return f" (vLLM's log: {path})" if path else ""
+    return f"; vLLM's log: {path}" if path else ""
 
 
-def start_failure(config: StudentConfig, exc: Exception, log: str | None, mark: int) -> PersdError:
+def start_failure(config: StudentConfig, exc: Exception, log: str | None, mark: int, cpu: bool = True) -> PersdError:
     """One or two sentences for a failed start: the root cause from vLLM's log and what to change.
     A memory shortfall is a setting the user can fix (UsageError, exit 2)."""
     text = ""
@@ -294,11 +296,17 @@ def start_failure(config: StudentConfig, exc: Exception, log: str | None, mark: 
             text = fh.read().decode(errors="replace")
     cause = root_cause(text) or first_sentence(str(exc)) or type(exc).__name__
     head = f"vLLM could not start the student '{config.model}': {first_sentence(cause).rstrip('.')}"
+    fits = re.search(r"estimated maximum model length is (\d+)", cause)
+    if fits or "To serve at least one request" in cause:  # the cache cannot hold one max-length sequence
+        most = f" (vLLM estimates {fits.group(1)} fits)" if fits else ""
+        return UsageError(f"{head}.\nraise --kv-cache-gib, or lower --max-model-len{most}{log_hint(log)}")
     if any(word in cause for word in _MEMORY):
         given = "--kv-cache-gib" if config.kv_cache_gib else (
             "--gpu-memory-utilization" if config.gpu_memory_utilization is not None else None)
         if given:
             fix = f"lower {given}, or leave it unset so persd sizes the KV cache from the free memory"
+        elif not cpu:
+            fix = "lower --max-model-len, or set --gpu-memory-utilization (vLLM's default is 0.9) or --kv-cache-gib"
         else:
             fix = "set --kv-cache-gib to a size that fits, or lower --max-model-len"
         return UsageError(f"{head}.\n{fix}{log_hint(log)}")
