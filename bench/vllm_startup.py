@@ -11,8 +11,9 @@ timestamps of its engine core and worker processes):
     warmup     profiling / torch.compile warm-up and the KV cache
     ready      until the engine answers; first request; shutdown
 
-Variants: `eager` (--enforce-eager: no compilation), `compile` (vLLM's default; its compile cache
-may be warm from an earlier run) and `compile-cold` (the same with an empty VLLM_CACHE_ROOT).
+Variants: `eager` (persd's CPU default: no torch.compile), `compile-cold` (vLLM's default, with an
+empty VLLM_CACHE_ROOT: the first start of a model path) and `compile-warm` (the same again, on the
+cache compile-cold left: every later start of that model path with the same settings).
 Prints a table and writes JSON (default runs/bench/vllm-startup.json). Other programs on the
 machine slow every phase: the load average is recorded next to the figures.
 """
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-VARIANTS = ("eager", "compile", "compile-cold")
+VARIANTS = ("eager", "compile-cold", "compile-warm")
 # "(EngineCore pid=1) INFO 12-02 03:44:05 [core.py:133] ..." -> the process, the time, the text
 LINE = re.compile(r"^\((?P<proc>\w+)[^)]*\)\s+\w+\s+(?P<ts>\d\d-\d\d \d\d:\d\d:\d\d)\s+\[[^\]]*\]\s+(?P<text>.*)$")
 
@@ -81,8 +83,10 @@ def phases(log_text: str, year: int) -> dict[str, float]:
 def run_variant(name: str, model: str, workdir: Path) -> dict:
     log = workdir / f"{name}.vllm.log"
     env = dict(os.environ)
-    if name == "compile-cold":
-        env["VLLM_CACHE_ROOT"] = tempfile.mkdtemp(prefix="vllm-cache-", dir=workdir)
+    cache = workdir / "vllm-cache"  # private: compile-cold empties it, compile-warm reuses it
+    if name == "compile-cold" and cache.exists():
+        shutil.rmtree(cache)
+    env["VLLM_CACHE_ROOT"] = str(cache)
     load_before = os.getloadavg()[0]
     proc = subprocess.run([sys.executable, "-m", "persd.bench.vllm_startup", "--child", model,
                            "--eager" if name == "eager" else "--no-eager", "--log", str(log)],
@@ -124,6 +128,8 @@ def main(argv: list[str]) -> int:
         print(orjson.dumps(child(args.child, bool(args.eager), args.log)).decode())
         return 0
     variants = [v for v in args.variants.split(",") if v]
+    if "compile-warm" in variants and "compile-cold" not in variants:
+        variants.insert(variants.index("compile-warm"), "compile-cold")  # it fills the cache
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         print(f"persd: error: --variants: unknown {', '.join(bad)} (choose from {', '.join(VARIANTS)})", file=sys.stderr)

@@ -70,15 +70,15 @@ class Watch:
         self._stop.set()
         self._thread.join()
 
-    def assert_clean(self, saw_engine: bool = True) -> None:
+    def assert_clean(self, saw_engine: bool = True, saw_shm: bool = True) -> None:
         """Nothing left: every marked process gone (multiprocessing's resource tracker may take a moment
         after its parent), every segment they mapped unlinked."""
         deadline = time.monotonic() + 60
         while (alive := self.marked()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not alive, f"processes left running: {alive}"
-        if saw_engine:
-            assert len(self.pids) >= 3 and self.shm, (self.pids, self.shm)  # persd + engine core + worker
+        if saw_engine:  # the check saw something to check: persd, vLLM's engine core (and worker, shm)
+            assert len(self.pids) >= 2 and (self.shm or not saw_shm), (self.pids, self.shm)
         left = sorted(n for n in self.shm if (SHM / n).exists())
         assert not left, f"shared memory left in {SHM}: {left}"
 
@@ -205,4 +205,4 @@ def test_ctrl_c_while_vllm_starts_stops_everything(tmp_path, tasks, tiny_model_d
         _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    watch.assert_clean()
+    watch.assert_clean(saw_shm=False)  # interrupted before or after the engine core made its shared memory

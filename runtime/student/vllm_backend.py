@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from persd.runtime.errors import PersdError, UsageError
 from persd.runtime.student.base import (BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput,
                                         StudentRequest, StudentStartError)
-from persd.runtime.student.vllm_procs import EngineProcesses, build_in_thread
+from persd.runtime.student.vllm_procs import EngineProcesses, EngineThread, build_in_thread
 
 INSTALL_HINT = (
     "the vllm student backend needs vLLM 0.32: on GPU machines `pip install -e '.[vllm]'`, "
@@ -93,6 +93,7 @@ class VLLMStudent(BaseStudent):
         self._slots: asyncio.Semaphore | None = None
         self.memory_plan: Any = None  # vllm_memory.KVPlan when persd sized the CPU KV cache
         self._procs: EngineProcesses | None = None
+        self._thread: EngineThread | None = None
         self._log_file: Any = None
         self._log_streams: list[tuple[logging.StreamHandler, Any]] = []
 
@@ -121,7 +122,7 @@ class VLLMStudent(BaseStudent):
             self.memory_plan = self._size_cpu_kv_cache(vllm_config)
             self._log_parent_to(log)
             try:
-                self._engine, self._procs = await build_in_thread(lambda: AsyncLLM.from_vllm_config(
+                self._engine, self._procs, self._thread = await build_in_thread(lambda: AsyncLLM.from_vllm_config(
                     vllm_config, usage_context=UsageContext.LLM_CLASS, disable_log_stats=True))
             except Exception as exc:  # out of memory, unsupported model, a worker that died...
                 self._log_parent_to(None)
@@ -173,6 +174,9 @@ class VLLMStudent(BaseStudent):
         if self._procs is not None:
             procs, self._procs = self._procs, None
             await asyncio.to_thread(procs.reap)  # whatever vLLM's shutdown left running or in /dev/shm
+        if self._thread is not None:
+            self._thread.release()
+            self._thread = None
         self._log_parent_to(None)
         self._started = False
 

@@ -5,8 +5,8 @@ vLLM spawns an engine core process, which spawns a worker; they talk through POS
 
 - Ctrl-C in a terminal reaches the whole process group: vLLM's processes shut themselves down while
   persd is still letting in-flight tasks finish, and those tasks then fail ("engine died"). So the
-  engine is built in a thread that blocks SIGINT: the processes it spawns inherit the blocked signal,
-  and persd alone decides when they stop (it still stops them with SIGTERM on close).
+  engine core is spawned in a process group of its own (`spawned_apart`), and persd alone decides
+  when it stops (SIGTERM on close; the kernel sends SIGTERM too if persd dies).
 - The engine start blocks for a minute or more; built in a thread, persd's event loop stays free to
   see Ctrl-C, and an interrupted start terminates the half-started processes.
 - vLLM's shutdown force-kills a slow engine core, whose shared-memory segments then stay in /dev/shm
@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
+import os
+import shlex
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 SHM_DIR = Path("/dev/shm")
 
@@ -86,44 +89,95 @@ class EngineProcesses:
                 (SHM_DIR / name).unlink()
 
 
-async def build_in_thread(build: Callable[[], Any]) -> tuple[Any, EngineProcesses]:
-    """Run `build` (vLLM's blocking engine start) in a thread with SIGINT blocked, so the processes it
-    spawns ignore a terminal's Ctrl-C. If this coroutine is cancelled (Ctrl-C reaches persd), the
+@contextlib.contextmanager
+def spawned_apart() -> Iterator[None]:
+    """For the duration, multiprocessing's spawn starts each child through a tiny shell script that puts it
+    in a process group of its own (a terminal's Ctrl-C signals only the foreground group: persd) and has
+    the kernel send it SIGTERM when the thread that spawned it ends (persd killed), then execs the real
+    Python, same pid. (A blocked SIGINT would not do: Python's spawn unblocks signals in the child, and
+    vLLM installs its own SIGINT handlers.)"""
+    from multiprocessing import spawn
+
+    old = spawn.get_executable()
+    folder = Path(tempfile.mkdtemp(prefix="persd-spawn-"))
+    script = folder / "python"
+    script.write_text(f"#!/bin/sh\nexec {shlex.quote(os.fsdecode(old))} -c {shlex.quote(_APART)} \"$@\"\n")
+    script.chmod(0o755)
+    spawn.set_executable(str(script))
+    try:
+        yield
+    finally:
+        spawn.set_executable(old)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_APART = """\
+import ctypes, os, signal, sys
+os.setpgid(0, 0)
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+except (AttributeError, OSError):
+    pass
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+"""
+
+
+@dataclass
+class EngineThread:
+    """The thread that built the engine stays alive until `release()`: the engine core's parent-death
+    signal is tied to it."""
+
+    thread: threading.Thread
+    done: threading.Event
+
+    def release(self) -> None:
+        self.done.set()
+
+
+async def build_in_thread(build: Callable[[], Any]) -> tuple[Any, EngineProcesses, EngineThread]:
+    """Run `build` (vLLM's blocking engine start) in a thread, its processes spawned apart (above), so the
+    event loop stays free to see Ctrl-C. If this coroutine is cancelled (Ctrl-C reaches persd), the
     processes started so far are terminated and the thread is awaited before the cancellation goes on."""
     loop = asyncio.get_running_loop()
-    done: asyncio.Future = loop.create_future()
+    built: asyncio.Future = loop.create_future()
     before = child_pids()
+    done = threading.Event()
 
     def settle(result: Any, error: BaseException | None) -> None:
-        if done.cancelled():
+        if built.cancelled():
             return
         if error is not None:
-            done.set_exception(error)
+            built.set_exception(error)
         else:
-            done.set_result(result)
+            built.set_result(result)
 
     def target() -> None:
         asyncio.set_event_loop(loop)  # vLLM's asyncio ZMQ sockets belong to persd's loop
-        if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            result, error = build(), None
+            with spawned_apart():
+                result, error = build(), None
         except BaseException as exc:  # handed to the awaiting coroutine
             result, error = None, exc
         loop.call_soon_threadsafe(settle, result, error)
+        done.wait()
 
-    thread = threading.Thread(target=target, name="persd-vllm-start", daemon=True)
-    thread.start()
+    handle = EngineThread(threading.Thread(target=target, name="persd-vllm-engine", daemon=True), done)
+    handle.thread.start()
     try:
-        engine = await asyncio.shield(done)
+        engine = await asyncio.shield(built)
     except asyncio.CancelledError:
-        EngineProcesses.since(before).reap()  # the half-started engine dies; the thread then returns
-        await asyncio.to_thread(thread.join)
-        if done.done() and not done.cancelled() and done.exception() is None:
+        EngineProcesses.since(before).reap()  # the half-started engine dies; the build then fails
+        while not built.done():
+            await asyncio.sleep(0.05)  # the build returns once its processes are gone
+        handle.release()
+        if not built.cancelled() and built.exception() is None:
             with contextlib.suppress(Exception):
-                done.result().shutdown()
+                built.result().shutdown()
         raise
-    return engine, EngineProcesses.since(before)
+    except BaseException:
+        handle.release()
+        raise
+    return engine, EngineProcesses.since(before), handle
 
 
-__all__ = ["EngineProcesses", "build_in_thread", "child_pids", "mapped_shm"]
+__all__ = ["EngineProcesses", "EngineThread", "build_in_thread", "child_pids", "mapped_shm", "spawned_apart"]
