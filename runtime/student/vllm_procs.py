@@ -101,7 +101,7 @@ def spawned_apart() -> Iterator[None]:
     old = spawn.get_executable()
     folder = Path(tempfile.mkdtemp(prefix="persd-spawn-"))
     script = folder / "python"
-    script.write_text(f"#!/bin/sh\nexec {shlex.quote(os.fsdecode(old))} -c {shlex.quote(_APART)} \"$@\"\n")
+    script.write_text(f"#!/bin/sh\nexec {shlex.quote(os.fsdecode(old))} -S -c {shlex.quote(_APART)} \"$@\"\n")
     script.chmod(0o755)
     spawn.set_executable(str(script))
     try:
