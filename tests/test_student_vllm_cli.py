@@ -207,3 +207,11 @@ def test_ctrl_c_while_vllm_starts_stops_everything(tmp_path, tasks, tiny_model_d
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     watch.assert_clean(saw_shm=False)  # interrupted before or after the engine core made its shared memory
+
+
+def test_settings_vllm_refuses_name_the_flag(tmp_path, tasks, tiny_model_dir):
+    rc, _, err, watch = run(["collect", "--tasks", str(tasks), "--out", str(tmp_path / "long"),
+                             "--max-model-len", "99999", *student(tiny_model_dir)])
+    assert rc == 2 and err.startswith("persd: error: --max-model-len: vLLM refused") and err.count("\n") == 1, err
+    assert "99999" in err and "rerun" not in err
+    watch.assert_clean(saw_engine=False)

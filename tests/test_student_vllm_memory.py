@@ -78,3 +78,16 @@ def test_a_memory_failure_is_the_users_to_fix(tmp_path):
     err = start_failure(StudentConfig(backend="vllm", model="m"), RuntimeError("Engine core initialization failed."),
                         str(other), 0)
     assert isinstance(err, StudentStartError) and err.exit_code == 1 and "KeyError" in str(err)
+
+
+def test_unset_memory_settings_leave_vllm_its_defaults():
+    pytest.importorskip("vllm")
+    from persd.runtime.student.base import StudentConfig
+    from persd.runtime.student.vllm_backend import engine_args_kwargs, on_cpu
+
+    kwargs = engine_args_kwargs(StudentConfig(backend="vllm", model="m"))
+    assert "gpu_memory_utilization" not in kwargs and "kv_cache_memory_bytes" not in kwargs
+    assert kwargs["enforce_eager"] is on_cpu()
+    given = engine_args_kwargs(StudentConfig(backend="vllm", model="m", gpu_memory_utilization=0.5, kv_cache_gib=2,
+                                             enforce_eager=False))
+    assert (given["gpu_memory_utilization"], given["kv_cache_memory_bytes"], given["enforce_eager"]) == (0.5, 2 << 30, False)

@@ -117,8 +117,7 @@ class VLLMStudent(BaseStudent):
                 # batched tokens, against 256 / 4,096 on CPU and 1,024 / 8,192-16,384 on big GPUs).
                 vllm_config = args.create_engine_config(UsageContext.LLM_CLASS)
             except Exception as exc:  # no such model, --max-model-len beyond the model's, bad dtype...
-                raise UsageError(f"vLLM refused the student '{self.config.model}': {first_sentence(str(exc))}"
-                                 f"{log_hint(log)}") from None
+                raise config_failure(self.config, exc, log) from None
             self.memory_plan = self._size_cpu_kv_cache(vllm_config)
             self._log_parent_to(log)
             try:
@@ -288,6 +287,16 @@ def first_sentence(text: str) -> str:
 
 def log_hint(path: str | None) -> str:
     return f"; vLLM's log: {path}" if path else ""
+
+
+def config_failure(config: StudentConfig, exc: Exception, log: str | None) -> UsageError:
+    """vLLM's engine config refused the settings: name the flag that holds the culprit."""
+    errors = getattr(exc, "errors", None)  # pydantic: "1 validation error for ModelConfig" says nothing
+    text = str(errors()[0].get("msg", exc)) if callable(errors) and errors() else str(exc)
+    cause = first_sentence(text.removeprefix("Value error, ")).rstrip(".")
+    flag = ("--max-model-len" if "max_model_len" in cause else "--dtype" if "dtype" in cause.lower()
+            else "--student-model")
+    return UsageError(f"{flag}: vLLM refused the student '{config.model}': {cause}{log_hint(log)}")
 
 
 def start_failure(config: StudentConfig, exc: Exception, log: str | None, mark: int, cpu: bool = True) -> PersdError:
