@@ -436,7 +436,14 @@ def runtime_fields_as_flags(names: Mapping[tuple[str, str], str]) -> Iterator[No
         name = names.get((exc.section, exc.field))
         if name is None:
             raise
-        raise exc.renamed(flag_of(name)) from None
+
+        section = exc.section
+
+        def name_of(field_name: str) -> str:
+            other = names.get((section, field_name))
+            return flag_of(other) if other else field_name
+
+        raise exc.renamed(flag_of(name), name_of) from None
 
 
 # ------------------------------------------------------------------ writing a config file

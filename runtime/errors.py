@@ -5,6 +5,9 @@ mistake: a bad flag, a bad file, a bad line (exit 2). Both print one clear messa
 """
 from __future__ import annotations
 
+import re
+from typing import Callable
+
 
 class PersdError(Exception):
     exit_code = 1
@@ -26,11 +29,19 @@ class InputError(UsageError):
 
 class ConfigError(UsageError):
     """A configuration value that cannot work. It names the FIELD (runtime knows nothing of flags);
-    the command line renames it to the flag or the file and key the user wrote."""
+    the command line renames it to the flag or the file and key the user wrote. The message may name
+    other fields of the same section as `{field}`: they are renamed the same way."""
 
     def __init__(self, field: str, message: str, section: str = ""):
-        self.field, self.message, self.section = field, message, section
-        super().__init__(f"{section} {field}: {message}" if section else f"{field}: {message}")
+        self.field, self.template, self.section = field, message, section
+        super().__init__(f"{section} {field}: {self.message}" if section else f"{field}: {self.message}")
 
-    def renamed(self, name: str) -> "UsageError":
-        return UsageError(f"{name}: {self.message}")
+    def text(self, name_of: Callable[[str], str] = str) -> str:
+        return re.sub(r"\{([a-z_]+)\}", lambda m: name_of(m.group(1)), self.template)
+
+    @property
+    def message(self) -> str:
+        return self.text()
+
+    def renamed(self, name: str, name_of: Callable[[str], str] = str) -> "UsageError":
+        return UsageError(f"{name}: {self.text(name_of)}")

@@ -66,6 +66,12 @@ def test_vllm_flags_reach_the_student_config(tmp_path):
     assert (scfg.gpu_memory_utilization, scfg.kv_cache_gib, scfg.tensor_parallel_size, scfg.max_model_len,
             scfg.dtype) == (0.5, 4.0, 2, 2048, "bfloat16")
     assert "gpu_memory_utilization" not in cfg.fingerprint()
+    assert scfg.log_path == str(Path("o") / "work" / "vllm.log")  # vLLM's own output: a file, not the terminal
+    # unset by default: vLLM's own default on a GPU, persd's KV-cache sizing and eager mode on CPU
+    plain = student_config(parse_args(["--tasks", "t", "--out", "o", *BASE], environ={}), 0)
+    assert (plain.gpu_memory_utilization, plain.kv_cache_gib, plain.enforce_eager) == (None, None, None)
+    eager = parse_args(["--tasks", "t", "--out", "o", "--no-enforce-eager", *BASE], environ={})
+    assert student_config(eager, 0).enforce_eager is False
     with pytest.raises(UsageError, match="invalid positive number value"):
         parse_args(["--tasks", "t", "--out", "o", "--kv-cache-gib", "0", *BASE], environ={})
     assert resolve_student_backend("auto", "http://127.0.0.1:8000/v1") == "openai"

@@ -67,7 +67,14 @@ def student_config(cfg: StudentFields, seed: int, model: str | None = None):
                          url=cfg.student_url, chat=cfg.student_chat, max_concurrency=cfg.student_concurrency,
                          seed=seed, tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,
                          gpu_memory_utilization=cfg.gpu_memory_utilization, kv_cache_gib=cfg.kv_cache_gib,
-                         max_model_len=cfg.max_model_len)
+                         max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager,
+                         log_path=vllm_log_path(cfg))
+
+
+def vllm_log_path(cfg: StudentFields) -> str | None:
+    """vLLM's own output (its engine and worker processes) goes to OUT/work/vllm.log, not the terminal."""
+    out = getattr(cfg, "out", None)
+    return str(Path(out) / "work" / "vllm.log") if out else None
 
 
 @contextlib.asynccontextmanager

@@ -108,14 +108,19 @@ class StudentFields:
                                    group="student")
     tensor_parallel_size: int = opt(1, help="vllm: GPUs per model", changes_results=False, type=positive_int,
                                     group="student")
-    gpu_memory_utilization: float = opt(0.9, help="vllm: fraction of accelerator memory (on CPU: of RAM) to take",
-                                        changes_results=False, type=positive_float, group="student")
-    kv_cache_gib: float | None = opt(None, help="vllm: KV cache size in GiB (CPU machines)", changes_results=False,
-                                     type=positive_float, group="student")
+    gpu_memory_utilization: float | None = opt(None, help="vllm: fraction of accelerator memory (on CPU: of the "
+                                               "NUMA node's RAM) to take", changes_results=False, type=positive_float,
+                                               group="student", shown="vLLM's 0.9 on a GPU; on CPU persd sizes the "
+                                               "KV cache from free memory")
+    kv_cache_gib: float | None = opt(None, help="vllm: KV cache size in GiB (wins over the memory fraction)",
+                                     changes_results=False, type=positive_float, group="student")
     dtype: str = opt("auto", help="model dtype: auto, bfloat16, float16, float32", changes_results=False,
                      group="student")
     max_model_len: int | None = opt(None, help="context length the backend allows", changes_results=False,
                                     type=positive_int, group="student")
+    enforce_eager: bool | None = opt(None, help="vllm: run the model without torch.compile (compiling adds "
+                                     "minutes to every start with a new model path on CPU)", changes_results=False,
+                                     group="student", shown="yes on CPU, no on GPU")
 
     def resolved_student_backend(self) -> str:
         return resolve_student_backend(self.student_backend, self.student_url)

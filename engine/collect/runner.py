@@ -32,6 +32,7 @@ from persd.engine.collect.shards import DiskError, ShardPlan, ShardState, ShardS
 from persd.engine.collect.source import SourceInfo, scan_source
 from persd.engine.tasks import Task, iter_tasks
 from persd.runtime.errors import PersdError, UsageError
+from persd.runtime.student.base import StudentStartError
 
 OpenBackends = Callable[[CollectConfig, "Collector"], AsyncContextManager[Backends]]
 MANIFEST_EVERY_S = 30.0
@@ -189,7 +190,7 @@ class Collector:
             self.state = "failed"
             self.finish(t0)
             msg = str(self.fatal)
-            if not isinstance(self.fatal, DiskError) and "rerun" not in msg:
+            if not isinstance(self.fatal, (DiskError, UsageError, StudentStartError)) and "rerun" not in msg:
                 msg += f"\nthe work done so far is saved in {self.out}: rerun the same command to resume"
             fatal = self.fatal if isinstance(self.fatal, PersdError) else PersdError(msg)
             fatal.args = (msg,)

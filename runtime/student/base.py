@@ -18,6 +18,11 @@ class StudentError(PersdError):
     """One request failed (rejected, too long, server gave up); the student itself may be fine."""
 
 
+class StudentStartError(PersdError):
+    """The student could not start, for a cause rerunning the same command will not cure (the message
+    says what to change; exit 1). Settings the user can fix raise UsageError instead (exit 2)."""
+
+
 class RequestRejected(StudentError):
     """This request can never succeed as it is (prompt too long, invalid parameters): the task
     it belongs to fails, and the rest of the job goes on."""
@@ -94,9 +99,10 @@ class StudentOutput:
 class StudentConfig:
     """How to reach the student. The first block is shared; the rest is per backend.
 
-    vllm: tensor_parallel_size, gpu_memory_utilization, max_model_len, dtype,
-    enable_prefix_caching, enforce_eager, kv_cache_gib (CPU: the KV cache size; else
-    vLLM takes gpu_memory_utilization of the machine's RAM), engine_args (anything else).
+    vllm: tensor_parallel_size, gpu_memory_utilization (None: vLLM's default on a GPU; on CPU persd
+    sizes the KV cache from the model and the free memory, see vllm_memory.py), max_model_len, dtype,
+    enable_prefix_caching, enforce_eager (None: True on CPU, vLLM's default on GPU), kv_cache_gib (the KV cache size; wins over the rest),
+    log_path (vLLM's own output goes to this file; None: the terminal), engine_args (anything else).
     openai: url (base URL ending in /v1), api_key_env, request_timeout_s, max_attempts.
     hf: device, dtype, batch_window_ms, max_batch_size, cpu_threads.
     """
@@ -108,14 +114,15 @@ class StudentConfig:
     max_concurrency: int = 256
     dtype: str = "auto"
     tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float | None = None
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     device: str | None = None
     seed: int = 0
     # vllm
-    enforce_eager: bool = False
+    enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes per model), vLLM's default on GPU
     kv_cache_gib: float | None = None
+    log_path: str | None = None
     engine_args: dict[str, Any] = field(default_factory=dict)
     # openai
     api_key_env: str = "PERSD_STUDENT_API_KEY"

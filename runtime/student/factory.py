@@ -11,7 +11,7 @@ def create_student(config: StudentConfig) -> StudentBackend:
     if name == "vllm":
         from persd.runtime.student.vllm_backend import VLLMStudent, import_vllm
 
-        import_vllm()  # fail now, with the install hint, rather than at start()
+        import_vllm("INFO" if config.log_path else "WARNING")  # fail now, with the install hint, rather than at start()
         return VLLMStudent(config)
     if name == "openai":
         from persd.runtime.student.openai_backend import OpenAIStudent
