@@ -107,7 +107,8 @@ async def sandbox_throughput(workers: int, tasks_file: Path, n: int = 200) -> fl
 
     tasks = [t for _, t in zip(range(n), iter_tasks(tasks_file))]
     async with Sandbox(SandboxConfig(workers=workers, timeout_s=10)) as sb:
-        await asyncio.gather(*(sb.run(t.program(f"def {t.entry_point}(x):\n    return x * 2\n")) for t in tasks[:workers * 4]))
+        await asyncio.gather(*(sb.run(t.program(f"def {t.entry_point}(x):\n    return x * 2\n"))
+                               for t in tasks[:workers * 4]))
         t0 = time.perf_counter()
         await asyncio.gather(*(sb.run(t.program(f"def {t.entry_point}(x):\n    return x + {k % 3}\n"))
                                for k, t in enumerate(tasks)))
@@ -240,11 +241,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tasks", type=int, default=240, help="tasks in the capacity run (default 240)")
     p.add_argument("--student-latency", type=float, default=0.25, help="seconds per student request (default 0.25)")
     p.add_argument("--student-concurrency", type=int, default=8, help="student requests at once (default 8)")
-    p.add_argument("--rpm", type=float, default=0, help="teacher RPM (default: so the teacher's time equals the student's)")
+    p.add_argument("--rpm", type=float, default=0,
+                   help="teacher RPM (default: so the teacher's time equals the student's)")
     p.add_argument("--window", type=float, default=1.0, help="the teacher server's limit window in seconds (default 1)")
     p.add_argument("--workers", type=int, default=0, help="sandbox workers (default: one per core)")
     p.add_argument("--instant-tasks", type=int, default=20_000, help="tasks in the orchestration run (default 20000)")
-    p.add_argument("--memory-small", type=int, default=1_000, help="the small run of the memory comparison (default 1000)")
+    p.add_argument("--memory-small", type=int, default=1_000,
+                   help="the small run of the memory comparison (default 1000)")
     p.add_argument("--skip-capacity", action="store_true")
     p.add_argument("--out", default="runs/bench/engine.json")
     p.add_argument("--child-instant", type=int, help=argparse.SUPPRESS)
@@ -282,7 +285,8 @@ def main(argv: list[str]) -> int:
                 "bound_s": bound, "slowest": slowest, "sandbox_exec_per_s": sb_rate, "engine": eng, "phases": ph,
                 "engine_over_bound": eng["wall_s"] / bound[slowest], "speedup_vs_phases": ph["wall_s"] / eng["wall_s"],
             }
-            t = Table(title=f"collect vs its bound and vs phase by phase ({args.tasks} tasks, {args.workers} sandbox workers)")
+            t = Table(title=f"collect vs its bound and vs phase by phase "
+                            f"({args.tasks} tasks, {args.workers} sandbox workers)")
             for col in ("run", "wall s", "vs bound", "notes"):
                 t.add_column(col, justify="left" if col in ("run", "notes") else "right")
             t.add_row("bound (slowest resource)", f"{bound[slowest]:.2f}", "1.00x",
@@ -303,7 +307,8 @@ def main(argv: list[str]) -> int:
         for r in (small, big):
             t.add_row(str(r["tasks"]), f"{r['wall_s']:.2f}", f"{r['tasks_per_s']:.0f}", f"{r['peak_rss_mb']:.1f}")
         console.print(t)
-        console.print(f"peak memory at {args.instant_tasks} tasks is {100 * (report['instant']['rss_ratio'] - 1):+.1f}% "
+        console.print(f"peak memory at {args.instant_tasks} tasks is "
+                      f"{100 * (report['instant']['rss_ratio'] - 1):+.1f}% "
                       f"of that at {args.memory_small}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

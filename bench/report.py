@@ -19,7 +19,8 @@ from persd.bench.report_synth import write_collect
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="persd bench report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", type=int, default=100_000, help="tasks in the synthetic collect directory (default 100000)")
+    p.add_argument("--tasks", type=int, default=100_000,
+                   help="tasks in the synthetic collect directory (default 100000)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each measurement (default 3)")
     p.add_argument("--examples", type=int, default=30, help="examples per outcome (default 30, the command's default)")
     p.add_argument("--json", default="runs/bench/report.json", help="where to write the figures")

@@ -41,12 +41,14 @@ def write_collect(out: Path, n: int, shard_size: int = 1000, seed: int = 0) -> P
                 outcome = rng.choices(names, weights)[0]
                 totals[outcome] += 1
                 prompt = _task(i)["instruction"] + f"\ndef f_{i}(x, y):\n"
-                attempt = f"def f_{i}(x, y):\n" + "".join(f"    v{j} = x * {j} - y\n" for j in range(8)) + "    return v3\n"
+                attempt = (f"def f_{i}(x, y):\n" + "".join(f"    v{j} = x * {j} - y\n" for j in range(8))
+                           + "    return v3\n")
                 err = rng.choice(ERRORS)
                 feedback = f"Traceback (most recent call last):\n  File \"<test>\", line 3\n{err}"
                 status = "timeout" if err == "timeout" else "failed"
                 t_in, t_out = (0, 0) if outcome == "student_passed" else (rng.randint(400, 900), rng.randint(80, 300))
-                r = {"task_id": f"synth/{i}", "outcome": outcome, "status": "passed" if outcome == "student_passed" else status,
+                r = {"task_id": f"synth/{i}", "outcome": outcome,
+                     "status": "passed" if outcome == "student_passed" else status,
                      "feedback": "" if outcome == "student_passed" else feedback,
                      "teacher_calls": 0 if outcome == "student_passed" else 1,
                      "teacher_tokens_in": t_in, "teacher_tokens_out": t_out, "teacher_tokens": t_in + t_out,

@@ -295,7 +295,8 @@ def _io_tests(obj: dict, path: str, lineno: int) -> list[dict]:
         isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output", ""), (str, type(None)))
         for t in value)
     if not ok:
-        raise InputError(path, lineno, 'expected a list of {"input": "f(..)", "output": ".."} objects', field="test_list")
+        raise InputError(path, lineno, 'expected a list of {"input": "f(..)", "output": ".."} objects',
+                         field="test_list")
     return [{k: t[k] for k in ("input", "output") if t.get(k) is not None} for t in value]
 
 
@@ -394,7 +395,8 @@ def docstring_examples(prompt: str, entry: str) -> list[str]:
                 asserts.append(f"assert {m.group(1)} == {expected}")
                 continue
         pos = line.find(entry + "(")
-        if pos < 0 or line.lstrip().startswith("def ") or (pos > 0 and (line[pos - 1].isalnum() or line[pos - 1] in "_.")):
+        if (pos < 0 or line.lstrip().startswith("def ")
+                or (pos > 0 and (line[pos - 1].isalnum() or line[pos - 1] in "_."))):
             continue
         call = _call_at(line, pos)
         if call is None:

@@ -162,7 +162,8 @@ async def test_instant_engine_and_resume_after_disk_full(tmp_path, monkeypatch):
 
     monkeypatch.setattr("persd.engine.collect.shards.os.write", full_disk_write)
     with pytest.raises(DiskError, match="disk is full"):
-        await Collector(_cfg(tmp_path, tasks, "--max-in-flight", "16"), open_backends=instant_backends, install_signals=False).run()
+        await Collector(_cfg(tmp_path, tasks, "--max-in-flight", "16"), open_backends=instant_backends,
+                        install_signals=False).run()
     sealed = list((tmp_path / "out" / "shards").glob("shard-*.results.jsonl"))
     assert 0 < len(sealed) < 6
     monkeypatch.setattr("persd.engine.collect.shards.os.write", real_write)

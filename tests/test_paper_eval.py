@@ -39,7 +39,8 @@ async def test_paper_humaneval_prompts_scores_and_refines_the_reference_way(tmp_
     assert lines[(0, 0)]["status"] == "passed" and lines[(0, 0)]["code"].startswith(prompt)
     wrong = lines[(1, 0)]
     assert wrong["status"] == "failed" and wrong["code"] == prompt + "    return not numbers\n"  # cut at the end token
-    assert wrong["visible_feedback"] == "AssertionError\nINPUT: ([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)\nOUTPUT: False\nEXPECTED: True"
+    assert wrong["visible_feedback"] == ("AssertionError\nINPUT: ([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)\n"
+                                         "OUTPUT: False\nEXPECTED: True")
     assert refine["prompt"] == prompts.refine_inference_prompt(prompt, wrong["visible_code"], wrong["visible_feedback"])
     assert wrong["visible_code"] == paper.cleaned(task, wrong["code"])
     fixed = lines[(1, 1)]
@@ -56,7 +57,8 @@ def test_paper_and_persd_protocols():
     for name in ("humaneval", "humaneval-passk", "mbpp"):
         paper_cfg = parse_args(["--protocol", f"paper-{name}", *base])
         persd_cfg = parse_args(["--protocol", f"persd-{name}", *base])
-        assert (paper_cfg.style, paper_cfg.max_tokens, persd_cfg.style, persd_cfg.max_tokens) == ("paper", 1024, "persd", 512)
+        assert ((paper_cfg.style, paper_cfg.max_tokens, persd_cfg.style, persd_cfg.max_tokens)
+                == ("paper", 1024, "persd", 512))
         assert (paper_cfg.n, paper_cfg.temperature, paper_cfg.k) == (persd_cfg.n, persd_cfg.temperature, persd_cfg.k)
 
 

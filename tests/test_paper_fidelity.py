@@ -76,7 +76,8 @@ def test_alpaca_prompt_matches_reference_and_release_on_all_tasks():
 # ------------------------------------------------------------------ cleaning
 
 _PROMPT = '"""\nReturn the sum of a list.\n"""\n\nimport math\r\ndef add_all(xs):\n'
-_HE_PROMPT = '"""\nWrite a python function for the following task.\n Add two numbers.\n"""\ndef add(a: int, b: int) -> int:\n'
+_HE_PROMPT = ('"""\nWrite a python function for the following task.\n Add two numbers.\n"""\n'
+              'def add(a: int, b: int) -> int:\n')
 _CONTINUATIONS = [
     "    return sum(xs)\n",
     "    return sum(xs)\n\nprint(add_all([1, 2]))\n",
@@ -98,7 +99,8 @@ def test_alpaca_cleaning_matches_reference(cont):
     ref = load("generate_code_for_alpaca")
     decoded = _PROMPT + cont
     decoded = decoded[: decoded.find("<|endoftext|>")] if "<|endoftext|>" in decoded else decoded
-    assert cleaning.clean_completion(cleaning.strip_eos(_PROMPT + cont), _PROMPT) == ref.get_clean_completion(decoded, _PROMPT)
+    assert (cleaning.clean_completion(cleaning.strip_eos(_PROMPT + cont), _PROMPT)
+            == ref.get_clean_completion(decoded, _PROMPT))
     assert cleaning.clean_completion(cont, _PROMPT) == ref.get_clean_completion(cont, _PROMPT)
 
 
@@ -149,11 +151,13 @@ def test_teacher_chat_matches_reference_generate_feedback(tmp_path, monkeypatch)
     code_file = tmp_path / "code.jsonl"
     code_file.write_text(json.dumps({"task_id": 7, "prompt": prompt, "completion": completion, "gold": gold}) + "\n")
     sent = []
-    monkeypatch.setattr(mod, "load_dataset", lambda name: {"train": {"task_id": [7], "test_list": [[{"input": "add_all([1, 2])"}]]}})
+    monkeypatch.setattr(mod, "load_dataset",
+                        lambda name: {"train": {"task_id": [7], "test_list": [[{"input": "add_all([1, 2])"}]]}})
     monkeypatch.setattr(mod, "concatenate_datasets", lambda parts: parts[0])
     monkeypatch.setattr(mod, "eval", lambda completion, tests: (False, rv))
     monkeypatch.setattr(mod, "initialize_openai", lambda args: None)
-    monkeypatch.setattr(mod, "sample_code_from_openai_model", lambda args, msgs: sent.append(msgs) or [{"content": "x"}])
+    monkeypatch.setattr(mod, "sample_code_from_openai_model",
+                        lambda args, msgs: sent.append(msgs) or [{"content": "x"}])
     monkeypatch.chdir(ref_dir)
     args = SimpleNamespace(feedback_type="auto", chatgpt_feedback_type="v1", get_openai_gold=False, num_feedbacks=1)
     mod.generate_feedback_for_problems(args, str(code_file))
@@ -180,7 +184,8 @@ def test_refine_prompts_fill_the_template_the_reference_way():
 def test_unittest_prompt_fills_the_reference_template():
     tmpl = (require_reference() / "prompts" / "chatgpt_unittest_instruction.txt").read_text()
     want = tmpl.replace("<<TASK>>", "Sum a list.").replace("<<CODE>>", "def s(x):\n    return sum(x)")
-    assert prompts.unittest_messages("Sum a list.", "def s(x):\n    return sum(x)") == [{"role": "user", "content": want}]
+    assert (prompts.unittest_messages("Sum a list.", "def s(x):\n    return sum(x)")
+            == [{"role": "user", "content": want}])
 
 
 # ------------------------------------------------------------------ testing and error text
@@ -201,7 +206,8 @@ _FAILING = [
     "import json\ndef f(a, b):\n    return json.dumps({'Input:': a})",
     "def g(a, b):\n    return a + b",  # the function is missing
 ]
-_PASSING = ["def f(a, b):\n    return a + b", "def f(a, b):\n    print(a + b)", "def f(a, b):\n    return 5.0000001 if a else 0",
+_PASSING = ["def f(a, b):\n    return a + b", "def f(a, b):\n    print(a + b)",
+            "def f(a, b):\n    return 5.0000001 if a else 0",
             "def f(a, b):\n    return np.int64(a + b)"]
 
 
@@ -233,7 +239,8 @@ def test_return_value_parsing_matches_reference_on_raw_failures(monkeypatch):
     ev = load("eval_alpaca")
     he = load("eval_humaneval")
     raws = ["Traceback (most recent call last):\n  File x\nAssertionError: Input: (1) Output: 2 Expected: 3\n",
-            "AssertionError: Input: (1) Output: a: Input: b Output: c Expected: d\n", "Exit code: None", "Exit code: -9",
+            "AssertionError: Input: (1) Output: a: Input: b Output: c Expected: d\n",
+            "Exit code: None", "Exit code: -9",
             "Traceback:\nValueError: bad: value\n", "AssertionError\n", "AssertionError: Input: only\n", "x"]
     for raw in raws:
         monkeypatch.setattr(ev, "eval_code_wrapper", lambda src, test, raw=raw: (False, raw))
@@ -289,7 +296,8 @@ def test_raw_code_alpaca_lines_become_tasks(tmp_path):
     """The Code-Alpaca release as JSONL: ids by position, the output as the reference, the reference's
     prompt once tests name the function; an output without a function is reported, not attempted."""
     ref = load("generate_code_for_alpaca")
-    rows = [{"instruction": "Add two numbers.", "input": "", "output": "import math\r\ndef add(a, b):\r\n    return a + b"},
+    rows = [{"instruction": "Add two numbers.", "input": "",
+             "output": "import math\r\ndef add(a, b):\r\n    return a + b"},
             {"instruction": "What is a list?", "input": "", "output": "A sequence."}]
     path = tmp_path / "code_alpaca.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

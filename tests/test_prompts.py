@@ -12,11 +12,14 @@ def task_of(obj: dict):
     return parse_task_line(orjson.dumps(obj), "t.jsonl", 1)
 
 
-HE = task_of({"task_id": "HumanEval/0", "prompt": "def inc(x: int) -> int:\n    \"\"\" Add one.\n    >>> inc(1)\n    2\n    \"\"\"\n",
-              "canonical_solution": "    return x + 1\n", "test": "def check(c):\n    assert c(1) == 2\n", "entry_point": "inc"})
+HE = task_of({"task_id": "HumanEval/0",
+              "prompt": "def inc(x: int) -> int:\n    \"\"\" Add one.\n    >>> inc(1)\n    2\n    \"\"\"\n",
+              "canonical_solution": "    return x + 1\n", "test": "def check(c):\n    assert c(1) == 2\n",
+              "entry_point": "inc"})
 MBPP = task_of({"task_id": 2, "text": "Write a function to find the shared elements of two lists.",
                 "code": "def similar_elements(a, b):\n  return tuple(set(a) & set(b))",
-                "test_list": ["assert similar_elements((3, 4),(4, 5)) == (4,)", "assert similar_elements((1,),(2,)) == ()"],
+                "test_list": ["assert similar_elements((3, 4),(4, 5)) == (4,)",
+                              "assert similar_elements((1,),(2,)) == ()"],
                 "test_setup_code": "", "challenge_test_list": []})
 GENERIC = task_of({"task_id": "g/1", "instruction": "Sort a list in ascending order.", "header": "def sort_list(xs):\n",
                    "entry_point": "sort_list", "tests": ["assert sort_list([2, 1]) == [1, 2]"]})
@@ -27,7 +30,8 @@ FREEFORM = task_of({"task_id": "g/2", "instruction": "Write a function double(x)
 def test_base_prompts_per_shape():
     assert prompts.student_prompt(HE) == HE.prompt  # HumanEval: as is
     mb = prompts.student_prompt(MBPP)  # description, one example test, then the header
-    assert mb.index("shared elements") < mb.index("assert similar_elements((3, 4)") < mb.index("def similar_elements(a, b):")
+    assert (mb.index("shared elements") < mb.index("assert similar_elements((3, 4)")
+            < mb.index("def similar_elements(a, b):"))
     assert "(1,),(2,)" not in mb and mb.endswith("def similar_elements(a, b):\n")
     gen = prompts.student_prompt(GENERIC)
     assert gen.index("Sort a list") < gen.index("def sort_list(xs):") and gen.endswith("def sort_list(xs):\n")

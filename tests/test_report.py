@@ -531,7 +531,8 @@ async def test_report_in_a_real_browser(runs, tmp_path):
                   ".map(d => d.dataset.task)"
         assert sorted(await b.js(visible)) == ["t/1", "t/5"]
         await b.js("(() => { const s = document.querySelector('#collect-1-browser select'); s.value = '';"
-                   " s.dispatchEvent(new Event('change')); const q = document.querySelector('#collect-1-browser input');"
+                   " s.dispatchEvent(new Event('change'));"
+                   " const q = document.querySelector('#collect-1-browser input');"
                    " q.value = 'SCRIPT>'; q.dispatchEvent(new Event('input')); })()")
         assert await b.js(visible) == [EVIL_ID]
         await b.js("document.querySelectorAll('details.ex').forEach(d => d.open = true)")

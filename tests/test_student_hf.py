@@ -79,7 +79,8 @@ async def test_greedy_is_deterministic_and_stop_strings_cut_the_text(hf: HFStude
 
 
 async def test_length_finish_and_token_counts(hf: HFStudent):
-    out = await hf.generate(StudentRequest(prompt="import os\n", params=SamplingParams(max_tokens=5, n=3, temperature=0.7)))
+    out = await hf.generate(StudentRequest(prompt="import os\n",
+                                           params=SamplingParams(max_tokens=5, n=3, temperature=0.7)))
     assert len(out.texts) == 3
     assert out.completion_tokens <= 15
     assert all(r in ("length", "stop") for r in out.finish_reasons)

@@ -110,7 +110,8 @@ def verify_export(out: Path) -> dict[str, int]:
         seen.add(id(p))
         expected[name] = tuple(p.shape)
     index = out / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+             else ["model.safetensors"])
     found: dict[str, tuple[int, ...]] = {}
     problems: list[str] = []
     n_params = 0

@@ -334,7 +334,8 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
         check_packing(engine, examples, pad_id)
 
     identity = {k: getattr(cfg, k) for k in TrainConfig.RESUME_KEYS}
-    identity.update(world_size=world.size, grad_accum=grad_accum, data=fingerprint(examples, [r.id for r in train_recs]),
+    identity.update(world_size=world.size, grad_accum=grad_accum,
+                    data=fingerprint(examples, [r.id for r in train_recs]),
                     zero_stage=stage, precision=precision)
     start = 0
     if resume:

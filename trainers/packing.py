@@ -29,7 +29,8 @@ GROUP_WINDOW = 64  # micro-batches per length-sorted window in "group" mode
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, L) long
-    targets: torch.Tensor  # (B, L) long, already shifted: targets[:, t] is the token after input_ids[:, t]; -100 = no loss
+    targets: torch.Tensor  # (B, L) long, already shifted: targets[:, t] is the token after input_ids[:, t];
+    #                        -100 = no loss
     position_ids: torch.Tensor  # (B, L) long
     attention_mask: torch.Tensor | None  # (B, L) for padded batches; None for packed rows
     real: torch.Tensor  # (B, L) bool: not padding

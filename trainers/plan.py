@@ -141,8 +141,8 @@ def render(plan: Plan) -> None:
     t.add_row("per GPU: model states (DeepSpeed estimator)", g(plan.model_states_gpu), "", "")
     t.add_row(f"per GPU: activations + logits (seq {plan.seq_len} x micro-batch {plan.micro_batch}, "
               f"checkpointing {'on' if plan.gradient_checkpointing else 'off'})", g(plan.activations_gpu), "", "")
-    t.add_row(f"per GPU: total (+ CUDA overhead; usable: {USABLE:.0%} of the GPU)", g(plan.total_gpu), g(plan.gpu_memory),
-              "[green]yes" if plan.fits_gpu else "[red]NO")
+    t.add_row(f"per GPU: total (+ CUDA overhead; usable: {USABLE:.0%} of the GPU)", g(plan.total_gpu),
+              g(plan.gpu_memory), "[green]yes" if plan.fits_gpu else "[red]NO")
     t.add_row("per node: CPU memory", g(plan.cpu_per_node), g(plan.cpu_memory),
               "[green]yes" if plan.fits_cpu else "[red]NO")
     Console().print(t)

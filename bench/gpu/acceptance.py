@@ -281,7 +281,8 @@ def synthetic_records(path: Path, n: int = 400) -> Path:
     for i in range(n):
         body = "\n".join(f"    x{j} = x{j - 1} + {i}" if j else f"    x0 = {i}" for j in range(1 + i % 23))
         rec = {"id": f"synthetic/{i}/persd", "task_id": f"synthetic/{i}", "format": "persd",
-               "prompt": f"def f_{i}(a):\n    \"\"\"Return a plus {i}.\"\"\"\n", "completion": body + f"\n    return a + {i}\n"}
+               "prompt": f"def f_{i}(a):\n    \"\"\"Return a plus {i}.\"\"\"\n",
+               "completion": body + f"\n    return a + {i}\n"}
         lines.append(json.dumps(rec))
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -19,13 +19,15 @@ from persd.runtime.errors import PersdError, UsageError
 
 # name -> (module exposing main(argv) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "collect": ("persd.engine.cli.commands.collect", "run the personalised-distillation collection job (rerun to resume)"),
+    "collect": ("persd.engine.cli.commands.collect",
+                "run the personalised-distillation collection job (rerun to resume)"),
     "status": ("persd.engine.cli.commands.status", "summarise the progress of one or many collect directories"),
     "check": ("persd.engine.cli.commands.check", "check samples (or reference solutions) against the tasks' tests"),
     "eval": ("persd.engine.cli.commands.eval", "pass@k of a student, with optional refine-inference"),
     "loop": ("persd.engine.cli.commands.loop", "multi-round collect -> train -> eval"),
     "train": ("persd.trainers.cli", "DeepSpeed ZeRO fine-tuning on collected shards"),
-    "report": ("persd.engine.cli.commands.report", "one self-contained HTML page of collect, train, eval and loop directories"),
+    "report": ("persd.engine.cli.commands.report",
+               "one self-contained HTML page of collect, train, eval and loop directories"),
     "tiny-model": ("persd.engine.cli.commands.tiny_model", "write a tiny random-weight causal LM for tests and demos"),
     "bench": ("persd.bench.cli", "throughput benchmarks: sandbox, teacher, student, engine, train, eval"),
 }

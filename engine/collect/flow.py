@@ -125,7 +125,8 @@ class TaskFlow:
             more["refine_feedback"] = last.feedback if last is not None else ""
             if solution is not None:
                 outcome = "refined"
-                records += refinement_records(task, self.formats, solution, attempt_code, first.feedback, self.meta, turns)
+                records += refinement_records(task, self.formats, solution, attempt_code, first.feedback,
+                                              self.meta, turns)
             else:
                 outcome = "unresolved"
                 # no record keeps these: `persd report` shows them (a refined task's are in its records' meta)

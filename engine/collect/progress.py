@@ -76,7 +76,8 @@ def live_table(snap: dict, title: str) -> Table:
     table = Table(title=title, show_header=False, box=None, padding=(0, 1))
     table.add_column(style="bold cyan")
     table.add_column()
-    table.add_row("tasks", f"[green]{'█' * filled}[/]{'░' * (bar_w - filled)} {done}/{total}  ETA {_dur(snap.get('eta_s'))}")
+    table.add_row("tasks", f"[green]{'█' * filled}[/]{'░' * (bar_w - filled)} {done}/{total}  "
+                           f"ETA {_dur(snap.get('eta_s'))}")
     table.add_row("student", f"pass rate {_pct(snap.get('student_pass_rate'))}  ({oc.get('student_passed', 0)} passed)"
                   + _slots(snap.get("student")))
     table.add_row("refinements", f"{oc.get('refined', 0)} verified, {oc.get('unresolved', 0)} unresolved, "
@@ -85,7 +86,8 @@ def live_table(snap: dict, title: str) -> Table:
     table.add_row("teacher", f"{t.get('requests', 0)} requests{_teacher_queue(snap)}, {t.get('http_429', 0)} x 429  "
                   f"{rpm}  {tpm}  {dollars}")
     sandbox = snap.get("sandbox") or {}
-    table.add_row("sandbox", f"{sandbox.get('per_s', 0):.1f} executions/s, {sandbox.get('done', 0)} total" + _slots(sandbox))
+    table.add_row("sandbox",
+                  f"{sandbox.get('per_s', 0):.1f} executions/s, {sandbox.get('done', 0)} total" + _slots(sandbox))
     table.add_row("shards", f"{snap.get('shards_sealed', 0)}/{snap.get('shards_total', 0)} sealed, "
                   f"{snap.get('tasks_per_s', 0):.1f} tasks/s")
     return table

@@ -13,7 +13,8 @@ records: the records file's presence marks the shard sealed). A rerun checks eac
 against its seal and rebuilds a damaged one from its kept journal (nothing is paid twice).
 
 The journal is an append-only orjson-lines file; every line is handed to the kernel with one
-write(2) before anything depends on it, so it survives kill -9; a torn or unreadable line (a crash mid-write, a full disk) is skipped on load.
+write(2) before anything depends on it, so it survives kill -9; a torn or unreadable line (a crash
+mid-write, a full disk) is skipped on load.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def disk_error(exc: OSError, what: str) -> DiskError:
         why = "the file system is read-only"
     else:
         why = exc.strerror or str(exc)
-    return DiskError(f"cannot write {what}: {why}. Sealed shards and the journal are intact; free space and rerun the same command to resume")
+    return DiskError(f"cannot write {what}: {why}. Sealed shards and the journal are intact; "
+                     "free space and rerun the same command to resume")
 
 
 @dataclass(frozen=True)

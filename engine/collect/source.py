@@ -36,7 +36,8 @@ def scan_source(src: str, limit: int | None = None) -> SourceInfo:
             key = hashlib.blake2b(task.task_id.encode(), digest_size=8).digest()
             first = seen.get(key)
             if first is not None:
-                raise InputError(display, lineno, f"duplicate task_id {task.task_id!r} (first on line {first})", field="task_id")
+                raise InputError(display, lineno, f"duplicate task_id {task.task_id!r} (first on line {first})",
+                                 field="task_id")
             seen[key] = lineno
             digest.update(raw.rstrip(b"\r\n"))
             digest.update(b"\n")

@@ -47,7 +47,8 @@ class StandinResponder:
         m = _TASK.search(first_user)
         ref, calls = self.references.get(_key(m.group(1)) if m else "", ("", ""))
         if lessons.INPUTS in first_user:
-            return f"```python\n{calls}\n```" if calls else "The offline stand-in cannot propose test inputs for this task."
+            return (f"```python\n{calls}\n```" if calls
+                    else "The offline stand-in cannot propose test inputs for this task.")
         if not ref:
             return "```python\n# the offline stand-in has no reference solution for this task\n```"
         return f"```python\n{ref.rstrip()}\n```"
@@ -78,14 +79,16 @@ def _calls(task: Task) -> str:
 
 # Values to try, by what a parameter's name suggests; five of each, one per proposed call.
 _GUESSES: list[tuple[tuple[str, ...], list[str]]] = [
-    (("matrix", "grid", "board", "mat"), ["[[1, 2], [3, 4]]", "[[0]]", "[[1, 2, 3], [4, 5, 6], [7, 8, 9]]", "[[2, 0], [0, 2]]", "[[5, 1], [2, 3]]"]),
+    (("matrix", "grid", "board", "mat"),
+     ["[[1, 2], [3, 4]]", "[[0]]", "[[1, 2, 3], [4, 5, 6], [7, 8, 9]]", "[[2, 0], [0, 2]]", "[[5, 1], [2, 3]]"]),
     (("set",), ["{1, 2, 3}", "set()", "{2, 4}", "{1, 5, 9}", "{7}"]),
     (("dict", "map", "table", "counts"), ["{'a': 1, 'b': 2}", "{}", "{'x': 10}", "{'a': 3, 'c': 1}", "{'k': 0}"]),
     (("list", "arr", "nums", "numbers", "lst", "array", "items", "values", "data", "seq", "l"),
      ["[3, 1, 2]", "[]", "[5, -2, 7, 7, 0]", "[10]", "[1, 2, 3, 4, 5, 6]"]),
     (("str", "string", "text", "word", "sentence", "name", "s", "char", "phrase", "email", "url", "date", "binary"),
      ["'hello world'", "''", "'Python'", "'racecar'", "'a b c'"]),
-    (("float", "price", "rate", "temp", "celsius", "fahrenheit", "radius", "amount"), ["2.5", "0.0", "10.0", "-3.5", "100.0"]),
+    (("float", "price", "rate", "temp", "celsius", "fahrenheit", "radius", "amount"),
+     ["2.5", "0.0", "10.0", "-3.5", "100.0"]),
 ]
 _INTS = ["3", "0", "7", "1", "12"]
 

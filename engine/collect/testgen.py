@@ -32,7 +32,8 @@ def reference_probe_tests(calls: list[str], marker: str) -> str:
         "        __persd_kind = type(__persd_v).__name__",
         "    except BaseException as __persd_e:",
         "        __persd_ok, __persd_t, __persd_kind = False, type(__persd_e).__name__, 'error'",
-        f"    print({marker!r} + __persd_json.dumps([__persd_i, bool(__persd_ok), __persd_t, __persd_kind]), flush=True)",
+        (f"    print({marker!r} + __persd_json.dumps([__persd_i, bool(__persd_ok), __persd_t, __persd_kind]),"
+         " flush=True)"),
     ]
     return "\n".join(lines) + "\n"
 

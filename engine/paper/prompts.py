@@ -152,7 +152,8 @@ def task_prompt(task, generated: list[dict] | None = None) -> str | None:
     if task.shape == "humaneval":
         return humaneval_prompt(task.prompt)
     if task.shape == "mbpp":
-        return mbpp_prompt(raw(task, "text", task.instruction), list(task.tests), raw(task, "code", task.reference or ""))
+        return mbpp_prompt(raw(task, "text", task.instruction), list(task.tests),
+                           raw(task, "code", task.reference or ""))
     tests = task.extra.get("io_tests") or []
     # the reference takes the name from the first test's call; without tests, the function the
     # header ends with (Code-Alpaca headers may define helpers first), else the entry point

@@ -67,7 +67,8 @@ class Builder:
                              "turns": ("outcome per teacher turn", plots.turns(s)),
                              "errors": ("error kinds", plots.error_kinds(s)),
                              "time": ("tokens, cost, rate limits and throughput over time", plots.over_time(s))})
-        self.sections.append(Section(a, "collect", f"collect: {label}", page.collect_body(s, figs), list(figs.values())))
+        self.sections.append(Section(a, "collect", f"collect: {label}", page.collect_body(s, figs),
+                                     list(figs.values())))
         total = {o: s.outcomes[o] for o in OUTCOME_ORDER}
         self.sections.append(Section(f"{a}-examples", "examples", f"examples: {label}",
                                      page.example_browser(a, s.examples, total)))
@@ -134,7 +135,8 @@ def build_report(cfg: ReportConfig) -> Report:
                 p = fig_dir / f"{f.name}.png"
                 p.write_bytes(f.data)
                 written.append(p)
-        subtitle = "  ·  ".join(f"{detect(d)}: {d}" for d in cfg.dirs) + time.strftime("  ·  written %Y-%m-%d %H:%M UTC", time.gmtime())
+        subtitle = ("  ·  ".join(f"{detect(d)}: {d}" for d in cfg.dirs)
+                    + time.strftime("  ·  written %Y-%m-%d %H:%M UTC", time.gmtime()))
         html = page.page("persd report", subtitle, b.sections)
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(html, encoding="utf-8")

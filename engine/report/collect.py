@@ -149,7 +149,8 @@ def _across_runs(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         raw = {k: v for k, v in (r.get("teacher") or {}).items() if isinstance(v, (int, float))}
-        if r.get("tasks_done_this_run", 1) < prev.get("_this_run", 0) or raw.get("requests", 0) < prev.get("requests", 0):
+        if (r.get("tasks_done_this_run", 1) < prev.get("_this_run", 0)
+                or raw.get("requests", 0) < prev.get("requests", 0)):
             offset.update({k: v for k, v in prev.items() if k != "_this_run"})  # a new run began
         prev = dict(raw, _this_run=r.get("tasks_done_this_run", 0))
         out.append(dict(r, teacher={k: v + offset.get(k, 0) for k, v in raw.items()}))
@@ -195,7 +196,8 @@ def read_collect(path: Path, per_outcome: int = 30, seed: int = 0, series_points
                 turns = s.turns[outcome] = Counter()
             turns[int(r.get("refine_turns") or 0)] += 1
         if outcome != "student_passed":
-            s.error_kinds[error_kind(r.get("error") or r.get("feedback", ""), status if outcome != "error" else "error")] += 1
+            s.error_kinds[error_kind(r.get("error") or r.get("feedback", ""),
+                                     status if outcome != "error" else "error")] += 1
         if outcome == "unresolved":
             s.refine_error_kinds[error_kind(r.get("refine_feedback", ""), str(r.get("refine_status") or ""))] += 1
         s.teacher_calls += int(r.get("teacher_calls", 0) or 0)

@@ -17,7 +17,8 @@ def detect(path: Path) -> str:
         raise UsageError(f"{p}: not a directory (persd report takes collect, train, eval or loop directories)")
     if (p / "loop.json").is_file():
         return "loop"
-    if any(p.glob("manifest*.json")) or any(p.glob("shards/shard-*.jsonl")) or any(p.glob("work/shard-*.journal.jsonl")):
+    if (any(p.glob("manifest*.json")) or any(p.glob("shards/shard-*.jsonl"))
+            or any(p.glob("work/shard-*.journal.jsonl"))):
         return "collect"
     if (p / "summary.json").is_file() or (p / "results.jsonl").is_file() or (p / "work" / "journal.jsonl").is_file():
         return "eval"

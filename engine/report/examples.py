@@ -32,7 +32,8 @@ def diff_lines(before: str | None, after: str | None) -> list[tuple[str, str]]:
     for line in difflib.unified_diff(a, b, "student's attempt", "teacher's program", n=3, lineterm=""):
         if line.startswith(("---", "+++")):
             continue
-        kind = "hunk" if line.startswith("@@") else "add" if line.startswith("+") else "del" if line.startswith("-") else "ctx"
+        kind = ("hunk" if line.startswith("@@") else "add" if line.startswith("+")
+                else "del" if line.startswith("-") else "ctx")
         out.append((kind, line))
         if len(out) >= MAX_DIFF_LINES:
             out.append(("hunk", f"... diff cut at {MAX_DIFF_LINES} lines"))

@@ -171,13 +171,15 @@ def collect_body(s: CollectSummary, figs: dict[str, Figure]) -> str:
     if "time" in figs:
         out.append(img(figs["time"]))
     if s.error_kinds:
-        out.append(table(["error kind (student attempts)", "tasks"], [[k, v] for k, v in s.error_kinds.most_common(20)]))
+        out.append(table(["error kind (student attempts)", "tasks"],
+                         [[k, v] for k, v in s.error_kinds.most_common(20)]))
     out.append(settings_block("collect settings", s.config))
     return "".join(out)
 
 
 def _pairs(d: Any) -> str:
-    return ", ".join(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in d.items()) if isinstance(d, dict) and d else "-"
+    return (", ".join(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in d.items())
+            if isinstance(d, dict) and d else "-")
 
 
 def example_browser(anchor: str, examples: list[Example], total: dict[str, int]) -> str:
@@ -222,7 +224,8 @@ def example_item(e: Example) -> str:
         parts.append(f'<div class="cols"><div><h3>student\'s attempt ({esc(e.status)})</h3>{pre(attempt)}</div>'
                      f"<div><h3>execution feedback</h3>{pre(e.feedback)}</div></div>")
         if e.outcome == "refined" and e.solution is not None:
-            parts.append(f"<h3>teacher's verified fix, as a diff against the attempt</h3>{diff_block(e.attempt, e.solution)}")
+            parts.append("<h3>teacher's verified fix, as a diff against the attempt</h3>"
+                         f"{diff_block(e.attempt, e.solution)}")
         elif e.outcome == "unresolved":
             if e.refinement is not None:
                 parts.append(f"<h3>teacher's last program (failed), as a diff against the attempt</h3>"
@@ -270,7 +273,8 @@ def eval_body(s: EvalSummary, figs: dict[str, Figure]) -> str:
         for f in s.flip_examples:
             out.append(f'<details class="ex"><summary><b>{esc(f.task_id)}</b> fixed by refinement</summary>'
                        f"<h3>direct sample's feedback</h3>{pre(f.feedback)}"
-                       f"<h3>refined sample, as a diff against the direct one</h3>{diff_block(f.before, f.after)}</details>")
+                       "<h3>refined sample, as a diff against the direct one</h3>"
+                       f"{diff_block(f.before, f.after)}</details>")
     out.append(settings_block("protocol", s.summary.get("protocol") or {}))
     return "".join(out)
 

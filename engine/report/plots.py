@@ -238,7 +238,8 @@ def loop_rounds(s: LoopSummary) -> bytes | None:
     width = 0.8 / len(series)
     for j, (name, key, color) in enumerate(series):
         vals = [getattr(r, key) or 0 for r in rounds]
-        axes[0].bar([i - 0.4 + width * (j + 0.5) for i in range(len(rounds))], vals, width=width, color=color, label=name)
+        axes[0].bar([i - 0.4 + width * (j + 0.5) for i in range(len(rounds))], vals, width=width, color=color,
+                    label=name)
     axes[0].set_xticks(range(len(rounds)), [
         lab + (f"\n${r.cost_usd:.2f}" if r.cost_usd is not None and r.round else "") for lab, r in zip(labels, rounds)])
     axes[0].set_title("per round: collect and training data (teacher cost below)")

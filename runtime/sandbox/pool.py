@@ -159,7 +159,7 @@ class Sandbox:
         worker = await self._idle.get()
         try:
             reply = None
-            for attempt in range(2):  # a worker that dies is replaced and the execution retried once
+            for _attempt in range(2):  # a worker that dies is replaced and the execution retried once
                 try:
                     reply = await worker.execute(program, timeout, cpu_limit)
                     break

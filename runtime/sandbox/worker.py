@@ -106,7 +106,7 @@ def expose_python_only() -> list[str]:
         return []
     keep = {p: os.open(p, os.O_PATH) for paths in blocked.values() for p in paths}
     covered = []
-    for ancestor, paths in blocked.items():
+    for ancestor, _paths in blocked.items():
         if any(ancestor.startswith(c + os.sep) for c in covered):
             continue
         mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")

@@ -204,7 +204,8 @@ class HFStudent(BaseStudent):
         except Exception as exc:  # one bad batch fails its own requests, not the batcher
             for item in chunk:
                 if not item.future.done():
-                    item.future.set_exception(exc if isinstance(exc, PersdError) else StudentError(f"hf generate failed: {exc!r}"))
+                    item.future.set_exception(exc if isinstance(exc, PersdError)
+                                              else StudentError(f"hf generate failed: {exc!r}"))
             return
         for item, out in zip(chunk, outputs):
             if item.future.done():

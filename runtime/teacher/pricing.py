@@ -61,7 +61,8 @@ def _as_pair(model: str, price) -> tuple[float, float]:
         else:
             pair = (float(price[0]), float(price[1]))
     except (KeyError, IndexError, TypeError, ValueError):
-        raise UsageError(f"price for model '{model}' must be [input, output] dollars per 1M tokens, got {price!r}") from None
+        raise UsageError(f"price for model '{model}' must be [input, output] dollars per 1M tokens, "
+                         f"got {price!r}") from None
     if pair[0] < 0 or pair[1] < 0:
         raise UsageError(f"price for model '{model}' must not be negative, got {price!r}")
     return pair

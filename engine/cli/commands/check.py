@@ -223,7 +223,8 @@ def main(argv: list[str]) -> int:
             break
         samples.append(sample)
     if not samples:
-        raise UsageError("nothing to check: no samples" + (" (no task has a reference and tests)" if args.references else ""))
+        raise UsageError("nothing to check: no samples"
+                         + (" (no task has a reference and tests)" if args.references else ""))
     sandbox_config = SandboxConfig(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb,
                                    per_core=workers_per_core(args.time_limits))
     summary = run_async(check_all(samples, sandbox_config, Path(args.out), config_from(args, cap_s=args.timeout)))

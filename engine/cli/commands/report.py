@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="the HTML file (default: DIR/report.html for one directory, ./report.html for several); "
                         "figures go to OUT-figures/ beside it")
-    p.add_argument("--examples", type=int, default=30, help="tasks sampled per outcome for the example browser (default 30)")
+    p.add_argument("--examples", type=int, default=30,
+                   help="tasks sampled per outcome for the example browser (default 30)")
     return p
 
 
