@@ -22,6 +22,9 @@ class TeacherConfig:
     (timer lateness, catching up after a shared cool-down); see `persd.runtime.teacher.limiter`.
     `reconcile_tokens` gives back (estimate - usage) tokens once the answer arrives; turn it off
     for providers that charge `max_tokens` against TPM whatever the answer's length.
+    A 429 that is not about this client's budget (a provider's overload) cuts the pace to
+    `aimd_decrease` of itself, at most once per round trip, and it recovers by `aimd_recover_per_s`
+    (of the limit) per second; see `persd.runtime.teacher.limiter`.
     `prices` overrides the price table: {model: (input, output) USD per 1M tokens}.
     """
 
@@ -39,7 +42,9 @@ class TeacherConfig:
     limit_window_s: float = 1.0  # shortest window over which the provider may enforce rpm/tpm
     jitter_s: float = 0.005      # how much the network may bunch requests up on the way
     reconcile_tokens: bool = True
-    default_cooldown_s: float = 1.0  # shared pause after a 429 that names no Retry-After
+    default_cooldown_s: float = 1.0  # shared pause after an own-budget 429 that names no Retry-After
+    aimd_decrease: float = 0.9       # pace kept at each cut after a 429 that is not about our budget
+    aimd_recover_per_s: float = 0.25  # pace regained per second after a cut
     extra_headers: dict[str, str] | None = None
 
     def validate(self) -> None:
@@ -60,6 +65,8 @@ class TeacherConfig:
             raise UsageError(f"teacher headroom must be in (0, 1], got {self.headroom}")
         if not self.limit_window_s > 0:
             raise UsageError(f"teacher limit_window_s must be positive, got {self.limit_window_s}")
+        if not (0 < self.aimd_decrease < 1 and self.aimd_recover_per_s > 0):
+            raise UsageError("teacher aimd_decrease must be in (0, 1) and aimd_recover_per_s positive")
         if not self.jitter_s >= 0:
             raise UsageError(f"teacher jitter_s must not be negative, got {self.jitter_s}")
 
