@@ -88,6 +88,44 @@ class AIMD:
         return True
 
 
+class AdaptiveGate:
+    """At most `limit * aimd.value` (at least 1) requests in flight: a server that answers
+    429/503 because it is busy gets fewer concurrent requests, and the refused ones wait here,
+    before `post_json` spends an attempt on them (time in `before_attempt` is not counted
+    against the deadline), instead of all coming back as soon as their Retry-After passes."""
+
+    def __init__(self, limit: int, aimd: AIMD | None = None):
+        self.limit = limit
+        self.aimd = aimd or AIMD()
+        self.in_flight = 0
+        self._cond = asyncio.Condition()
+
+    @property
+    def allowed(self) -> int:
+        return max(1, int(self.limit * self.aimd.value))
+
+    async def acquire(self) -> float:
+        """Wait for a slot; returns the send time to hand back to `release`."""
+        async with self._cond:
+            while self.in_flight >= self.allowed:
+                try:  # the share recovers with time, not only when a slot frees
+                    await asyncio.wait_for(self._cond.wait(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
+            self.in_flight += 1
+        return self.aimd.clock()
+
+    def release(self, sent_at: float, overloaded: bool) -> None:
+        self.in_flight -= 1
+        if overloaded:
+            self.aimd.cut(sent_at)
+        asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+
 class HTTPStatusError(PersdError):
     """A non-retryable HTTP answer (400, 401, 403, 404, other 4xx)."""
 

@@ -170,6 +170,8 @@ class LocalOpenAIServer:
                  tpm_counts: str = "usage", faults: FaultPlan | None = None, latency_s: float = 0.0,
                  api_key: str | None = None, models: Sequence[str] | None = None,
                  ratelimit_headers: bool = True, count_tokens: Callable[[str], int] = heuristic_tokens,
+                 max_concurrent: int | None = None, overload_statuses: Sequence[int] = (429, 503),
+                 overload_retry_after_s: float | None = 0.05,
                  host: str = "127.0.0.1", port: int = 0):
         if tpm_counts not in ("usage", "max_tokens"):
             raise ValueError("tpm_counts must be 'usage' or 'max_tokens'")
@@ -184,6 +186,11 @@ class LocalOpenAIServer:
         self.count_tokens = count_tokens
         self.estimator = TokenEstimator(count_tokens)
         self.host, self.port = host, port
+        # a server under load (vLLM behind a gateway): beyond `max_concurrent` requests being
+        # answered, refuse with the next of `overload_statuses` (cycled) and its Retry-After
+        self.max_concurrent, self.overload_statuses = max_concurrent, list(overload_statuses)
+        self.overload_retry_after_s = overload_retry_after_s
+        self.busy = self.peak_busy = 0
         self.received: list[dict] = []     # every request body, in arrival order
         self.log: list[Arrival] = []
         self.stats: Counter[str] = Counter()
@@ -284,6 +291,22 @@ class LocalOpenAIServer:
         model = body.get("model")
         if self.models is not None and model not in self.models:
             return self._status(arrival, 404, "model_not_found", f"The model `{model}` does not exist.")
+        if self.max_concurrent is not None and self.busy >= self.max_concurrent:
+            arrival.fault = "overloaded"
+            self.stats["overloaded"] += 1
+            status = self.overload_statuses[self.stats["overloaded"] % len(self.overload_statuses)]
+            wait = self.overload_retry_after_s
+            headers = {} if wait is None else {"retry-after-ms": str(round(wait * 1000)),
+                                               "retry-after": str(math.ceil(wait))}
+            return self._status(arrival, status, "overloaded", "The server is overloaded.", headers)
+        self.busy += 1
+        self.peak_busy = max(self.peak_busy, self.busy)
+        try:
+            return await self._serve_one(request, arrival, body, model, chat)
+        finally:
+            self.busy -= 1
+
+    async def _serve_one(self, request: web.Request, arrival: Arrival, body: dict, model, chat: bool) -> web.StreamResponse:
         fault = self._next_fault(arrival.t)
         arrival.fault = fault
         self.stats[fault] += 1
