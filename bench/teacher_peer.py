@@ -42,7 +42,7 @@ class Scenario:
     what: str
     n: int = 600
     rpm: float = 1200
-    tpm: float = 240_000
+    tpm: float = 10_000_000      # far above what the RPM allows: only `tpm` makes tokens bind
     told: float = 1.0            # clients are told told * the limits (> 1: only the headers say the truth)
     window_s: float = 1.0
     latency_s: float = 0.1
@@ -65,7 +65,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("ra2", "5% 429 (Retry-After 2 s) + 3% 500/503", retry_after_s=2.0),
     Scenario("burst", "overload: 50% 429 (Retry-After 1 s) for 5 s, + 5% 429 (0.5 s), 3% 5xx",
              burst_at_s=8.0, burst_s=5.0),
-    Scenario("tpm", "TPM-bound: ~1,000-token prompts, 900k TPM, + 5% 429 (0.5 s), 3% 5xx",
+    Scenario("tpm", "TPM-bound: ~1,100-token prompts, 900k TPM (~13 requests/s), + 5% 429 (0.5 s), 3% 5xx",
              n=400, tpm=900_000, prompt_words=750),
     Scenario("headers", "limits only in x-ratelimit-* headers: clients told 2x, + 5% 429 (0.5 s), 3% 5xx",
              told=2.0),
@@ -170,10 +170,12 @@ async def serve(name: str, seed: int) -> None:
             print(json.dumps(summarise(client, sc, server)), flush=True)
 
 
-async def run_persd(sc: Scenario, prompts: list[str], seed: int, max_in_flight: int, jitter_s: float) -> dict:
+async def run_persd(sc: Scenario, prompts: list[str], seed: int, max_in_flight: int, jitter_s: float,
+                    headroom: float) -> dict:
     async with Served(sc, seed) as server:
         cfg = TeacherConfig(base_url=server.url, model=MODEL, rpm=sc.rpm * sc.told, tpm=sc.tpm * sc.told,
                             max_in_flight=max_in_flight, limit_window_s=sc.window_s, jitter_s=jitter_s,
+                            headroom=headroom,
                             retry=RetryPolicy(max_attempts=20, base_delay_s=0.05))
         async with TeacherClient(cfg) as teacher:
             results = await asyncio.gather(*(teacher.chat(ChatRequest(messages=[{"role": "user", "content": p}],
@@ -245,13 +247,13 @@ def verdict(persd: dict, peer: dict) -> str:
 
 
 async def run_all(names: list[str], seed: int, max_in_flight: int, python: Path, n: int | None,
-                  jitter_s: float) -> list[dict]:
+                  jitter_s: float, headroom: float) -> list[dict]:
     rows = []
     for name in names:
         sc = SCENARIOS[name] if n is None else replace(SCENARIOS[name], n=n)
         prompts = prompts_for(sc, seed)
         t0 = time.monotonic()
-        mine = await run_persd(sc, prompts, seed, max_in_flight, jitter_s)
+        mine = await run_persd(sc, prompts, seed, max_in_flight, jitter_s, headroom)
         peer = await run_curator(sc, prompts, seed, python)
         mine["target"] = peer["target"] = verdict(mine, peer)
         print(f"  {name}: persd {mine['wall_s']:.1f}s / curator {peer['wall_s']:.1f}s "
@@ -295,10 +297,11 @@ def main(args) -> int:
     python = curator_python(args.peer_dir)
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs", flush=True)
-    rows = run_async(run_all(names, args.seed, args.max_in_flight, python, args.n, args.jitter))
+    rows = run_async(run_all(names, args.seed, args.max_in_flight, python, args.n, args.jitter,
+                             args.headroom))
     show(rows)
     report = {"bench": "teacher-peer", "peer": f"{CURATOR}=={CURATOR_VERSION}", "load_average": load,
-              "persd_jitter_s": args.jitter,
+              "persd_jitter_s": args.jitter, "persd_headroom": args.headroom,
               "scenarios": {n: SCENARIOS[n].__dict__ for n in names}, "results": rows}
     out = args.out if args.out != Path("runs/bench/teacher.json") else Path("runs/bench/teacher-peer.json")
     out.parent.mkdir(parents=True, exist_ok=True)
