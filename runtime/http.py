@@ -60,7 +60,7 @@ class AIMD:
     """
 
     decrease: float = 0.9        # share kept at each cut
-    recover_per_s: float = 0.25  # share regained per second after a cut
+    recover_per_s: float = 0.5   # share regained per second after a cut
     floor: float = 0.05
     clock: Callable[[], float] = time.monotonic
     cuts: int = field(default=0, init=False)

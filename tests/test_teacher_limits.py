@@ -126,7 +126,7 @@ async def test_limits_announced_only_in_headers_never_overfill_a_window():
     # one window, as providers run, would have let more through: the server does not protect it.)
     async with LocalOpenAIServer(rpm=1200, window_s=1.0, latency_s=0.1) as server:
         cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=4800, tpm=None, headroom=0.95,
-                            jitter_s=0.03, retry=FAST)
+                            jitter_s=0.03, cold_start_s=0.0, retry=FAST)
         async with TeacherClient(cfg) as teacher:
             await asyncio.gather(*(teacher.chat(ask(f"h{i}")) for i in range(45)))
             limit = teacher.limiter.rpm_limit

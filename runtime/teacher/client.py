@@ -35,6 +35,7 @@ class TeacherClient:
         self._check_price(config.model)
         self.limiter = RateLimiter(config.rpm, config.tpm, headroom=config.headroom,
                                    window_s=config.limit_window_s, jitter_s=config.jitter_s,
+                                   cold_start_s=config.cold_start_s,
                                    aimd=AIMD(decrease=config.aimd_decrease, recover_per_s=config.aimd_recover_per_s))
         self.budget = Budget(config.max_cost_usd)
         self.metrics = TeacherMetrics(config.rpm, config.tpm)

@@ -44,7 +44,8 @@ class TeacherConfig:
     reconcile_tokens: bool = True
     default_cooldown_s: float = 1.0  # shared pause after an own-budget 429 that names no Retry-After
     aimd_decrease: float = 0.9       # pace kept at each cut after a 429 that is not about our budget
-    aimd_recover_per_s: float = 0.25  # pace regained per second after a cut
+    aimd_recover_per_s: float = 0.5  # pace regained per second after a cut
+    cold_start_s: float = 0.05       # the schedule starts this late after idle (new connections arrive late)
     extra_headers: dict[str, str] | None = None
 
     def validate(self) -> None:
@@ -67,6 +68,8 @@ class TeacherConfig:
             raise UsageError(f"teacher limit_window_s must be positive, got {self.limit_window_s}")
         if not (0 < self.aimd_decrease < 1 and self.aimd_recover_per_s > 0):
             raise UsageError("teacher aimd_decrease must be in (0, 1) and aimd_recover_per_s positive")
+        if not self.cold_start_s >= 0:
+            raise UsageError(f"teacher cold_start_s must not be negative, got {self.cold_start_s}")
         if not self.jitter_s >= 0:
             raise UsageError(f"teacher jitter_s must not be negative, got {self.jitter_s}")
 

@@ -31,6 +31,11 @@ cannot be banked safely: after any gap, a catch-up of more than `W * (1/headroom
 window that starts at the end of the gap over the limit, however long the gap was. Idle time
 beyond the tolerance is never banked, so a minute's budget never leaves in a burst.
 
+**Cold start.** The first requests after an idle spell open new connections (TCP, TLS) and reach
+the server later than the ones after them, which bunches the first window up. The schedule
+therefore starts `cold_start_s` late: charged once per idle spell, it keeps that window within the
+limit too.
+
 **Refunds and reconciliation are exact.** Every charge stays in a short ledger until its fate is
 known. An attempt the server rejected without counting it (429, 5xx, not sent) is re-costed at 0,
 and an answer's `usage` replaces its token estimate; `tat` is then recomputed by replaying the
@@ -53,9 +58,12 @@ organisation limit, an overloaded provider, a gateway) says nothing about our bu
 request waits for its Retry-After, the others keep their schedule, and the pace is cut
 multiplicatively and recovered additively (`persd.runtime.http.AIMD`, at most one cut per round
 trip). While the pace is below 1, a third schedule spaces *every attempt*, refused ones included,
-at `pace` times the limit: exact refunds alone would let an overloaded provider that refuses
-everything receive attempts as fast as they come back. At pace 1 that schedule is off, so a
-provider's sparse random 429s cost a short dip, not a pause for all. The pace only ever slows
+at `pace * attempt_margin` times the limit on average (a window's worth of burst allowed): exact
+refunds alone would let an overloaded provider that refuses everything receive attempts as fast as
+they come back. The margin (1.25) and the burst leave room for the refused attempts a client at
+its full budget sends anyway (a provider's few random 429s and 5xx, retried at once), so a lone
+cut binds nothing and costs nothing; a sustained overload cuts again every round trip and the
+attempts fall well below the limit. At pace 1 that schedule is off. The pace only ever slows
 sending, so the window guarantee above holds whatever it does.
 """
 from __future__ import annotations
@@ -107,11 +115,13 @@ class RateLimiter:
 
     def __init__(self, rpm: float, tpm: float | None, *, headroom: float = 0.98, window_s: float = 1.0,
                  jitter_s: float = 0.005, max_burst: float = 2.0, aimd: AIMD | None = None,
+                 attempt_margin: float = 1.25, cold_start_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic):
         self.rpm_config, self.tpm_config = float(rpm), (float(tpm) if tpm else None)
         self.rpm_limit, self.tpm_limit = self.rpm_config, self.tpm_config
         self.headroom = headroom
         self.window_s, self.jitter_s, self.max_burst = window_s, jitter_s, max_burst
+        self.attempt_margin, self.cold_start_s = attempt_margin, cold_start_s
         self.clock = clock
         self._tat_req = self._tat_tok = 0.0    # the schedules now
         self._tat_att = 0.0                    # the schedule of attempts (refused ones too), under AIMD
@@ -174,16 +184,16 @@ class RateLimiter:
         now = self.clock() if now is None else now
         tolerance = self.tolerance_s
         pace = self.pace
-        attempts = self._tat_att - tolerance if pace < 1.0 else 0.0
+        attempts = self._tat_att - self.window_s if pace < 1.0 else 0.0  # the average, a window's burst
         wait = max(self._cool_until, self._tat_req - tolerance, self._tat_tok - tolerance, attempts) - now
         if wait > 0:
             return wait
         # every attempt, refused or not, at pace * the limit while the provider is overloaded
-        self._tat_att = max(self._tat_att if pace < 1.0 else now, now) + self._req_interval / pace
+        self._tat_att = max(self._tat_att if pace < 1.0 else now, now) + self._req_interval / (pace * self.attempt_margin)
         permit = Permit(now, tokens, self._req_interval, tokens * self._tok_interval)
         if self._tat_req <= now and self._tat_tok <= now:  # idle: nothing earlier can matter again
             self._fold(len(self._ledger))
-            self._base_req = self._base_tok = now
+            self._base_req = self._base_tok = self._tat_req = self._tat_tok = now + self.cold_start_s
         self._tat_req = max(self._tat_req, now) + permit.req_cost
         self._tat_tok = max(self._tat_tok, now) + permit.tok_cost
         self._ledger.append(permit)
