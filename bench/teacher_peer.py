@@ -159,8 +159,13 @@ class Served:
 
 async def serve(name: str, seed: int) -> None:
     """Child side of `Served`: print the URL, wait for the client's name, print the figures."""
+    import aiohttp
+
     sc = SCENARIOS[name]
     async with server_for(sc, seed) as server:
+        async with aiohttp.ClientSession() as warm:  # the server's first answer is slow (lazy code paths)
+            async with warm.get(server.base_url + "/models") as resp:
+                await resp.read()
         print(server.base_url, flush=True)
         reader = asyncio.StreamReader()
         loop = asyncio.get_running_loop()

@@ -273,3 +273,18 @@ def test_an_overload_gets_fewer_requests_and_the_pace_comes_back():
     # without the cut (exact refunds alone), the overloaded provider would get more than the limit
     _, rel_flat = run(0.999999)
     assert sum(1.0 <= t < 3.0 for t in rel_flat) > 2.0 * limit_rate
+
+
+def test_after_idle_the_schedule_starts_cold_start_late():
+    # The first requests after an idle spell open connections and may reach the server late:
+    # the schedule starts cold_start_s later, once per idle spell, not for every request.
+    now = [0.0]
+    limiter = RateLimiter(1200, None, headroom=1.0, cold_start_s=0.1, clock=lambda: now[0])
+    assert isinstance(limiter.try_acquire(1), Permit)  # the first leaves at once
+    assert limiter.try_acquire(1) == pytest.approx(0.1 + 0.05)
+    now[0] = 0.16  # a late wake-up is not an idle spell
+    assert isinstance(limiter.try_acquire(1), Permit)
+    assert limiter.try_acquire(1) == pytest.approx(0.05)  # then the plain interval
+    now[0] = 10.0  # idle again: one more cold start
+    assert isinstance(limiter.try_acquire(1), Permit)
+    assert limiter.try_acquire(1) == pytest.approx(0.15)

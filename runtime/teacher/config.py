@@ -45,7 +45,7 @@ class TeacherConfig:
     default_cooldown_s: float = 1.0  # shared pause after an own-budget 429 that names no Retry-After
     aimd_decrease: float = 0.9       # pace kept at each cut after a 429 that is not about our budget
     aimd_recover_per_s: float = 0.5  # pace regained per second after a cut
-    cold_start_s: float = 0.05       # the schedule starts this late after idle (new connections arrive late)
+    cold_start_s: float = 0.1        # the schedule starts this late after idle (new connections arrive late)
     extra_headers: dict[str, str] | None = None
 
     def validate(self) -> None:

@@ -31,10 +31,10 @@ cannot be banked safely: after any gap, a catch-up of more than `W * (1/headroom
 window that starts at the end of the gap over the limit, however long the gap was. Idle time
 beyond the tolerance is never banked, so a minute's budget never leaves in a burst.
 
-**Cold start.** The first requests after an idle spell open new connections (TCP, TLS) and reach
-the server later than the ones after them, which bunches the first window up. The schedule
-therefore starts `cold_start_s` late: charged once per idle spell, it keeps that window within the
-limit too.
+**Cold start.** The first requests after an idle spell (a window or more with nothing due) open
+new connections (TCP, TLS) and reach the server later than the ones after them, which bunches the
+first window up. The schedule therefore starts `cold_start_s` late: charged once per idle spell,
+it keeps that window within the limit too.
 
 **Refunds and reconciliation are exact.** Every charge stays in a short ledger until its fate is
 known. An attempt the server rejected without counting it (429, 5xx, not sent) is re-costed at 0,
@@ -125,6 +125,7 @@ class RateLimiter:
         self.clock = clock
         self._tat_req = self._tat_tok = 0.0    # the schedules now
         self._tat_att = 0.0                    # the schedule of attempts (refused ones too), under AIMD
+        self._cold_at = float("-inf")          # when the schedule last started from idle
         self._base_req = self._base_tok = 0.0  # the schedules before the ledger's first charge
         self._floor_req = self._floor_tok = 0.0  # lower bounds from a re-costing (limits lowered)
         self._ledger: deque[Permit] = deque()
@@ -192,8 +193,13 @@ class RateLimiter:
         self._tat_att = max(self._tat_att if pace < 1.0 else now, now) + self._req_interval / (pace * self.attempt_margin)
         permit = Permit(now, tokens, self._req_interval, tokens * self._tok_interval)
         if self._tat_req <= now and self._tat_tok <= now:  # idle: nothing earlier can matter again
+            # a cold start after a window or more with nothing due, not after a late wake-up
+            idle = not self._ledger and not self._sent or max(self._tat_req, self._tat_tok) + self.window_s <= now
+            cold = self.cold_start_s if idle else 0.0
             self._fold(len(self._ledger))
-            self._base_req = self._base_tok = self._tat_req = self._tat_tok = now + self.cold_start_s
+            self._base_req = self._base_tok = self._tat_req = self._tat_tok = now + cold
+            if cold:
+                self._cold_at = now
         self._tat_req = max(self._tat_req, now) + permit.req_cost
         self._tat_tok = max(self._tat_tok, now) + permit.tok_cost
         self._ledger.append(permit)
@@ -254,7 +260,7 @@ class RateLimiter:
         """The limits were lowered: the schedule becomes at least what the last window's sends
         would have left at the new limits, so they and the next ones fit the new windows."""
         horizon = self.clock() - self.window_s
-        req = tok = float("-inf")
+        req = tok = self._cold_at + self.cold_start_s if self._cold_at > horizon else float("-inf")
         for p in self._sent:
             if p.sent_at > horizon and not p.refunded:
                 req = max(req, p.sent_at) + self._req_interval
