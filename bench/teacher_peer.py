@@ -234,7 +234,8 @@ def summarise(name: str, sc: Scenario, server: LocalOpenAIServer) -> dict:
         "rpm_fraction": round(rpm / sc.rpm, 4), "tpm_fraction": round(tpm / sc.tpm, 4),
         "attempts": len(work), "self_429": server.stats["rate_limited"],
         "injected_429": server.stats["429"] + server.stats["burst"],
-        "max_requests_in_window": most_req, "over_limit_windows_at_s": over[:10], "window_request_limit": sc.rpm * sc.window_s / 60,
+        "max_requests_in_window": most_req, "over_limit_windows_at_s": over[:10],
+        "window_request_limit": sc.rpm * sc.window_s / 60,
         "max_tokens_in_window": most_tok, "window_token_limit": sc.tpm * sc.window_s / 60,
     }
 

@@ -19,7 +19,8 @@ import aiohttp
 import orjson
 
 from persd.runtime.errors import PersdError, UsageError
-from persd.runtime.http import AIMD, OVERLOAD_STATUS, AdaptiveGate, AttemptOutcome, HTTPStatusError, RetryPolicy, post_json
+from persd.runtime.http import (AIMD, OVERLOAD_STATUS, AdaptiveGate, AttemptOutcome, HTTPStatusError, RetryPolicy,
+                                post_json)
 from persd.runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
 
 REQUEST_ERRORS = frozenset({400, 413, 422})  # this request is bad (too long, bad params); others may be fine

@@ -190,7 +190,8 @@ class RateLimiter:
         if wait > 0:
             return wait
         # every attempt, refused or not, at pace * the limit while the provider is overloaded
-        self._tat_att = max(self._tat_att if pace < 1.0 else now, now) + self._req_interval / (pace * self.attempt_margin)
+        start = max(self._tat_att, now) if pace < 1.0 else now
+        self._tat_att = start + self._req_interval / (pace * self.attempt_margin)
         permit = Permit(now, tokens, self._req_interval, tokens * self._tok_interval)
         if self._tat_req <= now and self._tat_tok <= now:  # idle: nothing earlier can matter again
             # a cold start after a window or more with nothing due, not after a late wake-up

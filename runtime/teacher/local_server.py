@@ -266,7 +266,8 @@ class LocalOpenAIServer:
         plan = self.faults
         if plan.burst_s > 0:
             since = now - self.log[0].t
-            if plan.burst_at_s <= since < plan.burst_at_s + plan.burst_s and self._burst_rng.random() < plan.burst_p_429:
+            in_burst = plan.burst_at_s <= since < plan.burst_at_s + plan.burst_s
+            if in_burst and self._burst_rng.random() < plan.burst_p_429:
                 return "burst"
         draw, acc = self._rng.random(), 0.0
         for name, p in self.faults._table():
@@ -306,7 +307,8 @@ class LocalOpenAIServer:
         finally:
             self.busy -= 1
 
-    async def _serve_one(self, request: web.Request, arrival: Arrival, body: dict, model, chat: bool) -> web.StreamResponse:
+    async def _serve_one(self, request: web.Request, arrival: Arrival, body: dict, model,
+                         chat: bool) -> web.StreamResponse:
         fault = self._next_fault(arrival.t)
         arrival.fault = fault
         self.stats[fault] += 1
