@@ -5,6 +5,8 @@ N requests against a local OpenAI-compatible server limited to R RPM and T TPM (
 (`--p-5xx`). Reports sustained throughput as a fraction of the limit and the 429s the client
 provoked itself (the server's real limit refusals, not the injected ones), for persd's client
 and, in the same run, a naive client (an asyncio.Semaphore with fixed-delay retries).
+With `--peer curator`, a fixed set of scenarios against bespokelabs-curator instead
+(`persd.bench.teacher_peer`).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ WORDS = "def return for while list dict sorted value index result check assert r
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = parser_for("bench teacher", description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=600, help="requests per client (default 600)")
+    p.add_argument("--n", type=int, help="requests per client (default 600; with --peer, each scenario's own)")
     p.add_argument("--rpm", type=float, default=1200, help="server limit, requests per minute")
     p.add_argument("--tpm", type=float, default=240_000, help="server limit, tokens per minute")
     p.add_argument("--window", type=float, default=1.0, help="seconds over which the server enforces limits")
@@ -47,11 +49,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--naive-concurrency", type=int, default=64)
     p.add_argument("--naive-delay", type=float, default=1.0, help="naive client's fixed retry delay")
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--peer", choices=("curator",),
+                   help="run each --scenarios case with persd and this peer client (its own virtualenv, "
+                        "created once under --peer-dir) against the same server, and print one table")
+    p.add_argument("--scenarios", default="all", help="with --peer: comma list of ra0.1,ra0.5,ra2,burst,tpm,headers")
+    p.add_argument("--peer-dir", type=Path, default=Path("runs/peers"), help="where peer virtualenvs are cached")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench/teacher.json"))
     args = p.parse_args(argv)
-    if args.n < 1 or args.rpm <= 0 or args.tpm <= 0 or args.window <= 0:
+    if args.n is None and not args.peer:
+        args.n = 600
+    if (args.n is not None and args.n < 1) or args.rpm <= 0 or args.tpm <= 0 or args.window <= 0:
         p.error("--n, --rpm, --tpm and --window must be positive")
+    if args.peer:
+        from persd.bench.teacher_peer import parse_scenarios
+        try:
+            parse_scenarios(args.scenarios)
+        except ValueError as exc:
+            p.error(str(exc))
+    elif args.scenarios != "all":
+        p.error("--scenarios needs --peer")
     return args
 
 
@@ -170,6 +187,9 @@ async def run(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.peer:
+        from persd.bench import teacher_peer
+        return teacher_peer.main(args)
     rows = run_async(run(args))
     show(rows, args)
     persd = rows[0]

@@ -13,7 +13,7 @@ import email.utils
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
@@ -42,6 +42,88 @@ class RetryPolicy:
         """Delay before retry number `attempt` (1-based): exponential, capped, 'equal jitter'."""
         cap = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
         return cap * (0.5 + 0.5 * (rng or random).random())
+
+
+OVERLOAD_STATUS = frozenset({429, 503, 529})  # "too much right now", as opposed to a fault
+
+
+@dataclass
+class AIMD:
+    """A share in (floor, 1] of what a caller may send: cut multiplicatively on an overload answer,
+    recovered additively with time (as TCP's congestion window, per second instead of per RTT).
+
+    `cut(sent_at)` reacts at most once per round trip: only an overload answer to an attempt sent
+    *after* the last cut counts, so the answers to the burst already in flight when the server
+    got overloaded cut once, not once each. Sparse overloads (a provider's random 429s) thus cost
+    a small dip, a sustained one halves and halves again down to `floor` within a few round trips.
+    `clock` is shared with the caller so tests can drive it.
+    """
+
+    decrease: float = 0.9        # share kept at each cut
+    recover_per_s: float = 0.5   # share regained per second after a cut
+    floor: float = 0.05
+    clock: Callable[[], float] = time.monotonic
+    cuts: int = field(default=0, init=False)
+    _value: float = field(default=1.0, init=False)             # the share right after the last cut
+    _cut_at: float = field(default=float("-inf"), init=False)
+
+    def __post_init__(self) -> None:
+        if not (0 < self.decrease < 1 and self.recover_per_s > 0 and 0 < self.floor <= 1):
+            raise ValueError("AIMD needs 0 < decrease < 1, recover_per_s > 0 and 0 < floor <= 1")
+
+    @property
+    def value(self) -> float:
+        """The share now: 1.0 when no overload was seen lately."""
+        return min(1.0, self._value + self.recover_per_s * max(0.0, self.clock() - self._cut_at))
+
+    def cut(self, sent_at: float) -> bool:
+        """An attempt sent at `sent_at` met an overload: cut the share unless it was already cut
+        after that attempt left. Returns whether it cut."""
+        if sent_at < self._cut_at:
+            return False
+        now = self.clock()
+        self._value = max(self.floor, self.value * self.decrease)
+        self._cut_at = now
+        self.cuts += 1
+        return True
+
+
+class AdaptiveGate:
+    """At most `limit * aimd.value` (at least 1) requests in flight: a server that answers
+    429/503 because it is busy gets fewer concurrent requests, and the refused ones wait here,
+    before `post_json` spends an attempt on them (time in `before_attempt` is not counted
+    against the deadline), instead of all coming back as soon as their Retry-After passes."""
+
+    def __init__(self, limit: int, aimd: AIMD | None = None):
+        self.limit = limit
+        self.aimd = aimd or AIMD()
+        self.in_flight = 0
+        self._cond = asyncio.Condition()
+
+    @property
+    def allowed(self) -> int:
+        return max(1, int(self.limit * self.aimd.value))
+
+    async def acquire(self) -> float:
+        """Wait for a slot; returns the send time to hand back to `release`."""
+        async with self._cond:
+            while self.in_flight >= self.allowed:
+                try:  # the share recovers with time, not only when a slot frees
+                    await asyncio.wait_for(self._cond.wait(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
+            self.in_flight += 1
+        return self.aimd.clock()
+
+    def release(self, sent_at: float, overloaded: bool) -> None:
+        self.in_flight -= 1
+        if overloaded:
+            self.aimd.cut(sent_at)
+        asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
 
 
 class HTTPStatusError(PersdError):

@@ -116,3 +116,25 @@ def test_urls_and_usage_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # as on a machine without vLLM
     with pytest.raises(UsageError, match=r"pip install -e '\.\[vllm\]'"):
         create_student(StudentConfig(backend="vllm", model="m"))
+
+
+async def test_a_server_refusing_429_and_503_under_load_gets_fewer_attempts_and_answers_all():
+    # vLLM behind a gateway that answers only 8 requests at a time and refuses the rest with
+    # 429 or 503 (Retry-After 50 ms). 96 requests, 64 allowed in flight by the client: every
+    # request is answered, within the usual attempt budget, and the refusals stay bounded
+    # because the backend cuts its concurrency on overload answers (AIMD) instead of
+    # re-sending every refused request as soon as its Retry-After passes.
+    from persd.runtime.teacher.local_server import LocalOpenAIServer
+
+    async with LocalOpenAIServer(latency_s=0.02, max_concurrent=8, overload_statuses=(429, 503)) as server:
+        student = create_student(StudentConfig(backend="openai", url=server.base_url, model="m",
+                                               max_concurrency=64))
+        student.policy = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05, deadline_s=60,
+                                     request_timeout_s=5)
+        async with student:
+            reqs = [StudentRequest(prompt=f"# {i}\n", params=SamplingParams(max_tokens=8)) for i in range(96)]
+            outs = await asyncio.gather(*(student.generate(r) for r in reqs))
+    assert [o.texts for o in outs] == [[f"echo: # {i}\n"] for i in range(96)]
+    refused = server.stats["overloaded"]
+    assert server.peak_busy <= 8
+    assert refused <= 96  # at most one refusal per request on average: no storm

@@ -43,8 +43,10 @@ async def test_tpm_is_paced_on_estimates_and_reconciled_with_usage():
     assert snap["tokens_in"] + snap["tokens_out"] == sum(a.tokens for a in server.answered)
 
 
-async def test_a_429_holds_every_caller_for_its_retry_after():
-    plan = FaultPlan(script=["429"], retry_after_s=0.3)
+async def test_an_own_budget_429_holds_every_caller_for_its_retry_after():
+    # The 429 says the budget is used up (x-ratelimit-remaining-requests: 0): the next request
+    # would be refused too, so nobody is sent until the server says one fits again.
+    plan = FaultPlan(script=["429"], retry_after_s=0.3, exhausted_429=True)
     async with LocalOpenAIServer(faults=plan) as server:
         cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=600, tpm=None, retry=FAST)
         async with TeacherClient(cfg) as teacher:
@@ -55,7 +57,28 @@ async def test_a_429_holds_every_caller_for_its_retry_after():
     assert len(later) == 8
     # nothing at all was sent during the shared cool-down, not only the rejected request's retry
     assert all(a.t >= t429 + 0.3 for a in later)
-    assert snap["http_429"] == 1 and snap["retries_by_cause"] == {"http_429": 1}
+    assert snap["http_429"] == 1 and snap["http_429_own"] == 1 and snap["retries_by_cause"] == {"http_429": 1}
+
+
+async def test_a_foreign_429_holds_only_its_own_request():
+    # A 429 whose headers show room left (an overloaded provider, a shared organisation limit):
+    # only that request waits its 2 s Retry-After; the others keep being sent meanwhile.
+    plan = FaultPlan(script=["429"], retry_after_s=2.0)
+    async with LocalOpenAIServer(rpm=60_000, window_s=1.0, faults=plan) as server:
+        cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=60_000, tpm=None,
+                            max_in_flight=4, retry=FAST)
+        async with TeacherClient(cfg) as teacher:
+            await asyncio.gather(*(teacher.chat(ask(f"c{i}")) for i in range(12)))
+            snap = teacher.metrics.snapshot()
+            paused = teacher.limiter.cooldowns
+    first = server.log[0]
+    assert first.fault == "429"
+    retry = next(a for a in server.log[1:] if a.body == first.body)
+    others = [a for a in server.log[1:] if a is not retry]
+    assert len(others) == 11 and retry is server.log[-1]
+    assert retry.t >= first.t + 2.0  # the refused request honoured its Retry-After...
+    assert all(a.t < first.t + 2.0 for a in others)  # ...while the 11 others were all sent meanwhile
+    assert paused == 0 and snap["http_429"] == 1 and snap["http_429_own"] == 0
 
 
 async def test_in_flight_cap():
@@ -94,3 +117,22 @@ async def test_server_headers_lower_the_pace_and_pause_at_zero_remaining():
 def test_parse_reset():
     assert parse_reset("1s") == 1.0 and parse_reset("6m0s") == 360.0
     assert parse_reset("20ms") == 0.02 and parse_reset("0.5") == 0.5 and parse_reset("") is None
+
+
+async def test_limits_announced_only_in_headers_never_overfill_a_window():
+    # Told 4800 RPM, the server enforces 1200 per minute and says so only in its x-ratelimit-*
+    # headers. The sends that left at 4800 before the first answer came back are re-costed at
+    # 1200, so that 1 s window and every later one holds at most 20 requests. (A token bucket of
+    # one window, as providers run, would have let more through: the server does not protect it.)
+    async with LocalOpenAIServer(rpm=1200, window_s=1.0, latency_s=0.1) as server:
+        cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=4800, tpm=None, headroom=0.95,
+                            jitter_s=0.03, cold_start_s=0.0, retry=FAST)
+        async with TeacherClient(cfg) as teacher:
+            await asyncio.gather(*(teacher.chat(ask(f"h{i}")) for i in range(45)))
+            limit = teacher.limiter.rpm_limit
+    assert limit == 1200
+    fast = [a.t for a in server.log if a.t < server.log[0].t + 0.1]
+    assert len(fast) >= 3  # the first answer took a while: several left at the higher pace
+    assert server.stats["rate_limited"] == 0
+    most, _ = server.max_in_window()
+    assert most <= 20

@@ -11,8 +11,10 @@ import pytest
 
 from persd.runtime.http import RetryPolicy
 from persd.runtime.teacher import ChatRequest, RateLimiter, TeacherClient, TeacherConfig
+from persd.runtime.teacher.limiter import Permit
 from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
+FOREIGN = "foreign"
 FAST = RetryPolicy(max_attempts=8, base_delay_s=0.01, max_delay_s=0.05, deadline_s=30, request_timeout_s=5)
 
 
@@ -20,7 +22,8 @@ class Sim:
     """A backlog of requests driven through `RateLimiter.try_acquire` on a simulated clock.
 
     `refuse(i)` -> None, or (seconds until the refusal comes back, cool-down it asks for) for
-    attempt i; a refused attempt is refunded then, and retried at the back of the queue.
+    attempt i; a refused attempt is refunded then, and retried at the back of the queue. A
+    cool-down of FOREIGN is a 429 whose headers show room left: `on_429` sorts it out (AIMD).
     `late(i)` is the timer lateness of each wake-up. Answers settle `latency` after sending."""
 
     def __init__(self, rpm=1200, headroom=0.95, window_s=0.5, jitter_s=0.001, latency=0.01):
@@ -31,6 +34,8 @@ class Sim:
         self.events: list = []
         self.seq = itertools.count()
         self.admitted: list[float] = []
+        self.sent: list[float] = []  # every attempt, refused ones included
+        self.foreign = 0
 
     def at(self, t, fn):
         heapq.heappush(self.events, (t, next(self.seq), fn))
@@ -49,6 +54,7 @@ class Sim:
                     self.now = wake
                 continue
             permit, sent, todo = got, self.now, todo - 1
+            self.sent.append(sent)
             refusal = refuse(attempt)
             attempt += 1
             if refusal is None:
@@ -59,7 +65,10 @@ class Sim:
 
                 def refused(p=permit, cool=cool):
                     nonlocal todo
-                    if cool:
+                    if cool == FOREIGN:
+                        self.limiter.on_429(p, {"x-ratelimit-remaining-requests": "5"}, 2.0, 1.0)
+                        self.foreign += 1
+                    elif cool:
                         self.limiter.cool_down(cool)
                     self.limiter.refund(p)
                     todo += 1  # retried behind the others
@@ -119,8 +128,8 @@ def test_no_window_over_the_limit_whatever_the_faults_and_timer_lateness(seed):
     rng = random.Random(seed)
 
     def refuse(i):
-        if rng.random() < 0.15:  # 429s and 5xx, answered fast or slowly, some with a cool-down
-            return (rng.choice([0.001, 0.003, 0.02, 0.08, 0.3]), rng.choice([0.0, 0.01, 0.02, 0.05]))
+        if rng.random() < 0.15:  # 429s (own and foreign) and 5xx, answered fast or slowly
+            return (rng.choice([0.001, 0.003, 0.02, 0.08, 0.3]), rng.choice([0.0, 0.01, 0.02, 0.05, FOREIGN]))
         return None
 
     for window, rpm, headroom in ((0.5, 1200, 0.95), (1.0, 1200, 0.98), (1.0, 600, 0.98)):
@@ -133,13 +142,14 @@ def test_no_window_over_the_limit_whatever_the_faults_and_timer_lateness(seed):
 
 async def test_catch_up_against_the_sliding_window_server():
     # 1200 RPM enforced over strict 0.5 s sliding windows (10 requests), 25% injected 429s each
-    # asking for a 30 ms cool-down; the client is told the window. No self-provoked 429, no
-    # window over 10, and each cool-down costs the schedule less than the cool-down itself.
-    plan = FaultPlan(p_429=0.25, retry_after_s=0.03, seed=3)
+    # saying the budget is used up (another process on the key) and asking for a 30 ms cool-down;
+    # the client is told the window. No self-provoked 429, no window over 10, and each cool-down
+    # costs the schedule less than the cool-down itself.
+    plan = FaultPlan(p_429=0.25, retry_after_s=0.03, exhausted_429=True, seed=3)
     async with LocalOpenAIServer(rpm=1200, window_s=0.5, limit_mode="sliding", faults=plan,
                                  latency_s=0.01) as server:
         cfg = TeacherConfig(base_url=server.base_url, model="gpt-4o-mini", rpm=1200, tpm=None,
-                            headroom=0.95, limit_window_s=0.5, retry=FAST)
+                            headroom=0.95, limit_window_s=0.5, cold_start_s=0.0, retry=FAST)
         async with TeacherClient(cfg) as teacher:
             answers = await asyncio.gather(*(teacher.chat(ChatRequest(messages=[{"role": "user", "content": f"q{i}"}]))
                                              for i in range(60)))
@@ -153,3 +163,128 @@ async def test_catch_up_against_the_sliding_window_server():
     assert cool_downs >= 5 and tolerance > 0.015
     lost_each = ((admitted[-1] - admitted[0]) - (len(admitted) - 1) * 60 / (1200 * 0.95)) / cool_downs
     assert lost_each < 0.03  # without the tolerance each would cost 30 ms + the refusal's round trip
+
+
+def test_foreign_429s_cut_the_pace_then_it_recovers_additively():
+    now = [0.0]
+    limiter = RateLimiter(1200, None, headroom=1.0, clock=lambda: now[0])
+    interval, up = 60 / 1200, limiter.aimd.recover_per_s
+    room = {"x-ratelimit-remaining-requests": "7", "x-ratelimit-reset-requests": "400ms"}
+    sent = limiter.try_acquire(1)
+    now[0] = 0.1
+    assert limiter.on_429(sent, room, 2.0, 1.0) is False  # not about our budget
+    assert limiter.cooling_down == 0.0 and limiter.pace == pytest.approx(0.9)
+    # the answers to attempts already in flight at the cut do not cut again
+    limiter.on_429(Permit(0.05, 1), room, 2.0, 1.0)
+    assert limiter.pace == pytest.approx(0.9) and limiter.aimd.cuts == 1
+    limiter.refund(sent)
+    first = limiter.try_acquire(1)
+    assert isinstance(first, Permit)  # the refund gave the slot back, and nobody pauses
+    assert limiter.try_acquire(1) == pytest.approx(interval)  # one cut leaves room for the refused attempts
+    def send() -> Permit:
+        got = limiter.try_acquire(1)
+        if isinstance(got, float):
+            now[0] += got + 1e-9
+            got = limiter.try_acquire(1)
+        assert isinstance(got, Permit)
+        return got
+
+    # an overload that goes on: each attempt sent after the last cut is refused and cuts again
+    for _ in range(6):
+        got = send()
+        limiter.refund(got)
+        limiter.on_429(got, room, 2.0, 1.0)
+    assert limiter.aimd.cuts == 7 and limiter.pace < 0.6
+    pace, cut_at = limiter.pace, now[0]
+    # every attempt, refused or not, now leaves at pace * margin * the limit on average (a window's
+    # burst allowed): over 5 s (the pace held still), well under what the limit allows
+    limiter.aimd.recover_per_s = 1e-12
+    sent_at = []
+    while now[0] < cut_at + 5.0:
+        got = send()
+        sent_at.append(now[0])
+        limiter.refund(got)
+    assert len(sent_at) <= (5.0 + limiter.window_s) * pace * limiter.attempt_margin / interval + 2
+    assert len(sent_at) < 0.8 * 5.0 / interval
+    limiter.aimd.recover_per_s = up
+    now[0] = cut_at
+    now[0] = cut_at + 0.2
+    assert limiter.pace == pytest.approx(pace + up * 0.2)  # additive recovery, per second
+    now[0] = cut_at + (1 - pace) / up + 0.01
+    assert limiter.pace == 1.0
+
+
+def test_an_own_budget_429_pauses_everyone_until_the_reset():
+    now = [0.0]
+    limiter = RateLimiter(1200, 100_000, clock=lambda: now[0])
+    sent = limiter.try_acquire(300)
+    # no Retry-After: the reset of the exhausted limit says how long
+    assert limiter.on_429(sent, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "250ms"},
+                          None, 1.0) is True
+    assert limiter.cooling_down == pytest.approx(0.25) and limiter.pace == 1.0
+    # tokens: remaining below what this request needs is the budget too; Retry-After wins
+    assert limiter.on_429(sent, {"x-ratelimit-remaining-requests": "9", "x-ratelimit-remaining-tokens": "120",
+                                 "x-ratelimit-reset-tokens": "3s"}, 0.6, 1.0) is True
+    assert limiter.cooling_down == pytest.approx(0.6) and limiter.pace == 1.0
+
+
+def test_our_own_record_says_a_429_was_ours_when_the_window_was_full():
+    # No headers at all: a 429 for an attempt that left when the last window already held the
+    # limit's worth (20 at 1200 RPM over 1 s, possible only after the limit was lowered under
+    # us) is ours; one sent into a window with room is not.
+    now = [0.0]
+    limiter = RateLimiter(2400, None, headroom=1.0, window_s=1.0, clock=lambda: now[0])
+    permits = []
+    for i in range(21):
+        now[0] = i * 0.0251
+        got = limiter.try_acquire(1)
+        assert isinstance(got, Permit)
+        permits.append(got)
+    assert limiter.on_429(permits[5], None, 0.5, 1.0) is False  # 6th in its window: room
+    assert limiter.cooling_down == 0.0
+    limiter.rpm_limit = 1200
+    assert limiter.on_429(permits[20], None, 0.5, 1.0) is True  # 21st in 0.5 s, limit 20 a window
+    assert limiter.cooling_down == pytest.approx(0.5)
+
+
+def test_an_overload_gets_fewer_requests_and_the_pace_comes_back():
+    # Every attempt sent in [1 s, 3 s) of the run is refused by an overloaded provider (not
+    # our budget); the refusal comes back after 50 ms. The pace falls to a fraction of the limit
+    # during the overload, and is back at the limit within a few seconds after it.
+    def run(decrease):
+        sim = Sim(rpm=1200, headroom=0.98, window_s=1.0)
+        sim.limiter.aimd.decrease = decrease
+        start = sim.now
+
+        def refuse(i):
+            return (0.05, FOREIGN) if 1.0 <= sim.now - start < 3.0 else None
+        sim.run(160, refuse=refuse)
+        rel = [t - start for t in sim.sent]
+        return sim, rel
+
+    sim, rel = run(0.9)
+    limit_rate = 1200 / 60
+    assert sum(2.0 <= t < 3.0 for t in rel) < 0.6 * limit_rate  # in its 2nd second: well under the limit
+    after = sorted(t for t in rel if t >= 3.0)
+    late = [t for t in after if t >= after[0] + 4.0]  # 4 s after the overload: full pace again
+    gaps = [b - a for a, b in zip(late, late[1:])]
+    assert gaps and max(gaps) == pytest.approx(60 / (1200 * 0.98), rel=1e-6)
+    assert most_in_window(sim.admitted, 1.0) <= 20
+    # without the cut (exact refunds alone), the overloaded provider would get more than the limit
+    _, rel_flat = run(0.999999)
+    assert sum(1.0 <= t < 3.0 for t in rel_flat) > 2.0 * limit_rate
+
+
+def test_after_idle_the_schedule_starts_cold_start_late():
+    # The first requests after an idle spell open connections and may reach the server late:
+    # the schedule starts cold_start_s later, once per idle spell, not for every request.
+    now = [0.0]
+    limiter = RateLimiter(1200, None, headroom=1.0, cold_start_s=0.1, clock=lambda: now[0])
+    assert isinstance(limiter.try_acquire(1), Permit)  # the first leaves at once
+    assert limiter.try_acquire(1) == pytest.approx(0.1 + 0.05)
+    now[0] = 0.16  # a late wake-up is not an idle spell
+    assert isinstance(limiter.try_acquire(1), Permit)
+    assert limiter.try_acquire(1) == pytest.approx(0.05)  # then the plain interval
+    now[0] = 10.0  # idle again: one more cold start
+    assert isinstance(limiter.try_acquire(1), Permit)
+    assert limiter.try_acquire(1) == pytest.approx(0.15)

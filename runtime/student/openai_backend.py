@@ -3,7 +3,9 @@
 Base models go to `/v1/completions` (prompt), instruct models to `/v1/chat/completions`
 (messages). One pooled aiohttp session carries hundreds of concurrent requests; transient
 faults (429, 5xx, timeouts, dropped connections, malformed bodies) are retried by the
-shared `persd.runtime.http.post_json`, the same machinery the teacher uses.
+shared `persd.runtime.http.post_json`, the same machinery the teacher uses. A server that
+refuses work because it is busy (429/503, as vLLM behind a gateway does) cuts the number of
+requests in flight (`AdaptiveGate`, AIMD), which recovers additively once it answers again.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import aiohttp
 import orjson
 
 from persd.runtime.errors import ConfigError, PersdError
-from persd.runtime.http import HTTPStatusError, RetryPolicy, post_json
+from persd.runtime.http import (AIMD, OVERLOAD_STATUS, AdaptiveGate, AttemptOutcome, HTTPStatusError, RetryPolicy,
+                                post_json)
 from persd.runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
 
 REQUEST_ERRORS = frozenset({400, 413, 422})  # this request is bad (too long, bad params); others may be fine
@@ -102,6 +105,7 @@ class OpenAIStudent(BaseStudent):
                                   deadline_s=max(config.request_timeout_s * 2, 600.0))
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {}
+        self.gate = AdaptiveGate(config.max_concurrency, AIMD(decrease=0.5))  # halve, as TCP does
 
     async def start(self) -> None:
         if self._started:
@@ -151,13 +155,29 @@ class OpenAIStudent(BaseStudent):
         chat = request.messages is not None
         url = f"{self.base_url}/chat/completions" if chat else f"{self.base_url}/completions"
         self.stats.requests += 1
+        sent_at: float | None = None  # set while this request holds a slot of the gate
+
+        async def before_attempt() -> None:
+            nonlocal sent_at
+            sent_at = await self.gate.acquire()
+
+        def after_attempt(outcome: AttemptOutcome) -> None:
+            nonlocal sent_at
+            if sent_at is not None:
+                self.gate.release(sent_at, outcome.status in OVERLOAD_STATUS)
+                sent_at = None
+
         try:
             body, _ = await post_json(
                 self._session, url, payload_for(self.model, request), headers=self._headers,
                 policy=self.policy, on_retry=self._retried, validate=choices_validator(request.params.n, chat),
+                before_attempt=before_attempt, after_attempt=after_attempt,
             )
         except HTTPStatusError as exc:
             if exc.status in REQUEST_ERRORS:
                 raise RequestRejected(f"the student server rejected the request: HTTP {exc.status}: {exc.body[:500]}") from exc
             raise
+        finally:
+            if sent_at is not None:  # cancelled mid-attempt: give the slot back
+                self.gate.release(sent_at, False)
         return parse_output(body, chat)

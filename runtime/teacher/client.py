@@ -9,7 +9,7 @@ import aiohttp
 import orjson
 
 from persd.runtime.errors import ConfigError
-from persd.runtime.http import AttemptOutcome, HTTPStatusError, RetriesExhausted, post_json
+from persd.runtime.http import AIMD, AttemptOutcome, HTTPStatusError, RetriesExhausted, post_json
 from persd.runtime.teacher.budget import Budget, Reservation
 from persd.runtime.teacher.config import TeacherConfig
 from persd.runtime.teacher.errors import BudgetExceeded, TeacherError
@@ -34,7 +34,9 @@ class TeacherClient:
         self.prices = PriceTable(config.prices)
         self._check_price(config.model)
         self.limiter = RateLimiter(config.rpm, config.tpm, headroom=config.headroom,
-                                   window_s=config.limit_window_s, jitter_s=config.jitter_s)
+                                   window_s=config.limit_window_s, jitter_s=config.jitter_s,
+                                   cold_start_s=config.cold_start_s,
+                                   aimd=AIMD(decrease=config.aimd_decrease, recover_per_s=config.aimd_recover_per_s))
         self.budget = Budget(config.max_cost_usd)
         self.metrics = TeacherMetrics(config.rpm, config.tpm)
         self.journal = Journal(config.journal_path) if config.journal_path else None
@@ -126,13 +128,15 @@ class TeacherClient:
             self.metrics.attempts += 1
 
         def after_attempt(outcome: AttemptOutcome) -> None:
-            self.limiter.observe(outcome.headers)
+            if outcome.status == 429:  # ours: everyone pauses; not ours: this one waits, the pace dips
+                self.metrics.http_429 += 1
+                own = self.limiter.on_429(permit, outcome.headers, outcome.retry_after_s,
+                                          self.config.default_cooldown_s)
+                self.metrics.http_429_own += own
+            else:
+                self.limiter.observe(outcome.headers)
             if outcome.cause is None:
                 return
-            if outcome.status == 429:
-                self.metrics.http_429 += 1
-                self.limiter.cool_down(outcome.retry_after_s if outcome.retry_after_s is not None
-                                       else self.config.default_cooldown_s)
             rejected = outcome.status is not None and (outcome.status == 429 or outcome.status >= 500)
             if (rejected or not outcome.sent) and permit is not None:
                 self.limiter.refund(permit)  # the server did not count it: neither do we

@@ -22,6 +22,9 @@ class TeacherConfig:
     (timer lateness, catching up after a shared cool-down); see `persd.runtime.teacher.limiter`.
     `reconcile_tokens` gives back (estimate - usage) tokens once the answer arrives; turn it off
     for providers that charge `max_tokens` against TPM whatever the answer's length.
+    A 429 that is not about this client's budget (a provider's overload) cuts the pace to
+    `aimd_decrease` of itself, at most once per round trip, and it recovers by `aimd_recover_per_s`
+    (of the limit) per second; see `persd.runtime.teacher.limiter`.
     `prices` overrides the price table: {model: (input, output) USD per 1M tokens}.
     """
 
@@ -39,7 +42,10 @@ class TeacherConfig:
     limit_window_s: float = 1.0  # shortest window over which the provider may enforce rpm/tpm
     jitter_s: float = 0.005      # how much the network may bunch requests up on the way
     reconcile_tokens: bool = True
-    default_cooldown_s: float = 1.0  # shared pause after a 429 that names no Retry-After
+    default_cooldown_s: float = 1.0  # shared pause after an own-budget 429 that names no Retry-After
+    aimd_decrease: float = 0.9       # pace kept at each cut after a 429 that is not about our budget
+    aimd_recover_per_s: float = 0.5  # pace regained per second after a cut
+    cold_start_s: float = 0.1        # the schedule starts this late after idle (new connections arrive late)
     extra_headers: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
@@ -64,6 +70,12 @@ class TeacherConfig:
             raise bad("headroom", "must be in (0, 1]")
         if not self.limit_window_s > 0:
             raise bad("limit_window_s", "must be positive")
+        if not 0 < self.aimd_decrease < 1:
+            raise bad("aimd_decrease", "must be in (0, 1)")
+        if not self.aimd_recover_per_s > 0:
+            raise bad("aimd_recover_per_s", "must be positive")
+        if not self.cold_start_s >= 0:
+            raise bad("cold_start_s", "must not be negative")
         if not self.jitter_s >= 0:
             raise bad("jitter_s", "must not be negative")
 

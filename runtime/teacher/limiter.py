@@ -31,6 +31,11 @@ cannot be banked safely: after any gap, a catch-up of more than `W * (1/headroom
 window that starts at the end of the gap over the limit, however long the gap was. Idle time
 beyond the tolerance is never banked, so a minute's budget never leaves in a burst.
 
+**Cold start.** The first requests after an idle spell (a window or more with nothing due) open
+new connections (TCP, TLS) and reach the server later than the ones after them, which bunches the
+first window up. The schedule therefore starts `cold_start_s` late: charged once per idle spell,
+it keeps that window within the limit too.
+
 **Refunds and reconciliation are exact.** Every charge stays in a short ledger until its fate is
 known. An attempt the server rejected without counting it (429, 5xx, not sent) is re-costed at 0,
 and an answer's `usage` replaces its token estimate; `tat` is then recomputed by replaying the
@@ -39,10 +44,27 @@ start, so a refund never credits more than the slot really freed (a late refund 
 burst), and over-estimated tokens come back in full. A settled charge at the head of the ledger
 is folded into the starting point; the ledger holds roughly the requests in flight.
 
-**Server headers.** `x-ratelimit-limit-*` below our configured limit lowers our pace;
-`x-ratelimit-remaining-*` at zero pauses everyone until `x-ratelimit-reset-*`. A positive
+**Server headers.** `x-ratelimit-limit-*` below our configured limit lowers our pace (and the
+last window's sends are re-costed at the lower limit, so the switch itself cannot overfill a
+window); `x-ratelimit-remaining-*` at zero pauses everyone until `x-ratelimit-reset-*`. A positive
 `remaining` is not used to send early: it is stale by the requests in flight and, at OpenAI, it
 counts the minute's budget while shorter windows may be enforced.
+
+**Two kinds of 429** (`on_429`). A 429 that says *this client* is over its budget (the answer's
+`x-ratelimit-remaining-*` has no room for the request, or our own record of the last window's
+sends shows the window was already full) pauses everyone: the next request would be refused too.
+Any other 429 (a shared
+organisation limit, an overloaded provider, a gateway) says nothing about our budget: only that
+request waits for its Retry-After, the others keep their schedule, and the pace is cut
+multiplicatively and recovered additively (`persd.runtime.http.AIMD`, at most one cut per round
+trip). While the pace is below 1, a third schedule spaces *every attempt*, refused ones included,
+at `pace * attempt_margin` times the limit on average (a window's worth of burst allowed): exact
+refunds alone would let an overloaded provider that refuses everything receive attempts as fast as
+they come back. The margin (1.25) and the burst leave room for the refused attempts a client at
+its full budget sends anyway (a provider's few random 429s and 5xx, retried at once), so a lone
+cut binds nothing and costs nothing; a sustained overload cuts again every round trip and the
+attempts fall well below the limit. At pace 1 that schedule is off. The pace only ever slows
+sending, so the window guarantee above holds whatever it does.
 """
 from __future__ import annotations
 
@@ -52,6 +74,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from persd.runtime.http import AIMD
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -90,21 +114,34 @@ class RateLimiter:
     MAX_LEDGER = 2048  # charges awaiting their fate; beyond, the oldest are taken as final
 
     def __init__(self, rpm: float, tpm: float | None, *, headroom: float = 0.98, window_s: float = 1.0,
-                 jitter_s: float = 0.005, max_burst: float = 2.0,
+                 jitter_s: float = 0.005, max_burst: float = 2.0, aimd: AIMD | None = None,
+                 attempt_margin: float = 1.25, cold_start_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic):
         self.rpm_config, self.tpm_config = float(rpm), (float(tpm) if tpm else None)
         self.rpm_limit, self.tpm_limit = self.rpm_config, self.tpm_config
         self.headroom = headroom
         self.window_s, self.jitter_s, self.max_burst = window_s, jitter_s, max_burst
+        self.attempt_margin, self.cold_start_s = attempt_margin, cold_start_s
         self.clock = clock
         self._tat_req = self._tat_tok = 0.0    # the schedules now
+        self._tat_att = 0.0                    # the schedule of attempts (refused ones too), under AIMD
+        self._cold_at = float("-inf")          # when the schedule last started from idle
         self._base_req = self._base_tok = 0.0  # the schedules before the ledger's first charge
+        self._floor_req = self._floor_tok = 0.0  # lower bounds from a re-costing (limits lowered)
         self._ledger: deque[Permit] = deque()
+        self._sent: deque[Permit] = deque()  # every charge of the last window (own-budget check)
+        self.aimd = aimd if aimd is not None else AIMD(clock=clock)
+        self.aimd.clock = clock
         self._cool_until = 0.0
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self.cooldowns = 0
         self.waiting = 0
+
+    @property
+    def pace(self) -> float:
+        """The share of the limits sent now: 1 unless foreign 429s said the provider is overloaded."""
+        return self.aimd.value
 
     @property
     def _req_interval(self) -> float:
@@ -147,18 +184,31 @@ class RateLimiter:
         seconds to wait (nothing charged). `acquire` is this plus FIFO waiting."""
         now = self.clock() if now is None else now
         tolerance = self.tolerance_s
-        wait = max(self._cool_until, self._tat_req - tolerance, self._tat_tok - tolerance) - now
+        pace = self.pace
+        attempts = self._tat_att - self.window_s if pace < 1.0 else 0.0  # the average, a window's burst
+        wait = max(self._cool_until, self._tat_req - tolerance, self._tat_tok - tolerance, attempts) - now
         if wait > 0:
             return wait
+        # every attempt, refused or not, at pace * the limit while the provider is overloaded
+        start = max(self._tat_att, now) if pace < 1.0 else now
+        self._tat_att = start + self._req_interval / (pace * self.attempt_margin)
         permit = Permit(now, tokens, self._req_interval, tokens * self._tok_interval)
         if self._tat_req <= now and self._tat_tok <= now:  # idle: nothing earlier can matter again
+            # a cold start after a window or more with nothing due, not after a late wake-up
+            idle = not self._ledger and not self._sent or max(self._tat_req, self._tat_tok) + self.window_s <= now
+            cold = self.cold_start_s if idle else 0.0
             self._fold(len(self._ledger))
-            self._base_req = self._base_tok = now
+            self._base_req = self._base_tok = self._tat_req = self._tat_tok = now + cold
+            if cold:
+                self._cold_at = now
         self._tat_req = max(self._tat_req, now) + permit.req_cost
         self._tat_tok = max(self._tat_tok, now) + permit.tok_cost
         self._ledger.append(permit)
         if len(self._ledger) > self.MAX_LEDGER:
             self._fold(1)
+        self._sent.append(permit)
+        while self._sent and self._sent[0].sent_at <= now - 2 * self.window_s:
+            self._sent.popleft()
         return permit
 
     def refund(self, permit: Permit) -> None:
@@ -204,8 +254,50 @@ class RateLimiter:
         for p in self._ledger:
             req = max(req, p.sent_at) + p.req_cost
             tok = max(tok, p.sent_at) + p.tok_cost
-        self._tat_req, self._tat_tok = req, tok
+        self._tat_req, self._tat_tok = max(req, self._floor_req), max(tok, self._floor_tok)
         self._changed.set()
+
+    def _recost(self) -> None:
+        """The limits were lowered: the schedule becomes at least what the last window's sends
+        would have left at the new limits, so they and the next ones fit the new windows."""
+        horizon = self.clock() - self.window_s
+        req = tok = self._cold_at + self.cold_start_s if self._cold_at > horizon else float("-inf")
+        for p in self._sent:
+            if p.sent_at > horizon and not p.refunded:
+                req = max(req, p.sent_at) + self._req_interval
+                tok = max(tok, p.sent_at) + p.tokens * self._tok_interval
+        self._floor_req, self._floor_tok = max(self._floor_req, req), max(self._floor_tok, tok)
+        self._tat_req, self._tat_tok = max(self._tat_req, req), max(self._tat_tok, tok)
+        self._changed.set()
+
+    def window_full(self, permit: Permit) -> bool:
+        """Our own record: the window that ends with this attempt already held the limit's worth
+        of requests or tokens before it, so the attempt itself was over (a 429 is then ours)."""
+        start = permit.sent_at - self.window_s
+        before = [p for p in self._sent if start < p.sent_at <= permit.sent_at
+                  and p is not permit and not p.refunded]
+        if len(before) + 1 > self.rpm_limit * self.window_s / 60.0:
+            return True
+        if self.tpm_limit:
+            return sum(p.tokens for p in before) + permit.tokens > self.tpm_limit * self.window_s / 60.0
+        return False
+
+    def on_429(self, permit: Permit | None, headers: Mapping[str, str] | None,
+               retry_after_s: float | None, default_s: float) -> bool:
+        """Sort a 429 out (see the module docstring); returns True when it was about our budget.
+
+        Ours: everyone pauses until the server says a request fits again (its Retry-After, else the
+        reset of the exhausted limit, else `default_s`). Not ours: the pace is cut (AIMD) and nobody
+        pauses; the caller retries that request alone after its Retry-After."""
+        self.observe(headers, pause=False)
+        exhausted = _exhausted(headers, permit.tokens if permit is not None else 1)
+        own = exhausted is not None or (permit is not None and self.window_full(permit))
+        if own:
+            wait = retry_after_s if retry_after_s is not None else (exhausted or default_s)
+            self.cool_down(wait)
+        elif permit is not None and self.aimd.cut(permit.sent_at):
+            self._changed.set()
+        return own
 
     def cool_down(self, seconds: float) -> None:
         """Hold every caller back for `seconds` (one shared pause, extended, never stacked)."""
@@ -215,22 +307,39 @@ class RateLimiter:
             self.cooldowns += 1
             self._changed.set()
 
-    def observe(self, headers: Mapping[str, str] | None) -> None:
+    def observe(self, headers: Mapping[str, str] | None, pause: bool = True) -> None:
         """Follow the server's own view of our limits when it sends x-ratelimit-* headers."""
         if not headers:
             return
+        lowered = False
         for kind in ("requests", "tokens"):
             limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
             if limit and limit > 0:
                 if kind == "requests" and limit < self.rpm_config:
+                    lowered |= limit < self.rpm_limit
                     self.rpm_limit = limit
                 elif kind == "tokens" and self.tpm_config and limit < self.tpm_config:
+                    lowered |= self.tpm_limit is not None and limit < self.tpm_limit
                     self.tpm_limit = limit
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
-            if remaining is not None and remaining <= 0:
+            if pause and remaining is not None and remaining <= 0:
                 reset = parse_reset(headers.get(f"x-ratelimit-reset-{kind}"))
                 if reset:
                     self.cool_down(reset)
+        if lowered:
+            self._recost()
+
+
+def _exhausted(headers: Mapping[str, str] | None, tokens: int) -> float | None:
+    """When the headers say there is no room left for a request of `tokens`: seconds until the
+    exhausted limit resets (0.0 if they do not say); None when they show room, or say nothing."""
+    if not headers:
+        return None
+    for kind, need in (("requests", 1), ("tokens", tokens)):
+        remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+        if remaining is not None and remaining < need:
+            return parse_reset(headers.get(f"x-ratelimit-reset-{kind}")) or 0.0
+    return None
 
 
 def _number(value: str | None) -> float | None:

@@ -5,7 +5,10 @@ aiohttp on 127.0.0.1 and a random port. Answers come from a `responder(request_b
 (`limit_mode="bucket"`: capacity = one window's budget, refilled continuously, as providers do)
 or as a strict sliding window log (`"sliding"`). Faults are injected from a `FaultPlan`: 429
 with Retry-After, 408/409/500/503, malformed JSON, dropped connections, truncated bodies,
-empty choices, slow answers, and non-retryable 400/401/403/404. Everything received is
+empty choices, slow answers, non-retryable 400/401/403/404, and an overload burst (for a while,
+a share of all requests get 429). With `ratelimit_headers`, every answer, 429s included, carries
+OpenAI's integer `x-ratelimit-*` headers: a 429 for the client's own limit shows no room left,
+an injected (overload) 429 shows the room the client really has. Everything received is
 recorded (`received`, `log`, `stats`), so tests can check what a client really sent.
 
     async with LocalOpenAIServer(lambda body: "def f(): ...", rpm=600, window_s=1) as server:
@@ -56,6 +59,12 @@ class FaultPlan:
     retry_after_s: float | None = 1.0  # on injected 429s; None sends no Retry-After
     script: Sequence[str] = ()
     seed: int = 0
+    burst_at_s: float = 0.0            # an overload burst: from this many seconds after the first request,
+    burst_s: float = 0.0               # for this long,
+    burst_p_429: float = 0.0           # this share of all requests get 429,
+    burst_retry_after_s: float = 1.0   # with this Retry-After
+    exhausted_429: bool = False        # injected 429s say the client's budget is used up (remaining 0),
+                                       # as when another process spends the same key's limit
 
     def __post_init__(self) -> None:
         bad = [f for f in self.script if f not in FAULTS]
@@ -79,6 +88,7 @@ class Arrival:
     tokens: int = 0     # tokens counted against TPM (admitted requests only)
     admitted: bool = False  # passed the rate limits (counted in the window)
     body: dict = field(default_factory=dict)
+    done: float = 0.0   # time.monotonic() when the answer (or refusal) left
 
 
 def default_responder(body: dict) -> str:
@@ -133,10 +143,12 @@ class _Limits:
     def headers(self) -> dict[str, str]:
         """x-ratelimit-* as OpenAI sends them (limits per minute, remaining in this window)."""
         out: dict[str, str] = {}
+        dt = max(0.0, time.monotonic() - self.last)  # the buckets as they are now, not at the last admit
         for kind, limit, cap, level, rate in (("requests", self.rpm, self.req_cap, self.req_level, self.rpm),
                                               ("tokens", self.tpm, self.tok_cap, self.tok_level, self.tpm)):
             if not limit:
                 continue
+            level = min(cap, level + dt * rate / 60)
             if self.mode == "sliding":
                 used = len(self.log) if kind == "requests" else sum(t for _, t in self.log)
                 remaining = max(0.0, cap - used)
@@ -158,6 +170,8 @@ class LocalOpenAIServer:
                  tpm_counts: str = "usage", faults: FaultPlan | None = None, latency_s: float = 0.0,
                  api_key: str | None = None, models: Sequence[str] | None = None,
                  ratelimit_headers: bool = True, count_tokens: Callable[[str], int] = heuristic_tokens,
+                 max_concurrent: int | None = None, overload_statuses: Sequence[int] = (429, 503),
+                 overload_retry_after_s: float | None = 0.05,
                  host: str = "127.0.0.1", port: int = 0):
         if tpm_counts not in ("usage", "max_tokens"):
             raise ValueError("tpm_counts must be 'usage' or 'max_tokens'")
@@ -172,11 +186,17 @@ class LocalOpenAIServer:
         self.count_tokens = count_tokens
         self.estimator = TokenEstimator(count_tokens)
         self.host, self.port = host, port
+        # a server under load (vLLM behind a gateway): beyond `max_concurrent` requests being
+        # answered, refuse with the next of `overload_statuses` (cycled) and its Retry-After
+        self.max_concurrent, self.overload_statuses = max_concurrent, list(overload_statuses)
+        self.overload_retry_after_s = overload_retry_after_s
+        self.busy = self.peak_busy = 0
         self.received: list[dict] = []     # every request body, in arrival order
         self.log: list[Arrival] = []
         self.stats: Counter[str] = Counter()
         self._script = list(self.faults.script)
         self._rng = random.Random(self.faults.seed)
+        self._burst_rng = random.Random(self.faults.seed + 1)
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -240,9 +260,15 @@ class LocalOpenAIServer:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, chat=False)
 
-    def _next_fault(self) -> str:
+    def _next_fault(self, now: float) -> str:
         if self._script:
             return self._script.pop(0)
+        plan = self.faults
+        if plan.burst_s > 0:
+            since = now - self.log[0].t
+            in_burst = plan.burst_at_s <= since < plan.burst_at_s + plan.burst_s
+            if in_burst and self._burst_rng.random() < plan.burst_p_429:
+                return "burst"
         draw, acc = self._rng.random(), 0.0
         for name, p in self.faults._table():
             acc += p
@@ -266,14 +292,34 @@ class LocalOpenAIServer:
         model = body.get("model")
         if self.models is not None and model not in self.models:
             return self._status(arrival, 404, "model_not_found", f"The model `{model}` does not exist.")
-        fault = self._next_fault()
+        if self.max_concurrent is not None and self.busy >= self.max_concurrent:
+            arrival.fault = "overloaded"
+            self.stats["overloaded"] += 1
+            status = self.overload_statuses[self.stats["overloaded"] % len(self.overload_statuses)]
+            wait = self.overload_retry_after_s
+            headers = {} if wait is None else {"retry-after-ms": str(round(wait * 1000)),
+                                               "retry-after": str(math.ceil(wait))}
+            return self._status(arrival, status, "overloaded", "The server is overloaded.", headers)
+        self.busy += 1
+        self.peak_busy = max(self.peak_busy, self.busy)
+        try:
+            return await self._serve_one(request, arrival, body, model, chat)
+        finally:
+            self.busy -= 1
+
+    async def _serve_one(self, request: web.Request, arrival: Arrival, body: dict, model,
+                         chat: bool) -> web.StreamResponse:
+        fault = self._next_fault(arrival.t)
         arrival.fault = fault
         self.stats[fault] += 1
-        if fault == "429":
-            headers = {}
-            if self.faults.retry_after_s is not None:
-                headers = {"retry-after-ms": str(round(self.faults.retry_after_s * 1000)),
-                           "retry-after": str(math.ceil(self.faults.retry_after_s))}
+        if fault in ("429", "burst"):
+            wait = self.faults.retry_after_s if fault == "429" else self.faults.burst_retry_after_s
+            headers = self.limits.headers() if self.ratelimit_headers else {}
+            if self.faults.exhausted_429:
+                headers.update({"x-ratelimit-remaining-requests": "0",
+                                "x-ratelimit-reset-requests": f"{round((wait or 1.0) * 1000)}ms"})
+            if wait is not None:
+                headers.update({"retry-after-ms": str(round(wait * 1000)), "retry-after": str(math.ceil(wait))})
             return self._status(arrival, 429, "rate_limit_exceeded", "Rate limit reached (injected).", headers)
         if fault in _STATUS_FAULTS:
             return self._status(arrival, int(fault), "server_error" if int(fault) >= 500 else "invalid_request_error",
@@ -305,9 +351,10 @@ class LocalOpenAIServer:
             arrival.fault = "rate_limited"
             self.stats[fault] -= 1
             self.stats["rate_limited"] += 1
-            return self._status(arrival, 429, "rate_limit_exceeded", "Rate limit reached.",
-                                {"retry-after-ms": str(max(1, round(wait * 1000))),
-                                 "retry-after": str(max(1, math.ceil(wait)))})
+            headers = self.limits.headers() if self.ratelimit_headers else {}
+            headers.update({"retry-after-ms": str(max(1, round(wait * 1000))),
+                            "retry-after": str(max(1, math.ceil(wait)))})
+            return self._status(arrival, 429, "rate_limit_exceeded", "Rate limit reached.", headers)
         arrival.tokens, arrival.admitted = counted, True
         delay = self.latency_s + (self.faults.slow_s if fault == "slow" else 0.0)
         if delay > 0:
@@ -343,11 +390,12 @@ class LocalOpenAIServer:
             if request.transport is not None:
                 request.transport.close()
             return response
+        arrival.done = time.monotonic()
         return web.Response(body=data, content_type="application/json", headers=headers)
 
     def _status(self, arrival: Arrival, status: int, code: str, message: str,
                 headers: dict | None = None) -> web.Response:
-        arrival.status = status
+        arrival.status, arrival.done = status, time.monotonic()
         body = orjson.dumps({"error": {"message": message, "type": code, "code": code}})
         return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 

@@ -14,6 +14,7 @@ class TeacherMetrics:
         self.attempts = 0          # sends, including retries
         self.retries_by_cause: Counter[str] = Counter()
         self.http_429 = 0
+        self.http_429_own = 0      # of which said this client was over its budget (paused everyone)
         self.tokens_in = 0
         self.tokens_out = 0
         self.cost_usd = 0.0
@@ -54,6 +55,7 @@ class TeacherMetrics:
             "retries": sum(self.retries_by_cause.values()),
             "retries_by_cause": dict(self.retries_by_cause),
             "http_429": self.http_429,
+            "http_429_own": self.http_429_own,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "cost_usd": round(self.cost_usd, 6),
