@@ -18,14 +18,13 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from rich.console import Console
-from rich.table import Table
-
 from persd.config import parser_for
 from persd.engine.aio import run_async
 from persd.runtime.http import RetryPolicy
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
 from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
+from rich.console import Console
+from rich.table import Table
 
 WORDS = "def return for while list dict sorted value index result check assert range yield".split()
 

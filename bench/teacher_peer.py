@@ -296,7 +296,6 @@ def parse_scenarios(text: str) -> list[str]:
 def main(args) -> int:
     """Called by `persd.bench.teacher.main` when `--peer` is given (arguments already checked)."""
     import orjson
-
     from persd.engine.aio import run_async
 
     names = parse_scenarios(args.scenarios)

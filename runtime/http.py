@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
-
 from persd.runtime.errors import PersdError
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})

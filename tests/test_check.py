@@ -6,9 +6,8 @@ import sys
 
 import orjson
 import pytest
-
-from persd.engine.tasks import iter_tasks
 from helpers import MBPP_FIXTURE, read_jsonl
+from persd.engine.tasks import iter_tasks
 from persd.runtime.sandbox import Sandbox, SandboxConfig
 
 

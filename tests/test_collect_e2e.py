@@ -17,7 +17,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from helpers import write_doubling_tasks
 from persd.runtime.sandbox import Sandbox, SandboxConfig
 from persd.runtime.student.fake_server import FakeOpenAIServer

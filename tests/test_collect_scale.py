@@ -9,7 +9,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from helpers import MBPP_FIXTURE
 from persd.bench.engine import spawn_instant
 

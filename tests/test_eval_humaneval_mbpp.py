@@ -13,7 +13,6 @@ import gzip
 
 import orjson
 import pytest
-
 from helpers import FIXTURES, MBPP_FIXTURE
 from persd.engine import lessons
 from persd.engine.evaluation.config import parse_args

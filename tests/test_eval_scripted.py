@@ -17,13 +17,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-
+from helpers import read_jsonl, write_doubling_tasks
 from persd.engine import lessons
 from persd.engine.evaluation.config import parse_args
 from persd.engine.evaluation.journal import EvalJournal
 from persd.engine.evaluation.runner import evaluate
 from persd.engine.tasks import iter_tasks
-from helpers import read_jsonl, write_doubling_tasks
 from persd.runtime.student.fake_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]

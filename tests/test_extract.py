@@ -5,12 +5,10 @@ import subprocess
 import sys
 import textwrap
 
+import orjson
 import pytest
-
 from persd.engine.extract import extract_program, fenced_blocks
 from persd.engine.tasks import parse_task_line
-
-import orjson
 
 HUMANEVAL = {
     "task_id": "HumanEval/x",

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import orjson
 import pytest
-
-from persd.engine.rounds import Loop, LoopConfig
+import tomllib
 from helpers import doubling_task, read_jsonl, write_jsonl
+from persd.engine.rounds import Loop, LoopConfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.deepspeed, pytest.mark.slow]
 

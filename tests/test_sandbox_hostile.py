@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from persd.runtime.sandbox import Sandbox, SandboxConfig
 
 SECRET = "sk-persd-test-secret-0123456789"

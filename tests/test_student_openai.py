@@ -5,7 +5,6 @@ import asyncio
 import sys
 
 import pytest
-
 from persd.runtime.errors import PersdError, UsageError
 from persd.runtime.http import RetryPolicy
 from persd.runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student

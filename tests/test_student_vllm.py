@@ -5,7 +5,6 @@ import asyncio
 import importlib.util
 
 import pytest
-
 from persd.runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student
 from persd.runtime.student.vllm_backend import VLLMStudent
 

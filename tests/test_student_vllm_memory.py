@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from persd.runtime.errors import UsageError
 from persd.runtime.student.vllm_memory import GiB, NodeMemory, size_kv_cache
 

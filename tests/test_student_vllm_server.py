@@ -8,7 +8,6 @@ import socket
 import sys
 
 import pytest
-
 from persd.runtime.student import SamplingParams, StudentConfig, StudentRequest, create_student
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow,

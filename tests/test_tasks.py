@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
-from persd.engine.tasks import count_tasks, iter_tasks
 from helpers import FIXTURES, MBPP_FIXTURE, write_jsonl
+from persd.engine.tasks import count_tasks, iter_tasks
 from persd.runtime.errors import InputError, UsageError
 
 

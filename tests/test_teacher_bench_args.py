@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from persd.bench.teacher import parse_args
 from persd.bench.teacher_peer import SCENARIOS, parse_scenarios
 

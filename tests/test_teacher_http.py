@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-
-from persd.runtime.http import (AttemptOutcome, HTTPStatusError, RetriesExhausted, RetryPolicy,
-                          parse_retry_after, post_json)
+from persd.runtime.http import (
+    AttemptOutcome,
+    HTTPStatusError,
+    RetriesExhausted,
+    RetryPolicy,
+    parse_retry_after,
+    post_json,
+)
 from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
 FAST = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05, deadline_s=10, request_timeout_s=0.5)

@@ -8,7 +8,6 @@ import itertools
 import random
 
 import pytest
-
 from persd.runtime.http import RetryPolicy
 from persd.runtime.teacher import ChatRequest, RateLimiter, TeacherClient, TeacherConfig
 from persd.runtime.teacher.limiter import Permit

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import PERSDISTILL_FIXTURE, write_jsonl
 from persd.runtime.errors import InputError, UsageError
 from persd.trainers.data import load_records, split_by_task
@@ -145,10 +144,9 @@ def test_packed_rows_restart_positions_and_never_predict_across_examples(tokeniz
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_sequence_gives_the_same_logits_as_examples_alone(tiny_model_dir, tokenizer, attn):
-    from transformers import AutoModelForCausalLM
-
     from persd.trainers.data import Record
     from persd.trainers.loop import forward_logits
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn).eval()
     recs = [Record(f"t{i}/persd", f"t{i}", "persd", p, c) for i, (p, c) in enumerate([
@@ -198,11 +196,10 @@ def padding_waste_check(folder: Path, tokenizer) -> None:
 
 
 def test_packing_check_refuses_a_model_that_leaks_across_examples(tiny_model_dir, tokenizer):
-    from transformers import AutoModelForCausalLM
-
     from persd.runtime.errors import PersdError
     from persd.trainers.data import Record
     from persd.trainers.loop import check_packing
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     recs = [Record(f"t{i}/persd", f"t{i}", "persd", f"def f{i}(x):\n", f"    return x - {i}\n") for i in range(2)]

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import PERSDISTILL_FIXTURE
 
 pytestmark = [pytest.mark.deepspeed, pytest.mark.slow]
@@ -48,11 +47,10 @@ def records(tmp_path_factory) -> Path:
 def steps(records, tiny_model_dir) -> int:
     """Optimizer steps of the micro-batch-2 runs, from the data: every run compared here packs the same
     rows into each step (2 sequences), so they all plan this many steps."""
-    from transformers import AutoTokenizer
-
     from persd.trainers.data import load_records
     from persd.trainers.encode import encode_records
     from persd.trainers.packing import plan_epoch
+    from transformers import AutoTokenizer
 
     recs, _ = load_records([str(records)])
     examples, _ = encode_records(recs, AutoTokenizer.from_pretrained(tiny_model_dir), SEQ_LEN)
@@ -141,9 +139,8 @@ def test_loss_decreases_and_metrics_are_logged(reference, steps):
 
 
 def test_export_is_complete_and_generates(reference, tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from persd.trainers.export import verify_export
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     final = reference[0] / "final"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in final.iterdir()}

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import AsyncIterator, Protocol
 
 from persd.engine.collect import standin
-from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.config import CollectConfig, StudentFields
 from persd.engine.collect.flow import Backends
+from persd.engine.collect.layout import CollectLayout
 from persd.engine.timelimits import workers_per_core
 
 

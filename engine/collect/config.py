@@ -16,8 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from persd import config
-from persd.config import (Command, build, fingerprint, gather, nonneg_float, nonneg_int, opt, positive_float,
-                          positive_int)
+from persd.config import (
+    Command,
+    build,
+    fingerprint,
+    gather,
+    nonneg_float,
+    nonneg_int,
+    opt,
+    positive_float,
+    positive_int,
+)
 from persd.engine.collect.layout import partition_name
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, AsyncContextManager, Callable
 
 import orjson
-
 from persd.engine.collect import manifest as mf
 from persd.engine.collect.config import CollectConfig
-from persd.engine.collect.flow import Backends, BackendFailure, Limits, TaskFlow
+from persd.engine.collect.flow import BackendFailure, Backends, Limits, TaskFlow
 from persd.engine.collect.metrics import RunStats, timeline_row
 from persd.engine.collect.progress import Progress, print_summary
 from persd.engine.collect.records import Meta, Tally, TaskOutcome, result_line

@@ -17,11 +17,23 @@ from typing import Any
 
 import aiohttp
 import orjson
-
 from persd.runtime.errors import ConfigError, PersdError
-from persd.runtime.http import (AIMD, OVERLOAD_STATUS, AdaptiveGate, AttemptOutcome, HTTPStatusError, RetryPolicy,
-                                post_json)
-from persd.runtime.student.base import BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput, StudentRequest
+from persd.runtime.http import (
+    AIMD,
+    OVERLOAD_STATUS,
+    AdaptiveGate,
+    AttemptOutcome,
+    HTTPStatusError,
+    RetryPolicy,
+    post_json,
+)
+from persd.runtime.student.base import (
+    BaseStudent,
+    RequestRejected,
+    StudentConfig,
+    StudentOutput,
+    StudentRequest,
+)
 
 REQUEST_ERRORS = frozenset({400, 413, 422})  # this request is bad (too long, bad params); others may be fine
 

@@ -23,8 +23,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from persd.runtime.errors import ConfigError, PersdError, UsageError
-from persd.runtime.student.base import (BaseStudent, RequestRejected, StudentConfig, StudentError, StudentOutput,
-                                        StudentRequest, StudentStartError)
+from persd.runtime.student.base import (
+    BaseStudent,
+    RequestRejected,
+    StudentConfig,
+    StudentError,
+    StudentOutput,
+    StudentRequest,
+    StudentStartError,
+)
 from persd.runtime.student.vllm_procs import EngineProcesses, EngineThread, build_in_thread
 
 INSTALL_HINT = (

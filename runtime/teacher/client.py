@@ -7,7 +7,6 @@ import dataclasses
 
 import aiohttp
 import orjson
-
 from persd.runtime.errors import ConfigError
 from persd.runtime.http import AIMD, AttemptOutcome, HTTPStatusError, RetriesExhausted, post_json
 from persd.runtime.teacher.budget import Budget, Reservation

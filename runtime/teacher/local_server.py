@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
-
 from persd.runtime.teacher.tokens import TokenEstimator, heuristic_tokens
 
 Responder = Callable[[dict], "str | list[str] | Awaitable[str | list[str]]"]
