@@ -165,8 +165,8 @@ def summarise(name: str, args: argparse.Namespace, server: LocalOpenAIServer, wa
 def show(rows: list[dict], args: argparse.Namespace) -> None:
     table = Table(title=f"teacher: {args.n} requests, {args.rpm:g} RPM / {args.tpm:g} TPM over {args.window:g}s "
                         f"windows ({args.limit_mode}), {args.p_429:.0%} 429 + {args.p_5xx:.0%} 5xx injected")
-    for col in ("client", "wall s", "RPM", "% of RPM", "sustained % of RPM", "% of TPM", "self 429s", "self 429 %", "retries",
-                "answered", "failed"):
+    for col in ("client", "wall s", "RPM", "% of RPM", "sustained % of RPM", "% of TPM", "self 429s", "self 429 %",
+                "retries", "answered", "failed"):
         table.add_column(col, justify="right" if col != "client" else "left")
     for r in rows:
         table.add_row(r["client"], f"{r['wall_s']:.1f}", f"{r['rpm_achieved']:.0f}", f"{100 * r['rpm_fraction']:.1f}",

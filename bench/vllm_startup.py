@@ -132,7 +132,8 @@ def main(argv: list[str]) -> int:
         variants.insert(variants.index("compile-warm"), "compile-cold")  # it fills the cache
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
-        print(f"persd: error: --variants: unknown {', '.join(bad)} (choose from {', '.join(VARIANTS)})", file=sys.stderr)
+        print(f"persd: error: --variants: unknown {', '.join(bad)} (choose from {', '.join(VARIANTS)})",
+              file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="persd-vllm-startup-") as tmp:
         work = Path(tmp)

@@ -43,6 +43,9 @@ class RetryPolicy:
         return cap * (0.5 + 0.5 * (rng or random).random())
 
 
+DEFAULT_RETRY = RetryPolicy()
+
+
 OVERLOAD_STATUS = frozenset({429, 503, 529})  # "too much right now", as opposed to a fault
 
 
@@ -196,7 +199,7 @@ async def post_json(
     payload: dict,
     *,
     headers: dict | None = None,
-    policy: RetryPolicy = RetryPolicy(),
+    policy: RetryPolicy = DEFAULT_RETRY,
     on_retry: Callable[[str], None] | None = None,
     before_attempt: Callable[[], Awaitable[None]] | None = None,
     after_attempt: Callable[[AttemptOutcome], None] | None = None,

@@ -84,7 +84,8 @@ def test_check_cli_references(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("content, expected", [
-    (b'{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": "nope", "completion": "x"}\n', ":2: field 'task_id': unknown task id"),
+    (b'{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": "nope", "completion": "x"}\n',
+     ":2: field 'task_id': unknown task id"),
     (b'{"task_id": "HumanEval/0"}\n', ":1: field 'completion'"),
     (b'{"task_id": "HumanEval/0", "completion": "x"}\n\n{oops\n', ":3: not valid JSON"),
 ])
@@ -115,9 +116,11 @@ def test_unknown_command_exits_2():
 def test_check_never_passes_a_sample_of_a_task_without_tests(tmp_path):
     tasks = tmp_path / "t.jsonl"
     tasks.write_bytes(orjson.dumps({"task_id": "a/1", "instruction": "Sort a list.", "entry_point": "s",
-                                    "header": "def s(xs):\n", "reference": "def s(xs):\n    return sorted(xs)\n"}) + b"\n")
+                                    "header": "def s(xs):\n",
+                                    "reference": "def s(xs):\n    return sorted(xs)\n"}) + b"\n")
     samples = tmp_path / "s.jsonl"
-    samples.write_bytes(b'{"task_id": "a/1", "solution": "x = 1\\n"}\n{"task_id": "a/1", "completion": "    return None\\n"}\n')
+    samples.write_bytes(b'{"task_id": "a/1", "solution": "x = 1\\n"}\n'
+                        b'{"task_id": "a/1", "completion": "    return None\\n"}\n')
     out = tmp_path / "out.jsonl"
     proc = persd("check", "--tasks", str(tasks), "--samples", str(samples), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -128,7 +131,8 @@ def test_check_never_passes_a_sample_of_a_task_without_tests(tmp_path):
 @pytest.mark.e2e
 def test_check_accepts_mbpp_integer_ids(tmp_path):
     samples = tmp_path / "s.jsonl"
-    samples.write_bytes(b'{"task_id": 2, "solution": "def similar_elements(a, b):\\n    return tuple(sorted(set(a) & set(b)))\\n"}\n')
+    samples.write_bytes(b'{"task_id": 2, "solution": "def similar_elements(a, b):\\n'
+                        b'    return tuple(sorted(set(a) & set(b)))\\n"}\n')
     out = tmp_path / "out.jsonl"
     proc = persd("check", "--tasks", str(MBPP_FIXTURE), "--samples", str(samples), "--out", str(out))
     assert proc.returncode == 0, proc.stderr

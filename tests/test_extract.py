@@ -77,7 +77,8 @@ def test_completion_that_re_emits_the_header_keeps_one_header_and_the_helpers(he
 
 
 def test_tab_indented_body_fits_a_space_indented_prompt(he):
-    program = extract_program(he, "\ttotal = 0\n\tfor n in numbers:\n\t\ttotal += _norm(n)\n\treturn total\n", chat=False)
+    program = extract_program(he, "\ttotal = 0\n\tfor n in numbers:\n\t\ttotal += _norm(n)\n\treturn total\n",
+                              chat=False)
     assert "\t" not in program.split('"""')[-1]
     assert passes(he, program)
 
@@ -132,7 +133,8 @@ def test_chat_answer_with_only_the_body(he):
 def test_last_block_defining_the_function_wins(mbpp):
     answer = (
         "Your code:\n```python\ndef find_char_long(text):\n    return text.split()\n```\n"
-        "fails. The fix:\n```py\nimport re\ndef find_char_long(text):\n    return re.findall(r'\\b\\w{4,}\\b', text)\n```"
+        "fails. The fix:\n```py\nimport re\ndef find_char_long(text):\n"
+        "    return re.findall(r'\\b\\w{4,}\\b', text)\n```"
     )
     assert passes(mbpp, extract_program(mbpp, answer, chat=True))
 
@@ -162,7 +164,8 @@ def test_fenced_blocks_languages():
 
 def test_crlf_answers():
     task = task_of(MBPP)
-    answer = "```python\r\nimport re\r\ndef find_char_long(text):\r\n    return re.findall(r'\\b\\w{4,}\\b', text)\r\n```"
+    answer = ("```python\r\nimport re\r\ndef find_char_long(text):\r\n"
+              "    return re.findall(r'\\b\\w{4,}\\b', text)\r\n```")
     assert passes(task, extract_program(task, answer, chat=True))
 
 

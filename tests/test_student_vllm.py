@@ -47,7 +47,9 @@ async def test_greedy_is_deterministic_and_stop_strings_cut_the_text(vllm_studen
     text = first.text
     assert len(text) > 10, text
     stop = text[len(text) // 2 : len(text) // 2 + 3]
-    stopped = await vllm_student.generate(StudentRequest(prompt=prompt, params=SamplingParams(max_tokens=40, stop=[stop])))
+    stopped = await vllm_student.generate(
+        StudentRequest(prompt=prompt, params=SamplingParams(max_tokens=40, stop=[stop]))
+    )
     assert stopped.text == text[: text.index(stop)]
     assert stopped.finish_reasons == ["stop"]
 

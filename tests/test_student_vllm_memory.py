@@ -102,4 +102,5 @@ def test_unset_memory_settings_leave_vllm_its_defaults():
     assert kwargs["enforce_eager"] is on_cpu()
     given = engine_args_kwargs(StudentConfig(backend="vllm", model="m", gpu_memory_utilization=0.5, kv_cache_gib=2,
                                              enforce_eager=False))
-    assert (given["gpu_memory_utilization"], given["kv_cache_memory_bytes"], given["enforce_eager"]) == (0.5, 2 << 30, False)
+    assert (given["gpu_memory_utilization"], given["kv_cache_memory_bytes"], given["enforce_eager"]) == (
+        0.5, 2 << 30, False)

@@ -57,7 +57,9 @@ async def vllm_server(tiny_model_dir):
         while True:
             line = await proc.stdout.readline()
             if not line:
-                raise RuntimeError("vLLM server exited before it was ready:\n" + b"".join(log[-40:]).decode(errors="replace"))
+                raise RuntimeError(
+                    "vLLM server exited before it was ready:\n" + b"".join(log[-40:]).decode(errors="replace")
+                )
             log.append(line)
             if READY in line:
                 return

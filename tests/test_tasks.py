@@ -56,7 +56,8 @@ def test_generic_shapes(tmp_path):
          "tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]},
         {"task_id": "g/2", "prompt": "def sub(a, b):\n", "entry_point": "sub",
          "test": "def check(f):\n    assert f(3, 1) == 2\n"},
-        {"task_id": "g/3", "instruction": "Square.", "entry_point": "sq", "reference": "import math\ndef sq(x):\n    return x * x\n"},
+        {"task_id": "g/3", "instruction": "Square.", "entry_point": "sq",
+         "reference": "import math\ndef sq(x):\n    return x * x\n"},
     ])
     a, b, c = iter_tasks(path)
     assert a.has_tests and a.visible_tests == "assert add(1, 2) == 3"
@@ -119,7 +120,8 @@ def test_generic_code_prompt_with_plain_asserts_and_no_entry_point(tmp_path):
         {"task_id": "p/1", "prompt": "def inc(a):\n    \"\"\"\n    >>> inc(1)\n    2\n    \"\"\"\n",
          "test": "assert inc(1) == 2\n", "reference": "def inc(a):\n    return a + 1\n"},
         {"task_id": "p/2", "prompt": "import math\ndef area(r):\n", "entry_point": "area",
-         "test": "def check(f):\n    assert f(1) == math.pi\n", "reference": "import math\ndef area(r):\n    return math.pi * r * r\n"},
+         "test": "def check(f):\n    assert f(1) == math.pi\n",
+         "reference": "import math\ndef area(r):\n    return math.pi * r * r\n"},
     ])
     a, b = iter_tasks(path)
     assert a.shape == "generic" and a.entry_point == "inc" and a.reference

@@ -148,7 +148,8 @@ def test_export_is_complete_and_generates(reference, tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(final)
     tok = AutoTokenizer.from_pretrained(final)
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    changed = [n for (n, a), b in zip(model.state_dict().items(), before.state_dict().values()) if not torch.equal(a, b)]
+    changed = [n for (n, a), b in zip(model.state_dict().items(), before.state_dict().values())
+               if not torch.equal(a, b)]
     assert changed  # trained weights, not the starting ones
     ids = tok("def add(a, b):\n", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)

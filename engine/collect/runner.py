@@ -412,7 +412,8 @@ class Collector:
             "partition": {"index": self.cfg.shard_index, "count": self.cfg.num_shards},
             "shard_size": self.cfg.shard_size,
             "student": {"model": self.student_label, "backend": self.cfg.resolved_student_backend()},
-            "teacher": {"model": self.teacher_label, "url": self.cfg.teacher_url, "offline_stand_in": self.cfg.standin_teacher},
+            "teacher": {"model": self.teacher_label, "url": self.cfg.teacher_url,
+                        "offline_stand_in": self.cfg.standin_teacher},
             "shards": shards,
             "totals": {
                 "tasks": self.stats.total,
@@ -450,7 +451,8 @@ class Collector:
             name = f"metrics.{self.cfg.partition}.json" if self.cfg.partition else "metrics.json"
             path = self.out / name
             tmp = path.with_name(f".{name}.tmp")
-            tmp.write_bytes(orjson.dumps(mf.scrub(snap, self.secrets), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+            tmp.write_bytes(orjson.dumps(mf.scrub(snap, self.secrets),
+                                         option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
             tmp.replace(path)
         except (PersdError, OSError) as exc:
             if self.fatal is None:

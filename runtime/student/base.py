@@ -101,7 +101,8 @@ class StudentConfig:
 
     vllm: tensor_parallel_size, gpu_memory_utilization (None: vLLM's default on a GPU; on CPU persd
     sizes the KV cache from the model and the free memory, see vllm_memory.py), max_model_len, dtype,
-    enable_prefix_caching, enforce_eager (None: True on CPU, vLLM's default on GPU), kv_cache_gib (the KV cache size; wins over the rest),
+    enable_prefix_caching, enforce_eager (None: True on CPU, vLLM's default on GPU), kv_cache_gib (the KV cache
+    size; wins over the rest),
     log_path (vLLM's own output goes to this file; None: the terminal), engine_args (anything else).
     openai: url (base URL ending in /v1), api_key_env, request_timeout_s, max_attempts.
     hf: device, dtype, batch_window_ms, max_batch_size, cpu_threads.

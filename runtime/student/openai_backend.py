@@ -187,7 +187,9 @@ class OpenAIStudent(BaseStudent):
             )
         except HTTPStatusError as exc:
             if exc.status in REQUEST_ERRORS:
-                raise RequestRejected(f"the student server rejected the request: HTTP {exc.status}: {exc.body[:500]}") from exc
+                raise RequestRejected(
+                    f"the student server rejected the request: HTTP {exc.status}: {exc.body[:500]}"
+                ) from exc
             raise
         finally:
             if sent_at is not None:  # cancelled mid-attempt: give the slot back

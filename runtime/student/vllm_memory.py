@@ -50,7 +50,8 @@ class KVPlan:
 
     def describe(self) -> str:
         return (f"KV cache {self.kv_bytes / GiB:.2f} GiB ({self.kv_bytes // self.per_token} tokens; "
-                f"{self.seqs} x {self.max_model_len} would need {self.seqs * self.max_model_len * self.per_token / GiB:.2f}), "
+                f"{self.seqs} x {self.max_model_len} would need "
+                f"{self.seqs * self.max_model_len * self.per_token / GiB:.2f}), "
                 f"weights ~{self.weights / GiB:.2f} GiB, NUMA node {self.node.node}: "
                 f"{self.node.available / GiB:.2f} of {self.node.total / GiB:.2f} GiB free")
 

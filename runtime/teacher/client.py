@@ -204,8 +204,9 @@ class TeacherClient:
 
     def _check_price(self, model: str) -> None:
         if self.config.max_cost_usd is not None and self.prices.lookup(model) is None:
-            raise ConfigError("max_cost_usd", section="teacher", message=f"a cost limit needs a price for model '{model}': add it to the "
-                                              f"teacher prices (input and output dollars per 1M tokens)")
+            raise ConfigError("max_cost_usd", section="teacher",
+                              message=f"a cost limit needs a price for model '{model}': add it to the "
+                                      f"teacher prices (input and output dollars per 1M tokens)")
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "[redacted]") if self._api_key and text else text

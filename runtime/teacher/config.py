@@ -103,5 +103,6 @@ class TeacherConfig:
             return key
         if self.is_loopback():
             return None
-        raise ConfigError("api_key_env", section="teacher", message=f"no teacher API key: set the environment variable {self.api_key_env} "
-                                         f"(or name another variable) for {self.base_url}")
+        raise ConfigError("api_key_env", section="teacher",
+                          message=f"no teacher API key: set the environment variable {self.api_key_env} "
+                                  f"(or name another variable) for {self.base_url}")
