@@ -99,7 +99,7 @@ async def test_hostile_timing_cases_under_a_cpu_limit(tmp_path):
     async with Sandbox(SandboxConfig(workers=2, uid_base=UID_BASE)) as sb:
         for name in TIMING_CASES:
             case = cases[name]
-            r = await sb.run(case.program, cpu_limit=case.timeout)
+            r = await sb.run(case.program, cpu_limit=case.limit)
             assert r.status == case.verdict, (name, r.status, r.feedback)
             if r.status == "timeout":
                 assert r.limit == ("wall" if "sleep" in name or "sigterm" in name else "cpu"), (name, r.limit)

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -208,8 +209,13 @@ class Run:
         c.figures["loss_falls"] = losses[-1] < losses[0]
         checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
         c.figures["checkpoints"] = checkpoints
-        self.persd(*args, "--resume", timeout=timeout * 0.8 - (time.monotonic() - t0))
-        again = {r["step"]: r["loss"] for r in _metrics(run / "metrics.jsonl")}
+        # the run as an interruption after the mid-run checkpoint leaves it (no final model, no summary),
+        # resumed: the steps after the checkpoint run again and must give the first run's losses
+        resumed_run = self.work / "zero3-resumed"
+        shutil.rmtree(resumed_run, ignore_errors=True)
+        shutil.copytree(run, resumed_run, ignore=shutil.ignore_patterns("final", "train.json"))
+        self.persd(*args[:-1], str(resumed_run), "--resume", timeout=timeout * 0.8 - (time.monotonic() - t0))
+        again = {r["step"]: r["loss"] for r in _metrics(resumed_run / "metrics.jsonl")}
         resumed = {r["step"]: r["loss"] for r in first if r["step"] > self.s.zero3_steps // 2}
         c.figures["resumed_steps"] = sorted(resumed)
         c.figures["resume_max_rel_diff"] = max(abs(again[k] - v) / max(abs(v), 1e-12) for k, v in resumed.items())
