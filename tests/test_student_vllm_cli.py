@@ -141,7 +141,8 @@ def test_a_kv_cache_too_small_for_one_sequence_is_a_usage_error(tmp_path, tasks,
                              "--kv-cache-gib", "0.0001", "--max-model-len", "2048", *student(tiny_model_dir)])
     assert rc == 2, err
     lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert lines[0].startswith("persd: error: --kv-cache-gib: vLLM could not start the student") and len(lines) <= 2, err
+    assert lines[0].startswith("persd: error: --kv-cache-gib: vLLM could not start the student"), err
+    assert len(lines) <= 2, err
     assert "--kv-cache-gib" in err and str(out / "work" / "vllm.log") in err
     assert "rerun" not in err and "Traceback" not in err
     assert "Traceback" in (out / "work" / "vllm.log").read_text()  # the details are kept for whoever wants them
