@@ -78,7 +78,7 @@ async def test_transient_errors_are_retried_by_the_shared_http_layer():
 async def test_a_bad_request_fails_that_request_with_the_servers_reason():
     async with FakeOpenAIServer(fail_first=1, fail_status=400) as server:
         async with student_for(server, model="tiny") as student:
-            with pytest.raises(StudentError, match="HTTP 400.*scripted failure"):
+            with pytest.raises(StudentError, match="HTTP 400.*injected 400"):
                 await student.generate(StudentRequest(prompt="x", params=SamplingParams(max_tokens=8)))
             ok = await student.generate(StudentRequest(prompt="x", params=SamplingParams(max_tokens=8)))
     assert ok.texts == ["    return 0\n"]

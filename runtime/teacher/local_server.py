@@ -170,8 +170,9 @@ class LocalOpenAIServer:
                  api_key: str | None = None, models: Sequence[str] | None = None,
                  ratelimit_headers: bool = True, count_tokens: Callable[[str], int] = heuristic_tokens,
                  max_concurrent: int | None = None, overload_statuses: Sequence[int] = (429, 503),
-                 overload_retry_after_s: float | None = 0.05,
-                 host: str = "127.0.0.1", port: int = 0):
+                 overload_retry_after_s: float | None = 0.05, reply_per_choice: bool = False,
+                 truncate: bool = True, barrier: int | None = None, barrier_timeout_s: float = 30.0,
+                 record: bool = True, host: str = "127.0.0.1", port: int = 0):
         if tpm_counts not in ("usage", "max_tokens"):
             raise ValueError("tpm_counts must be 'usage' or 'max_tokens'")
         self.responder = responder or default_responder
@@ -189,8 +190,13 @@ class LocalOpenAIServer:
         # answered, refuse with the next of `overload_statuses` (cycled) and its Retry-After
         self.max_concurrent, self.overload_statuses = max_concurrent, list(overload_statuses)
         self.overload_retry_after_s = overload_retry_after_s
+        # a scripted student: `responder(body, i)` per choice, answers never cut at max_tokens, each request
+        # held until `barrier` are in flight together (proves a client sends concurrently, without timing)
+        self.reply_per_choice, self.truncate = reply_per_choice, truncate
+        self.barrier, self.barrier_timeout_s, self.record = barrier, barrier_timeout_s, record
+        self._released = asyncio.Event()
         self.busy = self.peak_busy = 0
-        self.received: list[dict] = []     # every request body, in arrival order
+        self.received: list[dict] = []     # every request body, in arrival order (unless record=False)
         self.log: list[Arrival] = []
         self.stats: Counter[str] = Counter()
         self._script = list(self.faults.script)
@@ -206,9 +212,10 @@ class LocalOpenAIServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
         await site.start()
         self.port = self._runner.addresses[0][1]
         self.base_url = f"http://{self.host}:{self.port}/v1"
@@ -227,6 +234,15 @@ class LocalOpenAIServer:
         await self.stop()
 
     # -- views for tests -----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self.base_url
+
+    @property
+    def posts(self) -> int:
+        """POSTs received, answered or not."""
+        return len(self.log)
 
     @property
     def answered(self) -> list[Arrival]:
@@ -248,6 +264,9 @@ class LocalOpenAIServer:
         return best_req, best_tok
 
     # -- handlers ------------------------------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def _models(self, request: web.Request) -> web.Response:
         names = self.models or ["local"]
@@ -284,8 +303,9 @@ class LocalOpenAIServer:
                 raise ValueError
         except ValueError:
             return self._status(arrival, 400, "invalid_request_error", "the body is not a JSON object")
-        arrival.body = body
-        self.received.append(body)
+        if self.record:
+            arrival.body = body
+            self.received.append(body)
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._status(arrival, 401, "invalid_api_key", "Incorrect API key provided.")
         model = body.get("model")
@@ -302,6 +322,14 @@ class LocalOpenAIServer:
         self.busy += 1
         self.peak_busy = max(self.peak_busy, self.busy)
         try:
+            if self.barrier is not None:
+                if self.busy >= self.barrier:
+                    self._released.set()
+                try:
+                    await asyncio.wait_for(self._released.wait(), self.barrier_timeout_s)
+                except asyncio.TimeoutError:
+                    return self._status(arrival, 400, "invalid_request_error",
+                                        f"barrier of {self.barrier} never reached")
             return await self._serve_one(request, arrival, body, model, chat)
         finally:
             self.busy -= 1
@@ -332,13 +360,13 @@ class LocalOpenAIServer:
             prompt = body.get("prompt", "")
             prompt_tokens = self.count_tokens(prompt if isinstance(prompt, str) else "".join(map(str, prompt)))
         texts, reasons = [], []
-        for _ in range(n):
-            text = self.responder(body)
+        for i in range(n):
+            text = self.responder(body, i) if self.reply_per_choice else self.responder(body)
             if inspect.isawaitable(text):
                 text = await text
             text = text if isinstance(text, str) else str(text)
             reason = "stop"
-            if max_tokens is not None and self.count_tokens(text) > int(max_tokens):
+            if self.truncate and max_tokens is not None and self.count_tokens(text) > int(max_tokens):
                 text, reason = text[: int(max_tokens) * 4], "length"
             texts.append(text)
             reasons.append(reason)
