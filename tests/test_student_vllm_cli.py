@@ -86,7 +86,10 @@ class Watch:
 
 def persd(args: list[str], mark: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PERSD_TEST_MARK": mark, "PYTHONUNBUFFERED": "1"}
-    env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the defaults under test
+    # the defaults under test; and vLLM's log level as a user's shell has it (an in-process vLLM test of this
+    # session sets VLLM_LOGGING_LEVEL in this process's environment)
+    for name in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_LOGGING_LEVEL", "VLLM_LOGGING_COLOR"):
+        env.pop(name, None)
     return subprocess.Popen([sys.executable, "-m", "persd", *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 

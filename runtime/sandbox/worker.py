@@ -118,6 +118,28 @@ def expose_python_only() -> list[str]:
     return covered
 
 
+def interpreter_dirs_under(mountpoint: str) -> list[str]:
+    """The interpreter's own directories (prefix, sys.path) that live under `mountpoint`, outermost only:
+    a virtualenv or checkout under /tmp, which the execution's private /tmp would otherwise hide."""
+    needed = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *sys.path) if p and os.path.isdir(p)})
+    out: list[str] = []
+    for path in needed:
+        if path.startswith(mountpoint + os.sep) and not any(path.startswith(k + os.sep) for k in out):
+            out.append(path)
+    return out
+
+
+def private_tmpfs(path: str, size_mb: int) -> None:
+    """A fresh tmpfs on `path`, with the interpreter's directories under it bound back, read-only."""
+    keep = {p: os.open(p, os.O_PATH) for p in interpreter_dirs_under(path)}
+    mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=1777")
+    for kept, fd in keep.items():
+        os.makedirs(kept, mode=0o755, exist_ok=True)
+        mount(f"/proc/self/fd/{fd}", kept, "", MS_BIND | MS_REC)
+        make_readonly(kept)
+        os.close(fd)
+
+
 def make_readonly(path: str) -> bool:
     """Make every mount under `path` read-only in this mount namespace (mount_setattr, Linux 5.12+)."""
     class MountAttr(ctypes.Structure):
@@ -231,7 +253,7 @@ def run_child(program: str, cfg: dict, caps: dict, fds: dict, nonce: str, timeou
             mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
             for path in ("/tmp", "/dev/shm"):
                 if os.path.isdir(path):
-                    mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmpfs_mb']}m,mode=1777")
+                    private_tmpfs(path, cfg["tmpfs_mb"])
         scratch = os.path.join("/tmp", f"persd-run-{nonce[:12]}")
         os.mkdir(scratch, 0o700)
         uid = caps.get("uid")
