@@ -330,28 +330,6 @@ COLLECT = Command(
     groups=("input and output", "student", "teacher", "flow"))
 
 
-def _prices(v: str | dict) -> dict[str, list[float]]:
-    """'m1=0.15:0.6,m2=1:2' (a flag) or {m1 = [0.15, 0.6]} (a TOML table) -> {model: [in, out]}."""
-    if isinstance(v, dict):
-        items = list(v.items())
-    else:
-        items = []
-        for part in (x.strip() for x in str(v).split(",") if x.strip()):
-            model, _, pair = part.partition("=")
-            items.append((model.strip(), pair.split(":")))
-    out: dict[str, list[float]] = {}
-    for model, pair in items:
-        try:
-            if isinstance(pair, dict):
-                pair = [pair["input"], pair["output"]]
-            a, b = (float(x) for x in pair)
-            if not model or a < 0 or b < 0:
-                raise ValueError
-        except (ValueError, TypeError, KeyError):
-            raise argparse.ArgumentTypeError(
-                f"expected MODEL=IN:OUT (USD per 1M input and output tokens), got {model}={pair!r}") from None
-        out[model] = [a, b]
-    return out
 
 
 # keys the README documents for the teacher (TeacherConfig's names), accepted in a --config file

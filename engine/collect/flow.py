@@ -188,9 +188,13 @@ class TaskFlow:
 
     async def _execute(self, task: Task, solution: str, tally: Tally, tests: str | None = None):
         program = task.program(solution, tests)
+        return await self._in_sandbox(self.time_limits.run(task, program), tally)
+
+    async def _in_sandbox(self, execution, tally: Tally):
+        """Await one sandbox execution under the sandbox's limiter; a failing sandbox stops the run."""
         async with self.lim.sandbox.timed():
             try:
-                result = await self.time_limits.run(task, program)
+                result = await execution
             except PersdError as exc:
                 raise BackendFailure(f"sandbox: {exc}") from exc
             except asyncio.CancelledError:

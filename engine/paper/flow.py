@@ -12,13 +12,10 @@ only what is sent, run and kept differs.
 """
 from __future__ import annotations
 
-import asyncio
-
-from persd.engine.collect.flow import BackendFailure, TaskFlow
+from persd.engine.collect.flow import TaskFlow
 from persd.engine.collect.records import Tally, TaskOutcome, result_line
 from persd.engine.paper import checker, cleaning, formats, prompts
 from persd.engine.tasks import Task
-from persd.runtime.errors import PersdError
 from persd.runtime.student.base import RequestRejected
 
 
@@ -89,17 +86,7 @@ class PaperTaskFlow(TaskFlow):
 
     def _runner(self, tally: Tally):
         async def run(program: str, timeout: float):
-            async with self.lim.sandbox.timed():
-                try:
-                    result = await self.b.sandbox.run(program, timeout=timeout)
-                except PersdError as exc:
-                    raise BackendFailure(f"sandbox: {exc}") from exc
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    raise BackendFailure(f"sandbox failed: {type(exc).__name__}: {exc}") from exc
-            tally.executions += 1
-            return result
+            return await self._in_sandbox(self.b.sandbox.run(program, timeout=timeout), tally)
 
         return run
 
