@@ -150,14 +150,7 @@ def alpaca_return_value(r: str) -> dict:
     if len(rest) < 5:
         error_type = r.strip("\n").split("\n")[-1]
         rest = ""
-    value: dict = {"error_type": error_type, "error": rest}
-    if error_type == "AssertionError":
-        parts = rest.replace("Input:", "::").replace("Output:", "::").replace("Expected:", "::").split("::")
-        if len(parts) >= 4:
-            value["error"] = {"input": parts[1].strip(), "output": parts[2].strip(), "expected": parts[3].strip()}
-        else:
-            value["error"] = ""
-    return value
+    return _error_value(error_type, rest)
 
 
 def bench_return_value(r: str) -> dict:
@@ -165,6 +158,11 @@ def bench_return_value(r: str) -> dict:
     last = r.strip("\n").split("\n")[-1]
     error_type = last.split(":")[0]
     rest = ":".join(last.split(":")[1:])
+    return _error_value(error_type, rest)
+
+
+def _error_value(error_type: str, rest: str) -> dict:
+    """{error_type, error}; an AssertionError's Input/Output/Expected parts split out, as both checkers do."""
     value: dict = {"error_type": error_type, "error": rest}
     if error_type == "AssertionError":
         parts = rest.replace("Input:", "::").replace("Output:", "::").replace("Expected:", "::").split("::")
