@@ -17,7 +17,14 @@ changes results; everything else is generated from that:
 Precedence: flag > key in `--config` > preset > the field's default. A value that cannot work raises
 `ConfigError(field, message)`; `load()` names it the way the user gave it (the flag, or file: key).
 
-This module is a leaf (stdlib and persd.runtime.errors only): engine, trainers and bench all use it.
+A component's config (the runtime's TeacherConfig, StudentConfig, SandboxConfig) is a typed `section()`
+of a command's config: its options are `--teacher.rpm` flags and `[teacher]` TOML keys, and under
+`persd loop` `--collect.teacher.rpm` / `[collect.teacher]`. An option that was renamed (the flat
+`--rpm` of earlier releases) is listed in the config class's `RENAMED` table: the old flag and TOML key
+still work for one release, each printing one deprecation line.
+
+`opt()` and the field machinery live in persd.runtime.options (a leaf the runtime imports); this module
+uses only the stdlib and persd.runtime: engine, trainers and bench all use it.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import sys
 import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field
@@ -34,6 +42,19 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import tomllib
 from persd.runtime.errors import ConfigError, UsageError
+from persd.runtime.options import (
+    BadValue,
+    comma_list,
+    config_fields,
+    key_values,
+    nonneg_float,
+    nonneg_int,
+    opt,
+    positive_float,
+    positive_int,
+    positive_number,
+    section,
+)
 
 # ------------------------------------------------------------------ the one parser class
 
@@ -51,68 +72,19 @@ def parser_for(command: str, **kwargs: Any) -> Parser:
     return Parser(prog=command if command.startswith(("persd", "python")) else f"persd {command}", **kwargs)
 
 
-# ------------------------------------------------------------------ typed values
-
-
-def _checked(name: str, cast: Callable[[str], Any], ok: Callable[[Any], bool]) -> Callable[[str], Any]:
-    def convert(v: str) -> Any:
-        x = cast(v)
-        if not ok(x):
-            raise ValueError
-        return x
-
-    convert.__name__ = name  # argparse says "invalid <name> value: 'x'"
-    return convert
-
-
-positive_int = _checked("positive int", int, lambda n: n >= 1)
-nonneg_int = _checked("non-negative int", int, lambda n: n >= 0)
-positive_float = _checked("positive number", float, lambda x: x > 0)
-nonneg_float = _checked("non-negative number", float, lambda x: x >= 0)
-
-
-def comma_list(item: Callable[[str], Any] = str, name: str = "comma list") -> Callable[[Any], tuple]:
-    """'a,b' (a flag) or ["a", "b"] (TOML) -> a tuple of items."""
-    def convert(v: Any) -> tuple:
-        items = v if isinstance(v, (list, tuple)) else [s.strip() for s in str(v).split(",")]
-        return tuple(item(s) if isinstance(s, str) else s for s in items if s != "")
-
-    convert.__name__ = name
-    return convert
-
-
-# ------------------------------------------------------------------ fields
-
-
-def opt(default: Any = MISSING, *, help: str, changes_results: bool, default_factory: Any = MISSING,
-        flag: str | None = None, type: Callable[[Any], Any] | None = None, choices: Sequence[Any] | None = None,
-        group: str | None = None, metavar: str | None = None, shown: str | None = None, nargs: str | None = None,
-        positional: bool = False, cli: bool = True, nested: type | None = None, owned: Sequence[str] = ()) -> Any:
-    """A config field. `changes_results` is required: True puts the field in the fingerprint a rerun must
-    keep. `flag` overrides the generated `--field-name`; `type` converts a flag's string (or a TOML
-    value) and checks it; `shown` is how the default is written in --help; `cli=False` keeps the field
-    out of the command line (set by code, or in TOML only).
-
-    `nested=StageConfig` makes a section: a dict of that config's fields (`[name]` in TOML, `--name.field`
-    on the command line), minus the `owned` fields, which the outer command sets itself."""
-    meta = {"help": help, "changes_results": changes_results, "flag": flag, "type": type, "choices": choices,
-            "group": group, "metavar": metavar, "shown": shown, "nargs": nargs, "positional": positional,
-            "cli": cli, "nested": nested, "owned": tuple(owned)}
-    if nested is not None:
-        default_factory = dict
-    if default_factory is not MISSING:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def config_fields(cls_or_cfg: Any) -> list[Field]:
-    """The fields declared with opt() (in declaration order)."""
-    return [f for f in dataclasses.fields(cls_or_cfg) if "changes_results" in f.metadata]
+# ------------------------------------------------------------------ fields (persd.runtime.options: a leaf)
 
 
 def flag_of(f: Field | str) -> str:
+    """The flag of a field or of a path ("teacher.max_in_flight" -> --teacher.max-in-flight)."""
     name = f if isinstance(f, str) else (f.metadata.get("flag") or f.name)
     return name if name.startswith("-") else "--" + name.replace("_", "-")
+
+
+def renamed(cls: type) -> dict[str, str]:
+    """A command's renamed options: {old flat name: new path} (`RENAMED` on its config class). The old
+    names stay accepted, as flags and TOML keys, with a deprecation line; fingerprints keep them as keys."""
+    return dict(getattr(cls, "RENAMED", {}))
 
 
 def _plain(value: Any) -> Any:
@@ -123,18 +95,88 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def fingerprint(cfg: Any) -> dict[str, Any]:
-    """{field: value} of every field whose metadata says it changes results (JSON-ready); of a section
-    (nested config), the values given for its own result-changing fields."""
+def leaves(cls: type, prefix: str = "", defaults: Mapping[str, Any] | None = None
+           ) -> Iterator[tuple[str, type, Field, Any]]:
+    """(path, owner class, field, this command's default) of every option, through typed sections."""
+    for f in config_fields(cls):
+        section = f.metadata["section"]
+        if section is not None:
+            inner = {**f.metadata["defaults"], **{k[len(f.name) + 1:]: v for k, v in (defaults or {}).items()
+                                                    if k.startswith(f.name + ".")}}
+            yield from leaves(section, f"{prefix}{f.name}.", inner)
+            continue
+        default = (defaults or {}).get(f.name, MISSING)
+        yield prefix + f.name, cls, f, (_default(f) if default is MISSING else default)
+
+
+def field_at(cls: type, path: str) -> tuple[type, Field] | None:
+    """The owner class and field of an option's path ("teacher.retry.max_attempts"), or None."""
+    head, _, rest = path.partition(".")
+    f = next((f for f in config_fields(cls) if f.name == head), None)
+    if f is None:
+        return None
+    if rest:
+        inner = f.metadata["section"] or f.metadata["nested"]
+        return field_at(inner, rest) if inner is not None else None
+    return cls, f
+
+
+def value_at(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+def set_path(values: dict[str, Any], path: str, value: Any) -> None:
+    head, _, rest = path.partition(".")
+    if rest:
+        set_path(values.setdefault(head, {}), rest, value)
+    else:
+        values[head] = value
+
+
+def deep_merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Later layers win, a section (a dict) merged key by key."""
     out: dict[str, Any] = {}
-    for f in config_fields(cfg):
+    for layer in layers:
+        for key, value in layer.items():
+            out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+                else value
+    return out
+
+
+def _flat_results(cls: type, values: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(fingerprint key, value) of each result-changing option in `values` (a config, or a dict of the
+    options given). A renamed option keeps its old flat name as its key, so earlier fingerprints compare."""
+    old_name = {path: old for old, path in renamed(cls).items()}
+    for path, _, f, _ in leaves(cls):
         if not f.metadata["changes_results"]:
             continue
-        value = getattr(cfg, f.name)
-        if f.metadata["nested"] is not None:
-            keep = set(result_fields(f.metadata["nested"]))
-            value = {k: v for k, v in sorted(value.items()) if k in keep}
-        out[f.name] = _plain(value)
+        try:
+            value = value_at(values, path)
+        except (AttributeError, KeyError):
+            continue
+        if isinstance(values, dict) and value is None and not _given(values, path):
+            continue
+        yield old_name.get(path, path), value
+
+
+def _given(values: dict, path: str) -> bool:
+    head, _, rest = path.partition(".")
+    return head in values and (not rest or (isinstance(values[head], dict) and _given(values[head], rest)))
+
+
+def fingerprint(cfg: Any) -> dict[str, Any]:
+    """{field: value} of every field whose metadata says it changes results (JSON-ready): a typed section's
+    options as keys of their own (their old flat names where they were renamed, else `section.field`); of
+    an untyped section (a loop stage's dict), the values given for its result-changing options."""
+    out: dict[str, Any] = {}
+    for key, value in _flat_results(type(cfg), cfg):
+        out[key] = _plain(value)
+    for f in config_fields(cfg):
+        if f.metadata["nested"] is not None and f.metadata["changes_results"]:
+            given = getattr(cfg, f.name)
+            out[f.name] = {k: _plain(v) for k, v in sorted(_flat_results(f.metadata["nested"], given))}
     return out
 
 
@@ -145,7 +187,7 @@ def with_defaults(old: Mapping[str, Any], cls: type) -> dict[str, Any]:
 
 
 def result_fields(cls: Any) -> tuple[str, ...]:
-    return tuple(f.name for f in config_fields(cls) if f.metadata["changes_results"])
+    return tuple(path for path, _, f, _ in leaves(cls) if f.metadata["changes_results"])
 
 
 # ------------------------------------------------------------------ types from annotations
@@ -196,11 +238,14 @@ def _default(f: Field) -> Any:
     return None
 
 
-def shown_default(f: Field) -> str:
-    """The default as --help writes it."""
-    if f.metadata.get("shown") is not None:
-        return f.metadata["shown"]
-    value = _default(f)
+def shown_default(f: Field, value: Any = MISSING) -> str:
+    """The default as --help writes it (`value`: a section's own default for the field)."""
+    if value is MISSING or value == _default(f):
+        if f.metadata.get("shown") is not None:
+            return f.metadata["shown"]
+        value = _default(f)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
     if value is None:
         return "unset"
     if isinstance(value, bool):
@@ -212,8 +257,8 @@ def shown_default(f: Field) -> str:
     return str(value)
 
 
-def help_text(f: Field) -> str:
-    return f"{f.metadata['help']} (default: {shown_default(f)})".replace("%", "%%")
+def help_text(f: Field, default: Any = MISSING) -> str:
+    return f"{f.metadata['help']} (default: {shown_default(f, default)})".replace("%", "%%")
 
 
 # ------------------------------------------------------------------ the command line
@@ -234,52 +279,110 @@ class Command:
     groups: tuple[str, ...] = ()  # the order of the --help sections (others follow)
 
 
+def _under(paths: Sequence[str], name: str) -> tuple[str, ...]:
+    """The paths inside section `name`, relative to it ("student.model" -> "model")."""
+    return tuple(p[len(name) + 1:] for p in paths if p.startswith(name + "."))
+
+
 def add_fields(p: argparse.ArgumentParser, cls: type, *, prefix: str = "", group_title: str | None = None,
-               skip: Sequence[str] = (), groups_order: Sequence[str] = ()) -> None:
+               skip: Sequence[str] = (), groups_order: Sequence[str] = (), defaults: Mapping[str, Any] | None = None,
+               groups: dict[str | None, Any] | None = None) -> None:
     """One flag per field; defaults are not filled in (SUPPRESS), so only given flags reach the namespace.
-    `prefix` ("collect.") gives nested flags (--collect.temperature, dest collect.temperature)."""
-    groups: dict[str | None, Any] = {t: p.add_argument_group(t) for t in groups_order}
+    `prefix` ("collect.") gives nested flags (--collect.temperature, dest collect.temperature); a typed
+    section adds its own fields the same way (--teacher.rpm, --collect.teacher.rpm)."""
+    groups = groups if groups is not None else {t: p.add_argument_group(t) for t in groups_order}
     for f in config_fields(cls):
         if not f.metadata["cli"] or f.name in skip:
             continue
         if f.metadata["nested"] is not None:
             add_fields(p, f.metadata["nested"], prefix=f"{prefix}{f.name}.", skip=f.metadata["owned"],
-                       group_title=f"[{f.name}] {f.metadata['help']}")
+                       group_title=f"[{prefix}{f.name}] {f.metadata['help']}", groups=groups)
+            continue
+        if f.metadata["section"] is not None:
+            inner = {**f.metadata["defaults"], **dict(zip(_under(list(defaults or {}), f.name),
+                                                          [v for k, v in (defaults or {}).items()
+                                                           if k.startswith(f.name + ".")]))}
+            add_fields(p, f.metadata["section"], prefix=f"{prefix}{f.name}.", skip=_under(skip, f.name),
+                       group_title=f"[{prefix}{f.name}] {f.metadata['help']}", defaults=inner, groups=groups)
             continue
         title = group_title or f.metadata["group"]
         if title not in groups:
             groups[title] = p.add_argument_group(title) if title else p
         g = groups[title]
         dest = prefix + f.name
-        kw: dict[str, Any] = {"help": help_text(f), "default": argparse.SUPPRESS}
+        default = (defaults or {}).get(f.name, MISSING)
+        kw: dict[str, Any] = {"help": help_text(f, default), "default": argparse.SUPPRESS}
         if f.metadata["positional"]:
             nargs = "*" if f.metadata["nargs"] in ("+", "*") else "?"  # may come from --config instead
             g.add_argument(dest, nargs=nargs, metavar=f.metadata["metavar"] or f.name.upper(),
-                           type=_converter(cls, f), help=help_text(f), default=argparse.SUPPRESS)
+                           type=_converter(cls, f), help=kw["help"], default=argparse.SUPPRESS)
             continue
         flag = flag_of(f) if not prefix else "--" + prefix + flag_of(f)[2:]
         if _is_bool(cls, f):
             g.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, **kw)
             continue
-        for key in ("choices", "metavar", "nargs"):
-            if f.metadata[key] is not None:
-                kw[key] = tuple(f.metadata[key]) if key == "choices" else f.metadata[key]
-        if "metavar" not in kw and "choices" not in kw:
-            kw["metavar"] = _METAVARS.get(_hint(cls, f.name), f.name.rsplit("_", 1)[-1].upper())
-        g.add_argument(flag, dest=dest, type=_converter(cls, f), **kw)
+        g.add_argument(flag, dest=dest, type=_converter(cls, f), **_arg_details(cls, f), **kw)
+    _add_renamed(p, cls, prefix, skip)
+
+
+def _arg_details(cls: type, f: Field) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    for key in ("choices", "metavar", "nargs"):
+        if f.metadata[key] is not None:
+            kw[key] = tuple(f.metadata[key]) if key == "choices" else f.metadata[key]
+    if "metavar" not in kw and "choices" not in kw:
+        kw["metavar"] = _METAVARS.get(_hint(cls, f.name), f.name.rsplit("_", 1)[-1].upper())
+    return kw
 
 
 _METAVARS = {int: "N", float: "X"}
 
 
+class _Renamed(argparse.Action):
+    """An old flag of a renamed option: sets the new option and notes the old name (for the deprecation
+    line, and to name the option in a message the way it was given)."""
+
+    def __init__(self, option_strings, dest, new_flag: str, **kwargs):
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.__dict__.setdefault("_renamed", []).append((option_string, self.new_flag, self.dest))
+
+
+def _add_renamed(p: argparse.ArgumentParser, cls: type, prefix: str, skip: Sequence[str]) -> None:
+    for old, path in renamed(cls).items():
+        at = field_at(cls, path)
+        if at is None or path in skip or old in skip:
+            continue
+        owner, f = at
+        flag, new = "--" + prefix + old.replace("_", "-"), "--" + prefix + flag_of(path)[2:]
+        kw: dict[str, Any] = {"dest": prefix + path, "new_flag": new, "default": argparse.SUPPRESS,
+                              "help": argparse.SUPPRESS}
+        if _is_bool(owner, f):
+            p.add_argument(flag, action=_Renamed, nargs=0, const=True, **kw)
+            no = "--" + prefix + "no-" + old.replace("_", "-")
+            p.add_argument(no, action=_Renamed, nargs=0, const=False,
+                           **{**kw, "new_flag": "--" + prefix + "no-" + flag_of(path)[2:]})
+            continue
+        p.add_argument(flag, action=_Renamed, type=_converter(owner, f), **_arg_details(owner, f), **kw)
+
+
 def build_parser(cmd: Command) -> Parser:
     p = parser_for(cmd.prog, description=cmd.description, epilog=cmd.epilog)
     p.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
-                   help="TOML file: any option below as a key (`-` or `_`); a flag on the command line wins")
+                   help="TOML file: any option below as a key (`-` or `_`; a section's as [section] keys); "
+                        "a flag on the command line wins")
     add_fields(p, cmd.cls, groups_order=cmd.groups)
     if cmd.extra:
         cmd.extra(p)
     return p
+
+
+def deprecated(message: str) -> None:
+    """One line on stderr for an option given by its old name (kept for one release)."""
+    print(f"persd: deprecated: {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------ TOML files
@@ -297,24 +400,53 @@ def read_toml(path: str | Path, what: str = "--config") -> dict[str, Any]:
         raise UsageError(f"{what}: {path}: not valid TOML ({exc})") from None
 
 
-def check_values(cls: type, data: Mapping[str, Any], where: str, *, forbid: Sequence[str] = ()) -> dict[str, Any]:
+def check_values(cls: type, data: Mapping[str, Any], where: str, *, forbid: Sequence[str] = (),
+                 names: dict[str, str] | None = None, label: str | None = None, table: str = "") -> dict[str, Any]:
     """A TOML table's keys as field values, each converted and checked as its flag is; an unknown key,
-    a table where a value belongs, or a bad value is a UsageError naming `where` (file) and the key."""
+    a table where a value belongs, or a bad value is a UsageError naming `where` (file) and the key.
+    A section's table ([teacher], [collect.teacher]) is checked by its own class. `names` receives, per
+    option path, how to name it in a message (`label: [table] key 'x'`)."""
     known = {f.name: f for f in config_fields(cls)}
+    old_names = renamed(cls)
     out: dict[str, Any] = {}
+    label = label or where
+
+    def name_key(path: str, key: str) -> None:
+        if names is not None:
+            names[path] = f"{label}: [{table}] key '{key}'" if table else f"{label}: key '{key}'"
+
     for key, value in data.items():
         name = key.replace("-", "_")
         if name in forbid:
             raise UsageError(f"{where}: key '{key}' cannot be set here (the command sets it itself)")
+        if name not in known and name in old_names:
+            path = old_names[name]
+            if path in forbid:
+                raise UsageError(f"{where}: key '{key}' cannot be set here (the command sets it itself)")
+            owner, f = field_at(cls, path)  # type: ignore[misc]
+            sect, _, leaf = path.rpartition(".")
+            deprecated(f"{where}: key '{key}' is now '{leaf.replace('_', '-')}' under "
+                       f"[{table + '.' if table else ''}{sect}]")
+            set_path(out, path, convert_value(owner, f, value, f"{where}: key '{key}'"))
+            name_key(path, key)
+            continue
         if name not in known:
             raise UsageError(f"{where}: unknown key '{key}'")
-        if known[name].metadata["nested"] is not None:
+        f = known[name]
+        inner = f.metadata["nested"] or f.metadata["section"]
+        if inner is not None:
             if not isinstance(value, dict):
-                raise UsageError(f"{where}: '{key}' must be a table ([{key}])")
-            out[name] = check_values(known[name].metadata["nested"], value, f"{where}: [{key}]",
-                                     forbid=known[name].metadata["owned"])
+                raise UsageError(f"{where}: '{key}' must be a table ([{table + '.' if table else ''}{key}])")
+            owned = f.metadata["owned"] if f.metadata["nested"] is not None else _under(forbid, name)
+            sub: dict[str, str] = {}
+            out[name] = deep_merge(out.get(name, {}), check_values(
+                inner, value, f"{where}: [{key}]", forbid=owned, names=sub, label=label,
+                table=f"{table}.{key}" if table else key))
+            if names is not None:
+                names.update({f"{name}.{k}": v for k, v in sub.items()})
         else:
-            out[name] = convert_value(cls, known[name], value, f"{where}: key '{key}'")
+            out[name] = convert_value(cls, f, value, f"{where}: key '{key}'")
+            name_key(name, key)
     return out
 
 
@@ -339,7 +471,7 @@ def convert_value(cls: type, f: Field, value: Any, where: str) -> Any:
     return value
 
 
-def preset_values(cmd: Command, name: str) -> dict[str, Any]:
+def preset_values(cmd: Command, name: str, names: dict[str, str] | None = None) -> dict[str, Any]:
     """A preset: a shipped NAME (package data NAME.toml) or a path to a TOML file, same format as --config."""
     where = f"{flag_of(cmd.preset_field)} {name}"
     if cmd.preset_package and not name.endswith(".toml") and "/" not in name:
@@ -350,7 +482,8 @@ def preset_values(cmd: Command, name: str) -> dict[str, Any]:
         data = tomllib.loads(shipped.read_text())
     else:
         data = read_toml(name, where)
-    return check_values(cmd.cls, data, where, forbid=(cmd.preset_field,))
+    return check_values(cmd.cls, data, where, forbid=(cmd.preset_field,), names=names,
+                        label=f"{flag_of(cmd.preset_field)} {name}")
 
 
 def shipped_presets(cmd: Command) -> list[str]:
@@ -364,61 +497,96 @@ def shipped_presets(cmd: Command) -> list[str]:
 
 @dataclass
 class Sources:
-    """Where each value came from, to name it in a message: the flag, or the file and key."""
+    """Where each value came from, to name it in a message: the flag, the old flag (a renamed option), or
+    the file and key. Once the user writes old flags, options not given are named by their old flags too."""
 
-    flags: set[str] = field(default_factory=set)
-    files: dict[str, str] = field(default_factory=dict)  # field -> "FILE: key 'x'"
+    flags: set[str] = field(default_factory=set)  # option paths given as flags
+    files: dict[str, str] = field(default_factory=dict)  # path -> "FILE: key 'x'"
+    old_flags: dict[str, str] = field(default_factory=dict)  # path -> the old flag given (--rpm)
+    old_names: dict[str, str] = field(default_factory=dict)  # path -> its old flag, for every renamed option
 
-    def name(self, field_name: str) -> str:
-        if field_name in self.flags or field_name not in self.files:
-            return flag_of(field_name.replace("_", "-"))
-        return self.files[field_name]
+    def name(self, path: str) -> str:
+        if path in self.old_flags:
+            return self.old_flags[path]
+        if path in self.flags or path not in self.files:
+            if path not in self.flags and self.old_flags and path in self.old_names:
+                return self.old_names[path]
+            return flag_of(path)
+        return self.files[path]
+
+
+def _flag_values(cls: type, ns: argparse.Namespace) -> dict[str, Any]:
+    known = {f.name for f in config_fields(cls)}
+    flags: dict[str, Any] = {}
+    for key, value in vars(ns).items():
+        if key.split(".", 1)[0] in known:
+            set_path(flags, key, value)
+    return flags
+
+
+def _paths(values: Mapping[str, Any], cls: type, prefix: str = "") -> Iterator[str]:
+    """The option paths in a (nested) dict of values: a section's dict is walked, a dict value is not."""
+    for key, value in values.items():
+        at = field_at(cls, prefix + key)
+        inner = at and (at[1].metadata["section"] or at[1].metadata["nested"])
+        if isinstance(value, dict) and inner:
+            yield from _paths(value, cls, f"{prefix}{key}.")
+        else:
+            yield prefix + key
 
 
 def gather(cmd: Command, argv: Sequence[str]) -> tuple[dict[str, Any], argparse.Namespace, Sources]:
     """The values given (flags, --config, preset), merged by precedence; the namespace holds extras."""
     ns = build_parser(cmd).parse_args(list(argv))
-    known = {f.name for f in config_fields(cmd.cls)}
-    flags: dict[str, Any] = {}
-    for key, value in vars(ns).items():
-        section, _, name = key.rpartition(".")
-        if section in known:
-            flags.setdefault(section, {})[name] = value
-        elif key in known:
-            flags[key] = value
-    src = Sources(flags={k if not isinstance(v, dict) else f"{k}.{n}" for k, v in flags.items()
-                         for n in (v if isinstance(v, dict) else [None])})
+    flags = _flag_values(cmd.cls, ns)
+    src = Sources(flags=set(_paths(flags, cmd.cls)),
+                  old_names={path: flag_of(old) for old, path in renamed(cmd.cls).items()})
+    for old, new, dest in getattr(ns, "_renamed", []):
+        deprecated(f"{old} is now {new}")
+        src.old_flags[dest] = old
     file_values: dict[str, Any] = {}
     config_path = getattr(ns, "config", None)
     if config_path:
-        file_values = check_values(cmd.cls, read_toml(config_path), f"--config: {config_path}")
-        src.files.update({k: f"{config_path}: key '{k}'" for k in file_values})
-        src.files.update({f"{k}.{n}": f"{config_path}: [{k}] key '{n}'" for k, v in file_values.items()
-                          if isinstance(v, dict) for n in v})
-    values: dict[str, Any] = {}
+        file_values = check_values(cmd.cls, read_toml(config_path), f"--config: {config_path}", names=src.files,
+                                   label=str(config_path))
     preset = flags.get(cmd.preset_field) or file_values.get(cmd.preset_field) if cmd.preset_field else None
-    if preset:
-        pv = preset_values(cmd, preset)
-        values.update(pv)
-        src.files.update({k: f"{flag_of(cmd.preset_field)} {preset}: key '{k}'" for k in pv})
-    for layer in (file_values, flags):
-        for key, value in layer.items():  # a section merges key by key
-            values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
-    return values, ns, src
+    preset_names: dict[str, str] = {}
+    pv = preset_values(cmd, preset, preset_names) if preset else {}
+    src.files = {**preset_names, **src.files}
+    return deep_merge(pv, file_values, flags), ns, src
 
 
-def build(cls: type, values: Mapping[str, Any], src: Sources | None = None) -> Any:
-    """cls(**values), a ConfigError named as the user gave the value."""
+def build(cls: type, values: Mapping[str, Any], src: Sources | None = None, prefix: str = "") -> Any:
+    """cls(**values), each typed section built from its dict first; a ConfigError named as the user gave
+    the value. The result remembers the sources (`sources_of`), to name a later runtime error likewise."""
+    src = src or Sources()
+    kwargs = dict(values)
+    for f in config_fields(cls):
+        if f.metadata["section"] is not None and not dataclasses.is_dataclass(kwargs.get(f.name)):
+            given = {**f.metadata["defaults"], **(kwargs.get(f.name) or {})}
+            kwargs[f.name] = build(f.metadata["section"], given, src, f"{prefix}{f.name}.")
     try:
-        cfg = cls(**values)
+        cfg = cls(**kwargs)
         check = getattr(cfg, "validate", None)
         if check:
             check()
     except ConfigError as exc:
-        f = next((f for f in config_fields(cls) if f.name == exc.field), None)
-        name = f.metadata["metavar"] if f and f.metadata["positional"] else (src or Sources()).name(exc.field)
-        raise UsageError(f"{name}: {exc.message}") from None
+        at = field_at(cls, exc.field)
+        if at and at[1].metadata["positional"]:
+            raise UsageError(f"{at[1].metadata['metavar']}: {exc.message}") from None
+        raise _named(exc, prefix + exc.field, src, prefix) from None
+    if not prefix:
+        cfg.__dict__["_sources"] = src
     return cfg
+
+
+def _named(exc: ConfigError, path: str, src: Sources, prefix: str) -> UsageError:
+    return exc.renamed(src.name(path), lambda other: src.name(prefix + other))
+
+
+def sources_of(cfg: Any) -> Sources:
+    return cfg.__dict__.get("_sources") or Sources(
+        old_names={path: flag_of(old) for old, path in renamed(type(cfg)).items()})
 
 
 def load(cmd: Command, argv: Sequence[str]) -> Any:
@@ -427,23 +595,18 @@ def load(cmd: Command, argv: Sequence[str]) -> Any:
 
 
 @contextlib.contextmanager
-def runtime_fields_as_flags(names: Mapping[tuple[str, str], str]) -> Iterator[None]:
-    """A runtime ConfigError (section, field) re-raised naming the command's flag: `names` maps
-    ("teacher", "max_in_flight") to the command field "teacher_max_in_flight" (--teacher-max-in-flight)."""
+def runtime_errors_named(cfg: Any) -> Iterator[None]:
+    """A runtime ConfigError (section "teacher", field "max_in_flight": the runtime knows nothing of flags)
+    re-raised naming the option as the user gave it: --teacher.max-in-flight, the old flag, or the file
+    and key. A section the command does not have ("sampling") is looked up as a field of its own."""
     try:
         yield
     except ConfigError as exc:
-        name = names.get((exc.section, exc.field))
-        if name is None:
-            raise
-
-        section = exc.section
-
-        def name_of(field_name: str) -> str:
-            other = names.get((section, field_name))
-            return flag_of(other) if other else field_name
-
-        raise exc.renamed(flag_of(name), name_of) from None
+        for path in (f"{exc.section}.{exc.field}" if exc.section else "", exc.field):
+            if path and field_at(type(cfg), path):
+                prefix = path.rpartition(".")[0]
+                raise _named(exc, path, sources_of(cfg), prefix + "." if prefix else "") from None
+        raise
 
 
 # ------------------------------------------------------------------ writing a config file
@@ -460,12 +623,23 @@ def _toml_value(v: Any) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def to_toml(values: Mapping[str, Any]) -> str:
-    """Flat {key: value} as TOML (None left out: the field's default)."""
-    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None)
+def _toml_key(k: str) -> str:
+    return k if k and all(c.isalnum() or c in "-_" for c in k) else _toml_value(k)
 
 
-__all__ = ["Parser", "parser_for", "opt", "Command", "config_fields", "fingerprint", "result_fields", "flag_of",
-           "add_fields", "build_parser", "gather", "build", "load", "check_values", "read_toml", "to_toml",
-           "positive_int", "nonneg_int", "positive_float", "nonneg_float", "comma_list", "shown_default",
-           "ConfigError", "Sources", "runtime_fields_as_flags", "with_defaults"]
+def to_toml(values: Mapping[str, Any], table: str = "") -> str:
+    """{key: value} as TOML, a dict as a [table] (None left out: the field's default)."""
+    out = "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in values.items()
+                  if v is not None and not isinstance(v, dict))
+    for k, v in values.items():
+        if isinstance(v, dict) and v:
+            name = f"{table}.{_toml_key(k)}" if table else _toml_key(k)
+            out += f"\n[{name}]\n" + to_toml(v, name)
+    return out
+
+
+__all__ = ["Parser", "parser_for", "opt", "section", "Command", "config_fields", "fingerprint", "result_fields",
+           "flag_of", "add_fields", "build_parser", "gather", "build", "load", "check_values", "read_toml",
+           "to_toml", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "positive_number",
+           "comma_list", "key_values", "BadValue", "shown_default", "ConfigError", "Sources", "sources_of",
+           "runtime_errors_named", "with_defaults", "renamed", "leaves", "field_at", "value_at", "deep_merge"]

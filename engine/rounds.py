@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from persd.config import fingerprint, nonneg_int, opt, positive_int, to_toml, with_defaults
+from persd.config import deep_merge, fingerprint, nonneg_int, opt, positive_int, to_toml, with_defaults
 from persd.engine.collect.config import PROGRESS_MODES, CollectConfig, describe_difference, resolve_student_backend
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.evaluation.config import EvalConfig
@@ -45,10 +45,10 @@ from persd.runtime.errors import ConfigError, PersdError, UsageError
 from persd.trainers.cli import TrainCommand
 
 # Stage fields the loop sets itself each round (not in a [collect], [train] or [eval] section).
-COLLECT_OWNED = ("tasks", "out", "limit", "student_backend", "student_model", "student_url", "student_chat",
-                 "sandbox_workers", "progress", "force", "num_shards", "shard_index")
+COLLECT_OWNED = ("tasks", "out", "limit", "student.backend", "student.model", "student.url", "student.chat",
+                 "sandbox.workers", "progress", "force", "num_shards", "shard_index")
 TRAIN_OWNED = ("data", "model", "out", "resume", "plan", "gpus_per_node", "nodes", "gpu_memory", "cpu_memory")
-EVAL_OWNED = ("out", "student_backend", "student_model", "student_url", "student_chat", "sandbox_workers",
+EVAL_OWNED = ("out", "student.backend", "student.model", "student.url", "student.chat", "sandbox.workers",
               "progress", "force")
 
 
@@ -119,8 +119,9 @@ class LoopConfig:
     # ---- what each stage is given
 
     def shared(self, model: str) -> dict[str, Any]:
-        return {"student_backend": self.resolved_backend(), "student_model": model,
-                "student_chat": self.student_chat or None, "sandbox_workers": self.sandbox_workers,
+        student = {"backend": self.resolved_backend(), "model": model, "chat": self.student_chat or None}
+        return {"student": student, **({"sandbox": {"workers": self.sandbox_workers}}
+                                        if self.sandbox_workers is not None else {}),
                 "progress": self.progress, "force": self.force or None}
 
 
@@ -230,7 +231,8 @@ class Loop:
                                      f"unknown: restore it, use another --out, or pass --force to continue with "
                                      f"these settings") from None
                 self.state = {}
-            diffs = describe_difference(with_defaults(self.state.get("fingerprint", {}), LoopConfig), fp)
+            diffs = describe_difference(with_defaults(self.state.get("fingerprint", {}), LoopConfig), fp, renamed={},
+                                        sections={"collect": CollectConfig.RENAMED, "eval": EvalConfig.RENAMED})
             if diffs and not cfg.force:
                 raise UsageError(f"{self.lay.out} holds a loop run with other settings:\n  "
                                  + "\n  ".join(diffs)
@@ -372,8 +374,8 @@ class Loop:
             self.log(f"round {r}: collect: done already ({out})")
             return
         c = self.cfg
-        values = {**({"preset": c.preset} if c.preset else {}), **c.collect, **c.shared(model),
-                  "tasks": str(tasks), "out": str(out), "limit": c.limit if r == 1 else None}
+        values = deep_merge({"preset": c.preset} if c.preset else {}, c.collect, c.shared(model),
+                            {"tasks": str(tasks), "out": str(out), "limit": c.limit if r == 1 else None})
         self.run_stage(r, "collect", [sys.executable, "-m", "persd", "collect"], values)
 
     def stage_train(self, r: int, init: str) -> None:
@@ -393,7 +395,7 @@ class Loop:
         if eval_done(out):
             self.log(f"round {r}: eval: done already ({out})")
             return
-        values = {**self.cfg.eval, **self.cfg.shared(model), "out": str(out)}
+        values = deep_merge(self.cfg.eval, self.cfg.shared(model), {"out": str(out)})
         self.run_stage(r, "eval", [sys.executable, "-m", "persd", "eval"], values)
 
     def run_stage(self, r: int, name: str, command: list[str], values: dict[str, Any],

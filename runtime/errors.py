@@ -37,7 +37,7 @@ class ConfigError(UsageError):
         super().__init__(f"{section} {field}: {self.message}" if section else f"{field}: {self.message}")
 
     def text(self, name_of: Callable[[str], str] = str) -> str:
-        return re.sub(r"\{([a-z_]+)\}", lambda m: name_of(m.group(1)), self.template)
+        return re.sub(r"\{([a-z_.]+)\}", lambda m: name_of(m.group(1)), self.template)
 
     @property
     def message(self) -> str:

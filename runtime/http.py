@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 from persd.runtime.errors import PersdError
+from persd.runtime.options import opt, positive_float, positive_int
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 BODY_LIMIT = 2000  # characters of a server's body kept in errors
@@ -31,11 +32,17 @@ class RetryPolicy:
     the deadline: a request queued behind a long job must not expire before it is ever sent.
     """
 
-    max_attempts: int = 8
-    base_delay_s: float = 0.5
-    max_delay_s: float = 30.0
-    deadline_s: float = 600.0
-    request_timeout_s: float = 300.0
+    max_attempts: int = opt(8, help="sends per request before the run stops (resumably)", changes_results=False,
+                            type=positive_int)
+    base_delay_s: float = opt(0.5, help="first retry backoff in seconds, doubling up to max_delay_s",
+                              changes_results=False, type=positive_float)
+    max_delay_s: float = opt(30.0, help="cap on one retry backoff, in seconds", changes_results=False,
+                             type=positive_float)
+    deadline_s: float = opt(600.0, help="seconds one request may spend on retries (rate-limit waits excluded)",
+                            changes_results=False, type=positive_float)
+    request_timeout_s: float = opt(300.0, help="seconds one send waits for the answer before it is retried (a "
+                                   "server that accepts and never answers)", changes_results=False,
+                                   type=positive_float)
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Delay before retry number `attempt` (1-based): exponential, capped, 'equal jitter'."""

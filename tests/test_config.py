@@ -2,6 +2,7 @@
 change results; the command line, --config TOML, presets and fingerprints are generated from them."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import typing
@@ -9,13 +10,12 @@ from pathlib import Path
 
 import pytest
 from persd import config
-from persd.config import Command, build_parser, config_fields, fingerprint, flag_of, gather, shown_default
+from persd.config import Command, build_parser, config_fields, fingerprint, flag_of, gather, leaves, shown_default
 from persd.engine.cli.commands.check import CHECK
 from persd.engine.cli.commands.loop import LOOP
 from persd.engine.cli.commands.status import STATUS
 from persd.engine.cli.commands.tiny_model import TINY_MODEL
 from persd.engine.cli.main import run_guarded
-from persd.engine.collect.backends import RUNTIME_FIELDS
 from persd.engine.collect.config import COLLECT, CollectConfig
 from persd.engine.evaluation.config import EVAL, EvalConfig
 from persd.runtime.errors import ConfigError, UsageError
@@ -55,32 +55,28 @@ def test_no_flag_outside_the_config_system(cmd: Command):
             continue
         if set(action.option_strings) & ALIASES:
             continue
-        section, _, name = action.dest.rpartition(".")
-        assert (section or action.dest) in known, action.option_strings
+        assert action.dest.split(".")[0] in known, action.option_strings
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=ids(COMMANDS))
 def test_every_field_is_in_help_with_its_default(cmd: Command):
     text = " ".join(build_parser(cmd).format_help().split())
 
-    def check(cls, prefix=""):
-        for f in config_fields(cls):
+    def check(cls, prefix="", owned=()):
+        for path, _, f, default in leaves(cls):
             if f.metadata["nested"] is not None:
-                check(f.metadata["nested"], f"{f.name}.")
+                check(f.metadata["nested"], f"{path}.", f.metadata["owned"])
                 continue
-            if not f.metadata["cli"] or (prefix and f.name in _owned(cmd, prefix)):
+            if not f.metadata["cli"] or path in owned:
                 continue
-            flag = f.metadata["metavar"] if f.metadata["positional"] else "--" + prefix + flag_of(f)[2:]
+            flag = f.metadata["metavar"] if f.metadata["positional"] else "--" + prefix + flag_of(path)[2:]
+            if f.metadata["flag"]:
+                flag = f.metadata["flag"]
             assert flag in text, flag
-            entry = " ".join(f"{f.metadata['help']} (default: {shown_default(f)})".split())
+            entry = " ".join(f"{f.metadata['help']} (default: {shown_default(f, default)})".split())
             assert entry in text, f"{flag}: {entry!r} not in --help"
 
     check(cmd.cls)
-
-
-def _owned(cmd: Command, prefix: str) -> tuple[str, ...]:
-    f = next(f for f in config_fields(cmd.cls) if f.name == prefix[:-1])
-    return f.metadata["owned"]
 
 
 # ------------------------------------------------------------------ the fingerprint comes from the metadata
@@ -89,6 +85,8 @@ def _owned(cmd: Command, prefix: str) -> tuple[str, ...]:
 def other_value(cls, f: dataclasses.Field):
     """A valid value different from the field's default."""
     default = config._default(f)
+    if f.name.endswith("url"):
+        return "http://127.0.0.1:7/v1"
     if f.metadata["choices"]:
         return next(c for c in f.metadata["choices"] if c != default)
     hint = config._hint(cls, f.name)
@@ -99,7 +97,7 @@ def other_value(cls, f: dataclasses.Field):
     if hint is int:
         return (default or 0) + 3
     if hint is float:
-        return (default or 0.0) + 0.25
+        return default / 2 if default else 0.25  # a fraction stays a fraction
     if hint is str:
         return (default or "") + "-other"
     if hint is dict or typing.get_origin(hint) is dict:
@@ -117,25 +115,43 @@ def fp(cfg):
 
 BASES = {
     # a real teacher URL, so the teacher model is not the stand-in's label
-    CollectConfig: dict(tasks="t", out="o", teacher_url="http://127.0.0.1:9/v1"),
+    CollectConfig: dict(tasks="t", out="o", teacher={"base_url": "http://127.0.0.1:9/v1"}),
     EvalConfig: dict(tasks="t", out="o"),
     TrainConfig: dict(data=["d"], model="m", out="o"),
 }
 
 
+PAIRED = {"price_in": "price_out", "price_out": "price_in"}  # given together or not at all
+
+
+def with_option(cls, base: dict, path: str, owner, f):
+    """cls(**base) with the option at `path` (a field, or a section's field) set to another valid value."""
+    values = copy.deepcopy(base)
+    config.set_path(values, path, other_value(owner, f))
+    if f.name in PAIRED:
+        config.set_path(values, path.rpartition(".")[0] + "." + PAIRED[f.name], 1.0)
+    return make(cls, values)
+
+
+def make(cls, values: dict):
+    """cls(**values), its sections built from their dicts."""
+    return config.build(cls, values) if any(p.metadata["section"] for p in config_fields(cls)) else cls(**values)
+
+
 @pytest.mark.parametrize("cls", list(BASES) + [c.cls for c in (CHECK, TINY_MODEL, LOOP)],
                          ids=lambda c: c.__name__)
-def test_each_result_changing_field_changes_the_fingerprint_and_no_other_does(cls):
+def test_each_result_changing_field_changes_the_fingerprint_and_no_other_does(cls, monkeypatch):
+    monkeypatch.setattr(cls, "validate", lambda self: None, raising=False)  # values checked one by one here
     base = BASES.get(cls, {})
-    before = fp(cls(**base))
-    for f in config_fields(cls):
-        if f.metadata["nested"] is not None:
+    before = fp(make(cls, base))
+    for path, owner, f, _ in leaves(cls):
+        if f.metadata["nested"] is not None or not f.metadata["cli"]:
             continue
-        after = fp(cls(**{**base, f.name: other_value(cls, f)}))
+        after = fp(with_option(cls, base, path, owner, f))
         if f.metadata["changes_results"]:
-            assert after != before, f"{cls.__name__}.{f.name} changes results but not the fingerprint"
+            assert after != before, f"{cls.__name__}.{path} changes results but not the fingerprint"
         else:
-            assert after == before, f"{cls.__name__}.{f.name} does not change results but is in the fingerprint"
+            assert after == before, f"{cls.__name__}.{path} does not change results but is in the fingerprint"
 
 
 def test_each_stage_option_given_to_loop_is_fingerprinted_when_it_changes_results():
@@ -143,11 +159,13 @@ def test_each_stage_option_given_to_loop_is_fingerprinted_when_it_changes_result
     for section in ("collect", "train", "eval"):
         f = next(f for f in config_fields(LOOP.cls) if f.name == section)
         stage = f.metadata["nested"]
-        for sf in config_fields(stage):
-            if sf.name in f.metadata["owned"]:
+        for path, owner, sf, _ in leaves(stage):
+            if path in f.metadata["owned"] or not sf.metadata["cli"]:
                 continue
-            after = LOOP.cls(**{section: {sf.name: other_value(stage, sf)}}).fingerprint()
-            assert (after != before) == sf.metadata["changes_results"], f"{section}.{sf.name}"
+            given: dict = {}
+            config.set_path(given, path, other_value(owner, sf))
+            after = LOOP.cls(**{section: given}).fingerprint()
+            assert (after != before) == sf.metadata["changes_results"], f"{section}.{path}"
 
 
 def test_fingerprints_keep_their_format():
@@ -236,11 +254,17 @@ def test_a_bad_value_is_named_as_the_user_gave_it(tmp_path):
 
 
 def test_runtime_errors_name_the_field_and_the_cli_names_the_flag():
+    from persd.engine.collect.config import parse_args
+
     with pytest.raises(ConfigError) as exc:
         TeacherConfig(base_url="http://127.0.0.1:1/v1", max_in_flight=0)
     assert (exc.value.section, exc.value.field) == ("teacher", "max_in_flight") and "--" not in str(exc.value)
-    with pytest.raises(UsageError, match=r"^--teacher-max-in-flight: must be at least 1"):
-        with config.runtime_fields_as_flags(RUNTIME_FIELDS):
+    with pytest.raises(UsageError, match=r"^--teacher.max-in-flight: must be at least 1"):
+        with config.runtime_errors_named(parse_args(["--tasks", "t", "--out", "o"], environ={})):
+            TeacherConfig(base_url="http://127.0.0.1:1/v1", max_in_flight=0)
+    with pytest.raises(UsageError, match=r"^--teacher-max-in-flight: must be at least 1"):  # as given: the old flag
+        with config.runtime_errors_named(parse_args(["--tasks", "t", "--out", "o", "--teacher-max-in-flight", "3"],
+                                                    environ={})):
             TeacherConfig(base_url="http://127.0.0.1:1/v1", max_in_flight=0)
 
 
@@ -252,10 +276,13 @@ def test_runtime_sources_never_speak_of_flags():
 
 
 def test_one_set_of_teacher_defaults():
+    """collect's teacher section is the runtime TeacherConfig (no copies of its fields): same defaults."""
     c, t = CollectConfig(), TeacherConfig()
-    assert (c.teacher_model, c.rpm, c.tpm, c.teacher_max_in_flight, c.teacher_api_key_env) == \
+    assert isinstance(c.teacher, TeacherConfig)
+    assert (c.teacher.model, c.teacher.rpm, c.teacher.tpm, c.teacher.max_in_flight, c.teacher.api_key_env) == \
         (t.model, t.rpm, t.tpm, t.max_in_flight, t.api_key_env)
-    assert (c.teacher_retries, c.teacher_retry_delay) == (t.retry.max_attempts, t.retry.base_delay_s)
+    assert c.teacher.retry == t.retry
+    assert (c.teacher_model, c.rpm, c.teacher_retries) == (t.model, t.rpm, t.retry.max_attempts)  # old names read
 
 
 def test_one_parser_class():

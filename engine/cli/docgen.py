@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from persd.config import config_fields, flag_of, shown_default
+from persd.config import flag_of, leaves, renamed, shown_default
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,15 +27,21 @@ def _configs() -> dict[str, tuple[type, str]]:
 
 
 def options_table(cls: type) -> str:
+    """One row per option, a section's as `--teacher.rpm`; a renamed option names its old flag."""
+    old = {path: flag_of(name) for name, path in renamed(cls).items()}
     rows = ["| option | default | changes results | what |", "| --- | --- | --- | --- |"]
-    for f in config_fields(cls):
+    for path, owner, f, default in leaves(cls):
         if not f.metadata["cli"] or f.metadata["nested"] is not None:
             continue
-        name = f.name if f.metadata["positional"] else flag_of(f)
+        name = f.name if f.metadata["positional"] else ("--" + path.rpartition(".")[0] + "." + flag_of(f)[2:]
+                                                          if "." in path else flag_of(f))
         what = f.metadata["help"].replace("|", "\\|").replace("\n", " ")
-        default = shown_default(f).replace("|", "\\|")
-        rows.append(f"| `{name}` | {default} | {'yes' if f.metadata['changes_results'] else ''} | {what} |")
+        if path in old:
+            what += f" (was `{old[path]}`)"
+        shown = shown_default(f, default).replace("|", "\\|")
+        rows.append(f"| `{name}` | {shown} | {'yes' if f.metadata['changes_results'] else ''} | {what} |")
     return "\n".join(rows)
+
 
 
 def _block(name: str) -> re.Pattern:

@@ -8,12 +8,10 @@ keep it (or pass `--force`).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from persd import config
 from persd.config import (
@@ -26,42 +24,21 @@ from persd.config import (
     opt,
     positive_float,
     positive_int,
+    section,
+    value_at,
 )
 from persd.engine.collect.layout import partition_name
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
-from persd.runtime.http import RetryPolicy
+from persd.runtime.sandbox.config import SandboxConfig
+from persd.runtime.student.base import BACKENDS as STUDENT_BACKENDS
+from persd.runtime.student.base import StudentConfig, resolve_backend
 from persd.runtime.teacher.config import TeacherConfig
 
-STUDENT_BACKENDS = ("vllm", "openai", "hf")
 PROGRESS_MODES = ("auto", "live", "plain", "none")
 FORMATS = ("persd", "persd-refine", "inpd", "stand")
 PROTOCOLS = ("persd", "paper")  # paper: the reference implementation's protocol (engine/paper/, docs/fidelity.md)
 TEACHER_CONTEXTS = ("gold", "none")
-
-
-def _prices(v: str | dict) -> dict[str, list[float]]:
-    """'m1=0.15:0.6,m2=1:2' (a flag) or {m1 = [0.15, 0.6]} (a TOML table) -> {model: [in, out]}."""
-    if isinstance(v, dict):
-        items = list(v.items())
-    else:
-        items = []
-        for part in (x.strip() for x in str(v).split(",") if x.strip()):
-            model, _, pair = part.partition("=")
-            items.append((model.strip(), pair.split(":")))
-    out: dict[str, list[float]] = {}
-    for model, pair in items:
-        try:
-            if isinstance(pair, dict):
-                pair = [pair["input"], pair["output"]]
-            a, b = (float(x) for x in pair)
-            if not model or a < 0 or b < 0:
-                raise ValueError
-        except (ValueError, TypeError, KeyError):
-            raise argparse.ArgumentTypeError(
-                f"expected MODEL=IN:OUT (USD per 1M input and output tokens), got {model}={pair!r}") from None
-        out[model] = [a, b]
-    return out
 
 
 def _or_unset(cast: Any, word: str) -> Any:
@@ -70,20 +47,12 @@ def _or_unset(cast: Any, word: str) -> Any:
         return None if v is None or str(v).strip().lower() == word else cast(v)
 
     convert.__name__ = f"{getattr(cast, '__name__', 'value')} or '{word}'"
+    convert.__name__ = f"{getattr(cast, '__name__', 'value')} or '{word}'"
     return convert
+
+
 PROMPT_VERSION = 1  # bump when the engine's teacher prompts change (it alters results)
-
-
-def resolve_student_backend(backend: str, url: str | None = None) -> str:
-    """The backend `auto` stands for: openai with a student URL, vllm on a GPU machine with vLLM
-    installed, else hf. Any other name is returned as given. (collect, eval and loop share this rule.)"""
-    if backend != "auto":
-        return backend
-    if url:
-        return "openai"
-    if shutil.which("nvidia-smi") and importlib.util.find_spec("vllm") is not None:
-        return "vllm"
-    return "hf"
+resolve_student_backend = resolve_backend  # the rule collect, eval and loop share (runtime.student.base)
 
 
 def _formats(v: str | list) -> tuple[str, ...]:
@@ -97,49 +66,116 @@ def _formats(v: str | list) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-# ------------------------------------------------------------------ the student options collect and eval share
+# ------------------------------------------------------------------ the sections collect and eval share
+
+# The flat options of earlier releases, now options of a section: still accepted (flags and TOML keys,
+# with a deprecation line) for one release; fingerprints keep these names as keys, manifests as keys too.
+STUDENT_RENAMED = {"student_backend": "student.backend", "student_model": "student.model",
+                   "student_url": "student.url", "student_chat": "student.chat",
+                   "student_concurrency": "student.max_concurrency", "dtype": "student.dtype",
+                   "tensor_parallel_size": "student.tensor_parallel_size",
+                   "gpu_memory_utilization": "student.gpu_memory_utilization",
+                   "kv_cache_gib": "student.kv_cache_gib", "max_model_len": "student.max_model_len",
+                   "enforce_eager": "student.enforce_eager"}
+SANDBOX_RENAMED = {"sandbox_workers": "sandbox.workers", "exec_timeout": "sandbox.timeout_s"}
+TEACHER_RENAMED = {"teacher_url": "teacher.base_url", "teacher_model": "teacher.model",
+                   "teacher_api_key_env": "teacher.api_key_env", "teacher_temperature": "teacher.temperature",
+                   "teacher_max_tokens": "teacher.max_tokens", "teacher_context": "teacher.context",
+                   "price_in": "teacher.price_in", "price_out": "teacher.price_out", "teacher_top_p": "teacher.top_p",
+                   "teacher_max_in_flight": "teacher.max_in_flight", "rpm": "teacher.rpm", "tpm": "teacher.tpm",
+                   "max_cost": "teacher.max_cost_usd", "teacher_retries": "teacher.retry.max_attempts",
+                   "teacher_retry_delay": "teacher.retry.base_delay_s",
+                   "teacher_max_retry_delay": "teacher.retry.max_delay_s",
+                   "teacher_deadline": "teacher.retry.deadline_s",
+                   "teacher_timeout": "teacher.retry.request_timeout_s", "prices": "teacher.prices",
+                   "teacher_headroom": "teacher.headroom", "teacher_limit_window": "teacher.limit_window_s",
+                   "teacher_jitter": "teacher.jitter_s", "teacher_reconcile_tokens": "teacher.reconcile_tokens"}
+
+
+def old_names_as_attributes(cls: type) -> type:
+    """`cfg.student_model` reads (and sets) `cfg.student.model`: the renamed options' old attribute names,
+    for code not yet written against the sections (one release, as the old flags)."""
+    for old, path in cls.RENAMED.items():
+        owner, _, leaf = path.rpartition(".")
+
+        def get(self, p=path):
+            return value_at(self, p)
+
+        def put(self, value, o=owner, f=leaf):
+            setattr(value_at(self, o), f, value)
+
+        setattr(cls, old, property(get, put))
+    return cls
+
+
+def public_view(cfg: Any) -> dict[str, Any]:
+    """The configuration as written to a run's files: sections as tables, the student's backend resolved,
+    header values left out (they may hold secrets); plus the old flat keys of renamed options (one release)."""
+    data = asdict(cfg)
+    data["student"]["backend"] = cfg.student.resolved_backend()
+    teacher = data.get("teacher")
+    if teacher and teacher.get("extra_headers"):
+        teacher["extra_headers"] = {k: "(not written)" for k in teacher["extra_headers"]}
+    return {**{old: value_at(data, path) for old, path in cfg.RENAMED.items()}, **data}
 
 
 @dataclass
-class StudentFields:
-    """The student options collect and eval share (the runtime StudentConfig they become:
-    persd.engine.collect.backends.student_config). Only the model and the chat mode change results."""
+class CollectTeacher(TeacherConfig):
+    """The teacher as persd collect asks it: the runtime's TeacherConfig (where, which model, how fast,
+    how much money), how collect's requests sample, and prices for the teacher model. No base URL: an
+    offline stand-in answers from the tasks' references."""
 
-    student_backend: str = opt("auto", help="auto: openai with --student-url, vllm on a GPU machine, else hf",
-                               changes_results=False, choices=("auto",) + STUDENT_BACKENDS, group="student")
-    student_model: str | None = opt(None, help="checkpoint path (hf, vllm) or the served model's name (openai)",
-                                    changes_results=True, group="student", shown="a tiny local model (demo)")
-    student_url: str | None = opt(None, help="base URL of an OpenAI-compatible server (openai backend), "
-                                             "e.g. http://127.0.0.1:8000/v1", changes_results=False, group="student")
-    student_chat: bool = opt(False, help="an instruct model: chat template / chat messages", changes_results=True,
-                             group="student")
-    student_concurrency: int = opt(64, help="student requests in flight", changes_results=False, type=positive_int,
-                                   group="student")
-    tensor_parallel_size: int = opt(1, help="vllm: GPUs per model", changes_results=False, type=positive_int,
-                                    group="student")
-    gpu_memory_utilization: float | None = opt(None, help="vllm: fraction of accelerator memory (on CPU: of the "
-                                               "NUMA node's RAM) to take", changes_results=False, type=positive_float,
-                                               group="student", shown="vLLM's 0.9 on a GPU; on CPU persd sizes the "
-                                               "KV cache from free memory")
-    kv_cache_gib: float | None = opt(None, help="vllm: KV cache size in GiB (wins over the memory fraction)",
-                                     changes_results=False, type=positive_float, group="student")
-    dtype: str = opt("auto", help="model dtype: auto, bfloat16, float16, float32", changes_results=False,
-                     group="student")
-    max_model_len: int | None = opt(None, help="context length the backend allows", changes_results=False,
-                                    type=positive_int, group="student")
-    enforce_eager: bool | None = opt(None, help="vllm: run the model without torch.compile (compiling adds "
-                                     "minutes to every start with a new model path on CPU)", changes_results=False,
-                                     group="student", shown="yes on CPU, no on GPU")
+    base_url: str | None = opt(None, help="OpenAI-compatible base URL; without it an offline stand-in answers "
+                                          "from the tasks' references", changes_results=False,
+                               shown="the offline stand-in")
+    temperature: float | None = opt(0.0, help="sampling temperature, or 'default' to send none (the API's "
+                                    "default; the paper preset)", changes_results=True,
+                                    type=_or_unset(float, "default"))
+    max_tokens: int | None = opt(1024, help="max new tokens, or 'none' to send none (the paper preset)",
+                                 changes_results=True, type=_or_unset(positive_int, "none"))
+    top_p: float | None = opt(None, help="nucleus sampling top_p", changes_results=True, type=positive_float,
+                              shown="the provider's")
+    context: str | None = opt(None, help="paper protocol: gold shows the teacher the dataset's solution as its own "
+                              "first answer, as the reference did; none leaves it out", changes_results=True,
+                              choices=TEACHER_CONTEXTS, shown="gold with --protocol paper")
+    price_in: float | None = opt(None, help="USD per 1M input tokens of the teacher model (with price_out; "
+                                 "overrides the price table)", changes_results=False, type=nonneg_float,
+                                 shown="the price table")
+    price_out: float | None = opt(None, help="USD per 1M output tokens of the teacher model (with price_in)",
+                                  changes_results=False, type=nonneg_float, shown="the price table")
 
-    def resolved_student_backend(self) -> str:
-        return resolve_student_backend(self.student_backend, self.student_url)
+    def check_url(self) -> None:
+        if self.base_url is not None:
+            super().check_url()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError("top_p", f"{self.top_p}: expected a value in (0, 1]", "teacher")
+        if (self.price_in is None) != (self.price_out is None):
+            raise ConfigError("price_in", "{price_in} and {price_out} go together (USD per 1M input and output "
+                              "tokens)", "teacher")
+
+    @property
+    def standin(self) -> bool:
+        return not self.base_url
+
+    def all_prices(self) -> dict[str, tuple[float, float]] | None:
+        """Price overrides: `prices` (a table), then price_in/price_out for `model`."""
+        prices = {m: (float(a), float(b)) for m, (a, b) in (self.prices or {}).items()}
+        if self.price_in is not None and self.price_out is not None:
+            prices[self.model] = (self.price_in, self.price_out)
+        return prices or None
 
 
 # ------------------------------------------------------------------ persd collect
 
 
+@old_names_as_attributes
 @dataclass
-class CollectConfig(StudentFields, TimeLimitFields):
+class CollectConfig(TimeLimitFields):
+    RENAMED: ClassVar[dict[str, str]] = {**STUDENT_RENAMED, **TEACHER_RENAMED, **SANDBOX_RENAMED}
+
     # input and output
     tasks: str = opt("", help="JSONL task file or a built-in set (humaneval, mbpp)", changes_results=True,
                      group="input and output", shown="required")
@@ -162,7 +198,7 @@ class CollectConfig(StudentFields, TimeLimitFields):
                           group="input and output", shown="SLURM_ARRAY_TASK_COUNT, else 1")
     shard_index: int = opt(0, help="this machine's partition", changes_results=False, type=nonneg_int,
                            group="input and output", shown="from SLURM_ARRAY_TASK_ID, else 0")
-    # the student's sampling (its model and backend: StudentFields)
+    # the student's sampling (the student itself: the student section)
     samples: int = opt(1, help="student attempts per task", changes_results=True, type=positive_int,
                        group="student")
     temperature: float = opt(0.3, help="student sampling temperature", changes_results=True, group="student")
@@ -170,66 +206,7 @@ class CollectConfig(StudentFields, TimeLimitFields):
     max_tokens: int = opt(512, help="student max new tokens", changes_results=True, type=positive_int,
                           group="student")
     seed: int = opt(0, help="base sampling seed", changes_results=True, group="student")
-    # teacher (its defaults are the runtime TeacherConfig's: one source)
-    teacher_url: str | None = opt(None, help="OpenAI-compatible base URL; without it an offline stand-in "
-                                             "answers from the tasks' references", changes_results=False,
-                                  group="teacher", shown="the offline stand-in")
-    teacher_model: str = opt(TeacherConfig.model, help="the teacher model's name", changes_results=True,
-                             group="teacher")
-    teacher_api_key_env: str = opt(TeacherConfig.api_key_env, help="environment variable holding the key",
-                                   changes_results=False, group="teacher")
-    teacher_temperature: float | None = opt(0.0, help="teacher sampling temperature, or 'default' to send none "
-                                            "(the API's default; the paper preset)", changes_results=True,
-                                            type=_or_unset(float, "default"), group="teacher")
-    teacher_max_tokens: int | None = opt(1024, help="teacher max new tokens, or 'none' to send none (the paper "
-                                         "preset)", changes_results=True, type=_or_unset(positive_int, "none"),
-                                         group="teacher")
-    teacher_context: str | None = opt(None, help="paper protocol: gold shows the teacher the dataset's solution as "
-                                      "its own first answer, as the reference did; none leaves it out",
-                                      changes_results=True, choices=TEACHER_CONTEXTS, group="teacher",
-                                      shown="gold with --protocol paper")
-    price_in: float | None = opt(None, help="USD per 1M teacher input tokens (with --price-out; overrides the "
-                                 "price table)", changes_results=False, type=nonneg_float, group="teacher",
-                                 shown="the price table")
-    price_out: float | None = opt(None, help="USD per 1M teacher output tokens (with --price-in)",
-                                  changes_results=False, type=nonneg_float, group="teacher",
-                                  shown="the price table")
-    teacher_top_p: float | None = opt(None, help="teacher nucleus sampling top_p", changes_results=True,
-                                      type=positive_float, group="teacher", shown="the provider's")
-    teacher_max_in_flight: int = opt(TeacherConfig.max_in_flight, help="teacher requests in flight",
-                                     changes_results=False, type=positive_int, group="teacher")
-    rpm: int = opt(TeacherConfig.rpm, help="teacher requests per minute, this process", changes_results=False,
-                   type=positive_int, group="teacher")
-    tpm: int = opt(TeacherConfig.tpm, help="teacher tokens per minute, this process", changes_results=False,
-                   type=positive_int, group="teacher")
-    max_cost: float | None = opt(None, help="stop (resumably) once teacher spending reaches this many dollars",
-                                 changes_results=False, type=positive_float, group="teacher", shown="no limit")
-    teacher_retries: int = opt(RetryPolicy.max_attempts, help="sends per teacher request before the run stops "
-                               "(resumably)", changes_results=False, type=positive_int, group="teacher")
-    teacher_retry_delay: float = opt(RetryPolicy.base_delay_s, help="first retry backoff in seconds, doubling up "
-                                     "to --teacher-max-retry-delay", changes_results=False, type=positive_float,
-                                     group="teacher")
-    teacher_max_retry_delay: float = opt(RetryPolicy.max_delay_s, help="cap on one retry backoff, in seconds",
-                                         changes_results=False, type=positive_float, group="teacher")
-    teacher_deadline: float = opt(RetryPolicy.deadline_s, help="seconds one request may spend on retries "
-                                  "(rate-limit waits excluded)", changes_results=False, type=positive_float,
-                                  group="teacher")
-    teacher_timeout: float = opt(RetryPolicy.request_timeout_s, help="seconds one send waits for the teacher's "
-                                 "answer before it is retried (a provider that accepts and never answers)",
-                                 changes_results=False, type=positive_float, group="teacher")
-    prices: dict[str, Any] | None = opt(None, help="prices of several models: 'MODEL=IN:OUT,...' USD per 1M "
-                                        "tokens (config file: a table, prices = {model = [in, out]})",
-                                        changes_results=False, type=_prices, group="teacher",
-                                        shown="the price table")
-    teacher_headroom: float = opt(TeacherConfig.headroom, help="pace at this fraction of --rpm and --tpm",
-                                  changes_results=False, type=positive_float, group="teacher")
-    teacher_limit_window: float = opt(TeacherConfig.limit_window_s, help="shortest window (s) over which the "
-                                      "provider may enforce --rpm/--tpm", changes_results=False,
-                                      type=positive_float, group="teacher")
-    teacher_jitter: float = opt(TeacherConfig.jitter_s, help="seconds the network may bunch requests up",
-                                changes_results=False, type=nonneg_float, group="teacher")
-    teacher_reconcile_tokens: bool = opt(TeacherConfig.reconcile_tokens, help="give back over-estimated tokens "
-                                         "from each answer's usage", changes_results=False, group="teacher")
+    # what collect asks of the teacher (the teacher itself: the teacher section)
     refine_turns: int = opt(1, help="teacher turns per failed task", changes_results=True, type=positive_int,
                             group="teacher")
     testgen_inputs: int = opt(5, help="test inputs asked of the teacher for tasks without tests",
@@ -239,11 +216,6 @@ class CollectConfig(StudentFields, TimeLimitFields):
     # flow and run control
     max_in_flight: int = opt(256, help="tasks alive at once", changes_results=False, type=positive_int,
                              group="flow")
-    sandbox_workers: int = opt(0, help="sandbox processes", changes_results=False, type=nonneg_int, group="flow",
-                               shown="two per core with calibrated time limits, one with fixed")
-    exec_timeout: float = opt(10.0, help="seconds per sandbox execution: the wall-clock limit of a task without "
-                              "a reference, the most CPU time a calibrated one gets", changes_results=True,
-                              type=positive_float, group="flow")
     force: bool = opt(False, help="accept a rerun whose settings alter results", changes_results=False,
                       group="flow")
     grace: float = opt(10.0, help="seconds in-flight tasks get to finish on SIGINT/SIGTERM",
@@ -252,6 +224,11 @@ class CollectConfig(StudentFields, TimeLimitFields):
                         group="flow")
     log_every: float = opt(10.0, help="seconds between plain progress lines", changes_results=False,
                            type=positive_float, group="flow")
+    # the components, each with its own options
+    student: StudentConfig = section(StudentConfig, help="the student model (persd.runtime.student)",
+                                     max_concurrency=64)
+    teacher: CollectTeacher = section(CollectTeacher, help="the teacher API (persd.runtime.teacher)")
+    sandbox: SandboxConfig = section(SandboxConfig, help="the sandbox that runs programs (persd.runtime.sandbox)")
 
     # ---- derived
 
@@ -261,24 +238,22 @@ class CollectConfig(StudentFields, TimeLimitFields):
 
     @property
     def standin_teacher(self) -> bool:
-        return not self.teacher_url
+        return self.teacher.standin
 
     @property
     def partition(self) -> str:
         return partition_name(self.num_shards, self.shard_index)
 
+    def resolved_student_backend(self) -> str:
+        return self.student.resolved_backend()
+
     def teacher_prices(self) -> dict[str, tuple[float, float]] | None:
-        """Price overrides: --prices (or the config's table), then --price-in/--price-out for --teacher-model."""
-        prices = {m: (float(a), float(b)) for m, (a, b) in (self.prices or {}).items()}
-        if self.price_in is not None and self.price_out is not None:
-            prices[self.teacher_model] = (self.price_in, self.price_out)
-        return prices or None
+        return self.teacher.all_prices()
 
     def public(self) -> dict[str, Any]:
         """The configuration as written to the manifest: no secrets (the key's variable name only)."""
-        data = asdict(self)
+        data = public_view(self)
         data["formats"] = list(self.formats)
-        data["student_backend"] = self.resolved_student_backend()
         return data
 
     def fingerprint(self) -> dict[str, Any]:
@@ -298,28 +273,18 @@ class CollectConfig(StudentFields, TimeLimitFields):
             raise ConfigError("out", "required (the output directory; rerun with it to resume)")
         if not 0 <= self.shard_index < self.num_shards:
             raise ConfigError("shard_index", f"{self.shard_index} is out of range for {self.num_shards} shard(s)")
-        backend = check_student_url(self)
-        if backend == "openai" and not self.student_model:
-            raise ConfigError("student_model", "the openai backend needs the model name the server serves")
+        if self.student.resolved_backend() == "openai" and not self.student.model:
+            raise ConfigError("student.model", "the openai backend needs the model name the server serves")
         check_sampling(self.temperature, self.top_p)
-        if self.teacher_top_p is not None and not 0 < self.teacher_top_p <= 1:
-            raise ConfigError("teacher_top_p", f"{self.teacher_top_p}: expected a value in (0, 1]")
-        if self.teacher_url and not self.teacher_url.startswith(("http://", "https://")):
-            raise ConfigError("teacher_url", f"{self.teacher_url!r}: expected an http(s) URL")
-        if self.teacher_context is not None and self.protocol != "paper":
-            raise ConfigError("teacher_context", "applies to the paper protocol (--preset paper)")
-        if (self.price_in is None) != (self.price_out is None):
-            raise ConfigError("price_in", "--price-in and --price-out go together (USD per 1M input and output "
-                              "tokens)")
-        if self.max_cost is not None and self.teacher_url:
+        if self.teacher.context is not None and self.protocol != "paper":
+            raise ConfigError("teacher.context", "applies to the paper protocol (--preset paper)")
+        if self.teacher.max_cost_usd is not None and not self.teacher.standin:
             from persd.runtime.teacher.pricing import PriceTable
 
-            if PriceTable(self.teacher_prices()).lookup(self.teacher_model) is None:
-                raise ConfigError("max_cost", f"needs the price of --teacher-model {self.teacher_model!r}, which is "
-                                  f"not in the built-in table: give --price-in and --price-out (USD per 1M tokens)")
-        if not 0 < self.teacher_headroom <= 1:
-            raise ConfigError("teacher_headroom", f"{self.teacher_headroom}: expected a fraction in (0, 1]")
-
+            if PriceTable(self.teacher.all_prices()).lookup(self.teacher.model) is None:
+                raise ConfigError("teacher.max_cost_usd", f"needs the price of {{teacher.model}} "
+                                  f"{self.teacher.model!r}, which is not in the built-in table: give "
+                                  f"{{teacher.price_in}} and {{teacher.price_out}} (USD per 1M tokens)")
 
 
 COLLECT = Command(
@@ -328,17 +293,6 @@ COLLECT = Command(
                 "verified training records, written as sealed shards. Rerun the same command to resume.",
     preset_field="preset", preset_package="persd.engine.collect.presets",
     groups=("input and output", "student", "teacher", "flow"))
-
-
-
-
-# keys the README documents for the teacher (TeacherConfig's names), accepted in a --config file
-CONFIG_ALIASES = {"headroom": "teacher_headroom", "limit_window_s": "teacher_limit_window",
-                  "jitter_s": "teacher_jitter", "reconcile_tokens": "teacher_reconcile_tokens",
-                  "request_timeout_s": "teacher_timeout"}
-RETRY_KEYS = {"max_attempts": "teacher_retries", "base_delay_s": "teacher_retry_delay",
-              "max_delay_s": "teacher_max_retry_delay", "deadline_s": "teacher_deadline",
-              "request_timeout_s": "teacher_timeout"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,25 +322,14 @@ def _env_int(env, name: str, minimum: int) -> int:
     return n
 
 
-def check_student_url(cfg: StudentFields) -> str:
-    """The resolved student backend, once the openai backend is known to have its student URL."""
-    backend = cfg.resolved_student_backend()
-    if backend == "openai" and not cfg.student_url:
-        raise ConfigError("student_url", "the openai backend needs it (e.g. http://127.0.0.1:8000/v1)")
-    if backend in ("hf", "vllm") and cfg.student_url:
-        raise ConfigError("student_url", f"is for --student-backend openai; the {backend} backend loads "
-                          f"--student-model itself (drop one of the two)")
-    return backend
-
-
-def check_student_model(cfg: StudentFields) -> None:
-    """A local backend's --student-model must be a loadable model directory (checked before loading)."""
+def check_student_model(cfg: Any) -> None:
+    """A local backend's student model must be a loadable model directory (checked before loading)."""
     from persd.runtime.student.model_dir import model_dir_problem
 
-    if cfg.resolved_student_backend() in ("hf", "vllm") and cfg.student_model:
-        problem = model_dir_problem(cfg.student_model)
+    if cfg.student.resolved_backend() in ("hf", "vllm") and cfg.student.model:
+        problem = model_dir_problem(cfg.student.model)
         if problem:
-            raise UsageError(f"--student-model {problem}")
+            raise UsageError(f"{config.sources_of(cfg).name('student.model')} {problem}")
 
 
 def check_sampling(temperature: float, top_p: float) -> None:
@@ -396,25 +339,33 @@ def check_sampling(temperature: float, top_p: float) -> None:
         raise ConfigError("top_p", f"{top_p}: expected a value in (0, 1]")
 
 
-def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human lines naming each changed setting, as flags (a nested section `train` as --train.KEY)."""
+def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
+                        renamed: dict[str, str] | None = None,
+                        sections: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """Human lines naming each changed setting, as flags (a nested section `train` as --train.KEY). A
+    fingerprint key that is a renamed option's old name (`renamed`: collect's and eval's by default) is
+    named by its new flag; `sections` gives a loop stage's section its own table."""
     derived = {"tasks_count": "the number of tasks in --tasks", "tasks_sha256": "the content of --tasks",
                "prompt_version": "persd's prompt texts (a newer persd)"}
+    renamed = ALL_RENAMED if renamed is None else renamed
     lines = []
     for key in sorted(set(old) | set(new)):
         was, now = old.get(key), new.get(key)
         if was == now:
             continue
         if isinstance(was, dict) or isinstance(now, dict):
-            lines += describe_difference(was or {}, now or {}, f"{prefix}{key}.")
+            lines += describe_difference(was or {}, now or {}, f"{prefix}{key}.", (sections or {}).get(key, {}))
         elif key == "tasks_sha256":
             lines.append(f"{derived[key]} changed")
         else:
             name = derived.get(key) if not prefix else None
-            lines.append(f"{name or '--' + prefix + key.replace('_', '-')}: was {was!r}, now {now!r}")
+            flag = config.flag_of(prefix + renamed.get(key, key))
+            lines.append(f"{name or flag}: was {was!r}, now {now!r}")
     return lines
 
 
-__all__ = ["CollectConfig", "StudentFields", "FORMATS", "STUDENT_BACKENDS", "PROGRESS_MODES", "COLLECT",
-           "parse_args", "build_parser", "describe_difference", "resolve_student_backend", "check_student_url",
-           "check_sampling"]
+ALL_RENAMED = CollectConfig.RENAMED
+
+__all__ = ["CollectConfig", "CollectTeacher", "FORMATS", "STUDENT_BACKENDS", "PROGRESS_MODES", "COLLECT",
+           "parse_args", "build_parser", "describe_difference", "resolve_student_backend", "check_student_model",
+           "check_sampling", "STUDENT_RENAMED", "SANDBOX_RENAMED", "TEACHER_RENAMED", "public_view"]

@@ -7,14 +7,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from persd import config
-from persd.config import Command, build, fingerprint, gather, nonneg_int, opt, positive_float, positive_int
-from persd.engine.collect.config import PROGRESS_MODES, StudentFields, check_sampling, check_student_url
+from persd.config import Command, build, fingerprint, gather, nonneg_int, opt, positive_float, positive_int, section
+from persd.engine.collect.config import (
+    PROGRESS_MODES,
+    SANDBOX_RENAMED,
+    STUDENT_RENAMED,
+    check_sampling,
+    old_names_as_attributes,
+    public_view,
+)
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
+from persd.runtime.sandbox.config import SandboxConfig
+from persd.runtime.student.base import StudentConfig
 
 PROMPT_VERSION = 1  # bump when eval's prompts (direct or refine) change: it alters results
 PAPER_REFINE_STEPS = 2  # the paper refines a failing sample up to twice at inference
@@ -31,11 +40,11 @@ def _ks(v: str | list | tuple) -> tuple[int, ...]:
     return ks
 
 
+@old_names_as_attributes
 @dataclass
-class EvalConfig(StudentFields, TimeLimitFields):
-    # the student's other options: StudentFields
-    student_concurrency: int = opt(256, help="student requests in flight", changes_results=False,
-                                   type=positive_int, group="student")
+class EvalConfig(TimeLimitFields):
+    RENAMED: ClassVar[dict[str, str]] = {**STUDENT_RENAMED, **SANDBOX_RENAMED}
+
     # tasks and output
     tasks: str = opt("", help="JSONL task file or a built-in set (humaneval, mbpp)", changes_results=True,
                      group="tasks and output", shown="required, or from --protocol")
@@ -70,22 +79,22 @@ class EvalConfig(StudentFields, TimeLimitFields):
     # flow
     max_in_flight: int = opt(64, help="tasks alive at once", changes_results=False, type=positive_int,
                              group="flow")
-    sandbox_workers: int = opt(0, help="sandbox processes", changes_results=False, type=nonneg_int, group="flow",
-                               shown="two per core with calibrated time limits, one with fixed")
-    exec_timeout: float = opt(10.0, help="seconds per execution: the wall-clock limit of a task without a "
-                              "reference, the most CPU time a calibrated one gets", changes_results=True,
-                              type=positive_float, group="flow")
     force: bool = opt(False, help="discard earlier results in --out whose settings differ, and start over",
                       changes_results=False, group="flow")
     progress: str = opt("auto", help="progress display", changes_results=False, choices=PROGRESS_MODES,
                         group="flow")
     log_every: float = opt(10.0, help="seconds between plain progress lines", changes_results=False,
                            type=positive_float, group="flow")
+    # the components collect and eval share, each with its own options
+    student: StudentConfig = section(StudentConfig, help="the student model (persd.runtime.student)")
+    sandbox: SandboxConfig = section(SandboxConfig, help="the sandbox that runs programs (persd.runtime.sandbox)")
+
+    def resolved_student_backend(self) -> str:
+        return self.student.resolved_backend()
 
     def public(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = public_view(self)
         data["k"] = list(self.k)
-        data["student_backend"] = self.resolved_student_backend()
         return data
 
     def fingerprint(self) -> dict[str, Any]:
@@ -98,13 +107,13 @@ class EvalConfig(StudentFields, TimeLimitFields):
             raise ConfigError("tasks", "required (a JSONL file or humaneval/mbpp), or pass --protocol")
         if not self.out:
             raise ConfigError("out", "required (the output directory; rerun with it to resume)")
-        backend = check_student_url(self)
-        if backend in ("hf", "vllm") and not self.student_model:
-            raise ConfigError("student_model", f"required with the {backend} backend (a checkpoint directory)")
+        backend = self.student.resolved_backend()
+        if backend in ("hf", "vllm") and not self.student.model:
+            raise ConfigError("student.model", f"required with the {backend} backend (a checkpoint directory)")
         check_sampling(self.temperature, self.top_p)
-        if self.style == "paper" and self.student_chat:
-            raise ConfigError("student_chat", "the paper style (the paper-* protocols) drives a base model: "
-                              "leave out --student-chat")
+        if self.style == "paper" and self.student.chat:
+            raise ConfigError("student.chat", "the paper style (the paper-* protocols) drives a base model: "
+                              "leave out {student.chat}")
 
 
 def _refine_alias(p: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from persd.engine.timelimits import TimeLimits, config_from, workers_per_core
 
 
 def student_config(cfg: EvalConfig):
-    """The runtime StudentConfig for eval's student options (shared with collect: persd.engine.collect.backends)."""
+    """The runtime StudentConfig of eval's student section (shared with collect: persd.engine.collect.backends)."""
     from persd.engine.collect.backends import student_config as from_flags
 
     return from_flags(cfg, cfg.seed)
@@ -29,14 +30,13 @@ def student_config(cfg: EvalConfig):
 @contextlib.asynccontextmanager
 async def open_backends(cfg: EvalConfig, student=None, sandbox=None):
     """The sandbox first (its small workers fork before a model is loaded), then the student."""
-    from persd.runtime.sandbox import Sandbox, SandboxConfig
+    from persd.runtime.sandbox import Sandbox
     from persd.runtime.student import create_student
 
     async with contextlib.AsyncExitStack() as stack:
         if sandbox is None:
             sandbox = await stack.enter_async_context(
-                Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
-                                      per_core=workers_per_core(cfg.time_limits))))
+                Sandbox(replace(cfg.sandbox, per_core=workers_per_core(cfg.time_limits))))
         if student is None:
             student = await stack.enter_async_context(create_student(student_config(cfg)))
         yield student, sandbox

@@ -6,12 +6,29 @@ Batching is the backend's job: callers keep many `generate` calls in flight at o
 """
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
 from persd.runtime.errors import ConfigError, PersdError, UsageError
+from persd.runtime.options import BadValue, nonneg_float, opt, positive_float, positive_int
 
 BACKENDS = ("vllm", "openai", "hf")
+
+
+def _json_table(v: Any) -> dict[str, Any]:
+    """A TOML table, or a JSON object given as a flag."""
+    if isinstance(v, dict):
+        return v
+    try:
+        data = orjson.loads(str(v))
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise BadValue(f"expected a JSON object such as '{{\"swap_space\": 4}}', got {v!r}")
+    return data
 
 
 class StudentError(PersdError):
@@ -108,35 +125,72 @@ class StudentConfig:
     hf: device, dtype, batch_window_ms, max_batch_size, cpu_threads.
     """
 
-    backend: str = "hf"
-    model: str = ""
-    url: str | None = None
-    chat: bool = False  # instruct model: send chat messages rather than a bare prompt
-    max_concurrency: int = 256
-    dtype: str = "auto"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float | None = None
-    max_model_len: int | None = None
-    enable_prefix_caching: bool = True
-    device: str | None = None
-    seed: int = 0
-    # vllm
-    enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes per model), vLLM's default on GPU
-    kv_cache_gib: float | None = None
-    log_path: str | None = None
-    engine_args: dict[str, Any] = field(default_factory=dict)
-    # openai
-    api_key_env: str = "PERSD_STUDENT_API_KEY"
-    request_timeout_s: float = 600.0
-    max_attempts: int = 8
-    # hf
-    batch_window_ms: float = 5.0
-    max_batch_size: int = 64
-    cpu_threads: int | None = None  # torch threads on CPU; None: 1 for models under 100M parameters
+    backend: str = opt("auto", help="auto: openai with a url, vllm on a GPU machine, else hf",
+                       changes_results=False, choices=("auto",) + BACKENDS)
+    model: str | None = opt(None, help="checkpoint path (hf, vllm) or the served model's name (openai)",
+                            changes_results=True, shown="collect: a tiny local model (demo); eval: required")
+    url: str | None = opt(None, help="base URL of an OpenAI-compatible server (openai backend), "
+                                     "e.g. http://127.0.0.1:8000/v1", changes_results=False)
+    chat: bool = opt(False, help="an instruct model: chat template / chat messages", changes_results=True)
+    max_concurrency: int = opt(256, help="requests in flight", changes_results=False, type=positive_int)
+    dtype: str = opt("auto", help="model dtype: auto, bfloat16, float16, float32", changes_results=False)
+    tensor_parallel_size: int = opt(1, help="vllm: GPUs per model", changes_results=False, type=positive_int)
+    gpu_memory_utilization: float | None = opt(
+        None, help="vllm: fraction of accelerator memory (on CPU: of the NUMA node's RAM) to take",
+        changes_results=False, type=positive_float,
+        shown="vLLM's 0.9 on a GPU; on CPU persd sizes the KV cache from free memory")
+    max_model_len: int | None = opt(None, help="context length the backend allows", changes_results=False,
+                                    type=positive_int)
+    enable_prefix_caching: bool = opt(True, help="vllm: reuse the KV cache of shared prompt prefixes",
+                                      changes_results=False)
+    device: str | None = opt(None, help="hf: torch device (cpu, cuda, cuda:1)", changes_results=False,
+                             shown="cuda if available, else cpu")
+    seed: int = opt(0, help="base sampling seed (set from the command's --seed)", changes_results=False, cli=False)
+    enforce_eager: bool | None = opt(None, help="vllm: run the model without torch.compile (compiling adds "
+                                     "minutes to every start with a new model path on CPU)", changes_results=False,
+                                     shown="yes on CPU, no on GPU")
+    kv_cache_gib: float | None = opt(None, help="vllm: KV cache size in GiB (wins over the memory fraction)",
+                                     changes_results=False, type=positive_float)
+    log_path: str | None = opt(None, help="vllm's own output (set by the command: OUT/work/vllm.log)",
+                               changes_results=False, cli=False)
+    engine_args: dict[str, Any] = opt(help="vllm: any other engine argument, as JSON ('{\"swap_space\": 4}') or "
+                                      "a TOML table", changes_results=False, default_factory=dict,
+                                      type=_json_table, shown="none")
+    api_key_env: str = opt("PERSD_STUDENT_API_KEY", help="openai: environment variable holding the server's key",
+                           changes_results=False)
+    request_timeout_s: float = opt(600.0, help="openai: seconds one request may take", changes_results=False,
+                                   type=positive_float)
+    max_attempts: int = opt(8, help="openai: sends per request", changes_results=False, type=positive_int)
+    batch_window_ms: float = opt(5.0, help="hf: milliseconds a batch waits to fill", changes_results=False,
+                                 type=nonneg_float)
+    max_batch_size: int = opt(64, help="hf: sequences per batch", changes_results=False, type=positive_int)
+    cpu_threads: int | None = opt(None, help="hf: torch threads on CPU", changes_results=False, type=positive_int,
+                                  shown="1 for models under 100M parameters")
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
             raise ConfigError("max_concurrency", f"must be at least 1, got {self.max_concurrency}", "student")
+        backend = self.resolved_backend()
+        if backend == "openai" and not self.url:
+            raise ConfigError("url", "the openai backend needs it (e.g. http://127.0.0.1:8000/v1)", "student")
+        if backend in ("hf", "vllm") and self.url:
+            raise ConfigError("url", f"is for {{backend}} openai; the {backend} backend loads {{model}} itself "
+                              f"(drop one of the two)", "student")
+
+    def resolved_backend(self) -> str:
+        return resolve_backend(self.backend, self.url)
+
+
+def resolve_backend(backend: str, url: str | None = None) -> str:
+    """The backend `auto` stands for: openai with a URL, vllm on a GPU machine with vLLM installed,
+    else hf. Any other name is returned as given."""
+    if backend != "auto":
+        return backend
+    if url:
+        return "openai"
+    if shutil.which("nvidia-smi") and importlib.util.find_spec("vllm") is not None:
+        return "vllm"
+    return "hf"
 
 
 @runtime_checkable

@@ -7,7 +7,7 @@ from persd.runtime.student.base import BACKENDS, StudentBackend, StudentConfig
 
 def create_student(config: StudentConfig) -> StudentBackend:
     """A not-yet-started backend for `config.backend` ('vllm', 'openai' or 'hf')."""
-    name = (config.backend or "").lower()
+    name = config.resolved_backend().lower()
     if name == "vllm":
         from persd.runtime.student.vllm_backend import VLLMStudent, import_vllm
 

@@ -9,6 +9,40 @@ from urllib.parse import urlsplit
 
 from persd.runtime.errors import ConfigError
 from persd.runtime.http import RetryPolicy
+from persd.runtime.options import (
+    BadValue,
+    key_values,
+    nonneg_float,
+    opt,
+    positive_float,
+    positive_int,
+    positive_number,
+    section,
+)
+
+
+def parse_prices(v: str | dict) -> dict[str, list[float]]:
+    """'m1=0.15:0.6,m2=1:2' (a flag) or {m1 = [0.15, 0.6]} (a TOML table) -> {model: [in, out]}."""
+    if isinstance(v, dict):
+        items = list(v.items())
+    else:
+        items = []
+        for part in (x.strip() for x in str(v).split(",") if x.strip()):
+            model, _, pair = part.partition("=")
+            items.append((model.strip(), pair.split(":")))
+    out: dict[str, list[float]] = {}
+    for model, pair in items:
+        try:
+            if isinstance(pair, dict):
+                pair = [pair["input"], pair["output"]]
+            a, b = (float(x) for x in pair)
+            if not model or a < 0 or b < 0:
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            raise BadValue(f"expected MODEL=IN:OUT (USD per 1M input and output tokens), got {model}={pair!r}") \
+                from None
+        out[model] = [a, b]
+    return out
 
 
 @dataclass
@@ -26,36 +60,52 @@ class TeacherConfig:
     `aimd_decrease` of itself, at most once per round trip, and it recovers by `aimd_recover_per_s`
     (of the limit) per second; see `persd.runtime.teacher.limiter`.
     `prices` overrides the price table: {model: (input, output) USD per 1M tokens}.
+    Each field's help is in its `opt()`; commands nest this config as their `teacher` section.
     """
 
-    base_url: str = "https://api.openai.com/v1"
-    model: str = "gpt-3.5-turbo"  # the paper's teacher (ChatGPT); persd collect's default too
-    api_key_env: str = "OPENAI_API_KEY"
-    rpm: float = 3500  # OpenAI's tier-1 limits for gpt-3.5-turbo
-    tpm: float | None = 1_000_000
-    max_in_flight: int = 64
-    max_cost_usd: float | None = None
-    journal_path: Path | None = None
-    prices: dict[str, tuple[float, float]] | None = None
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    headroom: float = 0.98
-    limit_window_s: float = 1.0  # shortest window over which the provider may enforce rpm/tpm
-    jitter_s: float = 0.005      # how much the network may bunch requests up on the way
-    reconcile_tokens: bool = True
-    default_cooldown_s: float = 1.0  # shared pause after an own-budget 429 that names no Retry-After
-    aimd_decrease: float = 0.9       # pace kept at each cut after a 429 that is not about our budget
-    aimd_recover_per_s: float = 0.5  # pace regained per second after a cut
-    cold_start_s: float = 0.1        # the schedule starts this late after idle (new connections arrive late)
-    extra_headers: dict[str, str] | None = None
+    base_url: str | None = opt("https://api.openai.com/v1", help="OpenAI-compatible base URL",
+                               changes_results=False)
+    model: str = opt("gpt-3.5-turbo", help="the teacher model's name", changes_results=True)  # the paper's
+    api_key_env: str = opt("OPENAI_API_KEY", help="environment variable holding the key", changes_results=False)
+    rpm: float = opt(3500, help="requests per minute, this process", changes_results=False,
+                     type=positive_number)  # OpenAI's tier-1 limits for gpt-3.5-turbo
+    tpm: float | None = opt(1_000_000, help="tokens per minute, this process", changes_results=False,
+                            type=positive_number)
+    max_in_flight: int = opt(64, help="requests in flight", changes_results=False, type=positive_int)
+    max_cost_usd: float | None = opt(None, help="stop (resumably) once spending reaches this many dollars",
+                                     changes_results=False, type=positive_float, shown="no limit")
+    journal_path: Path | None = opt(None, help="where answers are kept (set by the command)", changes_results=False,
+                                    cli=False)
+    prices: dict[str, tuple[float, float]] | None = opt(
+        None, help="prices of several models: 'MODEL=IN:OUT,...' USD per 1M tokens (TOML: a table, "
+        "prices = {model = [in, out]})", changes_results=False, type=parse_prices, shown="the price table")
+    retry: RetryPolicy = section(RetryPolicy, help="retries of one teacher request")
+    headroom: float = opt(0.98, help="pace at this fraction of rpm and tpm", changes_results=False,
+                          type=positive_float)
+    limit_window_s: float = opt(1.0, help="shortest window (s) over which the provider may enforce rpm/tpm",
+                                changes_results=False, type=positive_float)
+    jitter_s: float = opt(0.005, help="seconds the network may bunch requests up", changes_results=False,
+                          type=nonneg_float)
+    reconcile_tokens: bool = opt(True, help="give back over-estimated tokens from each answer's usage",
+                                 changes_results=False)
+    default_cooldown_s: float = opt(1.0, help="shared pause (s) after an own-budget 429 that names no Retry-After",
+                                    changes_results=False, type=nonneg_float)
+    aimd_decrease: float = opt(0.9, help="pace kept at each cut after a 429 that is not about our budget",
+                               changes_results=False, type=positive_float)
+    aimd_recover_per_s: float = opt(0.5, help="pace regained per second after a cut", changes_results=False,
+                                    type=positive_float)
+    cold_start_s: float = opt(0.1, help="the schedule starts this late (s) after idle (new connections arrive "
+                              "late)", changes_results=False, type=nonneg_float)
+    extra_headers: dict[str, str] | None = opt(None, help="HTTP headers sent with every request: "
+                                               "'NAME=VALUE,...' (TOML: a table); manifests keep their names only",
+                                               changes_results=False, type=key_values(str, "NAME=VALUE list"))
 
     def __post_init__(self) -> None:
         """Each bad value names its field (the command line names it as the flag it came from)."""
         def bad(name: str, message: str) -> ConfigError:
             return ConfigError(name, f"{message}, got {getattr(self, name)!r}", section="teacher")
 
-        url = urlsplit(self.base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise bad("base_url", "must be an http(s) URL such as http://127.0.0.1:8000/v1")
+        self.check_url()
         if not self.model:
             raise bad("model", "must not be empty")
         if not self.rpm or self.rpm <= 0:
@@ -78,6 +128,12 @@ class TeacherConfig:
             raise bad("cold_start_s", "must not be negative")
         if not self.jitter_s >= 0:
             raise bad("jitter_s", "must not be negative")
+
+    def check_url(self) -> None:
+        url = urlsplit(self.base_url or "")
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError("base_url", f"must be an http(s) URL such as http://127.0.0.1:8000/v1, got "
+                              f"{self.base_url!r}", section="teacher")
 
     def validate(self) -> None:
         """Checked again (a config may be changed after it was made)."""

@@ -1,9 +1,8 @@
 """`persd collect --tasks SRC --out DIR [options]`: the main job. Rerun the same command to resume."""
 from __future__ import annotations
 
-from persd.config import runtime_fields_as_flags
+from persd.config import runtime_errors_named
 from persd.engine.aio import run_async
-from persd.engine.collect.backends import RUNTIME_FIELDS
 from persd.engine.collect.config import check_student_model, parse_args
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.runner import Collector
@@ -17,5 +16,5 @@ def main(argv: list[str]) -> int:
     refuse_foreign(cfg.out, "collect")
     # one lock per partition: machines sharing DIR (--num-shards) work side by side, a second copy is refused
     with run_lock(cfg.out, "collect", CollectLayout(cfg.out).lock_name(cfg.partition)):
-        with runtime_fields_as_flags(RUNTIME_FIELDS):
+        with runtime_errors_named(cfg):
             return run_async(Collector(cfg).run())

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from persd.config import runtime_fields_as_flags
+from persd.config import runtime_errors_named
 from persd.engine.aio import run_async
-from persd.engine.collect.backends import RUNTIME_FIELDS
 from persd.engine.collect.config import check_student_model
 from persd.engine.evaluation.config import parse_args
 from persd.engine.evaluation.report import print_summary
@@ -23,7 +22,7 @@ def main(argv: list[str]) -> int:
     refuse_foreign(cfg.out, "eval")
     with run_lock(cfg.out, "eval"):
         try:
-            with runtime_fields_as_flags(RUNTIME_FIELDS):
+            with runtime_errors_named(cfg):
                 summary = run_async(evaluate(cfg))
         except KeyboardInterrupt:  # every scored sample is in the journal already
             print(f"persd eval: interrupted; the samples scored so far are saved in {cfg.out}: rerun the same "
