@@ -163,7 +163,7 @@ async def run_phases(args, tasks_file: Path, work: Path) -> dict:
     teacher_srv = LocalOpenAIServer(teacher_answer, rpm=args.rpm, window_s=args.window)
     await student_srv.start()
     await teacher_srv.start()
-    cfg = CollectConfig(tasks=str(tasks_file), out=str(work / "phases"), student_model="bench-student")
+    cfg = CollectConfig(tasks=str(tasks_file), out=str(work / "phases"), student=StudentConfig(model="bench-student"))
     tasks = list(iter_tasks(tasks_file))
     phases = {}
     try:

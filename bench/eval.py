@@ -30,6 +30,7 @@ from persd.engine.evaluation.config import EvalConfig
 from persd.engine.evaluation.runner import evaluate, student_config
 from persd.engine.tasks import iter_tasks
 from persd.runtime.sandbox import Sandbox, SandboxConfig
+from persd.runtime.student import StudentConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,18 +99,19 @@ async def bench(args: argparse.Namespace) -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="persd-bench-eval-"))
     cfg = EvalConfig(tasks=args.tasks, out="", limit=args.limit, n=args.n, temperature=args.temperature,
                      max_tokens=args.max_tokens, refine_steps=args.refine_steps, max_in_flight=args.max_in_flight,
-                     sandbox_workers=args.sandbox_workers, progress="none", student_model=args.student_model,
-                     student_url=args.student_url,
-                     student_backend="openai" if args.student_backend == "scripted" else args.student_backend)
+                     progress="none", sandbox=SandboxConfig(workers=args.sandbox_workers),
+                     student=StudentConfig(model=args.student_model, url=args.student_url,
+                                           backend="auto" if args.student_backend == "scripted"
+                                           else args.student_backend))
     rows: list[Row] = []
     async with contextlib.AsyncExitStack() as stack:
         if args.student_backend == "scripted":
-            cfg.student_url = await stack.enter_async_context(ScriptedGPU(tasks, args.latency_ms / 1000, args.slots))
-            cfg.student_model = "scripted-gpu"
+            url = await stack.enter_async_context(ScriptedGPU(tasks, args.latency_ms / 1000, args.slots))
+            cfg.student = StudentConfig(backend="openai", model="scripted-gpu", url=url)
         from persd.runtime.student import create_student
 
         sandbox = await stack.enter_async_context(
-            Sandbox(SandboxConfig(workers=args.sandbox_workers, timeout_s=cfg.exec_timeout)))
+            Sandbox(cfg.sandbox))
         student = await stack.enter_async_context(create_student(student_config(cfg)))
         await evaluate(replace(cfg, out=str(work / "warm"), limit=2, n=1), student, sandbox)  # warm both
         for run in range(args.repeats):

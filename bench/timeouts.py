@@ -31,6 +31,7 @@ from persd.engine.evaluation.config import EvalConfig
 from persd.engine.evaluation.runner import evaluate, student_config
 from persd.engine.tasks import Task, iter_tasks
 from persd.runtime.sandbox import Sandbox, SandboxConfig
+from persd.runtime.student import StudentConfig
 
 LOOP_BODY = "    while True:\n        pass\n"
 CONFIGS = (("calibrated", "calibrated", 10.0), ("fixed 10 s", "fixed", 10.0), ("fixed 3 s", "fixed", 3.0))
@@ -107,9 +108,9 @@ def load_avg() -> float:
 async def one_config(name: str, mode: str, cap: float, src: str, tasks: list[Task], args, sandbox: Sandbox,
                      student, work: Path) -> Row:
     cfg = EvalConfig(tasks=src, out=str(work / f"{src}-{mode}-{cap:g}"), limit=len(tasks), n=args.n,
-                     temperature=0.8, max_tokens=256, progress="none", student_backend="openai",
-                     student_model="looping-student", student_url=args.url, exec_timeout=cap, time_limits=mode,
-                     sandbox_workers=sandbox.config.worker_count())
+                     temperature=0.8, max_tokens=256, progress="none", time_limits=mode,
+                     student=StudentConfig(backend="openai", model="looping-student", url=args.url),
+                     sandbox=SandboxConfig(workers=sandbox.config.worker_count(), timeout_s=cap))
     rec = Recorder(sandbox)
     t0 = time.perf_counter()
     summary = await evaluate(cfg, student, rec)
@@ -141,7 +142,7 @@ async def bench_timeouts(args) -> list[Row]:
             sandbox = await stack.enter_async_context(Sandbox(SandboxConfig(workers=args.workers)))
             for src, tasks in sets:
                 args.url = await stack.enter_async_context(LoopingStudent(tasks, args.loop_share))
-                cfg = EvalConfig(student_backend="openai", student_model="looping-student", student_url=args.url)
+                cfg = EvalConfig(student=StudentConfig(backend="openai", model="looping-student", url=args.url))
                 student = await stack.enter_async_context(create_student(student_config(cfg)))
                 for name, mode, cap in CONFIGS:
                     row = await one_config(name, mode, cap, src, tasks, args, sandbox, student, work)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import shutil
 import typing
 from pathlib import Path
 
@@ -325,3 +326,187 @@ def test_collect_names_a_runtime_mistake_by_its_flag(tmp_path, monkeypatch, caps
                "--sandbox-workers", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "--teacher-api-key-env: no teacher API key" in err and "PERSD_TEST_NO_SUCH_KEY" in err
+
+
+# ------------------------------------------------------------------ component configs, nested as sections
+
+OLD_COLLECT_FLAGS = (  # every flat flag persd collect had before the sections (they stay for one release)
+    "--student-backend", "--student-model", "--student-url", "--student-chat", "--no-student-chat",
+    "--student-concurrency", "--tensor-parallel-size", "--gpu-memory-utilization", "--kv-cache-gib", "--dtype",
+    "--max-model-len", "--enforce-eager", "--no-enforce-eager", "--teacher-url", "--teacher-model",
+    "--teacher-api-key-env", "--teacher-temperature", "--teacher-max-tokens", "--teacher-context", "--price-in",
+    "--price-out", "--teacher-top-p", "--teacher-max-in-flight", "--rpm", "--tpm", "--max-cost", "--teacher-retries",
+    "--teacher-retry-delay", "--teacher-max-retry-delay", "--teacher-deadline", "--teacher-timeout", "--prices",
+    "--teacher-headroom", "--teacher-limit-window", "--teacher-jitter", "--teacher-reconcile-tokens",
+    "--no-teacher-reconcile-tokens", "--sandbox-workers", "--exec-timeout")
+BASE = ["--tasks", "t", "--out", "o"]
+
+
+def collect(argv, **kw):
+    from persd.engine.collect.config import parse_args
+
+    return parse_args([*BASE, *argv], environ={}, **kw)
+
+
+def test_a_component_option_is_a_nested_flag():
+    cfg = collect(["--teacher.rpm", "90", "--teacher.retry.max-attempts", "3", "--student.model", "m",
+                   "--sandbox.workers", "2", "--teacher.aimd-decrease", "0.5", "--no-student.enable-prefix-caching"])
+    assert (cfg.teacher.rpm, cfg.teacher.retry.max_attempts, cfg.student.model, cfg.sandbox.workers) == (90, 3, "m", 2)
+    assert cfg.teacher.aimd_decrease == 0.5 and cfg.student.enable_prefix_caching is False
+    text = build_parser(COLLECT).format_help()
+    assert "--teacher.rpm" in text and "--sandbox.timeout-s" in text and "--rpm " not in text  # old flags: no help
+    assert "requests in flight (default: 64)" in text  # collect's own default for its student section
+
+
+def test_a_component_option_is_a_toml_section_key(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text("[teacher]\nrpm = 60\nextra-headers = {X-Team = 'a'}\n[teacher.retry]\nmax_attempts = 2\n"
+                    "[sandbox]\nworkers = 3\n[student]\nmodel = 'm'\n")
+    cfg = collect(["--config", str(toml), "--teacher.rpm", "90"])
+    assert (cfg.teacher.rpm, cfg.teacher.retry.max_attempts, cfg.sandbox.workers) == (90, 2, 3)  # the flag wins
+    assert cfg.teacher.extra_headers == {"X-Team": "a"} and cfg.student.model == "m"
+    toml.write_text("[teacher]\nrmp = 60\n")
+    with pytest.raises(UsageError, match=r"run.toml: \[teacher\]: unknown key 'rmp'"):
+        collect(["--config", str(toml)])
+    toml.write_text("[teacher]\nrpm = 0\n")
+    with pytest.raises(UsageError, match=r"run.toml: \[teacher\]: key 'rpm': invalid value"):
+        collect(["--config", str(toml)])
+
+
+def test_eval_shares_collects_sections():
+    from persd.engine.evaluation.config import parse_args
+
+    cfg = parse_args(["--tasks", "t", "--out", "o", "--student.model", "m", "--sandbox.timeout-s", "3"])
+    assert type(cfg.student) is type(collect([]).student) and cfg.sandbox.timeout_s == 3.0
+    assert cfg.student.max_concurrency == 256 and collect([]).student.max_concurrency == 64
+    assert cfg.fingerprint()["exec_timeout"] == 3.0  # the fingerprint keeps the old key
+
+
+def test_loop_nests_a_stage_section(tmp_path):
+    toml = tmp_path / "loop.toml"
+    toml.write_text("tasks = 't'\nout = 'o'\n[collect.teacher]\nrpm = 60\nmodel = 'x'\n"
+                    "[collect.student]\ndtype = 'bfloat16'\n[eval]\ntasks = 't'\n[eval.sandbox]\ntimeout_s = 3.0\n")
+    values, _, _ = gather(LOOP, ["--config", str(toml), "--collect.teacher.tpm", "5000"])
+    cfg = LOOP.cls(**values)
+    assert cfg.collect == {"teacher": {"rpm": 60, "model": "x", "tpm": 5000}, "student": {"dtype": "bfloat16"}}
+    assert cfg.fingerprint()["collect"] == {"teacher_model": "x"}  # old loop.json files hold this key
+    assert "--collect.teacher.rpm" in build_parser(LOOP).format_help()
+    toml.write_text("tasks = 't'\nout = 'o'\n[collect.student]\nmodel = 'm'\n")  # the loop sets it itself
+    with pytest.raises(UsageError, match=r"\[collect\]: \[student\]: key 'model' cannot be set here"):
+        gather(LOOP, ["--config", str(toml)])
+    # the stage's file, as the loop writes it, read back by the stage
+    stage = tmp_path / "collect.toml"
+    stage.write_text(config.to_toml(config.deep_merge(cfg.collect, {"tasks": "t", "out": "o"})))
+    got = collect(["--config", str(stage)])
+    assert (got.teacher.rpm, got.teacher.tpm, got.student.dtype) == (60, 5000, "bfloat16")
+
+
+def test_old_flags_and_keys_still_work_with_one_deprecation_line_each(tmp_path, capsys):
+    parser_flags = {s for a in build_parser(COLLECT)._actions for s in a.option_strings}
+    assert not [f for f in OLD_COLLECT_FLAGS if f not in parser_flags]
+    cfg = collect(["--rpm", "90", "--exec-timeout", "3", "--teacher-url", "http://127.0.0.1:9/v1",
+                   "--no-teacher-reconcile-tokens"])
+    assert (cfg.teacher.rpm, cfg.sandbox.timeout_s, cfg.teacher.base_url) == (90, 3.0, "http://127.0.0.1:9/v1")
+    assert cfg.teacher.reconcile_tokens is False
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["persd: deprecated: --rpm is now --teacher.rpm",
+                   "persd: deprecated: --exec-timeout is now --sandbox.timeout-s",
+                   "persd: deprecated: --teacher-url is now --teacher.base-url",
+                   "persd: deprecated: --no-teacher-reconcile-tokens is now --no-teacher.reconcile-tokens"]
+    toml = tmp_path / "old.toml"
+    toml.write_text("rpm = 60\nteacher-retries = 2\n")
+    cfg = collect(["--config", str(toml)])
+    assert (cfg.teacher.rpm, cfg.teacher.retry.max_attempts) == (60, 2)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "key 'rpm' is now 'rpm' under [teacher]" in err[0]
+    assert "key 'teacher-retries' is now 'max-attempts' under [teacher.retry]" in err[1]
+    values, _, _ = gather(LOOP, ["--collect.rpm", "30"])
+    assert values["collect"] == {"teacher": {"rpm": 30}}
+    assert capsys.readouterr().err.strip() == "persd: deprecated: --collect.rpm is now --collect.teacher.rpm"
+
+
+def test_every_runtime_field_is_settable():
+    """Each field of the runtime's configs is an option of the commands that use it (or set by the command)."""
+    from persd.runtime.http import RetryPolicy
+    from persd.runtime.sandbox.config import SandboxConfig
+    from persd.runtime.student import StudentConfig
+
+    set_by_the_command = {"teacher.journal_path", "student.seed", "student.log_path", "sandbox.per_core"}
+    flags = {s for a in build_parser(COLLECT)._actions for s in a.option_strings}
+    eval_flags = {s for a in build_parser(EVAL)._actions for s in a.option_strings}
+    for section, cls in (("teacher", TeacherConfig), ("teacher.retry", RetryPolicy), ("student", StudentConfig),
+                         ("sandbox", SandboxConfig)):
+        for f in dataclasses.fields(cls):
+            path = f"{section}.{f.name}"
+            assert isinstance(f.metadata.get("changes_results"), bool) and f.metadata.get("help"), path
+            if path in set_by_the_command or f.metadata.get("section"):
+                continue
+            flag = flag_of(path)
+            assert flag in flags or f"--no-{flag[2:]}" in flags, flag
+            if not section.startswith("teacher"):
+                assert flag in eval_flags or f"--no-{flag[2:]}" in eval_flags, flag
+    assert collect(["--teacher.cold-start-s", "0.5", "--teacher.default-cooldown-s", "2",
+                    "--teacher.aimd-recover-per-s", "0.1", "--teacher.extra-headers", "X-A=1,X-B=2"]).teacher \
+        .extra_headers == {"X-A": "1", "X-B": "2"}
+
+
+def test_a_runtime_error_names_the_nested_flag():
+    from persd.engine.collect.config import CollectConfig
+
+    def raised(cfg, exc):
+        with pytest.raises(UsageError) as err:
+            with config.runtime_errors_named(cfg):
+                raise exc
+        return str(err.value)
+
+    exc = ConfigError("max_model_len", "a 16384-token sequence does not fit: lower it or raise {kv_cache_gib}",
+                      "student")
+    assert raised(collect(["--student.model", "m"]), exc) == \
+        "--student.max-model-len: a 16384-token sequence does not fit: lower it or raise --student.kv-cache-gib"
+    assert raised(collect(["--max-model-len", "9"]), exc).startswith("--max-model-len: ")  # the flag as given
+    assert raised(CollectConfig(), ConfigError("rpm", "must be positive", "teacher")).startswith("--teacher.rpm: ")
+    with pytest.raises(UsageError, match=r"^--teacher.rpm: must be positive"):  # checked when read
+        collect(["--teacher.rpm", "-1"]) if False else config.build(CollectConfig, {"tasks": "t", "out": "o",
+                                                                               "teacher": {"rpm": -1}})
+
+
+def _old_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A collect directory written by persd before the sections (flat manifest keys), with its tasks."""
+    from helpers import write_doubling_tasks
+
+    tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 2)
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    fixture = ROOT / "tests" / "data" / "collect-v0-flat"
+    for f in (fixture / "shards").iterdir():
+        (out / "shards" / f.name).write_bytes(f.read_bytes())
+    text = (fixture / "manifest.json").read_text().replace("TASKS", str(tasks)).replace("OUT", str(out))
+    (out / "manifest.json").write_text(text)
+    return tasks, out
+
+
+OLD_RUN_FLAGS = ["--sandbox-workers", "1", "--progress", "none", "--exec-timeout", "5", "--teacher-temperature",
+                 "0.5", "--teacher-max-tokens", "700", "--refine-turns", "2", "--formats", "persd,inpd", "--rpm", "600",
+                 "--student-concurrency", "8"]
+NEW_RUN_FLAGS = ["--sandbox.workers", "1", "--progress", "none", "--sandbox.timeout-s", "5", "--teacher.temperature",
+                 "0.5", "--teacher.max-tokens", "700", "--refine-turns", "2", "--formats", "persd,inpd",
+                 "--teacher.rpm", "600", "--student.max-concurrency", "8"]
+
+
+@pytest.mark.parametrize("flags", [OLD_RUN_FLAGS, NEW_RUN_FLAGS], ids=["old-flags", "new-flags"])
+def test_a_run_from_before_the_sections_resumes(tmp_path, flags, capsys):
+    from persd.engine.cli.main import main
+    from persd.engine.collect.config import parse_args
+    from persd.engine.collect.runner import Collector
+
+    tasks, out = _old_run(tmp_path)
+    (out / "shards").rename(tmp_path / "shards")  # interrupted before its shard was sealed
+    left = Collector(parse_args(["--tasks", str(tasks), "--out", str(out), *flags], environ={})).prepare()
+    assert left == 2  # resumed, not refused
+    shutil.rmtree(out / "shards")
+    (tmp_path / "shards").rename(out / "shards")
+    assert main(["collect", "--tasks", str(tasks), "--out", str(out), *flags]) == 0  # done: nothing redone
+    changed = [f if f != "5" else "6" for f in flags]
+    assert main(["collect", "--tasks", str(tasks), "--out", str(out), *changed]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "--sandbox.timeout-s: was 5.0, now 6.0" in err

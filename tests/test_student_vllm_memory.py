@@ -34,11 +34,11 @@ def test_tight_memory_still_gives_one_sequence():
 
 def cli_message(exc: Exception) -> str:
     """The message as persd collect/eval print it: runtime fields renamed to their flags."""
-    from persd.config import runtime_fields_as_flags
-    from persd.engine.collect.backends import RUNTIME_FIELDS
+    from persd.config import runtime_errors_named
+    from persd.engine.collect.config import CollectConfig
 
     try:
-        with runtime_fields_as_flags(RUNTIME_FIELDS):
+        with runtime_errors_named(CollectConfig()):
             raise exc
     except UsageError as renamed:
         return str(renamed)
@@ -48,7 +48,7 @@ def test_nothing_fits_names_the_flags():
     with pytest.raises(UsageError) as err:
         plan(2.0, weights_gib=1.0, max_model_len=16384)
     msg = cli_message(err.value)
-    assert msg.startswith("--max-model-len: ") and "16384-token" in msg and "--kv-cache-gib" in msg
+    assert msg.startswith("--student.max-model-len: ") and "16384-token" in msg and "--student.kv-cache-gib" in msg
     assert "NUMA node 0" in msg
 
 

@@ -209,12 +209,12 @@ async def test_eval_result_lines_name_the_limit(sandbox, tmp_path):
     from persd.bench.timeouts import LoopingStudent
     from persd.engine.evaluation.config import EvalConfig
     from persd.engine.evaluation.runner import evaluate, student_config
-    from persd.runtime.student import create_student
+    from persd.runtime.student import StudentConfig, create_student
 
     tasks = list(iter_tasks("humaneval"))[:2]
     async with LoopingStudent(tasks, share=1.0) as url:
         cfg = EvalConfig(tasks="humaneval", out=str(tmp_path / "eval"), limit=2, progress="none",
-                         student_backend="openai", student_model="looping-student", student_url=url)
+                         student=StudentConfig(backend="openai", model="looping-student", url=url))
         async with create_student(student_config(cfg)) as student:
             summary = await evaluate(cfg, student, sandbox)
     lines = read_jsonl(tmp_path / "eval" / "results.jsonl")

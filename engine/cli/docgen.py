@@ -30,7 +30,7 @@ def options_table(cls: type) -> str:
     """One row per option, a section's as `--teacher.rpm`; a renamed option names its old flag."""
     old = {path: flag_of(name) for name, path in renamed(cls).items()}
     rows = ["| option | default | changes results | what |", "| --- | --- | --- | --- |"]
-    for path, owner, f, default in leaves(cls):
+    for path, _, f, default in leaves(cls):
         if not f.metadata["cli"] or f.metadata["nested"] is not None:
             continue
         name = f.name if f.metadata["positional"] else ("--" + path.rpartition(".")[0] + "." + flag_of(f)[2:]
