@@ -83,7 +83,7 @@ def test_a_memory_failure_is_the_users_to_fix(tmp_path):
     err = start_failure(StudentConfig(backend="vllm", model="m", gpu_memory_utilization=0.9),
                         RuntimeError("Engine core initialization failed. See root cause above."), str(log), mark)
     assert isinstance(err, UsageError) and err.exit_code == 2
-    assert "Available memory on node 0" in str(err) and "lower --gpu-memory-utilization" in cli_message(err)
+    assert "Available memory on node 0" in str(err) and "lower --student.gpu-memory-utilization" in cli_message(err)
     assert str(log) in str(err) and "rerun" not in str(err) and str(err).count("\n") <= 1
     other = tmp_path / "other.log"
     other.write_text("(EngineCore pid=1) ERROR 12-02 03:41:45 [core.py:1] KeyError: 'LlamaForCausalLM'\n")
