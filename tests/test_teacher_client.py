@@ -35,6 +35,14 @@ async def test_answer_usage_and_cost():
     assert sent["stop"] == ["\n\n"] and sent["model"] == "gpt-4o-mini" and "n" not in sent
 
 
+async def test_the_configured_seed_is_sent_unless_the_request_has_its_own():
+    async with LocalOpenAIServer() as server:
+        async with TeacherClient(config(server.base_url, seed=11)) as teacher:
+            await teacher.chat(ask("a"))
+            await teacher.chat(ask("b", seed=3))
+    assert [r["seed"] for r in server.received] == [11, 3]
+
+
 async def test_n_samples_extra_fields_and_length_reported():
     async with LocalOpenAIServer(lambda body: "word " * 50) as server:
         async with TeacherClient(config(server.base_url)) as teacher:

@@ -79,6 +79,8 @@ class TeacherClient:
         if self._session is None:
             raise RuntimeError("TeacherClient is not started: use 'async with TeacherClient(cfg)'")
         model = request.model or self.config.model
+        if request.seed is None and self.config.seed is not None:
+            request = dataclasses.replace(request, seed=self.config.seed)
         key = request.key(model)
         if self.journal is not None and (record := self.journal.get(key)) is not None:
             self.metrics.cached_hits += 1

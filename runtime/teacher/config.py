@@ -66,6 +66,8 @@ class TeacherConfig:
     base_url: str | None = opt("https://api.openai.com/v1", help="OpenAI-compatible base URL",
                                changes_results=False)
     model: str = opt("gpt-3.5-turbo", help="the teacher model's name", changes_results=True)  # the paper's
+    seed: int | None = opt(None, help="sent as each request's seed (best-effort determinism where the provider "
+                           "supports it)", changes_results=True, shown="none sent")
     api_key_env: str = opt("OPENAI_API_KEY", help="environment variable holding the key", changes_results=False)
     rpm: float = opt(3500, help="requests per minute, this process", changes_results=False,
                      type=positive_number)  # OpenAI's tier-1 limits for gpt-3.5-turbo
