@@ -101,9 +101,7 @@ def leaves(cls: type, prefix: str = "", defaults: Mapping[str, Any] | None = Non
     for f in config_fields(cls):
         section = f.metadata["section"]
         if section is not None:
-            inner = {**f.metadata["defaults"], **{k[len(f.name) + 1:]: v for k, v in (defaults or {}).items()
-                                                    if k.startswith(f.name + ".")}}
-            yield from leaves(section, f"{prefix}{f.name}.", inner)
+            yield from leaves(section, f"{prefix}{f.name}.", f.metadata["defaults"])
             continue
         default = (defaults or {}).get(f.name, MISSING)
         yield prefix + f.name, cls, f, (_default(f) if default is MISSING else default)
@@ -145,12 +143,12 @@ def deep_merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _flat_results(cls: type, values: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def _flat_results(cls: type, values: Any) -> Iterator[tuple[str, Any]]:
     """(fingerprint key, value) of each result-changing option in `values` (a config, or a dict of the
     options given). A renamed option keeps its old flat name as its key, so earlier fingerprints compare."""
     old_name = {path: old for old, path in renamed(cls).items()}
     for path, _, f, _ in leaves(cls):
-        if not f.metadata["changes_results"]:
+        if not f.metadata["changes_results"] or f.metadata["nested"] is not None:
             continue
         try:
             value = value_at(values, path)
@@ -298,12 +296,10 @@ def add_fields(p: argparse.ArgumentParser, cls: type, *, prefix: str = "", group
             add_fields(p, f.metadata["nested"], prefix=f"{prefix}{f.name}.", skip=f.metadata["owned"],
                        group_title=f"[{prefix}{f.name}] {f.metadata['help']}", groups=groups)
             continue
-        if f.metadata["section"] is not None:
-            inner = {**f.metadata["defaults"], **dict(zip(_under(list(defaults or {}), f.name),
-                                                          [v for k, v in (defaults or {}).items()
-                                                           if k.startswith(f.name + ".")]))}
+        if f.metadata["section"] is not None:  # its own defaults for some fields: section(..., max_concurrency=64)
             add_fields(p, f.metadata["section"], prefix=f"{prefix}{f.name}.", skip=_under(skip, f.name),
-                       group_title=f"[{prefix}{f.name}] {f.metadata['help']}", defaults=inner, groups=groups)
+                       group_title=f"[{prefix}{f.name}] {f.metadata['help']}", defaults=f.metadata["defaults"],
+                       groups=groups)
             continue
         title = group_title or f.metadata["group"]
         if title not in groups:

@@ -126,11 +126,11 @@ async def run_engine(args, tasks_file: Path, work: Path) -> dict:
     await teacher.start()
     try:
         cfg = parse_args([
-            "--tasks", str(tasks_file), "--out", str(work / "engine"), "--student-backend", "openai",
-            "--student-url", student.url, "--student-model", "bench-student", "--teacher-url", teacher.base_url,
-            "--teacher-model", "bench-teacher", "--rpm", str(args.rpm), "--tpm", "100000000",
-            "--sandbox-workers", str(args.workers), "--max-in-flight", "512", "--student-concurrency", "256",
-            "--teacher-max-in-flight", "256", "--progress", "none", "--shard-size", "100"], environ={})
+            "--tasks", str(tasks_file), "--out", str(work / "engine"), "--student.backend", "openai",
+            "--student.url", student.url, "--student.model", "bench-student", "--teacher.base-url", teacher.base_url,
+            "--teacher.model", "bench-teacher", "--teacher.rpm", str(args.rpm), "--teacher.tpm", "100000000",
+            "--sandbox.workers", str(args.workers), "--max-in-flight", "512", "--student.max-concurrency", "256",
+            "--teacher.max-in-flight", "256", "--progress", "none", "--shard-size", "100"], environ={})
         t0 = time.perf_counter()
         collector = Collector(cfg, install_signals=False)
         rc = await collector.run()
@@ -212,8 +212,8 @@ def instant_child(n: int, work: Path, one_core: bool) -> dict:
 
     shutil.rmtree(work / f"instant-{n}", ignore_errors=True)
     tasks = write_synthetic_tasks(work / f"synthetic-{n}.jsonl", n)
-    cfg = parse_args(["--tasks", str(tasks), "--out", str(work / f"instant-{n}"), "--student-model", "instant",
-                      "--teacher-url", "http://127.0.0.1:9/v1", "--progress", "none", "--shard-size", "500"],
+    cfg = parse_args(["--tasks", str(tasks), "--out", str(work / f"instant-{n}"), "--student.model", "instant",
+                      "--teacher.base-url", "http://127.0.0.1:9/v1", "--progress", "none", "--shard-size", "500"],
                      environ={})
     t0 = time.perf_counter()
     rc = run_async(Collector(cfg, open_backends=instant_backends, install_signals=False).run())

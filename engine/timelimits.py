@@ -55,7 +55,7 @@ class TimeLimitConfig:
     mode: str = "calibrated"  # calibrated | fixed
     factor: float = DEFAULT_FACTOR  # CPU limit = factor x the reference's CPU seconds ...
     floor_s: float = DEFAULT_FLOOR_S  # ... but never below this many CPU seconds ...
-    cap_s: float = 10.0  # ... nor above this (--exec-timeout); also the fixed wall-clock limit
+    cap_s: float = 10.0  # ... nor above this (--sandbox.timeout-s); also the fixed wall-clock limit
     repeats: int = 3  # reference runs when its cost matters (near or above floor / factor)
 
     def __post_init__(self) -> None:
@@ -89,9 +89,9 @@ def workers_per_core(mode: str) -> int:
 
 
 def config_from(cfg: TimeLimitFields, cap_s: float | None = None) -> TimeLimitConfig:
-    """The TimeLimitConfig of a command's config (TimeLimitFields; the cap is its exec timeout)."""
+    """The TimeLimitConfig of a command's config (TimeLimitFields; the cap is its sandbox's timeout)."""
     return TimeLimitConfig(mode=cfg.time_limits, factor=cfg.time_limit_factor, floor_s=cfg.min_time_limit,
-                           cap_s=cap_s if cap_s is not None else cfg.exec_timeout)
+                           cap_s=cap_s if cap_s is not None else cfg.sandbox.timeout_s)
 
 
 def user_cache() -> Path:

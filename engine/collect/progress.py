@@ -182,7 +182,7 @@ def summary_table(snap: dict, out_dir: str, wall_s: float) -> Table:
     table.add_row("teacher cost (this run)", f"${t.get('cost_usd', 0) or 0:.4f}")
     if t.get("price_per_1m_usd"):
         p_in, p_out = t["price_per_1m_usd"]
-        table.add_row("  at --price-in/--price-out", f"${p_in:g} / ${p_out:g} per 1M tokens")
+        table.add_row("  at --teacher.price-in/-out", f"${p_in:g} / ${p_out:g} per 1M tokens")
     refined = oc.get("refined", 0)
     if refined and t.get("cost_usd"):
         table.add_row("  per verified refinement", f"${t['cost_usd'] / refined:.5f}")

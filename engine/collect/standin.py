@@ -17,7 +17,7 @@ from persd.engine.tasks import Task, iter_tasks
 
 MODEL = "offline-stand-in"
 LABEL = ("teacher: OFFLINE STAND-IN answering from the tasks' reference solutions (it needs no key and no network); "
-         "pass --teacher-url and set the key's variable for a real teacher")
+         "pass --teacher.base-url and set the key's variable for a real teacher")
 
 
 def _key(instruction: str) -> str:

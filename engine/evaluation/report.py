@@ -39,8 +39,8 @@ def summarize(cfg, tasks, lines: list[dict], stats: dict[str, Any], extra: dict[
         "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "k": list(cfg.k),
         "seed": cfg.seed, "refine_steps": cfg.refine_steps, "refine_feedback": "visible tests",
         "refine_prompt": "persd-refine record layout (engine/lessons.refine_record_prompt)",
-        "student_model": cfg.student_model, "student_backend": cfg.resolved_student_backend(),
-        "student_chat": cfg.student_chat, "exec_timeout": cfg.exec_timeout, "style": cfg.style,
+        "student_model": cfg.student.model, "student_backend": cfg.student.resolved_backend(),
+        "student_chat": cfg.student.chat, "exec_timeout": cfg.sandbox.timeout_s, "style": cfg.style,
         **config_from(cfg).fingerprint(),
     }
     if cfg.style == "paper":
