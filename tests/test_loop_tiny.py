@@ -84,11 +84,12 @@ def test_two_rounds_end_to_end(two_rounds):
     # each stage ran on its own config file: round-R/STAGE.toml, the loop's sections plus what the loop sets
     assert commands.count(" --config ") == 6
     collect1 = tomllib.loads((run / "round-1" / "collect.toml").read_text())
-    assert (collect1["max_tokens"], collect1["student_model"], collect1["sandbox_workers"]) == (16, str(base), 1)
+    assert (collect1["max_tokens"], collect1["student"]["model"], collect1["sandbox"]["workers"]) == (16, str(base), 1)
     train2 = tomllib.loads((run / "round-2" / "train.toml").read_text())
     assert (train2["max_steps"], train2["seq_len"], train2["model"]) == (1, 128, str(base))
     eval2 = tomllib.loads((run / "round-2" / "eval.toml").read_text())
-    assert (eval2["n"], eval2["temperature"], eval2["refine_steps"], eval2["student_model"]) == (2, 0.8, 1, str(ckpt2))
+    assert (eval2["n"], eval2["temperature"], eval2["refine_steps"]) == (2, 0.8, 1)
+    assert eval2["student"]["model"] == str(ckpt2)
 
 
 def test_rerun_resumes_at_the_interrupted_stage(two_rounds):
