@@ -510,3 +510,22 @@ def test_a_run_from_before_the_sections_resumes(tmp_path, flags, capsys):
     assert main(["collect", "--tasks", str(tasks), "--out", str(out), *changed]) == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "--sandbox.timeout-s: was 5.0, now 6.0" in err
+
+
+def test_an_eval_directory_from_before_the_sections_resumes(tmp_path):
+    """work/eval.json as persd wrote it with flat options (--student-model m --exec-timeout 3 --student-chat)."""
+    from persd.engine.evaluation.config import parse_args
+    from persd.engine.evaluation.journal import EvalJournal
+
+    old = {"exec_timeout": 3.0, "limit": None, "max_tokens": 512, "min_time_limit": 0.5, "n": 2, "prompt_version": 1,
+           "refine_steps": 0, "seed": 0, "student_chat": True, "student_model": "m", "style": "persd",
+           "task_ids": None, "tasks": "t", "temperature": 0.5, "time_limit_factor": 20.0, "time_limits": "calibrated",
+           "top_p": 0.95}
+    journal = EvalJournal(tmp_path)
+    journal.save_settings(old)
+    base = ["--tasks", "t", "--out", str(tmp_path), "--n", "2", "--temperature", "0.5"]
+    new = parse_args([*base, "--student.model", "m", "--sandbox.timeout-s", "3", "--student.chat"])
+    assert journal.check_settings(new.fingerprint(), force=False) is True
+    other = parse_args([*base, "--student.model", "m", "--sandbox.timeout-s", "4", "--student.chat"])
+    with pytest.raises(UsageError, match=r"--sandbox.timeout-s: was 3.0, now 4.0"):
+        journal.check_settings(other.fingerprint(), force=False)
