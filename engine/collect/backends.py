@@ -73,8 +73,10 @@ def student_config(cfg: StudentFields, seed: int, model: str | None = None):
 
 def vllm_log_path(cfg: StudentFields) -> str | None:
     """vLLM's own output (its engine and worker processes) goes to OUT/work/vllm.log, not the terminal."""
+    from persd.engine.collect.layout import CollectLayout
+
     out = getattr(cfg, "out", None)
-    return str(Path(out) / "work" / "vllm.log") if out else None
+    return str(CollectLayout(Path(out)).vllm_log_path) if out else None
 
 
 @contextlib.asynccontextmanager

@@ -28,6 +28,7 @@ from persd.config import (
     positive_int,
 )
 from persd.engine.collect.layout import partition_name
+from persd.engine.rundirs.settings import describe_difference  # its older home
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
 from persd.runtime.http import RetryPolicy
@@ -394,25 +395,6 @@ def check_sampling(temperature: float, top_p: float) -> None:
         raise ConfigError("temperature", f"{temperature}: expected a value in [0, 5]")
     if not 0 < top_p <= 1:
         raise ConfigError("top_p", f"{top_p}: expected a value in (0, 1]")
-
-
-def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human lines naming each changed setting, as flags (a nested section `train` as --train.KEY)."""
-    derived = {"tasks_count": "the number of tasks in --tasks", "tasks_sha256": "the content of --tasks",
-               "prompt_version": "persd's prompt texts (a newer persd)"}
-    lines = []
-    for key in sorted(set(old) | set(new)):
-        was, now = old.get(key), new.get(key)
-        if was == now:
-            continue
-        if isinstance(was, dict) or isinstance(now, dict):
-            lines += describe_difference(was or {}, now or {}, f"{prefix}{key}.")
-        elif key == "tasks_sha256":
-            lines.append(f"{derived[key]} changed")
-        else:
-            name = derived.get(key) if not prefix else None
-            lines.append(f"{name or '--' + prefix + key.replace('_', '-')}: was {was!r}, now {now!r}")
-    return lines
 
 
 __all__ = ["CollectConfig", "StudentFields", "FORMATS", "STUDENT_BACKENDS", "PROGRESS_MODES", "COLLECT",
