@@ -91,7 +91,7 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
                                   per_core=workers_per_core(cfg.time_limits))))
 
         if cfg.standin_teacher:
-            from persd.runtime.teacher.local_server import LocalOpenAIServer
+            from persd.runtime.local_server import LocalOpenAIServer
 
             server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit))
             await stack.enter_async_context(server)
