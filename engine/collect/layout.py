@@ -214,11 +214,12 @@ class CollectManifest:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     updated_at: str | None = None
-    version: int = MANIFEST_VERSION
+    version: int = MANIFEST_VERSION  # as read
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        data["version"] = MANIFEST_VERSION  # written as the current version, whatever it was read as
         for key in ("error", "updated_at"):
             if data[key] is None:
                 del data[key]

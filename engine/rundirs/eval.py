@@ -26,10 +26,10 @@ class EvalManifest:
     """work/eval.json. Version 0 (before versions) was the fingerprint itself, and is still read."""
 
     fingerprint: dict[str, Any]
-    version: int = MANIFEST_VERSION
+    version: int = MANIFEST_VERSION  # as read; written as the current one
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "fingerprint": self.fingerprint}
+        return {"version": MANIFEST_VERSION, "fingerprint": self.fingerprint}
 
     @classmethod
     def from_json(cls, data: Any) -> "EvalManifest":

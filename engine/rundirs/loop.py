@@ -30,10 +30,10 @@ class LoopManifest:
 
     fingerprint: dict[str, Any] = field(default_factory=dict)
     rounds: dict[str, dict[str, Any]] = field(default_factory=dict)  # "R" -> what round R produced
-    version: int = MANIFEST_VERSION
+    version: int = MANIFEST_VERSION  # as read; written as the current one
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "fingerprint": self.fingerprint, "rounds": self.rounds}
+        return {"version": MANIFEST_VERSION, "fingerprint": self.fingerprint, "rounds": self.rounds}
 
     @classmethod
     def from_json(cls, data: Any) -> "LoopManifest":

@@ -30,10 +30,10 @@ class TrainManifest:
     config: dict[str, Any]
     result: dict[str, Any] = field(default_factory=dict)  # TrainResult.to_json() and final_loss
     export: dict[str, Any] = field(default_factory=dict)
-    version: int = MANIFEST_VERSION
+    version: int = MANIFEST_VERSION  # as read; written as the current one
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.result, "config": self.config, "export": self.export, "version": self.version}
+        return {**self.result, "config": self.config, "export": self.export, "version": MANIFEST_VERSION}
 
     @classmethod
     def from_json(cls, data: Any) -> "TrainManifest":
