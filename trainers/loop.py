@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from persd.engine.rundirs.files import atomic_write
 from persd.engine.rundirs.train import TrainLayout
 from persd.runtime.errors import UsageError
 from persd.trainers import checkpoint
@@ -435,7 +434,8 @@ def _truncate_metrics(path: Path, keep_through: int) -> None:
         return
     kept = [line for line in path.read_bytes().splitlines() if line.strip()
             and orjson.loads(line).get("step", 0) <= keep_through]
-    atomic_write(path, b"".join(line + b"\n" for line in kept))
+    # rewritten in place, not renamed over: the run's log already holds this file open for appending
+    path.write_bytes(b"".join(line + b"\n" for line in kept))
 
 
 def _check_plan(cfg: TrainConfig, stage: int, opt_off: bool, par_off: bool, world: World) -> None:
