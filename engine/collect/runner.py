@@ -78,6 +78,8 @@ def _sandbox_workers(backends: Backends, cfg: CollectConfig) -> int:
 
 
 class Collector:
+    plan: CollectPlan  # made by run() first: source, shards and store exist before any backend opens
+
     def __init__(self, cfg: CollectConfig, open_backends: OpenBackends | None = None,
                  install_signals: bool = True):
         self.cfg = cfg
