@@ -118,7 +118,7 @@ async def sandbox_throughput(workers: int, tasks_file: Path, n: int = 200) -> fl
 async def run_engine(args, tasks_file: Path, work: Path) -> dict:
     from persd.engine.collect.config import parse_args
     from persd.engine.collect.runner import Collector
-    from persd.runtime.teacher.local_server import LocalOpenAIServer
+    from persd.runtime.local_server import LocalOpenAIServer
 
     student = StudentServer(args.student_latency, args.student_concurrency)
     teacher = LocalOpenAIServer(teacher_answer, rpm=args.rpm, window_s=args.window)
@@ -154,10 +154,10 @@ async def run_phases(args, tasks_file: Path, work: Path) -> dict:
     from persd.engine.collect.config import CollectConfig
     from persd.engine.collect.studentio import extract, student_request
     from persd.engine.tasks import iter_tasks
+    from persd.runtime.local_server import LocalOpenAIServer
     from persd.runtime.sandbox import Sandbox, SandboxConfig
     from persd.runtime.student import StudentConfig, create_student
     from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
-    from persd.runtime.teacher.local_server import LocalOpenAIServer
 
     student_srv = StudentServer(args.student_latency, args.student_concurrency)
     teacher_srv = LocalOpenAIServer(teacher_answer, rpm=args.rpm, window_s=args.window)

@@ -57,7 +57,7 @@ class ScriptedGPU:
     """A FakeOpenAIServer whose answers take `latency_s`, at most `slots` at a time."""
 
     def __init__(self, tasks, latency_s: float, slots: int):
-        from persd.runtime.student.fake_server import FakeOpenAIServer
+        from persd.runtime.local_server import FakeOpenAIServer
 
         bodies = {t.prompt: (t.reference or "")[len(t.prompt):] for t in tasks}
         gate = asyncio.Semaphore(slots)

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import orjson
+from persd.engine.collect.layout import CollectLayout, CollectManifest
 
 OUTCOMES = (("student_passed", 0.30), ("refined", 0.55), ("unresolved", 0.12), ("error", 0.03))
 ERRORS = ("AssertionError", "NameError: name 'y' is not defined", "SyntaxError: invalid syntax",
@@ -74,16 +75,17 @@ def write_collect(out: Path, n: int, shard_size: int = 1000, seed: int = 0) -> P
                                                 "prompt": p, "completion": "    return x + y\n", "meta": meta}) + b"\n")
                         formats[fmt] += 1
         shards.append({"index": k, "span": [lo, hi], "tasks": hi - lo, "state": "sealed", "done": hi - lo})
-    manifest = {"version": 1, "command": "persd collect", "state": "done", "fingerprint": {},
-                "config": {"tasks": str(tasks_path)}, "tasks": {"source": str(tasks_path), "count": n},
-                "student": {"model": "synth-student"}, "teacher": {"model": "synth-teacher"}, "shards": shards,
-                "totals": {"tasks": n, "done": n, "shards": len(shards), "shards_sealed": len(shards),
-                           "outcomes": totals, "records": formats}}
-    (out / "manifest.json").write_bytes(orjson.dumps(manifest))
+    lay = CollectLayout(out)
+    manifest = CollectManifest(fingerprint={}, state="done", config={"tasks": str(tasks_path)},
+                               tasks={"source": str(tasks_path), "count": n}, student={"model": "synth-student"},
+                               teacher={"model": "synth-teacher"}, shards=shards,
+                               totals={"tasks": n, "done": n, "shards": len(shards), "shards_sealed": len(shards),
+                                       "outcomes": totals, "records": formats})
+    lay.manifest_path().write_bytes(orjson.dumps(manifest.to_json()))
     cost = tokens * 2e-6
-    (out / "metrics.json").write_bytes(orjson.dumps({"wall_s": n / 20, "teacher": {
+    lay.metrics_path().write_bytes(orjson.dumps({"wall_s": n / 20, "teacher": {
         "requests": calls, "http_429": n // 500, "retries": n // 400, "cost_usd": cost, "tokens_in": tokens}}))
-    with open(out / "timeline.jsonl", "wb") as fh:
+    with open(lay.timeline_path(), "wb") as fh:
         rows = 1000
         for j in range(rows + 1):
             f = j / rows

@@ -84,7 +84,7 @@ async def bench_hf(model: str, requests: int, max_tokens: int) -> Result:
 
 async def _start_fake_server() -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "persd.runtime.student.fake_server", "--port", "0",
+        sys.executable, "-m", "persd.runtime.local_server", "--fake-student", "--port", "0",
         stdout=asyncio.subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[1]),
     )
     assert proc.stdout is not None

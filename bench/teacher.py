@@ -21,8 +21,8 @@ import orjson
 from persd.config import parser_for
 from persd.engine.aio import run_async
 from persd.runtime.http import RetryPolicy
+from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
-from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 from rich.console import Console
 from rich.table import Table
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from persd.runtime.errors import PersdError
 from persd.runtime.http import RetryPolicy
+from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
-from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
 CURATOR = "bespokelabs-curator"
 CURATOR_VERSION = "0.1.31"  # the version issue 17 measured

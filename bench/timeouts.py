@@ -45,7 +45,7 @@ class LoopingStudent:
     """A FakeOpenAIServer answering with the reference, or a loop for the chosen share of samples."""
 
     def __init__(self, tasks: list[Task], share: float):
-        from persd.runtime.student.fake_server import FakeOpenAIServer
+        from persd.runtime.local_server import FakeOpenAIServer
 
         by_prompt = {t.prompt: t for t in tasks}
 

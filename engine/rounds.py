@@ -5,20 +5,10 @@ not solved yet.
 Each stage is the ordinary command (`persd collect`, `persd train`, `persd eval`) run as a child
 process, so a stage owns its accelerator memory for exactly as long as it runs (vLLM, then
 DeepSpeed, then vLLM again), a multi-GPU trainer can be started under its launcher, and every stage
-resumes the way it does on its own. The layout:
+resumes the way it does on its own. The directory's layout is persd.engine.rundirs.loop's; each
+stage's own directory is its command's (collect.layout, rundirs.train, rundirs.eval).
 
-    DIR/loop.json                    settings, and what each round produced
-    DIR/commands.log                 every command run, in order (to reproduce any stage by hand)
-    DIR/round-0/eval/                the starting student, evaluated (with --eval-base)
-    DIR/round-R/tasks.jsonl          R > 1: the tasks no earlier round's student solved
-    DIR/round-R/collect.toml         the stage's configuration: `persd collect --config round-R/collect.toml`
-    DIR/round-R/collect/             persd collect output
-    DIR/round-R/train-data.jsonl     the records trained on (ids prefixed with their round)
-    DIR/round-R/train.toml, eval.toml  (likewise for train and eval)
-    DIR/round-R/train/               persd train output; train/final/ is round R's checkpoint
-    DIR/round-R/eval/                persd eval output
-
-A rerun skips finished stages (judged by their output files) and resumes the interrupted one.
+A rerun skips finished stages (each kind's `is_done()`) and resumes the interrupted one.
 """
 from __future__ import annotations
 
@@ -34,15 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from persd.config import deep_merge, fingerprint, nonneg_int, opt, positive_int, to_toml, with_defaults
-from persd.engine.collect.config import PROGRESS_MODES, CollectConfig, describe_difference, resolve_student_backend
+from persd.config import deep_merge, fingerprint, nonneg_int, opt, positive_int, to_toml
+from persd.engine.collect.config import PROGRESS_MODES, CollectConfig, resolve_student_backend
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.evaluation.config import EvalConfig
-from persd.engine.evaluation.journal import atomic_write
-from persd.engine.report import hint
+from persd.engine.rundirs.eval import EvalLayout
+from persd.engine.rundirs.files import atomic_write, atomic_write_json
+from persd.engine.rundirs.kinds import hint
+from persd.engine.rundirs.loop import LoopLayout, LoopManifest
+from persd.engine.rundirs.settings import check_settings
+from persd.engine.rundirs.train import TrainLayout
 from persd.engine.tasks import parse_task_line, resolve_source
 from persd.runtime.errors import ConfigError, PersdError, UsageError
-from persd.trainers.cli import TrainCommand
+from persd.trainers.command import TrainCommand
 
 # Stage fields the loop sets itself each round (not in a [collect], [train] or [eval] section).
 COLLECT_OWNED = ("tasks", "out", "limit", "student.backend", "student.model", "student.url", "student.chat",
@@ -125,41 +119,9 @@ class LoopConfig:
                 "progress": self.progress, "force": self.force or None}
 
 
-# ------------------------------------------------------------------ files of one run
+# ------------------------------------------------------------------ the stages' directories
 
-
-@dataclass
-class Layout:
-    out: Path
-
-    @property
-    def state(self) -> Path:
-        return self.out / "loop.json"
-
-    @property
-    def commands(self) -> Path:
-        return self.out / "commands.log"
-
-    def round_dir(self, r: int) -> Path:
-        return self.out / f"round-{r}"
-
-    def tasks(self, r: int) -> Path:
-        return self.round_dir(r) / "tasks.jsonl"
-
-    def collect(self, r: int) -> Path:
-        return self.round_dir(r) / "collect"
-
-    def train_data(self, r: int) -> Path:
-        return self.round_dir(r) / "train-data.jsonl"
-
-    def train(self, r: int) -> Path:
-        return self.round_dir(r) / "train"
-
-    def checkpoint(self, r: int) -> Path:
-        return self.train(r) / "final"
-
-    def eval(self, r: int) -> Path:
-        return self.round_dir(r) / "eval"
+Layout = LoopLayout  # its older name
 
 
 def collect_done(out: Path) -> bool:
@@ -167,11 +129,11 @@ def collect_done(out: Path) -> bool:
 
 
 def train_done(out: Path) -> bool:
-    return (out / "final" / "config.json").is_file() and (out / "train.json").is_file()
+    return TrainLayout(out).is_done()
 
 
 def eval_done(out: Path) -> bool:
-    return (out / "summary.json").is_file()
+    return EvalLayout(out).is_done()
 
 
 def collect_results(out: Path) -> list[dict]:
@@ -206,9 +168,9 @@ class RoundInfo:
 class Loop:
     def __init__(self, cfg: LoopConfig):
         self.cfg = cfg
-        self.lay = Layout(Path(cfg.out))
+        self.lay = LoopLayout(Path(cfg.out))
         self.backend = cfg.resolved_backend()
-        self.state: dict[str, Any] = {}
+        self.state = LoopManifest()
 
     # ---------------------------------------------------------------- setup
 
@@ -220,27 +182,18 @@ class Loop:
         self.validate()
         self.lay.out.mkdir(parents=True, exist_ok=True)
         fp = cfg.fingerprint()
-        if self.lay.state.exists():
-            try:
-                self.state = orjson.loads(self.lay.state.read_bytes())
-                if not isinstance(self.state, dict):
-                    raise orjson.JSONDecodeError("not a JSON object", "", 0)
-            except (OSError, orjson.JSONDecodeError) as exc:
-                if not cfg.force:
-                    raise UsageError(f"{self.lay.state}: unreadable ({exc}), so the settings of this loop run are "
-                                     f"unknown: restore it, use another --out, or pass --force to continue with "
-                                     f"these settings") from None
-                self.state = {}
-            diffs = describe_difference(with_defaults(self.state.get("fingerprint", {}), LoopConfig), fp, renamed={},
-                                        sections={"collect": CollectConfig.RENAMED, "eval": EvalConfig.RENAMED})
-            if diffs and not cfg.force:
-                raise UsageError(f"{self.lay.out} holds a loop run with other settings:\n  "
-                                 + "\n  ".join(diffs)
-                                 + "\nuse another --out, or pass --force to continue with the new settings")
-        self.state["fingerprint"] = fp
-        self.state.setdefault("rounds", {})
+        try:
+            old, why = self.lay.read_manifest(), ""
+        except ValueError as exc:
+            old, why = None, str(exc)
+        if old is not None or why:
+            check_settings(self.lay.out, self.lay.manifest, old and old.fingerprint, fp, LoopConfig, force=cfg.force,
+                           what="a loop run", forced="continue with these settings", unreadable=why,
+                           sections={"collect": CollectConfig.RENAMED, "eval": EvalConfig.RENAMED})
+        self.state = old or LoopManifest()
+        self.state.fingerprint = fp
         if not cfg.student_model:
-            base = self.lay.out / "base-model"
+            base = self.lay.base_model
             if not (base / "config.json").exists():
                 from persd.runtime.student.tiny_model import write_tiny_model
 
@@ -277,7 +230,7 @@ class Loop:
                 raise UsageError(f"--train-launcher {cfg.train_launcher!r}: {exc}") from None
 
     def save_state(self) -> None:
-        atomic_write(self.lay.state, orjson.dumps(self.state, option=orjson.OPT_INDENT_2))
+        atomic_write_json(self.lay.manifest, self.state.to_json(), sort_keys=False)
 
     def log(self, msg: str) -> None:
         print(f"persd loop: {msg}", file=sys.stderr, flush=True)
@@ -315,7 +268,7 @@ class Loop:
             info.model_out = model
             self.stage_eval(r, model)
             info.eval = self.read_eval(r)
-            self.state["rounds"][str(r)] = {"model_in": info.model_in, "model_out": model, "trained": info.trained,
+            self.state.rounds[str(r)] = {"model_in": info.model_in, "model_out": model, "trained": info.trained,
                                             "train_records": info.train_records, "outcomes": info.outcomes}
             self.save_state()
             infos.append(info)
@@ -381,13 +334,13 @@ class Loop:
     def stage_train(self, r: int, init: str) -> None:
         out = self.lay.train(r)
         if train_done(out):
-            self.log(f"round {r}: train: done already ({out / 'final'})")
+            self.log(f"round {r}: train: done already ({TrainLayout(out).final})")
             return
         c = self.cfg
         values = {**({"preset": c.preset} if c.preset else {}), **c.train,
                   "data": [str(self.lay.train_data(r))], "model": init, "out": str(out)}
         launcher = shlex.split(c.train_launcher) if c.train_launcher else [sys.executable]
-        resume = ["--resume"] if _has_checkpoint(out / "checkpoints") else []
+        resume = ["--resume"] if _has_checkpoint(TrainLayout(out).checkpoints) else []
         self.run_stage(r, "train", [*launcher, "-m", "persd", "train"], values, resume)
 
     def stage_eval(self, r: int, model: str) -> None:
@@ -401,7 +354,7 @@ class Loop:
     def run_stage(self, r: int, name: str, command: list[str], values: dict[str, Any],
                   extra: list[str] = ()) -> None:
         """Write round-R/NAME.toml (the stage's whole configuration) and run `persd NAME --config` on it."""
-        path = self.lay.round_dir(r) / f"{name}.toml"
+        path = self.lay.stage_config(r, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, to_toml(values).encode())
         cmd = [*command, "--config", str(path), *extra]
@@ -423,14 +376,14 @@ class Loop:
     # ---------------------------------------------------------------- reporting
 
     def read_eval(self, r: int) -> dict[str, Any]:
-        summary = orjson.loads((self.lay.eval(r) / "summary.json").read_bytes())
+        summary = orjson.loads(EvalLayout(self.lay.eval(r)).summary.read_bytes())
         return {k: summary.get(k) for k in ("tasks", "n", "pass@1", "steps", "final")}
 
     def write_summary(self, infos: list[RoundInfo]) -> None:
         rows = [{"round": i.round, "model_in": i.model_in, "model_out": i.model_out, "tasks": i.tasks,
                  "outcomes": i.outcomes, "records": i.records, "train_records": i.train_records,
                  "trained": i.trained, "eval": i.eval} for i in infos]
-        atomic_write(self.lay.out / "summary.json", orjson.dumps({"rounds": rows}, option=orjson.OPT_INDENT_2))
+        atomic_write_json(self.lay.summary, {"rounds": rows}, sort_keys=False)
 
 
 def print_table(infos: list[RoundInfo], out: str) -> None:

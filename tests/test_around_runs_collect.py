@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from persd.runtime.teacher.local_server import LocalOpenAIServer
+from persd.runtime.local_server import LocalOpenAIServer
 from test_collect_e2e import REPO, SECRET, Env, request_key, shard_bytes
 
 LIMIT = ("--limit", "16")  # two shards of 8

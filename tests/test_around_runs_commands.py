@@ -15,7 +15,7 @@ import pytest
 from helpers import write_doubling_tasks, write_jsonl
 from persd.engine.runlock import is_locked, run_lock
 from persd.runtime.errors import UsageError
-from persd.runtime.student.fake_server import FakeOpenAIServer
+from persd.runtime.local_server import FakeOpenAIServer
 from persd.runtime.student.model_dir import model_dir_problem
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,9 +18,8 @@ from pathlib import Path
 import orjson
 import pytest
 from helpers import write_doubling_tasks
+from persd.runtime.local_server import FakeOpenAIServer, FaultPlan, LocalOpenAIServer
 from persd.runtime.sandbox import Sandbox, SandboxConfig
-from persd.runtime.student.fake_server import FakeOpenAIServer
-from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each test runs collect once or more, in subprocesses
 

@@ -18,7 +18,7 @@ from persd.engine import lessons
 from persd.engine.evaluation.config import parse_args
 from persd.engine.evaluation.selection import select_tasks
 from persd.engine.tasks import Task, iter_tasks, parse_task_line, resolve_source
-from persd.runtime.student.fake_server import FakeOpenAIServer
+from persd.runtime.local_server import FakeOpenAIServer
 
 
 def literal_cases(task: Task) -> list[tuple[list, object]] | None:

@@ -23,7 +23,7 @@ from persd.engine.evaluation.config import parse_args
 from persd.engine.evaluation.journal import EvalJournal
 from persd.engine.evaluation.runner import evaluate
 from persd.engine.tasks import iter_tasks
-from persd.runtime.student.fake_server import FakeOpenAIServer
+from persd.runtime.local_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = {"right": "    return x * 2\n", "wrong": "    return x + 2\n", "wrong2": "    return x + 3\n",

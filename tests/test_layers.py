@@ -1,19 +1,60 @@
 """The import graph reads as layers, with no import running back up and no cycle.
 
-    cli  ->  rounds  ->  evaluation  ->  collect  ->  engine's shared modules  ->  config  ->  runtime
-    rounds  ->  trainers  ->  collect.layout, config, runtime      (the loop reads the trainer's checkpoints)
-Every import counts, also those inside functions (lazy imports are still dependencies); imports
-under `if TYPE_CHECKING:` do not.
+    cli -> rounds -> evaluation -> paper -> collect -> engine's shared modules -> rundirs -> config -> runtime
+    rounds  ->  trainers  ->  rundirs, config, runtime
+    report  ->  evaluation, paper, collect, engine's shared modules, rundirs, config, runtime
+
+`rundirs` is every run directory's owner: persd/engine/rundirs/ (eval, train and loop layouts, atomic
+writes, the settings check, which command made a directory), the collect layout
+(persd/engine/collect/layout.py), the run lock and ownership. It is the one part of the engine the
+trainers may import: they read shards through the collect layout and keep their own directory through
+the train layout. `persd train`'s command line (persd/trainers/cli.py) is part of the cli layer, so the
+loop, which runs train as a stage, imports no command-line module.
+
+Every import counts, also those inside functions (lazy imports are still dependencies); imports under
+`if TYPE_CHECKING:` do not. `from pkg import mod` depends on pkg.mod (as `import pkg.mod` does); a
+package's `__init__` counts as a dependency of everything imported from the package once it imports
+anything itself (it runs first).
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = ("engine", "runtime", "trainers", "bench")
-SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits", "runlock", "ownership"}
-RUN_DIR_GUARDS = {"persd.engine.runlock", "persd.engine.ownership"}  # one run per directory, every command
+SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits"}
+BY_NAME = {  # modules whose layer is not their folder's
+    "persd.config": "config",  # the configuration pattern every command (and the trainers) use
+    "persd.engine.collect.layout": "rundirs",  # the collect directory's owner; needs nothing of persd
+    "persd.engine.runlock": "rundirs",  # one run per directory, every command
+    "persd.engine.ownership": "rundirs",  # one command per directory
+    "persd.trainers.cli": "engine.cli",  # `persd train`
+}
+
+ALLOWED = {  # layer -> the layers it may import (besides its own)
+    "runtime": set(),
+    "config": {"runtime"},
+    "rundirs": {"config", "runtime"},
+    "engine-shared": {"rundirs", "config", "runtime"},
+    "engine.collect": {"engine-shared", "rundirs", "config", "runtime"},
+    # paper mode is a variant of the collect and eval pipelines: its flow extends collect's
+    "engine.paper": {"engine.collect", "engine-shared", "rundirs", "config", "runtime"},
+    "engine.evaluation": {"engine.paper", "engine.collect", "engine-shared", "rundirs", "config", "runtime"},
+    "trainers": {"rundirs", "config", "runtime"},
+    "engine.rounds": {"engine.evaluation", "engine.paper", "engine.collect", "trainers", "engine-shared", "rundirs",
+                      "config", "runtime"},
+    "engine.report": {"engine.evaluation", "engine.paper", "engine.collect", "engine-shared", "rundirs", "config",
+                      "runtime"},
+    "engine.cli": {"engine.report", "engine.rounds", "engine.evaluation", "engine.paper", "engine.collect",
+                   "engine-shared", "rundirs", "config", "runtime", "trainers"},
+    "engine": set(),  # persd/engine/__init__.py: a docstring
+    "bench": {"engine.cli", "engine.report", "engine.rounds", "engine.evaluation", "engine.paper", "engine.collect",
+              "engine-shared", "rundirs", "config", "runtime", "trainers"},
+}
 
 
 def _module_name(path: Path) -> str:
@@ -23,7 +64,7 @@ def _module_name(path: Path) -> str:
     return ".".join(["persd", *parts])
 
 
-def _imports(path: Path, name: str) -> set[str]:
+def _imports(path: Path, name: str, mods: set[str]) -> set[str]:
     tree = ast.parse(path.read_text())
     skip: set[int] = set()
     for node in ast.walk(tree):
@@ -41,72 +82,84 @@ def _imports(path: Path, name: str) -> set[str]:
             if node.level:
                 up = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(up + ([node.module] if node.module else []))
-            out.add(base)
-            out.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in out if m.startswith("persd.")}
+            for a in node.names:  # a submodule, else an attribute of `base` itself
+                out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base)
+    return {m for m in out if m in mods and m != name}
 
 
 def _graph() -> dict[str, set[str]]:
     files = [p for top in TOP for p in (REPO / top).rglob("*.py")] + [REPO / "config.py"]
     mods = {_module_name(p): p for p in files}
+    direct = {name: _imports(path, name, set(mods)) for name, path in mods.items()}
     graph = {}
-    for name, path in mods.items():
-        # keep only real modules (drop `from pkg import name` where name is an attribute)
-        graph[name] = {m for m in _imports(path, name) if m in mods and m != name}
+    for name, deps in direct.items():
+        inits = set()
+        for dep in deps:  # importing a.b.c runs a.b's __init__ first: it counts once it imports anything
+            parts = dep.split(".")
+            inits.update(p for p in (".".join(parts[:i]) for i in range(2, len(parts))) if direct.get(p))
+        graph[name] = deps | {p for p in inits if p != name and not name.startswith(p + ".")}
     return graph
 
 
 def _layer(mod: str) -> str:
+    if mod in BY_NAME:
+        return BY_NAME[mod]
     parts = mod.split(".")
-    if mod == "persd.config":  # the configuration pattern every command (and the trainers) use
-        return "config"
     if parts[1] != "engine" or len(parts) < 3:
         return parts[1]
+    if parts[2] == "rundirs":
+        return "rundirs"
     if parts[2] in SHARED:
         return "engine-shared"
     return "engine." + parts[2]
 
 
-ALLOWED = {  # layer -> the layers it may import (besides its own)
-    "runtime": set(),
-    "config": {"runtime"},
-    "engine-shared": {"config", "runtime"},
-    # paper mode is a variant of the collect and eval pipelines: collect's runner picks its flow, which
-    # extends collect's; eval calls its prompts and checker
-    "engine.collect": {"engine.paper", "engine-shared", "config", "runtime"},
-    "engine.paper": {"engine.collect", "engine-shared", "config", "runtime"},
-    "engine.evaluation": {"engine.collect", "engine.paper", "engine-shared", "config", "runtime"},
-    "engine.rounds": {"engine.evaluation", "engine.collect", "engine.paper", "engine-shared", "config", "runtime",
-                      "trainers"},
-    "trainers": {"config", "runtime"},  # and engine.collect.layout, below
-    "engine.cli": {"engine.report", "engine.rounds", "engine.evaluation", "engine.collect", "engine.paper",
-                   "engine-shared", "config", "runtime", "trainers"},
-    "engine.report": {"engine.collect", "engine.evaluation", "engine.paper", "engine-shared", "config", "runtime"},
-    "engine": {"engine.cli"},  # persd/engine/__init__.py
-    "bench": {"engine.cli", "engine.report", "engine.rounds", "engine.evaluation", "engine.collect", "engine.paper",
-              "engine-shared", "config", "runtime", "trainers"},
-}
-
-
-def test_no_import_runs_back_up_a_layer():
+def _wrong_edges() -> list[str]:
     wrong = []
     for mod, deps in _graph().items():
         layer = _layer(mod)
         for dep in deps:
-            if layer == "trainers" and (dep == "persd.engine.collect.layout" or dep in RUN_DIR_GUARDS):
-                continue  # the trainers read shards through the layout module alone, and lock their directory
-            if dep in ("persd.engine", "persd.engine.collect"):  # package __init__s: docstrings only
-                continue
-            if dep == "persd.engine.report":  # its __init__ holds `hint` alone: the line every command prints
-                continue
             dl = _layer(dep)
             if dl != layer and dl not in ALLOWED[layer]:
                 wrong.append(f"{mod} ({layer}) imports {dep} ({dl})")
-    assert not wrong, "\n".join(sorted(wrong))
+    return sorted(wrong)
+
+
+_PENDING_PAPER_FLOW = "(engine.collect) imports persd.engine.paper."  # i-pipeline: paper mode as a flow variant
+
+
+def test_no_import_runs_back_up_a_layer():
+    wrong = [w for w in _wrong_edges() if _PENDING_PAPER_FLOW not in w]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.xfail(strict=False, reason="PENDING i-pipeline: collect's runner still imports paper mode's flow; "
+                                        "paper mode becomes a registered flow variant there (the lead removes "
+                                        "this mark and _PENDING_PAPER_FLOW at merge)")
+def test_collect_never_imports_paper_mode_PENDING_i_pipeline():
+    wrong = [w for w in _wrong_edges() if _PENDING_PAPER_FLOW in w]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_module_has_a_layer():
+    assert {_layer(m) for m in _graph()} <= set(ALLOWED)
 
 
 def test_the_layout_module_needs_nothing_of_persd():
     assert _graph()["persd.engine.collect.layout"] == set()
+
+
+def test_the_trainers_import_no_engine_module_but_the_run_directories():
+    engine = {dep for mod, deps in _graph().items() if _layer(mod) == "trainers" for dep in deps
+              if dep.startswith("persd.engine")}
+    assert all(_layer(dep) == "rundirs" for dep in engine), engine
+
+
+def test_nothing_imports_the_loop_and_the_loop_imports_no_command_line():
+    graph = _graph()
+    users = {mod for mod, deps in graph.items() if "persd.engine.rounds" in deps}
+    assert {_layer(m) for m in users} <= {"engine.cli", "bench"}, users
+    assert not {d for d in graph["persd.engine.rounds"] if _layer(d) == "engine.cli"}
 
 
 def test_no_import_cycle():
@@ -127,3 +180,41 @@ def test_no_import_cycle():
         if mod not in state:
             visit(mod, [mod])
     assert not cycles, "\n".join(cycles)
+
+
+# ------------------------------------------------------------------ runtime knows nothing of flags
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:[-.][a-z0-9]+)*")
+
+
+def _strings(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every string the module could say (f-strings' literal parts too), but docstrings and the arguments
+    of an argparse parser (the local servers' own `python -m` command lines)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                skip.add(id(first.value))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute | ast.Name):
+            fname = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+            if fname in ("add_argument", "ArgumentParser", "add_argument_group"):
+                skip.update(id(n) for n in ast.walk(node))
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip]
+
+
+def test_runtime_messages_never_name_a_flag():
+    """The runtime names the config FIELD (`teacher.base_url`); the command line renames it to its flag.
+    A `--flag` anywhere in a runtime string (not only at its start) is a flag the runtime should not know."""
+    offenders = []
+    for path in sorted((REPO / "runtime").rglob("*.py")):
+        for line, text in _strings(ast.parse(path.read_text())):
+            for flag in FLAG.findall(text):
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {flag} in {text[:80]!r}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_flag_check_sees_a_flag_inside_a_message():
+    tree = ast.parse('def f(x):\n    """--doc is fine"""\n    raise ValueError(f"x {x}: pass --student-model")\n')
+    assert [f for _, t in _strings(tree) for f in FLAG.findall(t)] == ["--student-model"]

@@ -10,7 +10,7 @@ from persd.engine.evaluation.runner import evaluate
 from persd.engine.paper import evaluation as paper
 from persd.engine.paper import prompts
 from persd.engine.tasks import iter_tasks
-from persd.runtime.student.fake_server import FakeOpenAIServer
+from persd.runtime.local_server import FakeOpenAIServer
 
 WRONG = "    return not numbers\n<|endoftext|>def garbage("
 

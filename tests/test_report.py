@@ -15,8 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 from helpers import doubling_task, read_jsonl, write_jsonl
-from persd.runtime.student.fake_server import FakeOpenAIServer
-from persd.runtime.teacher.local_server import LocalOpenAIServer
+from persd.runtime.local_server import FakeOpenAIServer, LocalOpenAIServer
 
 REPO = Path(__file__).resolve().parents[1]
 N_TASKS = 9

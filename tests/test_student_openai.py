@@ -7,8 +7,8 @@ import sys
 import pytest
 from persd.runtime.errors import PersdError, UsageError
 from persd.runtime.http import RetryPolicy
+from persd.runtime.local_server import FakeOpenAIServer
 from persd.runtime.student import SamplingParams, StudentConfig, StudentError, StudentRequest, create_student
-from persd.runtime.student.fake_server import FakeOpenAIServer
 from persd.runtime.student.openai_backend import OpenAIStudent, normalise_base_url
 
 FAST = RetryPolicy(max_attempts=5, base_delay_s=0.01, max_delay_s=0.02, deadline_s=10, request_timeout_s=5)
@@ -123,7 +123,7 @@ async def test_a_server_refusing_429_and_503_under_load_gets_fewer_attempts_and_
     # request is answered, within the usual attempt budget, and the refusals stay bounded
     # because the backend cuts its concurrency on overload answers (AIMD) instead of
     # re-sending every refused request as soon as its Retry-After passes.
-    from persd.runtime.teacher.local_server import LocalOpenAIServer
+    from persd.runtime.local_server import LocalOpenAIServer
 
     async with LocalOpenAIServer(latency_s=0.02, max_concurrent=8, overload_statuses=(429, 503)) as server:
         student = create_student(StudentConfig(backend="openai", url=server.base_url, model="m",

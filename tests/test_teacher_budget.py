@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 from persd.runtime.http import RetryPolicy
+from persd.runtime.local_server import LocalOpenAIServer
 from persd.runtime.teacher import BudgetExceeded, ChatRequest, TeacherClient, TeacherConfig
-from persd.runtime.teacher.local_server import LocalOpenAIServer
 
 PRICES = {"test-model": (100.0, 100.0)}  # $100 per 1M tokens each way: ~1 cent a request here
 

@@ -6,8 +6,8 @@ import asyncio
 import pytest
 from persd.runtime.errors import UsageError
 from persd.runtime.http import RetryPolicy
+from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig, TeacherError
-from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
 FAST = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05, deadline_s=10, request_timeout_s=2)
 

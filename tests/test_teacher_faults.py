@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 
 from persd.runtime.http import RetryPolicy
+from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
-from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
 POLICY = RetryPolicy(max_attempts=12, base_delay_s=0.01, max_delay_s=0.05, deadline_s=30, request_timeout_s=0.5)
 

@@ -11,7 +11,7 @@ from persd.runtime.http import (
     parse_retry_after,
     post_json,
 )
-from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
+from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 
 FAST = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05, deadline_s=10, request_timeout_s=0.5)
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

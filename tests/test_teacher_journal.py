@@ -9,8 +9,8 @@ import textwrap
 
 import orjson
 from persd.runtime.http import RetryPolicy
+from persd.runtime.local_server import LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, Journal, TeacherClient, TeacherConfig
-from persd.runtime.teacher.local_server import LocalOpenAIServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import asyncio
 
 from persd.runtime.http import RetryPolicy
+from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, RateLimiter, TeacherClient, TeacherConfig
 from persd.runtime.teacher.limiter import parse_reset
-from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
 FAST = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05, deadline_s=20, request_timeout_s=5)
 

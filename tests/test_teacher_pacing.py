@@ -9,9 +9,9 @@ import random
 
 import pytest
 from persd.runtime.http import RetryPolicy
+from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, RateLimiter, TeacherClient, TeacherConfig
 from persd.runtime.teacher.limiter import Permit
-from persd.runtime.teacher.local_server import FaultPlan, LocalOpenAIServer
 
 FOREIGN = "foreign"
 FAST = RetryPolicy(max_attempts=8, base_delay_s=0.01, max_delay_s=0.05, deadline_s=30, request_timeout_s=5)

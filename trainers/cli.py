@@ -12,40 +12,18 @@ One process runs as is (DS_ACCELERATOR=cpu for CPU); many run under a launcher:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from persd import config
-from persd.config import Command, load, opt
+from persd.config import Command, load
+from persd.engine.rundirs.files import atomic_write
+from persd.engine.rundirs.train import TrainLayout, TrainManifest
 from persd.runtime.errors import UsageError
+from persd.trainers.command import TrainCommand
 from persd.trainers.config import TrainConfig
-
-
-@dataclass
-class TrainCommand(TrainConfig):
-    """`persd train`'s options: the training configuration plus what only this invocation decides."""
-
-    preset: str | None = opt(None, help="training preset: paper, or a TOML file of these options",
-                             changes_results=False, metavar="NAME|FILE.toml", group="configuration")
-    resume: bool = opt(False, help="continue from the latest checkpoint in OUT/checkpoints (a rerun over an "
-                       "interrupted run resumes by itself)", changes_results=False, group="checkpoints and logging")
-    force: bool = opt(False, help="start over in an OUT that holds an earlier run (its checkpoints, metrics and "
-                      "final model are deleted)", changes_results=False, group="checkpoints and logging")
-    plan: bool = opt(False, help="print the memory plan and exit (1 if it cannot fit)", changes_results=False,
-                     group="memory plan (--plan)")
-    gpus_per_node: int = opt(8, help="GPUs per node", changes_results=False, group="memory plan (--plan)")
-    nodes: int = opt(1, help="nodes", changes_results=False, group="memory plan (--plan)")
-    gpu_memory: float | None = opt(None, help="GiB per GPU", changes_results=False, metavar="GIB",
-                                   group="memory plan (--plan)", shown="this machine's GPU, else 80")
-    cpu_memory: float | None = opt(None, help="GiB per node", changes_results=False, metavar="GIB",
-                                   group="memory plan (--plan)", shown="this machine's")
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 def _launcher_flags(p: argparse.ArgumentParser) -> None:
@@ -91,8 +69,7 @@ def _plan(cfg: TrainCommand) -> int:
                            cpu_memory=cpu_mem * mplan.GiB)
     mplan.render(plan)
     if cfg.out:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2))
+        atomic_write(TrainLayout(cfg.out).plan, json.dumps(plan.to_dict(), indent=2))
     mplan.refuse_if_unfit(plan)  # PersdError: exit 1
     print("plan fits")
     return 0
@@ -124,25 +101,29 @@ def main(argv: list[str]) -> int:
 def _has_checkpoint(out: Path) -> bool:
     from persd.trainers.checkpoint import latest_tag
 
-    return latest_tag(out / "checkpoints") is not None
+    return latest_tag(TrainLayout(out).checkpoints) is not None
 
 
 def rerun_decision(out: Path, *, resume: bool, force: bool) -> bool:
     """Never start over silently in a directory that holds an earlier run: resume an interrupted run
     (its checkpoint refuses other settings), refuse a finished one or one with nothing to resume
-    from, unless --force (then the earlier run's files are deleted). Returns whether to resume."""
+    from, unless --force (then the earlier run's files are deleted: a checkpoint continues only the
+    settings it was made with, so for train "run with these settings" is starting over). Returns
+    whether to resume."""
     import shutil
 
+    lay = TrainLayout(out)
     if force:
         if resume:
             raise UsageError("--resume and --force contradict each other (continue the run, or start over)")
-        for name in ("checkpoints", "final", "tensorboard"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("metrics.jsonl", "train.json", "plan.json"):
-            (out / name).unlink(missing_ok=True)
+        for path in lay.earlier_run():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         return False
-    if (out / "train.json").is_file() and (out / "final" / "config.json").is_file():
-        raise UsageError(f"{out} holds a finished training run (its model is {out / 'final'}): use another --out, "
+    if lay.is_done():
+        raise UsageError(f"{out} holds a finished training run (its model is {lay.final}): use another --out, "
                          f"or pass --force to train again from scratch")
     if _has_checkpoint(out):
         if not resume:
@@ -151,7 +132,7 @@ def rerun_decision(out: Path, *, resume: bool, force: bool) -> bool:
         return True
     if resume:
         return True  # train() says there is no checkpoint to resume from
-    if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size:
+    if lay.metrics.is_file() and lay.metrics.stat().st_size:
         raise UsageError(f"{out} holds an earlier run that stopped before its first checkpoint (metrics.jsonl, "
                          f"no checkpoint to --resume from): pass --force to start over, or use another --out")
     return False
@@ -171,16 +152,17 @@ def run(cfg: TrainConfig, *, resume: bool = False) -> int:
         close_world()
         return 130
     world, log = st.world, st.log
-    final = Path(cfg.out) / "final"
+    lay = TrainLayout(cfg.out)
+    final = lay.final
     log.info(f"exporting the consolidated model to {final}")
     export_hf(st.engine, st.model, st.tokenizer, final, rank=world.rank, dtype=st.dtype)
     if world.rank == 0:
         checked = verify_export(final)
         log.info(f"export verified: {checked['tensors']} tensors, {checked['parameters']:,} parameters, none empty")
         history = result.history
-        summary = result.to_json()
-        summary.update(config=cfg.to_dict(), export=checked, final_loss=history[-1]["loss"] if history else None)
-        (Path(cfg.out) / "train.json").write_text(json.dumps(summary, indent=2, default=str))
+        manifest = TrainManifest(cfg.to_dict(), dict(result.to_json(), final_loss=history[-1]["loss"] if history
+                                                     else None), checked)
+        atomic_write(lay.manifest, json.dumps(manifest.to_json(), indent=2, default=str))
         log.info(f"report: persd report {shlex.quote(str(cfg.out))}")
     log.close()
     close_world()

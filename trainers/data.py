@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import orjson
-from persd.engine.collect.layout import FORMAT_ALIASES, CollectLayout, Record, shard_index
+from persd.engine.collect.layout import FORMAT_ALIASES, CollectLayout, ManifestError, Record, shard_index
 from persd.runtime.errors import InputError, UsageError
 
 
@@ -57,10 +57,11 @@ def _warn_unfinished(out: Path, sealed: int) -> None:
     """Training on a collect directory whose manifests list more shards than are sealed uses part of
     the data: say so (once, on the first rank) rather than train on it silently."""
     planned = 0
-    for manifest in CollectLayout(out).manifests():
+    lay = CollectLayout(out)
+    for manifest in lay.manifests():
         try:
-            planned += len(orjson.loads(manifest.read_bytes()).get("shards", []))
-        except (OSError, orjson.JSONDecodeError, AttributeError):
+            planned += len(lay.read_manifest(manifest).shards)
+        except ManifestError:
             return
     if planned > sealed and os.environ.get("RANK", "0") == "0":
         print(f"persd train: warning: --data {out}: {sealed} of {planned} shards are sealed (the collection is not "

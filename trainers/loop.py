@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from persd.engine.rundirs.train import TrainLayout
 from persd.runtime.errors import UsageError
 from persd.trainers import checkpoint
 from persd.trainers.config import TrainConfig, load_ds_config, offload, reference_steps, resolve_ds_config, zero_stage
@@ -270,7 +271,8 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
 
     cfg.validate()
     out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
+    lay = TrainLayout(out)
+    ckpt_dir = lay.checkpoints
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     model_dir = check_model_dir(cfg.model)
     ds_file = load_ds_config(cfg.deepspeed)
@@ -342,7 +344,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
         start = checkpoint.resume(engine, ckpt_dir, identity=identity)
         log.info(f"resumed from {ckpt_dir / checkpoint.latest_tag(ckpt_dir)}: next step {start + 1}")
         if world.rank == 0:
-            _truncate_metrics(out / "metrics.jsonl", start)
+            _truncate_metrics(lay.metrics, start)
 
     text_cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     mean_ctx = (sum(n * n for n in lengths) / max(sum(lengths), 1)) if cfg.batching == "pack" else cfg.seq_len / 2
@@ -432,6 +434,7 @@ def _truncate_metrics(path: Path, keep_through: int) -> None:
         return
     kept = [line for line in path.read_bytes().splitlines() if line.strip()
             and orjson.loads(line).get("step", 0) <= keep_through]
+    # rewritten in place, not renamed over: the run's log already holds this file open for appending
     path.write_bytes(b"".join(line + b"\n" for line in kept))
 
 

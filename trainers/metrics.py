@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from persd.engine.rundirs.train import TrainLayout
 from persd.runtime.errors import UsageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -50,9 +51,10 @@ class RunLog:
         self.progress: Progress | None = None
         if not enabled:
             return
-        self.file = (out / "metrics.jsonl").open("ab" if append else "wb")
+        lay = TrainLayout(out)
+        self.file = lay.metrics.open("ab" if append else "wb")
         if tensorboard:
-            self.writer = require_tensorboard()(log_dir=str(out / "tensorboard"))
+            self.writer = require_tensorboard()(log_dir=str(lay.tensorboard))
         if self.console.is_terminal:
             self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)

@@ -51,8 +51,10 @@ def student_config(cfg: Any, seed: int, model: str | None = None):
 
 def vllm_log_path(cfg: Any) -> str | None:
     """vLLM's own output (its engine and worker processes) goes to OUT/work/vllm.log, not the terminal."""
+    from persd.engine.collect.layout import CollectLayout
+
     out = getattr(cfg, "out", None)
-    return str(Path(out) / "work" / "vllm.log") if out else None
+    return str(CollectLayout(Path(out)).vllm_log_path) if out else None
 
 
 @contextlib.asynccontextmanager
@@ -67,7 +69,7 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
 
         tcfg = replace(cfg.teacher, journal_path=teacher_journal_path(cfg), prices=cfg.teacher.all_prices())
         if cfg.teacher.standin:
-            from persd.runtime.teacher.local_server import LocalOpenAIServer
+            from persd.runtime.local_server import LocalOpenAIServer
 
             server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit))
             await stack.enter_async_context(server)

@@ -28,6 +28,7 @@ from persd.config import (
     value_at,
 )
 from persd.engine.collect.layout import partition_name
+from persd.engine.rundirs.settings import describe_difference  # its older home
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
 from persd.runtime.sandbox.config import SandboxConfig
@@ -338,33 +339,6 @@ def check_sampling(temperature: float, top_p: float) -> None:
     if not 0 < top_p <= 1:
         raise ConfigError("top_p", f"{top_p}: expected a value in (0, 1]")
 
-
-def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "",
-                        renamed: dict[str, str] | None = None,
-                        sections: dict[str, dict[str, str]] | None = None) -> list[str]:
-    """Human lines naming each changed setting, as flags (a nested section `train` as --train.KEY). A
-    fingerprint key that is a renamed option's old name (`renamed`: collect's and eval's by default) is
-    named by its new flag; `sections` gives a loop stage's section its own table."""
-    derived = {"tasks_count": "the number of tasks in --tasks", "tasks_sha256": "the content of --tasks",
-               "prompt_version": "persd's prompt texts (a newer persd)"}
-    renamed = ALL_RENAMED if renamed is None else renamed
-    lines = []
-    for key in sorted(set(old) | set(new)):
-        was, now = old.get(key), new.get(key)
-        if was == now:
-            continue
-        if isinstance(was, dict) or isinstance(now, dict):
-            lines += describe_difference(was or {}, now or {}, f"{prefix}{key}.", (sections or {}).get(key, {}))
-        elif key == "tasks_sha256":
-            lines.append(f"{derived[key]} changed")
-        else:
-            name = derived.get(key) if not prefix else None
-            flag = config.flag_of(prefix + renamed.get(key, key))
-            lines.append(f"{name or flag}: was {was!r}, now {now!r}")
-    return lines
-
-
-ALL_RENAMED = CollectConfig.RENAMED
 
 __all__ = ["CollectConfig", "CollectTeacher", "FORMATS", "STUDENT_BACKENDS", "PROGRESS_MODES", "COLLECT",
            "parse_args", "build_parser", "describe_difference", "resolve_student_backend", "check_student_model",

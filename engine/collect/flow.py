@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable
 from persd.engine import lessons
 from persd.engine.collect import testgen
 from persd.engine.collect.config import FORMATS, CollectConfig
+from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.limiter import Limiter
 from persd.engine.collect.records import Meta, Tally, TaskOutcome, direct_records, refinement_records, result_line
 from persd.engine.collect.shards import disk_error
@@ -70,7 +71,7 @@ class TaskFlow:
         self.formats = cfg.formats
         self.need_direct = "stand" in cfg.formats or "inpd" in cfg.formats
         self.time_limits = TimeLimits(backends.sandbox, config_from(cfg),
-                                      cache=cfg.out_dir / "work" / "time-limits.jsonl")
+                                      cache=CollectLayout(cfg.out_dir).time_limits_path)
 
     # ------------------------------------------------------------------ the flow
 

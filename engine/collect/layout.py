@@ -13,18 +13,27 @@ never the pipeline: it depends on nothing but the standard library and orjson).
     DIR/.lock (.lock.part-000I-of-000N)     held by the run writing here (flock: freed when it dies)
     DIR/work/teacher.journal.jsonl          every teacher answer (teacher.part-....journal.jsonl per partition)
     DIR/work/tiny-student/                  the offline demo's student, when no --student-model is given
+    DIR/work/time-limits.jsonl              the measured per-task time limits (reused on a rerun)
+    DIR/work/vllm.log                       vLLM's own output, when the student is vllm
+    DIR/timeline.jsonl                      counters every few seconds (timeline.part-....jsonl per partition)
+    DIR/metrics.json                        the run's final counters (metrics.part-....json per partition)
+
+The manifest (`CollectManifest`) is versioned; a manifest of any earlier version is still read.
 
 A training record is one JSON object a line (`Record`): id, task_id, format, prompt, completion, meta.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 
+# files only `persd collect` writes: a directory holding one of them was made by collect
+MARKERS = ("manifest*.json", "shards", "work/shard-*.journal.jsonl")
+MANIFEST_VERSION = 1
 RECORD_FIELDS = ("id", "task_id", "format", "prompt", "completion")  # required, all strings; `meta` optional
 FORMAT_ALIASES = {"persd-combined": ("persd", "persd-refine"),
                   # the reference's PersD-combined file (finetuning_data_chatgpt_only.jsonl): refine + gold
@@ -113,6 +122,34 @@ class CollectLayout:
     def manifest_path(self, partition: str = "") -> Path:
         return self.out / (f"manifest.{partition}.json" if partition else "manifest.json")
 
+    def timeline_path(self, partition: str = "") -> Path:
+        """One line of counters every few seconds, appended across resumed runs (what `persd report` plots)."""
+        return self.out / (f"timeline.{partition}.jsonl" if partition else "timeline.jsonl")
+
+    def timelines(self) -> list[Path]:
+        return sorted(self.out.glob("timeline*.jsonl"))
+
+    def metrics_path(self, partition: str = "") -> Path:
+        """The run's final counters (teacher cost, tokens, 429s, wall time)."""
+        return self.out / (f"metrics.{partition}.json" if partition else "metrics.json")
+
+    def metrics_files(self) -> list[Path]:
+        return sorted(self.out.glob("metrics*.json"))
+
+    @property
+    def time_limits_path(self) -> Path:
+        """The measured per-task time limits, reused by a rerun."""
+        return self.work_dir / "time-limits.jsonl"
+
+    @property
+    def vllm_log_path(self) -> Path:
+        """vLLM's own output (its engine and worker processes), kept off the terminal."""
+        return self.work_dir / "vllm.log"
+
+    def read_manifest(self, path: Path) -> "CollectManifest":
+        """One partition's manifest; ManifestError (saying why) when it cannot be read."""
+        return CollectManifest.read(path)
+
     def manifests(self) -> list[Path]:
         """Every partition's manifest in the directory (sorted)."""
         return sorted(p for p in self.out.glob("manifest*.json") if p.is_file())
@@ -137,9 +174,9 @@ class CollectLayout:
             return False
         for f in files:
             try:
-                if orjson.loads(f.read_bytes()).get("state") != "done":
+                if CollectManifest.read(f).state != "done":
                     return False
-            except (OSError, orjson.JSONDecodeError, AttributeError):
+            except ManifestError:
                 return False
         return True
 
@@ -150,6 +187,69 @@ class CollectLayout:
     def results(self) -> Iterator[dict]:
         for f in self.results_files():
             yield from iter_lines(f)
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read (its message names the file)."""
+
+
+@dataclass
+class CollectManifest:
+    """DIR/manifest.json (one partition's): the configuration (no secrets), the shards and their state, totals.
+
+    Version 1 is the first versioned one; a manifest without `version` reads as version 0 (the same keys).
+    Keys this persd does not know are kept in `extra` and written back."""
+
+    fingerprint: dict[str, Any]
+    state: str = "starting"
+    command: str = "persd collect"
+    config: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, Any] = field(default_factory=dict)  # source, path, count, sha256
+    partition: dict[str, int] = field(default_factory=lambda: {"index": 0, "count": 1})
+    shard_size: int = 0
+    student: dict[str, Any] = field(default_factory=dict)
+    teacher: dict[str, Any] = field(default_factory=dict)
+    shards: list[dict[str, Any]] = field(default_factory=list)  # index, span, tasks, state, done, ...
+    totals: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    updated_at: str | None = None
+    version: int = MANIFEST_VERSION  # as read
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        data["version"] = MANIFEST_VERSION  # written as the current version, whatever it was read as
+        for key in ("error", "updated_at"):
+            if data[key] is None:
+                del data[key]
+        return {**self.extra, **data}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "CollectManifest":
+        if not isinstance(data, dict) or not isinstance(data.get("fingerprint"), dict):
+            raise ValueError("not a persd collect manifest")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        values.setdefault("version", 0)
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
+
+    @classmethod
+    def read(cls, path: Path) -> "CollectManifest":
+        try:
+            data = orjson.loads(Path(path).read_bytes())
+        except FileNotFoundError:
+            raise ManifestError(f"no manifest at {path}") from None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
+        try:
+            return cls.from_json(data)
+        except (ValueError, TypeError):
+            raise ManifestError(f"{path}: not a persd collect manifest") from None
+
+    @property
+    def partition_suffix(self) -> str:
+        return partition_name(int(self.partition.get("count", 1)), int(self.partition.get("index", 0)))
 
 
 def shard_index(path: Path) -> int:

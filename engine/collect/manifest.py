@@ -6,19 +6,18 @@ sharing DIR never write the same file. Writes are atomic (temp file, fsync, rena
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-from persd.config import with_defaults
-from persd.engine.collect.config import CollectConfig, describe_difference
-from persd.engine.collect.layout import CollectLayout
+from persd.engine.collect.config import CollectConfig
+from persd.engine.collect.layout import MANIFEST_VERSION, CollectLayout, CollectManifest, ManifestError
+from persd.engine.rundirs.files import atomic_write_json
+from persd.engine.rundirs.settings import check_settings
 from persd.runtime.errors import PersdError, UsageError
 
-VERSION = 1
+VERSION = MANIFEST_VERSION
 
 
 def manifest_path(out_dir: Path, cfg: CollectConfig) -> Path:
@@ -29,59 +28,38 @@ def find_manifests(out_dir: Path) -> list[Path]:
     return CollectLayout(out_dir).manifests()
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Path) -> CollectManifest:
+    """One partition's manifest: UsageError when there is none, PersdError when it cannot be read."""
+    if not Path(path).exists():
+        raise UsageError(f"no manifest at {path}")
     try:
-        data = orjson.loads(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise UsageError(f"no manifest at {path}") from None
-    except orjson.JSONDecodeError as exc:
-        raise PersdError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(data, dict) or "fingerprint" not in data:
-        raise PersdError(f"{path}: not a persd collect manifest")
-    return data
+        return CollectManifest.read(path)
+    except ManifestError as exc:
+        raise PersdError(str(exc)) from None
 
 
-def write_manifest(path: Path, data: dict[str, Any]) -> None:
+def write_manifest(path: Path, manifest: CollectManifest) -> None:
     from persd.engine.collect.shards import disk_error
 
-    data = dict(data, updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    tmp = path.with_name(f".{path.name}.tmp")
+    manifest.updated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_json(path, manifest.to_json(), mkdir=False)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise disk_error(exc, str(path)) from None
 
 
 def check_compatible(out_dir: Path, fingerprint: dict[str, Any], force: bool) -> list[str]:
-    """Refuse a rerun whose settings would alter results; returns warnings when --force overrides."""
+    """Refuse a rerun whose settings would alter results; returns warnings when --force overrides
+    (collect keeps what its sealed shards hold, and every teacher answer paid for)."""
     warnings: list[str] = []
     for path in find_manifests(out_dir):
         try:
-            old = read_manifest(path)
+            old, why = read_manifest(path).fingerprint, ""
         except PersdError as exc:
-            if not force:  # its settings are unknown: a rerun could relabel the records under other ones
-                raise UsageError(f"{exc}: the settings this directory was collected with are unknown; restore the "
-                                 f"file, use another --out, or pass --force to continue with these settings") from None
-            warnings.append(f"--force: {exc}; continuing with these settings")
-            continue
-        diff = describe_difference(with_defaults(old.get("fingerprint", {}), CollectConfig), fingerprint)
-        if not diff:
-            continue
-        if not force:
-            raise UsageError(
-                f"{out_dir} was collected with other settings ({path.name}); resuming would alter results:\n  "
-                + "\n  ".join(diff)
-                + "\nrerun with the original settings, use another --out, or pass --force to continue anyway"
-            )
-        warnings += [f"--force: {line}" for line in diff]
+            old, why = None, str(exc)
+        diffs = check_settings(out_dir, path, old, fingerprint, CollectConfig, force=force, what="a collect run",
+                               forced="continue with these settings", unreadable=why)
+        warnings += [f"--force: {line}" for line in diffs]
     return warnings
 
 

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from persd.engine.report import hint
+from persd.engine.rundirs.kinds import hint
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table

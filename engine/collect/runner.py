@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncContextManager, Callable
 
@@ -24,11 +25,13 @@ import orjson
 from persd.engine.collect import manifest as mf
 from persd.engine.collect.config import CollectConfig
 from persd.engine.collect.flow import BackendFailure, Backends, Limits, TaskFlow
+from persd.engine.collect.layout import CollectLayout, CollectManifest
 from persd.engine.collect.metrics import RunStats, timeline_row
 from persd.engine.collect.progress import Progress, print_summary
 from persd.engine.collect.records import Meta, Tally, TaskOutcome, result_line
 from persd.engine.collect.shards import DiskError, ShardPlan, ShardState, ShardStore
 from persd.engine.collect.source import SourceInfo, scan_source
+from persd.engine.rundirs.files import atomic_write_json
 from persd.engine.tasks import Task, iter_tasks
 from persd.runtime.errors import PersdError, UsageError
 from persd.runtime.student.base import StudentStartError
@@ -45,22 +48,50 @@ def _exit_now() -> None:
     os._exit(130)
 
 
+@dataclass(frozen=True)
+class CollectPlan:
+    """What set-up decides before any backend opens: the task source, its shards, where they are kept."""
+
+    source: SourceInfo
+    shards: ShardPlan
+    store: ShardStore
+    fingerprint: dict[str, Any]  # the settings that alter results, the task file's count and digest
+    warnings: list[str]  # --force: the settings that changed
+
+
+def plan_collect(cfg: CollectConfig) -> CollectPlan:
+    """Read the task source (every line checked), split it into shards, hold this run to the directory's
+    settings (refused unless --force) and make its folders."""
+    source = scan_source(cfg.tasks, cfg.limit)
+    shards = ShardPlan(source.count, cfg.shard_size, cfg.num_shards, cfg.shard_index)
+    fingerprint = dict(cfg.fingerprint(), tasks_count=source.count, tasks_sha256=source.sha256)
+    out = Path(cfg.out)
+    warnings = mf.check_compatible(out, fingerprint, cfg.force) if out.exists() else []
+    store = ShardStore(out, shards)
+    store.prepare()
+    return CollectPlan(source, shards, store, fingerprint, warnings)
+
+
+def _sandbox_workers(backends: Backends, cfg: CollectConfig) -> int:
+    workers = getattr(getattr(backends.sandbox, "config", None), "worker_count", None)
+    return workers() if callable(workers) else (cfg.sandbox_workers or 1)
+
+
 class Collector:
+    plan: CollectPlan  # made by run() first: source, shards and store exist before any backend opens
+
     def __init__(self, cfg: CollectConfig, open_backends: OpenBackends | None = None,
                  install_signals: bool = True):
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.layout = CollectLayout(self.out)
         self._open_backends = open_backends
         self.install_signals = install_signals
         self.stats = RunStats()
-        self.source: SourceInfo | None = None
-        self.plan: ShardPlan | None = None
-        self.store: ShardStore | None = None
         self.open_shards: dict[int, ShardState] = {}
         self.shard_info: dict[int, dict] = {}
-        self.limits: Limits | None = None
+        self.limits: Limits | None = None  # set once the backends are up (the snapshot shows them)
         self.backends: Backends | None = None
-        self.progress: Progress | None = None
         self.fatal: BaseException | None = None
         self.stopping: str | None = None
         self.state = "starting"
@@ -69,7 +100,7 @@ class Collector:
         self.secrets: list[str] = []
         self._running: set[asyncio.Task] = set()
         self._admission: asyncio.Task | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = asyncio.Semaphore(cfg.max_in_flight)
         self._grace_handle: asyncio.TimerHandle | None = None
         self._hard_stop: threading.Timer | None = None
         self.work_started: float | None = None
@@ -78,30 +109,73 @@ class Collector:
         self.student_label = cfg.student_model or "tiny-local"
         self.teacher_label = cfg.teacher_model if cfg.teacher_url else "offline-stand-in"
 
-    # ------------------------------------------------------------------ setup
+    # ------------------------------------------------------------------ run
 
-    def prepare(self) -> int:
-        """Everything before any backend starts: input check, layout, compatibility, recovery.
-        Returns the number of tasks left for this partition."""
-        cfg = self.cfg
-        self.source = scan_source(cfg.tasks, cfg.limit)
-        self.plan = ShardPlan(self.source.count, cfg.shard_size, cfg.num_shards, cfg.shard_index)
-        fp = self.fingerprint()
-        if self.out.exists():
-            self.warnings += mf.check_compatible(self.out, fp, cfg.force)
-        self.store = ShardStore(self.out, self.plan)
-        self.store.prepare()
-        owned = self.plan.owned()
-        self.stats.total = self.plan.owned_tasks()
+    async def run(self) -> int:
+        t0 = time.monotonic()
+        self._had_manifest = self.layout.manifest_path(self.cfg.partition).exists()
+        self.plan = plan_collect(self.cfg)  # nothing is opened before the input and the directory are checked
+        self.warnings += self.plan.warnings
+        left = self.recover()
+        self.state = "running"
+        if self._had_manifest or self.stats.resumed:
+            self.write_manifest()
+        for w in self.warnings:
+            print(f"persd: warning: {w}", file=sys.stderr)
+        if left:
+            await self._open_and_work()
+        if self.fatal is not None:
+            self.finish("failed", t0)
+            raise self._fatal_error()
+        if self.stopping:
+            self.finish("interrupted", t0)
+            left = self.stats.total - self.stats.finished
+            print(f"persd: interrupted ({self.stopping}): {left} task(s) left; rerun the same command to resume",
+                  file=sys.stderr)
+            return 130
+        self.finish("done", t0)
+        return 0
+
+    async def _open_and_work(self) -> None:
+        opener = self._open_backends
+        if opener is None:
+            from persd.engine.collect.backends import open_backends as opener  # real sandbox, teacher, student
+        try:
+            async with opener(self.cfg, self) as backends:
+                self.backends = backends
+                self.limits = Limits.from_config(self.cfg, _sandbox_workers(backends, self.cfg))
+                await self._work(backends, self.limits)
+        except PersdError as exc:
+            if self.fatal is None:
+                self.fatal = exc
+        finally:
+            self.plan.store.close()
+
+    def _fatal_error(self) -> PersdError:
+        msg = str(self.fatal)
+        if not isinstance(self.fatal, (DiskError, UsageError, StudentStartError)) and "rerun" not in msg:
+            msg += f"\nthe work done so far is saved in {self.out}: rerun the same command to resume"
+        fatal = self.fatal if isinstance(self.fatal, PersdError) else PersdError(msg)
+        fatal.args = (msg,)
+        return fatal
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self) -> int:
+        """What earlier runs left: sealed shards adopted (a damaged one rebuilt from its journal), open
+        shards' journals loaded. Returns the number of tasks left for this partition."""
+        shards, store = self.plan.shards, self.plan.store
+        owned = shards.owned()
+        self.stats.total = shards.owned_tasks()
         self.stats.shards_total = len(owned)
         for k in owned:
-            if self.store.is_sealed(k):
-                problem = self.store.check_seal(k)
+            if store.is_sealed(k):
+                problem = store.check_seal(k)
                 if problem is None:
                     self._adopt_sealed(k)
                     continue
                 self._rebuild_damaged(k, problem)
-            state = self.store.load(k)
+            state = store.load(k)
             if state.complete:  # every task journaled, the seal was interrupted
                 self._seal(k, state)
                 continue
@@ -115,113 +189,55 @@ class Collector:
     def _rebuild_damaged(self, k: int, problem: str) -> None:
         """A sealed shard whose files no longer match its seal: seal it again from its kept journal
         (nothing is redone), or refuse, naming the file, when that journal is gone."""
-        assert self.store
-        if self.store.journal_path(k).exists() or self.store.unseal_for_rebuild(k):
-            for path in (self.store.records_path(k), self.store.results_path(k), self.store.seal_path(k)):
+        store = self.plan.store
+        if store.journal_path(k).exists() or store.unseal_for_rebuild(k):
+            for path in (store.records_path(k), store.results_path(k), store.seal_path(k)):
                 path.unlink(missing_ok=True)
             self.warnings.append(f"{problem}: shard {k} is damaged; rebuilt from its journal")
             return
-        name = self.store.records_path(k).name.replace(".jsonl", "")
+        name = store.records_path(k).name.replace(".jsonl", "")
         raise UsageError(
             f"{problem}: shard {k} is damaged and its journal is gone, so it cannot be rebuilt; remove "
-            f"{self.out / 'shards' / name}.* and rerun to redo its tasks (teacher answers already paid for are "
+            f"{self.layout.shards_dir / name}.* and rerun to redo its tasks (teacher answers already paid for are "
             f"reused from the teacher journal where the same request comes again)")
 
     def _adopt_sealed(self, k: int) -> None:
-        assert self.store and self.plan
-        stale = self.store.journal_path(k)
+        shards, store = self.plan.shards, self.plan.store
+        stale = store.journal_path(k)
         if stale.exists():  # sealed, then stopped before the journal was moved aside
             with contextlib.suppress(OSError):
-                self.store.sealed_journal_path(k).parent.mkdir(exist_ok=True)
-                stale.replace(self.store.sealed_journal_path(k))
-        info = self.store.sealed_stats(k)
-        if info["tasks"] != self.plan.size(k):  # sealed under another --limit (a --force rerun)
-            name = self.store.results_path(k).name.replace(".results.jsonl", "")
+                store.sealed_journal_path(k).parent.mkdir(exist_ok=True)
+                stale.replace(store.sealed_journal_path(k))
+        info = store.sealed_stats(k)
+        if info["tasks"] != shards.size(k):  # sealed under another --limit (a --force rerun)
+            name = store.results_path(k).name.replace(".results.jsonl", "")
             raise UsageError(
                 f"shard {k} was sealed with {info['tasks']} tasks, but with these settings it holds "
-                f"{self.plan.size(k)}: remove {self.store.layout.shards_dir / name}.* to redo it, or use a new --out"
+                f"{shards.size(k)}: remove {self.layout.shards_dir / name}.* to redo it, or use a new --out"
             )
         self.shard_info[k] = info
-        self.stats.resumed += self.plan.size(k)
+        self.stats.resumed += shards.size(k)
         self.stats.shards_sealed += 1
         self.stats.outcomes.update(info["outcomes"])
         self.stats.records.update(info["formats"])
 
-    def fingerprint(self) -> dict[str, Any]:
-        fp = self.cfg.fingerprint()
-        assert self.source is not None
-        fp["tasks_count"] = self.source.count
-        fp["tasks_sha256"] = self.source.sha256
-        return fp
+    # ------------------------------------------------------------------ work
 
-    # ------------------------------------------------------------------ run
-
-    async def run(self) -> int:
-        t0 = time.monotonic()
-        self._had_manifest = mf.manifest_path(self.out, self.cfg).exists()
-        left = self.prepare()
-        self.state = "running"
-        if self._had_manifest or self.stats.resumed:
-            self.write_manifest()
-        for w in self.warnings:
-            print(f"persd: warning: {w}", file=sys.stderr)
-        if left == 0:
-            self.state = "done"
-            self.finish(t0)
-            return 0
-        opener = self._open_backends
-        if opener is None:
-            from persd.engine.collect.backends import open_backends as opener  # real sandbox, teacher, student
-        try:
-            async with opener(self.cfg, self) as backends:
-                self.backends = backends
-                workers = getattr(getattr(backends.sandbox, "config", None), "worker_count", None)
-                n_workers = workers() if callable(workers) else (self.cfg.sandbox_workers or 1)
-                self.limits = Limits.from_config(self.cfg, n_workers)
-                await self._work()
-        except PersdError as exc:
-            if self.fatal is None:
-                self.fatal = exc
-        finally:
-            assert self.store is not None
-            self.store.close()
-        if self.fatal is not None:
-            self.state = "failed"
-            self.finish(t0)
-            msg = str(self.fatal)
-            if not isinstance(self.fatal, (DiskError, UsageError, StudentStartError)) and "rerun" not in msg:
-                msg += f"\nthe work done so far is saved in {self.out}: rerun the same command to resume"
-            fatal = self.fatal if isinstance(self.fatal, PersdError) else PersdError(msg)
-            fatal.args = (msg,)
-            raise fatal
-        if self.stopping:
-            self.state = "interrupted"
-            self.finish(t0)
-            left = self.stats.total - self.stats.finished
-            print(f"persd: interrupted ({self.stopping}): {left} task(s) left; rerun the same command to resume",
-                  file=sys.stderr)
-            return 130
-        self.state = "done"
-        self.finish(t0)
-        return 0
-
-    async def _work(self) -> None:
+    async def _work(self, backends: Backends, limits: Limits) -> None:
         cfg = self.cfg
-        assert self.limits and self.backends
         flow_class = TaskFlow
         if cfg.protocol == "paper":
             from persd.engine.paper.flow import PaperTaskFlow as flow_class
-        self.flow = flow_class(cfg, self.backends, self.limits, Meta(self.student_label, self.teacher_label, cfg.round))
+        self.flow = flow_class(cfg, backends, limits, Meta(self.student_label, self.teacher_label, cfg.round))
         self.work_started = time.monotonic()  # backends are up: what follows is the work itself
-        self._slots = asyncio.Semaphore(cfg.max_in_flight)
         title = f"persd collect -> {self.out}" + (f" [{cfg.partition}]" if cfg.partition else "")
         if self.notes:
             title += "  (" + "; ".join(self.notes) + ")"
         self.write_manifest()  # the backends are up: from here on, the directory holds this run's settings
-        self.progress = Progress(cfg.progress, self.snapshot, title, cfg.log_every)
+        progress = Progress(cfg.progress, self.snapshot, title, cfg.log_every)
         for note in self.notes:
-            self.progress.log(f"persd: {note}")
-        self.progress.start()
+            progress.log(f"persd: {note}")
+        progress.start()
         loop = asyncio.get_running_loop()
         installed = []
         if self.install_signals:
@@ -245,11 +261,10 @@ class Collector:
                 self._grace_handle.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            await self.progress.stop()
+            await progress.stop()
 
     async def _admit(self) -> None:
-        assert self.plan and self._slots and self.source
-        plan, slots = self.plan, self._slots
+        plan, slots = self.plan.shards, self._slots
         total = plan.total
         sealed = {k for k in plan.owned() if k in self.shard_info}
         for idx, task in enumerate(itertools.islice(iter_tasks(self.cfg.tasks), total)):  # nothing past --limit
@@ -271,8 +286,7 @@ class Collector:
             t.add_done_callback(self._running.discard)
 
     async def _one(self, idx: int, k: int, task: Task, prior: dict | None) -> None:
-        assert self.store and self._slots
-        store = self.store
+        store = self.plan.store
         try:
             try:
                 outcome = await self.flow.run(
@@ -307,8 +321,7 @@ class Collector:
             self._slots.release()
 
     def _seal(self, k: int, state: ShardState) -> None:
-        assert self.store
-        info = self.store.seal(k)
+        info = self.plan.store.seal(k)
         self.shard_info[k] = info
         self.open_shards.pop(k, None)
         self.stats.shards_sealed += 1
@@ -364,8 +377,7 @@ class Collector:
 
     def write_timeline(self) -> None:
         """Append one line of counters to DIR/timeline.jsonl (appended across resumed runs)."""
-        name = f"timeline.{self.cfg.partition}.jsonl" if self.cfg.partition else "timeline.jsonl"
-        with contextlib.suppress(OSError), open(self.out / name, "ab") as fh:
+        with contextlib.suppress(OSError), open(self.layout.timeline_path(self.cfg.partition), "ab") as fh:
             fh.write(orjson.dumps(mf.scrub(timeline_row(self.snapshot()), self.secrets)) + b"\n")
 
     def snapshot(self) -> dict:
@@ -375,9 +387,8 @@ class Collector:
             snap["teacher"]["price_per_1m_usd"] = [self.cfg.price_in, self.cfg.price_out]
         return snap
 
-    def manifest(self) -> dict:
-        assert self.plan and self.source and self.store
-        plan = self.plan
+    def manifest(self) -> CollectManifest:
+        plan, store = self.plan.shards, self.plan.store
         shards = []
         totals = Counter()
         for k in plan.owned():
@@ -387,8 +398,8 @@ class Collector:
                 info = self.shard_info[k]
                 entry.update(state="sealed", done=hi - lo, records=info["records"], outcomes=info["outcomes"],
                              teacher_calls=info["teacher_calls"], teacher_tokens=info["teacher_tokens"],
-                             files=[str(self.store.records_path(k).relative_to(self.out)),
-                                    str(self.store.results_path(k).relative_to(self.out))])
+                             files=[str(store.records_path(k).relative_to(self.out)),
+                                    str(store.results_path(k).relative_to(self.out))])
                 if info.get("seal"):
                     entry["seal"] = {f: {"bytes": info["seal"][f]["bytes"], "sha256": info["seal"][f]["sha256"]}
                                      for f in ("records", "results")}
@@ -401,21 +412,19 @@ class Collector:
                 entry.update(state="pending", done=0)
             shards.append(entry)
         snap = self.snapshot()
-        data = {
-            "version": mf.VERSION,
-            "command": "persd collect",
-            "state": self.state,
-            "config": self.cfg.public(),
-            "fingerprint": self.fingerprint(),
-            "tasks": {"source": self.source.name, "path": str(self.source.path), "count": self.source.count,
-                      "sha256": self.source.sha256},
-            "partition": {"index": self.cfg.shard_index, "count": self.cfg.num_shards},
-            "shard_size": self.cfg.shard_size,
-            "student": {"model": self.student_label, "backend": self.cfg.resolved_student_backend()},
-            "teacher": {"model": self.teacher_label, "url": self.cfg.teacher_url,
-                        "offline_stand_in": self.cfg.standin_teacher},
-            "shards": shards,
-            "totals": {
+        source = self.plan.source
+        manifest = CollectManifest(
+            fingerprint=self.plan.fingerprint,
+            state=self.state,
+            config=self.cfg.public(),
+            tasks={"source": source.name, "path": str(source.path), "count": source.count, "sha256": source.sha256},
+            partition={"index": self.cfg.shard_index, "count": self.cfg.num_shards},
+            shard_size=self.cfg.shard_size,
+            student={"model": self.student_label, "backend": self.cfg.resolved_student_backend()},
+            teacher={"model": self.teacher_label, "url": self.cfg.teacher_url,
+                     "offline_stand_in": self.cfg.standin_teacher},
+            shards=shards,
+            totals={
                 "tasks": self.stats.total,
                 "done": self.stats.finished,
                 "shards": len(shards),
@@ -426,16 +435,17 @@ class Collector:
                 "teacher_calls_sealed": totals["teacher_calls"],
                 "teacher_tokens_sealed": totals["teacher_tokens"],
             },
-            "notes": self.notes,
-        }
-        if self.fatal is not None:
-            data["error"] = str(self.fatal)
-        return mf.scrub(data, self.secrets)
+            notes=self.notes,
+            error=None if self.fatal is None else str(self.fatal),
+        )
+        return CollectManifest.from_json(mf.scrub(manifest.to_json(), self.secrets))
 
     def write_manifest(self) -> None:
-        mf.write_manifest(mf.manifest_path(self.out, self.cfg), self.manifest())
+        mf.write_manifest(self.layout.manifest_path(self.cfg.partition), self.manifest())
 
-    def finish(self, t0: float) -> None:
+    def finish(self, state: str, t0: float) -> None:
+        """The run ends `state`: the manifest, the last timeline line and metrics.json, then the summary."""
+        self.state = state
         wall = time.monotonic() - t0
         if self._hard_stop is not None:  # the backends closed in time: finish normally
             self._hard_stop.cancel()
@@ -448,12 +458,7 @@ class Collector:
             snap["state"] = self.state
             if self.work_started is not None:
                 self.write_timeline()
-            name = f"metrics.{self.cfg.partition}.json" if self.cfg.partition else "metrics.json"
-            path = self.out / name
-            tmp = path.with_name(f".{name}.tmp")
-            tmp.write_bytes(orjson.dumps(mf.scrub(snap, self.secrets),
-                                         option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-            tmp.replace(path)
+            atomic_write_json(self.layout.metrics_path(self.cfg.partition), mf.scrub(snap, self.secrets), mkdir=False)
         except (PersdError, OSError) as exc:
             if self.fatal is None:
                 self.fatal = exc if isinstance(exc, PersdError) else PersdError(f"cannot write metrics: {exc}")

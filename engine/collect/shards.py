@@ -27,6 +27,7 @@ from pathlib import Path
 
 import orjson
 from persd.engine.collect.layout import CollectLayout, file_digest, iter_lines, shard_name  # noqa: F401 (re-exported)
+from persd.engine.rundirs.files import fsync_dir
 from persd.runtime.errors import PersdError
 
 
@@ -260,7 +261,7 @@ class ShardStore:
             os.replace(seal_tmp, self.seal_path(k))
             os.replace(res_tmp, self.results_path(k))
             os.replace(rec_tmp, self.records_path(k))
-            _fsync_dir(self.shards_dir)
+            fsync_dir(self.shards_dir)
         except OSError as exc:
             for tmp in (rec_tmp, res_tmp, seal_tmp):
                 try:
@@ -326,16 +327,3 @@ class _Summer:
 
     def entry(self, name: str) -> dict:
         return {"file": name, "bytes": self.n, "sha256": self.h.hexdigest()}
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

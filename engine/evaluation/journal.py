@@ -9,62 +9,49 @@ A line is appended with one write; a line torn by a kill is cut off before the n
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import orjson
-from persd.config import with_defaults
-from persd.engine.collect.config import describe_difference
 from persd.engine.collect.layout import iter_lines
 from persd.engine.evaluation.config import EvalConfig
-from persd.runtime.errors import PersdError, UsageError
+from persd.engine.rundirs.eval import EvalLayout, EvalManifest
+from persd.engine.rundirs.files import atomic_write, atomic_write_json
+from persd.engine.rundirs.settings import check_settings
+from persd.runtime.errors import PersdError
 
 Key = tuple[str, int, int]  # (task_id, sample, step)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+__all__ = ["EvalJournal", "Key", "atomic_write"]
 
 
 class EvalJournal:
     def __init__(self, out: Path):
-        self.out = Path(out)
-        self.work = self.out / "work"
-        self.path = self.work / "journal.jsonl"
-        self.settings_path = self.work / "eval.json"
-        self.results_path = self.out / "results.jsonl"
-        self.summary_path = self.out / "summary.json"
+        self.layout = EvalLayout(Path(out))
+        self.out = self.layout.out
+        self.work = self.layout.work
+        self.path = self.layout.journal
+        self.settings_path = self.layout.manifest
+        self.results_path = self.layout.results
+        self.summary_path = self.layout.summary
         self._fh = None
 
     # ------------------------------------------------------------ settings
 
     def check_settings(self, fingerprint: dict[str, Any], force: bool) -> bool:
         """Refuse a rerun whose settings differ (or, with --force, discard the old work). True: resuming."""
-        if not self.settings_path.exists():
-            return False
         try:
-            old = orjson.loads(self.settings_path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
-            if not force:
-                raise UsageError(f"{self.settings_path}: unreadable ({exc}), so the settings of the results in "
-                                 f"{self.out} are unknown: pass --force to discard them and start over, or use "
-                                 f"another --out") from None
-            old = {}
-        diffs = describe_difference(with_defaults(old, EvalConfig), fingerprint)
-        if not diffs:
+            manifest, why = self.layout.read_manifest(), ""
+        except ValueError as exc:
+            manifest, why = None, str(exc)
+        if manifest is None and not why:
+            return False
+        diffs = check_settings(self.out, self.settings_path, manifest and manifest.fingerprint, fingerprint,
+                               EvalConfig, force=force, what="an evaluation",
+                               forced="discard the earlier results and start over", unreadable=why)
+        if manifest is not None and not diffs:
             return True
-        if not force:
-            raise UsageError(f"{self.out} holds an evaluation with other settings:\n  " + "\n  ".join(diffs)
-                             + "\nuse another --out, or pass --force to discard it and start over")
-        self.discard()
+        self.discard()  # --force: samples scored under other settings are not these settings' results
         return False
 
     def discard(self) -> None:
@@ -73,7 +60,7 @@ class EvalJournal:
             p.unlink(missing_ok=True)
 
     def save_settings(self, fingerprint: dict[str, Any]) -> None:
-        atomic_write(self.settings_path, orjson.dumps(fingerprint, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        atomic_write_json(self.settings_path, EvalManifest(fingerprint).to_json())
 
     # ------------------------------------------------------------ journal
 
@@ -120,4 +107,4 @@ class EvalJournal:
         atomic_write(self.results_path, b"".join(orjson.dumps(line) + b"\n" for line in lines))
 
     def write_summary(self, summary: dict) -> None:
-        atomic_write(self.summary_path, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+        atomic_write_json(self.summary_path, summary, sort_keys=False)

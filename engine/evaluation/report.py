@@ -5,7 +5,7 @@ from collections import Counter
 from typing import Any
 
 from persd.engine.evaluation.passk import pass_at_k
-from persd.engine.report import hint
+from persd.engine.rundirs.kinds import hint
 from persd.engine.timelimits import config_from
 from persd.runtime.sandbox import STATUSES
 

@@ -17,14 +17,17 @@ from persd.engine.evaluation.pipeline import EvalFailure, Evaluator
 from persd.engine.evaluation.progress import EvalProgress
 from persd.engine.evaluation.report import summarize
 from persd.engine.evaluation.selection import select_tasks, tasks_digest
+from persd.engine.rundirs.eval import EvalLayout
 from persd.engine.timelimits import TimeLimits, config_from, workers_per_core
 
 
 def student_config(cfg: EvalConfig):
     """The runtime StudentConfig of eval's student section (shared with collect: persd.engine.collect.backends)."""
+    import dataclasses
+
     from persd.engine.collect.backends import student_config as from_flags
 
-    return from_flags(cfg, cfg.seed)
+    return dataclasses.replace(from_flags(cfg, cfg.seed), log_path=str(EvalLayout(cfg.out).vllm_log))
 
 
 @contextlib.asynccontextmanager
@@ -68,7 +71,7 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
                 # model path, a bad flag) must not tie the directory to the settings it failed with
                 journal.save_settings(fingerprint)
                 evaluator.time_limits = TimeLimits(evaluator.sandbox, config_from(cfg),
-                                                   cache=journal.work / "time-limits.jsonl")
+                                                   cache=journal.layout.time_limits)
                 evaluator.stats.restart()  # the rate counts the work, not loading the model
                 async with EvalProgress(cfg.progress, evaluator.stats.snapshot, cfg.log_every):
                     await (evaluator.run_phased() if mode == "phased" else evaluator.run())

@@ -12,9 +12,6 @@
 """
 from __future__ import annotations
 
-import shlex
+from persd.engine.rundirs.kinds import hint  # its older home: the line lives with the run directories
 
-
-def hint(out) -> str:
-    """The line each command prints at the end of a run: how to see it."""
-    return f"report: persd report {shlex.quote(str(out))}"
+__all__ = ["hint"]

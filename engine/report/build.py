@@ -5,7 +5,6 @@ A loop directory brings its rounds' collect, train and eval sections with it; tw
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from persd.engine.report.evalrun import read_eval
 from persd.engine.report.loop import read_loop
 from persd.engine.report.page import Figure, Section
 from persd.engine.report.train import read_train
+from persd.engine.rundirs.files import atomic_write
 from persd.runtime.errors import PersdError
 
 
@@ -138,9 +138,7 @@ def build_report(cfg: ReportConfig) -> Report:
         subtitle = ("  ·  ".join(f"{detect(d)}: {d}" for d in cfg.dirs)
                     + time.strftime("  ·  written %Y-%m-%d %H:%M UTC", time.gmtime()))
         html = page.page("persd report", subtitle, b.sections)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, out)
+        atomic_write(out, html)
     except OSError as exc:
         raise PersdError(f"cannot write the report {out}: {exc.strerror or exc}") from None
     return Report(out, written, [s.anchor for s in b.sections], time.perf_counter() - t0)

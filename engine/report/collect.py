@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
-from persd.engine.collect.layout import CollectLayout, iter_lines
+from persd.engine.collect.layout import CollectLayout, ManifestError, iter_lines
 from persd.engine.report.examples import Example, Reservoir, attach_prompts, examples_of
 
 OUTCOME_ORDER = ("student_passed", "refined", "unresolved", "error")
@@ -164,21 +164,22 @@ def read_collect(path: Path, per_outcome: int = 30, seed: int = 0, series_points
     manifests = lay.manifests()
     sealed_ids: set[int] = set()
     for mp in manifests:
-        m = _read_json(mp)
-        if not m:
+        try:
+            m = lay.read_manifest(mp)
+        except ManifestError:
             s.notes.append(f"{mp.name}: unreadable")
             continue
-        s.config = s.config or m.get("config") or {}
-        s.state = m.get("state", s.state) if s.state in ("?", "done") else s.state
-        s.student = (m.get("student") or {}).get("model", s.student)
-        s.teacher = (m.get("teacher") or {}).get("model", s.teacher)
-        s.source = (m.get("tasks") or {}).get("source", s.source)
-        totals = m.get("totals") or {}
+        s.config = s.config or m.config
+        s.state = m.state if s.state in ("?", "done") else s.state
+        s.student = m.student.get("model", s.student)
+        s.teacher = m.teacher.get("model", s.teacher)
+        s.source = m.tasks.get("source", s.source)
+        totals = m.totals
         s.tasks_total += int(totals.get("tasks", 0) or 0)
         s.shards_total += int(totals.get("shards", 0) or 0)
         s.records.update(totals.get("records") or {})
-    s.metrics = _sum_metrics(sorted(path.glob("metrics*.json")))
-    s.timeline = _timeline(sorted(path.glob("timeline*.jsonl")))
+    s.metrics = _sum_metrics(lay.metrics_files())
+    s.timeline = _timeline(lay.timelines())
 
     samples = {o: Reservoir(per_outcome, seed + i) for i, o in enumerate(OUTCOME_ORDER)}
     cum = 0

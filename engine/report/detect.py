@@ -1,11 +1,12 @@
-"""Which kind of persd directory a path is: collect, train, eval or loop (from the files each command writes)."""
+"""Which kind of persd directory a path is: collect, train, eval or loop (persd.engine.rundirs.kinds)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from persd.engine.rundirs.kinds import KINDS, kind_of, marker_list
 from persd.runtime.errors import UsageError
 
-KINDS = ("loop", "collect", "eval", "train")
+__all__ = ["KINDS", "detect"]
 
 
 def detect(path: Path) -> str:
@@ -15,14 +16,7 @@ def detect(path: Path) -> str:
         raise UsageError(f"{p}: no such directory")
     if not p.is_dir():
         raise UsageError(f"{p}: not a directory (persd report takes collect, train, eval or loop directories)")
-    if (p / "loop.json").is_file():
-        return "loop"
-    if (any(p.glob("manifest*.json")) or any(p.glob("shards/shard-*.jsonl"))
-            or any(p.glob("work/shard-*.journal.jsonl"))):
-        return "collect"
-    if (p / "summary.json").is_file() or (p / "results.jsonl").is_file() or (p / "work" / "journal.jsonl").is_file():
-        return "eval"
-    if (p / "metrics.jsonl").is_file() or (p / "final").is_dir() or (p / "train.json").is_file():
-        return "train"
-    raise UsageError(f"{p}: not a persd collect, train, eval or loop directory "
-                     "(none of manifest.json, shards/, metrics.jsonl, summary.json, results.jsonl, loop.json)")
+    kind = kind_of(p)
+    if kind is None:
+        raise UsageError(f"{p}: not a persd collect, train, eval or loop directory (none of {marker_list()})")
+    return kind

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from persd.engine.collect.layout import iter_lines
 from persd.engine.evaluation.passk import pass_at_k
+from persd.engine.rundirs.eval import EvalLayout
 
 
 @dataclass
@@ -52,18 +53,19 @@ class EvalSummary:
 def read_eval(path: Path, flip_examples: int = 20) -> EvalSummary:
     path = Path(path)
     s = EvalSummary(path)
-    summ = path / "summary.json"
+    lay = EvalLayout(path)
+    summ = lay.summary
     if summ.is_file():
         try:
             s.summary = orjson.loads(summ.read_bytes())
             s.finished = True
         except orjson.JSONDecodeError:
             s.notes.append("summary.json is unreadable")
-    results = path / "results.jsonl"
+    results = lay.results
     if results.is_file():
         lines = iter_lines(results)
     else:
-        journal = path / "work" / "journal.jsonl"
+        journal = lay.journal
         lines = (r for r in iter_lines(journal) if r.get("kind") == "result") if journal.is_file() else iter(())
         s.notes.append("no results.jsonl yet: the journal's scored samples are shown")
     passed: dict[int, Counter] = defaultdict(Counter)

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from persd.engine.collect.layout import CollectLayout, ManifestError
+from persd.engine.rundirs.eval import EvalLayout
+from persd.engine.rundirs.loop import LoopLayout
 
 
 @dataclass
@@ -47,23 +50,27 @@ def _json(path: Path) -> dict:
 def read_loop(path: Path) -> LoopSummary:
     path = Path(path)
     s = LoopSummary(path)
-    state = _json(path / "loop.json")
+    lay = LoopLayout(path)
+    state = _json(lay.manifest)
     s.settings = state.get("fingerprint") or {}
     numbers = sorted({int(p.name.split("-")[1]) for p in path.glob("round-*") if p.is_dir()
                       and p.name.split("-")[1].isdigit()})
     saved = {int(k): v for k, v in (state.get("rounds") or {}).items() if str(k).isdigit()}
     for r in numbers:
-        s.rounds.append(_round(path / f"round-{r}", r, saved.get(r) or {}))
+        s.rounds.append(_round(lay, r, saved.get(r) or {}))
     if not s.rounds:
         s.notes.append("no round directories yet")
     return s
 
 
-def _round(d: Path, r: int, saved: dict) -> Round:
+def _round(lay: LoopLayout, r: int, saved: dict) -> Round:
     out = Round(r)
-    manifest = _json(d / "collect" / "manifest.json")
-    if manifest:
-        totals = manifest.get("totals") or {}
+    collect = CollectLayout(lay.collect(r))
+    try:
+        totals = collect.read_manifest(collect.manifest_path()).totals
+    except ManifestError:
+        totals = None
+    if totals is not None:
         oc = totals.get("outcomes") or {}
         out.tasks = totals.get("tasks")
         out.student_passed = oc.get("student_passed", 0)
@@ -71,13 +78,13 @@ def _round(d: Path, r: int, saved: dict) -> Round:
         out.unresolved = oc.get("unresolved", 0) + oc.get("error", 0)
         out.records = sum((totals.get("records") or {}).values())
         out.teacher_tokens = totals.get("teacher_tokens_sealed")
-    metrics = _json(d / "collect" / "metrics.json")
+    metrics = _json(collect.metrics_path())
     if metrics:
         out.cost_usd = (metrics.get("teacher") or {}).get("cost_usd")
-    if (d / "train-data.jsonl").is_file():
-        with open(d / "train-data.jsonl", "rb") as fh:
+    if lay.train_data(r).is_file():
+        with open(lay.train_data(r), "rb") as fh:
             out.train_records = sum(1 for line in fh if line.strip())
-    summary = _json(d / "eval" / "summary.json")
+    summary = _json(EvalLayout(lay.eval(r)).summary)
     if summary:
         out.pass1 = summary.get("pass@1")
         steps = summary.get("steps") or []

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from persd.engine.collect.layout import iter_lines
+from persd.engine.rundirs.train import TrainLayout
 
 
 @dataclass
@@ -28,7 +28,8 @@ class TrainSummary:
 def read_train(path: Path) -> TrainSummary:
     path = Path(path)
     s = TrainSummary(path)
-    metrics = path / "metrics.jsonl"
+    lay = TrainLayout(path)
+    metrics = lay.metrics
     if metrics.is_file():
         by_step: dict[int, dict] = {}
         for row in iter_lines(metrics):
@@ -41,17 +42,15 @@ def read_train(path: Path) -> TrainSummary:
         s.steps = [by_step[k] for k in sorted(by_step)]
     else:
         s.notes.append("no metrics.jsonl")
-    info = path / "train.json"
-    if info.is_file():
-        try:
-            data = orjson.loads(info.read_bytes())
-        except orjson.JSONDecodeError:
-            data = {}
-            s.notes.append("train.json is unreadable")
-        if isinstance(data, dict):
-            s.settings = data.get("config") or {}
-            s.result = {k: v for k, v in data.items() if k != "config" and not isinstance(v, (dict, list))}
-    s.finished = (path / "final" / "config.json").is_file()
+    try:
+        manifest = lay.read_manifest()
+    except ValueError:
+        manifest = None
+        s.notes.append("train.json is unreadable")
+    if manifest is not None:
+        s.settings = manifest.config
+        s.result = {k: v for k, v in manifest.result.items() if not isinstance(v, (dict, list))}
+    s.finished = (lay.final / "config.json").is_file()
     if not s.finished:
         s.notes.append("no final/ checkpoint yet (running, interrupted or failed)")
     return s

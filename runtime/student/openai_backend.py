@@ -150,7 +150,7 @@ class OpenAIStudent(BaseStudent):
         try:
             return orjson.loads(body)["data"][0]["id"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            raise PersdError(f"GET {url}: no model listed; pass --student-model") from None
+            raise PersdError(f"GET {url}: no model listed; set the student's model") from None
 
     async def close(self) -> None:
         if self._session is not None:

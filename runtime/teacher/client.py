@@ -223,7 +223,7 @@ class TeacherClient:
             msg = f"the teacher denied access to model '{model}' (HTTP 403 from {url}): {said}"
         elif status == 404:
             msg = (f"HTTP 404 from {url}: the endpoint or model '{model}' does not exist "
-                   f"(check --teacher-url and --teacher-model): {said}")
+                   f"(check the teacher's base_url and model): {said}")
         else:
             msg = f"the teacher rejected the request (HTTP {status} from {url}, model '{model}'): {said}"
         return TeacherError(msg, status=status, body=self._redact(exc.body), url=url)

@@ -24,5 +24,6 @@ class BudgetExceeded(PersdError):
         self.request_usd, self.limit_usd = request_usd, limit_usd
         super().__init__(
             f"teacher budget reached: spent ${spent_usd:.4f} (+${reserved_usd:.4f} in flight); "
-            f"the next request could cost up to ${request_usd:.4f}, over --max-cost ${limit_usd:.4f}"
+            f"the next request could cost up to ${request_usd:.4f}, over max_cost_usd ${limit_usd:.4f} "
+            f"(the max-cost budget)"
         )

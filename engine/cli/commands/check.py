@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import orjson
 from persd import config
 from persd.config import Command, load, nonneg_int, opt, positive_float, positive_int
 from persd.engine.aio import run_async
+from persd.engine.rundirs.files import atomic_write
 from persd.engine.tasks import Task, iter_tasks, json_problem
 from persd.engine.timelimits import (
     TimeLimitConfig,
@@ -154,13 +154,8 @@ async def check_all(samples: list[Sample], config: SandboxConfig, out_path: Path
         if pending:
             await asyncio.gather(*pending)
         elapsed = time.perf_counter() - start
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # beside the output (nothing left outside it), one per process (two checks of one --out never mix)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        for row in results:
-            fh.write(orjson.dumps(row) + b"\n")
-    tmp.replace(out_path)
+    # the temporary file lives beside the output (nothing left outside it), one per process
+    atomic_write(out_path, b"".join(orjson.dumps(row) + b"\n" for row in results))
     total = len(samples)
     return {
         "samples": total,

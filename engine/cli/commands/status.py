@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 from persd.config import Command, load, opt
-from persd.engine.collect.layout import CollectLayout, partition_name
+from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.manifest import find_manifests, read_manifest
 from persd.engine.runlock import is_locked
 from persd.runtime.errors import ConfigError, PersdError, UsageError
@@ -46,7 +46,7 @@ def _journal_done(path: Path) -> int:
 def partition_status(out: Path, manifest_file: Path) -> dict:
     m = read_manifest(manifest_file)
     lay = CollectLayout(out)
-    shards = m.get("shards", [])
+    shards = m.shards
     done = sealed = 0
     damaged: list[str] = []
     for s in shards:
@@ -60,14 +60,9 @@ def partition_status(out: Path, manifest_file: Path) -> dict:
             done += s["tasks"]
         else:
             done += min(s["tasks"], _journal_done(lay.journal_path(k)))
-    totals = m.get("totals", {})
-    part = m.get("partition", {"index": 0, "count": 1})
-    teacher = m.get("teacher") or {}
-    state = m.get("state", "?")
+    totals, part, teacher, state = m.totals, m.partition, m.teacher, m.state
     if state in ("starting", "running"):
-        count = int(part.get("count", 1))
-        lock = lay.lock_name(partition_name(count, int(part.get("index", 0))))
-        if not is_locked(out, lock):  # the manifest says running, but no process holds the directory
+        if not is_locked(out, lay.lock_name(m.partition_suffix)):  # says running, but no process holds DIR
             state = "stopped"
     if damaged:
         state = "damaged"
@@ -85,8 +80,8 @@ def partition_status(out: Path, manifest_file: Path) -> dict:
         "records": totals.get("records", {}),
         "teacher": teacher.get("model"),
         "offline_stand_in": bool(teacher.get("offline_stand_in")),
-        "updated_at": m.get("updated_at"),
-        "error": m.get("error"),
+        "updated_at": m.updated_at,
+        "error": m.error,
     }
 
 
