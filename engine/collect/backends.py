@@ -1,18 +1,21 @@
-"""Opening the three real resources for a run, in order: the sandbox (its small worker processes
-start before any model is loaded), the teacher (a real provider, or the offline stand-in
-server this command starts itself), then the student."""
+"""Opening the real resources of a run (collect's three, eval's student and sandbox), in order: the
+sandbox (its small worker processes start before any model is loaded), the teacher (a real provider,
+or the offline stand-in server collect starts itself), then the student."""
 from __future__ import annotations
 
 import contextlib
 import os
 from pathlib import Path
-from typing import AsyncIterator, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Protocol
 
 from persd.engine.collect import standin
 from persd.engine.collect.config import CollectConfig, StudentFields
-from persd.engine.collect.flow import Backends
 from persd.engine.collect.layout import CollectLayout
+from persd.engine.collect.steps import Backends
 from persd.engine.timelimits import workers_per_core
+
+if TYPE_CHECKING:
+    from persd.runtime.interfaces import Sandbox, Student
 
 
 class RunLabels(Protocol):
@@ -78,16 +81,38 @@ def vllm_log_path(cfg: StudentFields) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterator[Backends]:
-    from persd.runtime.sandbox import Sandbox, SandboxConfig
+async def open_backends(cfg: CollectConfig | StudentFields, labels: RunLabels | None, *, teacher: bool = True,
+                        student: Student | None = None, sandbox: Sandbox | None = None) -> AsyncIterator[Backends]:
+    """The sandbox, the teacher (collect; eval passes teacher=False), the student, each unless given
+    already open (eval's benchmarks pass theirs; `Collector(cfg, open_backends=...)` takes fakes in
+    place of this function). Without --student-model, collect's student is the offline demo's tiny
+    model; eval's is the server's default (openai) or a usage error (hf, vllm)."""
+    from persd.runtime.sandbox import Sandbox as SandboxPool
+    from persd.runtime.sandbox import SandboxConfig
     from persd.runtime.student import create_student
+
+    async with contextlib.AsyncExitStack() as stack:
+        if sandbox is None:
+            sandbox = await stack.enter_async_context(
+                SandboxPool(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
+                                          per_core=workers_per_core(cfg.time_limits))))
+        chat = await stack.enter_async_context(open_teacher(cfg, labels)) if teacher else None
+        if student is None:
+            model_path = cfg.student_model
+            if not model_path and teacher:
+                model_path = str(default_student_model(cfg))
+                labels.notes.append(f"student: the tiny random-weight local model at {model_path} "
+                                    f"({cfg.resolved_student_backend()} backend)")
+            student = await stack.enter_async_context(create_student(student_config(cfg, cfg.seed, model_path)))
+        yield Backends(student=student, sandbox=sandbox, teacher=chat)
+
+
+@contextlib.asynccontextmanager
+async def open_teacher(cfg: CollectConfig, collector: RunLabels):
+    """The teacher client: a real provider, or the offline stand-in server started here."""
     from persd.runtime.teacher import RetryPolicy, TeacherClient, TeacherConfig
 
     async with contextlib.AsyncExitStack() as stack:
-        sandbox = await stack.enter_async_context(
-            Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
-                                  per_core=workers_per_core(cfg.time_limits))))
-
         if cfg.standin_teacher:
             from persd.runtime.teacher.local_server import LocalOpenAIServer
 
@@ -120,12 +145,4 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
             jitter_s=cfg.teacher_jitter,
             reconcile_tokens=cfg.teacher_reconcile_tokens,
         )
-        teacher = await stack.enter_async_context(TeacherClient(tcfg))
-
-        backend = cfg.resolved_student_backend()
-        model_path = cfg.student_model
-        if not model_path:
-            model_path = str(default_student_model(cfg))
-            collector.notes.append(f"student: the tiny random-weight local model at {model_path} ({backend} backend)")
-        student = await stack.enter_async_context(create_student(student_config(cfg, cfg.seed, model_path)))
-        yield Backends(student=student, sandbox=sandbox, teacher=teacher)
+        yield await stack.enter_async_context(TeacherClient(tcfg))

@@ -5,18 +5,19 @@
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
+from persd.engine.collect.backends import open_backends
+from persd.engine.collect.steps import Steps
 from persd.engine.evaluation.config import EvalConfig
 from persd.engine.evaluation.journal import EvalJournal
 from persd.engine.evaluation.pipeline import EvalFailure, Evaluator
 from persd.engine.evaluation.progress import EvalProgress
 from persd.engine.evaluation.report import summarize
 from persd.engine.evaluation.selection import select_tasks, tasks_digest
-from persd.engine.timelimits import TimeLimits, config_from, workers_per_core
+from persd.engine.timelimits import TimeLimits, config_from
 
 
 def student_config(cfg: EvalConfig):
@@ -24,22 +25,6 @@ def student_config(cfg: EvalConfig):
     from persd.engine.collect.backends import student_config as from_flags
 
     return from_flags(cfg, cfg.seed)
-
-
-@contextlib.asynccontextmanager
-async def open_backends(cfg: EvalConfig, student=None, sandbox=None):
-    """The sandbox first (its small workers fork before a model is loaded), then the student."""
-    from persd.runtime.sandbox import Sandbox, SandboxConfig
-    from persd.runtime.student import create_student
-
-    async with contextlib.AsyncExitStack() as stack:
-        if sandbox is None:
-            sandbox = await stack.enter_async_context(
-                Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
-                                      per_core=workers_per_core(cfg.time_limits))))
-        if student is None:
-            student = await stack.enter_async_context(create_student(student_config(cfg)))
-        yield student, sandbox
 
 
 async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pipelined") -> dict[str, Any]:
@@ -56,19 +41,19 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
     fingerprint = dict(cfg.fingerprint(), tasks_count=len(tasks), tasks_sha256=tasks_digest(tasks))
     resuming = journal.check_settings(fingerprint, cfg.force)
     gens, results = journal.load() if resuming else ({}, {})
-    evaluator = Evaluator(cfg, tasks, student, sandbox, journal, gens, results)
+    evaluator = Evaluator(cfg, tasks, journal, gens, results)
     if evaluator.stats.resumed:
         print(f"persd eval: resuming: {evaluator.stats.resumed} of {evaluator.stats.samples_total} samples "
               f"already scored in {cfg.out}", file=sys.stderr)
     if evaluator.stats.samples_done < evaluator.stats.samples_total:
         journal.open()
         try:
-            async with open_backends(cfg, student, sandbox) as (evaluator.student, evaluator.sandbox):
+            async with open_backends(cfg, None, teacher=False, student=student, sandbox=sandbox) as backends:
                 # the settings are written once the run really starts: a start-up failure (a wrong
                 # model path, a bad flag) must not tie the directory to the settings it failed with
                 journal.save_settings(fingerprint)
-                evaluator.time_limits = TimeLimits(evaluator.sandbox, config_from(cfg),
-                                                   cache=journal.work / "time-limits.jsonl")
+                time_limits = TimeLimits(backends.sandbox, config_from(cfg), cache=journal.work / "time-limits.jsonl")
+                evaluator.calls = Steps(backends, time_limits=time_limits, exec_timeout=cfg.exec_timeout)
                 evaluator.stats.restart()  # the rate counts the work, not loading the model
                 async with EvalProgress(cfg.progress, evaluator.stats.snapshot, cfg.log_every):
                     await (evaluator.run_phased() if mode == "phased" else evaluator.run())
