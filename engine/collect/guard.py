@@ -14,10 +14,6 @@ Cancellation passes through untouched.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from typing import AsyncIterator
-
 from persd.engine.collect.shards import DiskError, disk_error
 from persd.runtime.errors import PersdError
 from persd.runtime.student.base import RequestRejected
@@ -47,20 +43,26 @@ def request_failure(resource: str, exc: BaseException) -> bool:
     return isinstance(exc, RequestRejected)
 
 
-@contextlib.asynccontextmanager
-async def guard(resource: str, task_id: str | None = None, journal: str | None = None) -> AsyncIterator[None]:
-    """Run one backend call; re-raise its failure as `TaskFailed` or `BackendFailure` (or `DiskError`
-    for an OSError writing `journal`, the teacher's)."""
-    try:
-        yield
-    except (asyncio.CancelledError, TaskFailed, BackendFailure, DiskError):
-        raise
-    except Exception as exc:
-        if request_failure(resource, exc):
-            raise TaskFailed(resource, exc) from exc
-        if journal is not None and isinstance(exc, OSError):
-            raise disk_error(exc, journal) from exc
+class guard:
+    """`async with guard("student", task_id):` one backend call; its failure re-raised as `TaskFailed`
+    or `BackendFailure` (or `DiskError` for an OSError writing `journal`, the teacher's)."""
+
+    __slots__ = ("resource", "task_id", "journal")
+
+    def __init__(self, resource: str, task_id: str | None = None, journal: str | None = None):
+        self.resource, self.task_id, self.journal = resource, task_id, journal
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, (TaskFailed, BackendFailure, DiskError)):
+            return False  # no failure, a cancellation, or one judged already: as it is
+        if request_failure(self.resource, exc):
+            raise TaskFailed(self.resource, exc) from exc
+        if self.journal is not None and isinstance(exc, OSError):
+            raise disk_error(exc, self.journal) from exc
         if isinstance(exc, PersdError):
-            raise BackendFailure(f"{resource}: {exc}") from exc
-        where = f" on task {task_id}" if task_id else ""
-        raise BackendFailure(f"{resource} failed{where}: {type(exc).__name__}: {exc}") from exc
+            raise BackendFailure(f"{self.resource}: {exc}") from exc
+        where = f" on task {self.task_id}" if self.task_id else ""
+        raise BackendFailure(f"{self.resource} failed{where}: {type(exc).__name__}: {exc}") from exc
