@@ -48,13 +48,41 @@ async def _raise(exc: BaseException, resource: str = "student", **kw) -> None:
 async def test_one_guard_one_failure_type_per_kind(exc, resource, kw, kind, text):
     with pytest.raises(kind) as got:
         await _raise(exc, resource, **kw)
-    assert text in str(got.value)
+    assert text in (got.value.reason if kind is TaskFailed else str(got.value))
     assert got.value.__cause__ is exc
 
 
 async def test_cancellation_passes_the_guard():
     with pytest.raises(asyncio.CancelledError):
         await _raise(asyncio.CancelledError())
+
+
+class Breaker:
+    """A FailurePolicy: counts successes and failed requests; stops the run at the second failure in a row."""
+
+    def __init__(self):
+        self.streak, self.oks = 0, 0
+
+    def ok(self, by: str) -> None:
+        self.streak, self.oks = 0, self.oks + 1
+
+    def failed(self, exc: Exception, by: str) -> TaskFailed:
+        self.streak += 1
+        if self.streak >= 2:
+            raise PersdError(f"the last {self.streak} {by} requests all failed")
+        return TaskFailed("rejected", str(exc), by)
+
+
+async def test_a_failure_policy_plugs_into_the_guard():
+    policy = Breaker()
+    async with guard("student", failures=policy):
+        pass
+    with pytest.raises(TaskFailed) as got:
+        await _raise(RequestRejected("too long"), failures=policy)
+    assert got.value.record() == {"cause": "rejected", "by": "student", "message": "too long"}
+    with pytest.raises(PersdError, match="the last 2 student requests all failed"):
+        await _raise(RequestRejected("too long"), failures=policy)
+    assert policy.oks == 1
 
 
 # ------------------------------------------------------------------ the flow, in-process

@@ -17,7 +17,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from persd.engine.collect.guard import guard
+from persd.engine.collect.guard import FailurePolicy, guard
 from persd.engine.collect.limiter import Limiter
 from persd.engine.collect.records import Refinement, Tally, Verdict
 from persd.engine.tasks import Task
@@ -102,8 +102,10 @@ class Lesson(Protocol):
 
 class Steps:
     def __init__(self, backends: Backends, limits: Limits | None = None, time_limits: TimeLimits | None = None,
-                 teacher_sampling: TeacherSampling = TeacherSampling(), exec_timeout: float | None = None):
+                 teacher_sampling: TeacherSampling = TeacherSampling(), exec_timeout: float | None = None,
+                 failures: FailurePolicy | None = None):
         self.b = backends
+        self.failures = failures  # counts the student's and the teacher's failed requests (guard.FailurePolicy)
         self.limits = limits
         self.time_limits = time_limits
         self.teacher_sampling = teacher_sampling
@@ -116,7 +118,7 @@ class Steps:
 
     async def attempt(self, request: StudentRequest, task_id: str | None = None) -> Attempt:
         """One student request. Raises TaskFailed for a request the student can never serve."""
-        async with self._timed("student"), guard("student", task_id):
+        async with self._timed("student"), guard("student", task_id, failures=self.failures):
             out = await self.b.student.generate(request)
         return Attempt(list(out.texts), list(getattr(out, "finish_reasons", []) or []),
                        int(getattr(out, "prompt_tokens", 0) or 0), int(getattr(out, "completion_tokens", 0) or 0))
@@ -149,7 +151,7 @@ class Steps:
         req = ChatRequest(messages=messages, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                           n=1, sample_index=0)
         assert self.b.teacher is not None, "this run has no teacher"
-        async with self._timed("teacher"), guard("teacher", journal="the teacher journal"):
+        async with self._timed("teacher"), guard("teacher", journal="the teacher journal", failures=self.failures):
             resp = await self.b.teacher.chat(req)
         tally.add_teacher(resp)
         return resp

@@ -159,7 +159,7 @@ class Evaluator:
         try:
             attempt = await self.calls.attempt(request)
         except TaskFailed as exc:
-            return f"student: {exc.cause}"
+            return f"student: {exc.message}"
         self.stats.generated += len(attempt.texts)
         return attempt
 
