@@ -16,6 +16,7 @@ from persd.engine.timelimits import workers_per_core
 
 if TYPE_CHECKING:
     from persd.runtime.interfaces import Sandbox, Student
+    from persd.runtime.student import StudentConfig
 
 
 class RunLabels(Protocol):
@@ -82,11 +83,12 @@ def vllm_log_path(cfg: StudentFields) -> str | None:
 
 @contextlib.asynccontextmanager
 async def open_backends(cfg: CollectConfig | StudentFields, labels: RunLabels | None, *, teacher: bool = True,
-                        student: Student | None = None, sandbox: Sandbox | None = None) -> AsyncIterator[Backends]:
+                        student: Student | None = None, sandbox: Sandbox | None = None,
+                        student_cfg: StudentConfig | None = None) -> AsyncIterator[Backends]:
     """The sandbox, the teacher (collect; eval passes teacher=False), the student, each unless given
     already open (eval's benchmarks pass theirs; `Collector(cfg, open_backends=...)` takes fakes in
-    place of this function). Without --student-model, collect's student is the offline demo's tiny
-    model; eval's is the server's default (openai) or a usage error (hf, vllm)."""
+    place of this function). The student is opened from `student_cfg` where given (eval's), else from
+    cfg's student options; without --student-model, collect's is the offline demo's tiny model."""
     from persd.runtime.sandbox import Sandbox as SandboxPool
     from persd.runtime.sandbox import SandboxConfig
     from persd.runtime.student import create_student
@@ -97,9 +99,11 @@ async def open_backends(cfg: CollectConfig | StudentFields, labels: RunLabels | 
                 SandboxPool(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
                                           per_core=workers_per_core(cfg.time_limits))))
         chat = await stack.enter_async_context(open_teacher(cfg, labels)) if teacher else None
+        if student is None and student_cfg is not None:
+            student = await stack.enter_async_context(create_student(student_cfg))
         if student is None:
             model_path = cfg.student_model
-            if not model_path and teacher:
+            if not model_path:  # the offline demo
                 model_path = str(default_student_model(cfg))
                 labels.notes.append(f"student: the tiny random-weight local model at {model_path} "
                                     f"({cfg.resolved_student_backend()} backend)")

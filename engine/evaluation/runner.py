@@ -48,7 +48,8 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
     if evaluator.stats.samples_done < evaluator.stats.samples_total:
         journal.open()
         try:
-            async with open_backends(cfg, None, teacher=False, student=student, sandbox=sandbox) as backends:
+            async with open_backends(cfg, None, teacher=False, student=student, sandbox=sandbox,
+                                     student_cfg=student_config(cfg)) as backends:
                 # the settings are written once the run really starts: a start-up failure (a wrong
                 # model path, a bad flag) must not tie the directory to the settings it failed with
                 journal.save_settings(fingerprint)
