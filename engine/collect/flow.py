@@ -261,7 +261,7 @@ class TaskFlow:
             out.outcome = "refined" if refinement.solution is not None else "unresolved"
             if out.outcome == "unresolved" and v.keeps_unresolved:
                 # no record keeps these: `persd report` shows them (a refined task's are in its records' meta)
-                out.unresolved = (code, refinement.answer)
+                out.attempt = code
         out.records = await v.records(run, code, verdict, refinement, direct)
         return out
 

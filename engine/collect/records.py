@@ -210,7 +210,7 @@ class TaskOutcome:
     samples_passed: int | None = None
     timeout: Verdict | None = None  # the chosen attempt's verdict when it timed out (the limit is shown)
     refinement: Refinement | None = None
-    unresolved: tuple[str, str] | None = None  # (the attempt, the teacher's last program) of an unresolved task
+    attempt: str | None = None  # an unresolved task's attempt: its line shows it and the teacher's last program
     direct: Verdict | None = None  # the teacher's direct solution's verdict (formats stand, inpd)
 
     @classmethod
@@ -229,8 +229,8 @@ class TaskOutcome:
             last = self.refinement.last
             line.update(refine_turns=self.refinement.turns, refine_status=last.status if last else None,
                         refine_feedback=last.feedback if last else "")
-        if self.unresolved is not None:
-            line.update(attempt=self.unresolved[0], refinement=self.unresolved[1])
+        if self.attempt is not None:
+            line.update(attempt=self.attempt, refinement=self.refinement.answer if self.refinement else "")
         if self.direct is not None:
             line["direct_status"] = self.direct.status
         line.update(where)
