@@ -26,10 +26,14 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from persd.config import opt, positive_float
 from persd.engine.tasks import Task
+
+if TYPE_CHECKING:
+    from persd.runtime.interfaces import Sandbox
 
 MODES = ("calibrated", "fixed")
 DEFAULT_FACTOR = 20.0
@@ -118,7 +122,7 @@ class TimeLimits:
     """Per-task limits for one run: calibrated lazily (the first program of a task waits for its
     reference's measurement; the task's other programs wait for the same one)."""
 
-    def __init__(self, sandbox, config: TimeLimitConfig, cache: Path | None = None):
+    def __init__(self, sandbox: Sandbox, config: TimeLimitConfig, cache: Path | None = None):
         self.sandbox = sandbox
         self.config = config
         self.cache_path = Path(cache) if cache is not None else None

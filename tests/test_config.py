@@ -490,12 +490,12 @@ NEW_RUN_FLAGS = ["--sandbox.workers", "1", "--progress", "none", "--sandbox.time
 def test_a_run_from_before_the_sections_resumes(tmp_path, flags, capsys):
     from persd.engine.cli.main import main
     from persd.engine.collect.config import parse_args
-    from persd.engine.collect.runner import Collector
+    from persd.engine.collect.runner import plan_collect
 
     tasks, out = _old_run(tmp_path)
     (out / "shards").rename(tmp_path / "shards")  # interrupted before its shard was sealed
-    left = Collector(parse_args(["--tasks", str(tasks), "--out", str(out), *flags], environ={})).prepare()
-    assert left == 2  # resumed, not refused
+    plan = plan_collect(parse_args(["--tasks", str(tasks), "--out", str(out), *flags], environ={}))
+    assert plan.warnings == [] and plan.shards.owned_tasks() == 2  # resumed, not refused
     shutil.rmtree(out / "shards")
     (tmp_path / "shards").rename(out / "shards")
     assert main(["collect", "--tasks", str(tasks), "--out", str(out), *flags]) == 0  # done: nothing redone

@@ -125,19 +125,8 @@ def _wrong_edges() -> list[str]:
     return sorted(wrong)
 
 
-_PENDING_PAPER_FLOW = "(engine.collect) imports persd.engine.paper."  # i-pipeline: paper mode as a flow variant
-
-
 def test_no_import_runs_back_up_a_layer():
-    wrong = [w for w in _wrong_edges() if _PENDING_PAPER_FLOW not in w]
-    assert not wrong, "\n".join(wrong)
-
-
-@pytest.mark.xfail(strict=False, reason="PENDING i-pipeline: collect's runner still imports paper mode's flow; "
-                                        "paper mode becomes a registered flow variant there (the lead removes "
-                                        "this mark and _PENDING_PAPER_FLOW at merge)")
-def test_collect_never_imports_paper_mode_PENDING_i_pipeline():
-    wrong = [w for w in _wrong_edges() if _PENDING_PAPER_FLOW in w]
+    wrong = _wrong_edges()
     assert not wrong, "\n".join(wrong)
 
 

@@ -1,19 +1,23 @@
-"""Opening the three real resources for a run, in order: the sandbox (its small worker processes
-start before any model is loaded), the teacher (a real provider, or the offline stand-in
-server this command starts itself), then the student."""
+"""Opening the real resources of a run (collect's three, eval's student and sandbox), in order: the
+sandbox (its small worker processes start before any model is loaded), the teacher (a real provider,
+or the offline stand-in server collect starts itself), then the student."""
 from __future__ import annotations
 
 import contextlib
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 
 from persd.engine.collect import standin
 from persd.engine.collect.config import CollectConfig
-from persd.engine.collect.flow import Backends
 from persd.engine.collect.layout import CollectLayout
+from persd.engine.collect.steps import Backends
 from persd.engine.timelimits import workers_per_core
+
+if TYPE_CHECKING:
+    from persd.runtime.interfaces import Sandbox, Student
+    from persd.runtime.student import StudentConfig
 
 
 class RunLabels(Protocol):
@@ -58,15 +62,40 @@ def vllm_log_path(cfg: Any) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterator[Backends]:
-    from persd.runtime.sandbox import Sandbox
+async def open_backends(cfg: Any, labels: RunLabels | None, *, teacher: bool = True,
+                        student: Student | None = None, sandbox: Sandbox | None = None,
+                        student_cfg: StudentConfig | None = None) -> AsyncIterator[Backends]:
+    """The sandbox, the teacher (collect; eval passes teacher=False), the student, each unless given
+    already open (eval's benchmarks pass theirs; `Collector(cfg, open_backends=...)` takes fakes in
+    place of this function). `cfg` is a command's config with `student` and `sandbox` sections (collect's
+    or eval's). The student is opened from `student_cfg` where given (eval's), else from cfg's student
+    section; without a student model, collect's is the offline demo's tiny model."""
+    from persd.runtime.sandbox import Sandbox as SandboxPool
     from persd.runtime.student import create_student
+
+    async with contextlib.AsyncExitStack() as stack:
+        if sandbox is None:
+            sandbox = await stack.enter_async_context(
+                SandboxPool(replace(cfg.sandbox, per_core=workers_per_core(cfg.time_limits))))
+        chat = await stack.enter_async_context(open_teacher(cfg, labels)) if teacher else None
+        if student is None and student_cfg is not None:
+            student = await stack.enter_async_context(create_student(student_cfg))
+        if student is None:
+            model_path = cfg.student.model
+            if not model_path:  # the offline demo
+                model_path = str(default_student_model(cfg))
+                labels.notes.append(f"student: the tiny random-weight local model at {model_path} "
+                                    f"({cfg.student.resolved_backend()} backend)")
+            student = await stack.enter_async_context(create_student(student_config(cfg, cfg.seed, model_path)))
+        yield Backends(student=student, sandbox=sandbox, teacher=chat)
+
+
+@contextlib.asynccontextmanager
+async def open_teacher(cfg: CollectConfig, collector: RunLabels):
+    """The teacher client: a real provider, or the offline stand-in server started here."""
     from persd.runtime.teacher import TeacherClient
 
     async with contextlib.AsyncExitStack() as stack:
-        sandbox = await stack.enter_async_context(
-            Sandbox(replace(cfg.sandbox, per_core=workers_per_core(cfg.time_limits))))
-
         tcfg = replace(cfg.teacher, journal_path=teacher_journal_path(cfg), prices=cfg.teacher.all_prices())
         if cfg.teacher.standin:
             from persd.runtime.local_server import LocalOpenAIServer
@@ -80,12 +109,4 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
             key = os.environ.get(tcfg.api_key_env, "").strip()
             if key:
                 collector.secrets.append(key)
-        teacher = await stack.enter_async_context(TeacherClient(tcfg))
-
-        backend = cfg.student.resolved_backend()
-        model_path = cfg.student.model
-        if not model_path:
-            model_path = str(default_student_model(cfg))
-            collector.notes.append(f"student: the tiny random-weight local model at {model_path} ({backend} backend)")
-        student = await stack.enter_async_context(create_student(student_config(cfg, cfg.seed, model_path)))
-        yield Backends(student=student, sandbox=sandbox, teacher=teacher)
+        yield await stack.enter_async_context(TeacherClient(tcfg))

@@ -1,268 +1,273 @@
-"""One task, one coroutine: attempt -> execute -> (failed) refine -> verify -> emit.
+"""One task, one coroutine: (tests) -> attempt -> execute -> (failed) refine -> verify -> records.
 
-The flow knows its three resources only through their runtime interfaces (student.generate,
-sandbox.run, teacher.chat), each behind its own Limiter, so tasks interleave freely: while one
-waits on the teacher, others generate or execute.
+`TaskFlow` is the order of the steps (engine/collect/steps.py), the same for every protocol. What a
+protocol sends and how it checks a program is its `FlowVariant`: the persd protocol's is here, paper
+mode's (engine/paper/flow.py) registers itself under "paper" (`register`), so collect never imports it.
 
-A failure of a backend itself (teacher refusing the key, budget reached, student unreachable
-after its retries, a broken sandbox) is not a task outcome: it raises `BackendFailure` and the
-run stops with resumable state. A task-level problem (no tests could be made, a prompt the student
-rejects as too long) is outcome `error`.
+A backend's failure is judged by the one guard (engine/collect/guard.py): a request only this task
+can never get served (a prompt the student rejects as too long) is outcome `error`, as is a task for
+which no tests could be made; a failure of the backend itself (teacher refusing the key, budget
+reached, student unreachable after its retries, a broken sandbox) raises `BackendFailure` and the
+run stops with resumable state.
 """
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from persd.engine import lessons
 from persd.engine.collect import testgen
 from persd.engine.collect.config import FORMATS, CollectConfig
-from persd.engine.collect.layout import CollectLayout
-from persd.engine.collect.limiter import Limiter
-from persd.engine.collect.records import Meta, Tally, TaskOutcome, direct_records, refinement_records, result_line
-from persd.engine.collect.shards import disk_error
+from persd.engine.collect.guard import BackendFailure, TaskFailed
+from persd.engine.collect.layout import CollectLayout, Record
+from persd.engine.collect.records import (
+    Meta,
+    Refinement,
+    Tally,
+    TaskOutcome,
+    Verdict,
+    direct_records,
+    refinement_records,
+)
+from persd.engine.collect.steps import Attempt, Backends, Limits, Steps, TeacherSampling
 from persd.engine.collect.studentio import extract, student_request
 from persd.engine.tasks import Task
-from persd.engine.timelimits import TimeLimits, config_from, limit_fields
+from persd.engine.timelimits import TimeLimits, config_from
 from persd.runtime.errors import PersdError
-from persd.runtime.student.base import RequestRejected
+
+__all__ = ["BackendFailure", "Backends", "FlowVariant", "Limits", "TaskFlow", "TaskRun", "register"]
 
 FORMAT_ORDER = {f: i for i, f in enumerate(FORMATS)}
 
 
-class BackendFailure(PersdError):
-    """A resource failed for good (not a task's fault): the run stops; rerun to resume."""
-
-
 @dataclass
-class Limits:
-    student: Limiter
-    sandbox: Limiter
-    teacher: Limiter
+class TaskRun:
+    """One task on its way through the flow: what the variant prepared, what it spent."""
 
-    @classmethod
-    def from_config(cls, cfg: CollectConfig, sandbox_workers: int) -> "Limits":
-        return cls(
-            student=Limiter("student", cfg.student_concurrency),
-            sandbox=Limiter("sandbox", max(1, sandbox_workers)),
-            teacher=Limiter("teacher", cfg.teacher_max_in_flight),
-        )
+    task: Task
+    tally: Tally = field(default_factory=Tally)
+    prompt: str = ""  # what the student completes (the variant's)
+    tests: list[dict] | None = None  # paper mode: the task's input/output tests
+    generated_tests: list | None = None  # tests made for a task without any (shown in its result line)
 
 
-@dataclass
-class Backends:
-    """The three resources, opened by persd.engine.collect.backends (or fakes, in tests and benchmarks)."""
+class FlowVariant:
+    """A protocol's prompts, checker and records; this base class is the persd protocol's."""
 
-    student: Any
-    sandbox: Any
-    teacher: Any
+    label: str | None = None  # named in each result line (`protocol`)
+    keeps_unresolved = True  # an unresolved task's line keeps its attempt and the teacher's last program
 
+    def __init__(self, cfg: CollectConfig, steps: Steps, meta: Meta):
+        self.cfg, self.steps, self.meta = cfg, steps, meta
 
-class TaskFlow:
-    def __init__(self, cfg: CollectConfig, backends: Backends, limits: Limits, meta: Meta):
-        from persd.runtime.teacher import ChatRequest  # the teacher's request type (no network code here)
-
-        self._ChatRequest = ChatRequest
-        self.cfg = cfg
-        self.b = backends
-        self.lim = limits
-        self.meta = meta
-        self.formats = cfg.formats
-        self.need_direct = "stand" in cfg.formats or "inpd" in cfg.formats
-        self.time_limits = TimeLimits(backends.sandbox, config_from(cfg),
-                                      cache=CollectLayout(cfg.out_dir).time_limits_path)
-
-    # ------------------------------------------------------------------ the flow
-
-    async def run(self, task: Task, prior_attempt: dict | None = None,
-                  on_attempt: Callable[[dict], None] | None = None) -> TaskOutcome:
-        """The whole flow of one task. `prior_attempt`: the student's journaled attempt (resume);
-        `on_attempt` is called with a fresh attempt before anything depends on it (journaling)."""
-        tally = Tally()
-        more: dict[str, Any] = {}
-        if not task.has_tests:
-            gen = await self._make_tests(task, tally)
-            more["generated_tests"] = gen.tests
+    async def prepare(self, run: TaskRun) -> str | None:
+        """Tests (made by the teacher for a task without any) and the prompt; the reason the task
+        cannot be attempted, or None."""
+        if not run.task.has_tests:
+            gen = await self._make_tests(run)
+            run.generated_tests = gen.tests
             if gen.error:
-                return TaskOutcome(result_line(task, "error", "error", gen.error, tally, error=gen.error, **more))
-            task = task.with_tests(gen.tests)
+                return gen.error
+            run.task = run.task.with_tests(gen.tests)
+        run.prompt = run.task.prompt
+        return None
 
-        try:
-            attempt = prior_attempt if prior_attempt is not None else await self._attempt(task, on_attempt)
-        except RequestRejected as exc:  # this task's prompt can never be served (too long, ...)
-            reason = f"student rejected the request: {exc}"
-            return TaskOutcome(result_line(task, "error", "error", reason, tally, error=reason, **more))
-        tally.student_tokens_out = int(attempt.get("completion_tokens", 0))
-        programs = [extract(task, text, self.cfg.student_chat) for text in attempt["texts"]]
-        if not programs:
-            programs = [""]
-        if len(programs) == 1:
-            results = [await self._execute(task, programs[0], tally)]
-        else:
-            results = await asyncio.gather(*(self._execute(task, p, tally) for p in programs))
-        passing = [i for i, r in enumerate(results) if r.status == "passed"]
-        chosen = passing[0] if passing else 0
-        attempt_code, first = programs[chosen], results[chosen]
-        more["samples"] = len(programs)
-        more["samples_passed"] = len(passing)
-        if first.status == "timeout":  # which limit stopped the attempt, and its value
-            more.update({k: v for k, v in limit_fields(first).items() if k != "cpu_s"})
-        student_failed = not passing
+    def request(self, run: TaskRun):
+        return student_request(run.task, self.cfg, self.cfg.seed)
 
-        jobs: list[Awaitable] = []
-        if student_failed:
-            jobs.append(self._refine(task, attempt_code, first.feedback, tally))
-        if "stand" in self.formats or ("inpd" in self.formats and student_failed):
-            jobs.append(self._direct(task, tally))
-        done = [await jobs[0]] if len(jobs) == 1 else (await asyncio.gather(*jobs) if jobs else [])
+    def program(self, run: TaskRun, text: str | None) -> str:
+        """The program one of the student's texts stands for (None: the student gave no text)."""
+        return "" if text is None else extract(run.task, text, self.cfg.student_chat)
 
-        records: list[dict] = []
-        outcome = "student_passed"
-        if student_failed:
-            solution, turns, last, last_program = done[0]
-            more["refine_turns"] = turns
-            more["refine_status"] = last.status if last is not None else None
-            more["refine_feedback"] = last.feedback if last is not None else ""
-            if solution is not None:
-                outcome = "refined"
-                records += refinement_records(task, self.formats, solution, attempt_code, first.feedback,
-                                              self.meta, turns)
-            else:
-                outcome = "unresolved"
-                # no record keeps these: `persd report` shows them (a refined task's are in its records' meta)
-                more["attempt"] = attempt_code
-                more["refinement"] = last_program  # the teacher's last (failing) program
-        if len(done) > (1 if student_failed else 0):
-            direct_solution, direct_result = done[-1]
-            more["direct_status"] = direct_result.status if direct_result is not None else None
-            if direct_solution is not None:
-                records += direct_records(task, self.formats, direct_solution, student_failed, self.meta,
-                                          attempt_code if student_failed else "",
-                                          first.feedback if student_failed else "")
-        records.sort(key=lambda r: FORMAT_ORDER[r["format"]])
-        records = await self._verify_recut(task, records, tally)
-        if "generated_tests" in more and not more["generated_tests"]:
-            more.pop("generated_tests")
-        return TaskOutcome(result_line(task, outcome, first.status, first.feedback, tally, **more), records)
+    async def check(self, run: TaskRun, program: str) -> Verdict:
+        return Verdict.of(await self.steps.execute(run.task, run.task.program(program), run.tally))
 
-    # ------------------------------------------------------------------ steps
+    def refine_messages(self, run: TaskRun, code: str, verdict: Verdict) -> list[dict]:
+        return lessons.refine_messages(run.task, code, verdict.feedback)
 
-    async def _attempt(self, task: Task, on_attempt: Callable[[dict], None] | None, req=None) -> dict:
-        req = req if req is not None else student_request(task, self.cfg, self.cfg.seed)
-        async with self.lim.student.timed():
-            try:
-                out = await self.b.student.generate(req)
-            except RequestRejected:
-                raise
-            except PersdError as exc:
-                raise BackendFailure(f"student: {exc}") from exc
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # an unreachable server after the backend's retries, an OOM, ...
-                raise BackendFailure(f"student failed on task {task.task_id}: {type(exc).__name__}: {exc}") from exc
-        attempt = {
-            "texts": list(out.texts),
-            "finish_reasons": list(getattr(out, "finish_reasons", []) or []),
-            "prompt_tokens": int(getattr(out, "prompt_tokens", 0) or 0),
-            "completion_tokens": int(getattr(out, "completion_tokens", 0) or 0),
-        }
-        if on_attempt is not None:
-            on_attempt(attempt)
-        return attempt
+    def parse_answer(self, run: TaskRun, text: str, code: str) -> str:
+        return extract(run.task, text, True)
 
-    async def _verify_recut(self, task: Task, records: list[dict], tally: Tally) -> list[dict]:
+    def followup(self, run: TaskRun, answer: str, verdict: Verdict) -> dict:
+        return lessons.followup_message(verdict.feedback)
+
+    def direct_lesson(self, run: TaskRun, student_failed: bool) -> "Turns | None":
+        """The teacher's own solution (formats stand, and inpd for a failed task), or None."""
+        formats = self.cfg.formats
+        if "stand" in formats or ("inpd" in formats and student_failed):
+            return Turns(self, run, lessons.direct_messages(run.task))
+        return None
+
+    async def records(self, run: TaskRun, code: str, verdict: Verdict, refinement: Refinement | None,
+                      direct: Refinement | None) -> list[Record]:
+        task, formats, failed = run.task, self.cfg.formats, refinement is not None
+        records: list[Record] = []
+        if refinement is not None and refinement.solution is not None:
+            records += refinement_records(task, formats, refinement.solution, code, verdict.feedback, self.meta,
+                                          refinement.turns)
+        if direct is not None and direct.solution is not None:
+            records += direct_records(task, formats, direct.solution, failed, self.meta, code if failed else "",
+                                      verdict.feedback if failed else "")
+        records.sort(key=lambda r: FORMAT_ORDER[r.format])
+        return await self._verify_recut(run, records)
+
+    # ------------------------------------------------------------------ the persd protocol's own steps
+
+    async def _verify_recut(self, run: TaskRun, records: list[Record]) -> list[Record]:
         """A completion re-cut to continue the prompt's header (not a plain suffix of the verified
         solution) must pass as `prompt + completion` too; where it does not, the record keeps the
         whole program as its completion."""
         verdicts: dict[str, bool] = {}
+        out = []
         for r in records:
-            completion, solution = r["completion"], r["meta"]["solution"]
-            if solution.endswith(completion):
-                continue
-            if completion not in verdicts:
-                result = await self._execute(task, task.prompt + completion, tally)
-                verdicts[completion] = result.status == "passed"
-            if not verdicts[completion]:
-                r["completion"] = solution
-        return records
+            solution = r.meta["solution"]
+            if not solution.endswith(r.completion):
+                if r.completion not in verdicts:
+                    result = await self.check(run, run.task.prompt + r.completion)
+                    verdicts[r.completion] = result.passed
+                if not verdicts[r.completion]:
+                    r = replace(r, completion=solution)
+            out.append(r)
+        return out
 
-    async def _execute(self, task: Task, solution: str, tally: Tally, tests: str | None = None):
-        program = task.program(solution, tests)
-        return await self._in_sandbox(self.time_limits.run(task, program), tally)
-
-    async def _in_sandbox(self, execution, tally: Tally):
-        """Await one sandbox execution under the sandbox's limiter; a failing sandbox stops the run."""
-        async with self.lim.sandbox.timed():
-            try:
-                result = await execution
-            except PersdError as exc:
-                raise BackendFailure(f"sandbox: {exc}") from exc
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise BackendFailure(f"sandbox failed: {type(exc).__name__}: {exc}") from exc
-        tally.executions += 1
-        return result
-
-    async def _teach(self, messages: list[dict], tally: Tally):
-        req = self._ChatRequest(
-            messages=messages,
-            temperature=self.cfg.teacher_temperature,
-            top_p=self.cfg.teacher_top_p,
-            max_tokens=self.cfg.teacher_max_tokens,
-            n=1,
-            sample_index=0,
-        )
-        async with self.lim.teacher.timed():
-            try:
-                resp = await self.b.teacher.chat(req)
-            except PersdError as exc:  # TeacherError (status + body), BudgetExceeded
-                raise BackendFailure(f"teacher: {exc}") from exc
-            except OSError as exc:  # the teacher's journal could not be written
-                raise disk_error(exc, "the teacher journal") from exc
-        tally.add_teacher(resp)
-        return resp
-
-    async def _refine(self, task: Task, attempt: str, feedback: str, tally: Tally):
-        """Up to --refine-turns teacher turns; returns (verified program or None, turns used, last result,
-        last program)."""
-        messages = lessons.refine_messages(task, attempt, feedback)
-        last, program = None, ""
-        for turn in range(1, self.cfg.refine_turns + 1):
-            resp = await self._teach(messages, tally)
-            text = resp.texts[0] if resp.texts else ""
-            program = extract(task, text, True)
-            last = await self._execute(task, program, tally)
-            if last.status == "passed":
-                return program, turn, last, program
-            messages = messages + [{"role": "assistant", "content": text}, lessons.followup_message(last.feedback)]
-        return None, self.cfg.refine_turns, last, program
-
-    async def _direct(self, task: Task, tally: Tally):
-        resp = await self._teach(lessons.direct_messages(task), tally)
-        program = extract(task, resp.texts[0] if resp.texts else "", True)
-        result = await self._execute(task, program, tally)
-        return (program if result.status == "passed" else None), result
-
-    async def _make_tests(self, task: Task, tally: Tally) -> testgen.TestgenResult:
+    async def _make_tests(self, run: TaskRun) -> testgen.TestgenResult:
+        task, tally = run.task, run.tally
         if not task.reference:
             return testgen.TestgenResult([], "task has no tests and no reference solution to derive them from")
         if not task.entry_point:
             return testgen.TestgenResult([], "task has no tests and no entry_point to call")
         want = self.cfg.testgen_inputs
-        resp = await self._teach(lessons.testgen_messages(task, want), tally)
+        resp = await self.steps.teach(lessons.testgen_messages(task, want), tally)
         calls = lessons.parse_calls(resp.texts[0] if resp.texts else "", task.entry_point, want)
         if not calls:
             return testgen.TestgenResult([], f"the teacher proposed no usable calls of {task.entry_point}(...)")
         marker = testgen.new_marker()
-        probe = await self._execute(task, task.reference, tally, tests=testgen.reference_probe_tests(calls, marker))
+        probe_tests = testgen.reference_probe_tests(calls, marker)
+        probe = await self.steps.execute(task, task.program(task.reference, probe_tests), tally)
         problems: list[str] = []
         tests = testgen.parse_probe(probe.stdout, calls, marker, problems)
         if not tests:
             why = probe.feedback if probe.status != "passed" else "; ".join(problems) or "no call returned a value"
             return testgen.TestgenResult([], f"running the reference on the teacher's inputs failed: {why}"[:1000])
-        check = await self._execute(task, task.reference, tally, tests="\n".join(tests))
+        check = await self.steps.execute(task, task.program(task.reference, "\n".join(tests)), tally)
         if check.status != "passed":
             return testgen.TestgenResult(tests, f"the reference fails its generated tests: {check.feedback}"[:1000])
         return testgen.TestgenResult(tests)
+
+
+@dataclass
+class Turns:
+    """A variant's prompts and checker bound to one task: the `Lesson` the refine step walks."""
+
+    variant: FlowVariant
+    run: TaskRun
+    first: list[dict]
+    code: str = ""  # the student's attempt the answers refine
+
+    def messages(self) -> list[dict]:
+        return self.first
+
+    def parse(self, text: str) -> str:
+        return self.variant.parse_answer(self.run, text, self.code)
+
+    async def check(self, answer: str) -> Verdict:
+        return await self.variant.check(self.run, answer)
+
+    def followup(self, answer: str, verdict: Verdict) -> dict:
+        return self.variant.followup(self.run, answer, verdict)
+
+
+VARIANTS: dict[str, type[FlowVariant]] = {"persd": FlowVariant}
+
+
+def register(protocol: str) -> Callable[[type[FlowVariant]], type[FlowVariant]]:
+    """Class decorator: the flow variant of `--protocol NAME` (paper mode registers itself)."""
+    def add(cls: type[FlowVariant]) -> type[FlowVariant]:
+        VARIANTS[protocol] = cls
+        return cls
+
+    return add
+
+
+def variant_for(protocol: str) -> type[FlowVariant]:
+    if protocol not in VARIANTS:
+        raise PersdError(f"no task flow is registered for --protocol {protocol} (the command imports "
+                         f"persd.engine.{protocol}.flow to register it)")
+    return VARIANTS[protocol]
+
+
+class TaskFlow:
+    def __init__(self, cfg: CollectConfig, backends: Backends, limits: Limits, meta: Meta):
+        time_limits = TimeLimits(backends.sandbox, config_from(cfg), cache=CollectLayout(cfg.out_dir).time_limits_path)
+        sampling = TeacherSampling(cfg.teacher_temperature, cfg.teacher_top_p, cfg.teacher_max_tokens)
+        self.steps = Steps(backends, limits, time_limits, sampling)
+        self.variant = variant_for(cfg.protocol)(cfg, self.steps, meta)
+        self.refine_turns = cfg.refine_turns
+
+    async def run(self, task: Task, prior_attempt: dict | None = None,
+                  on_attempt: Callable[[dict], None] | None = None) -> TaskOutcome:
+        """The whole flow of one task. `prior_attempt`: the student's journaled attempt (resume);
+        `on_attempt` is called with a fresh attempt before anything depends on it (journaling)."""
+        run = TaskRun(task)
+        try:
+            return await self._run(run, prior_attempt, on_attempt)
+        except TaskFailed as exc:  # a request only this task makes can never be served
+            return self._failed(run, exc.reason)
+
+    def _failed(self, run: TaskRun, reason: str) -> TaskOutcome:
+        return TaskOutcome.failed(run.task.task_id, reason, run.tally, protocol=self.variant.label,
+                                  generated_tests=run.generated_tests)
+
+    async def _run(self, run: TaskRun, prior_attempt: dict | None,
+                   on_attempt: Callable[[dict], None] | None) -> TaskOutcome:
+        v, steps = self.variant, self.steps
+        why = await v.prepare(run)
+        if why is not None:
+            return self._failed(run, why)
+        if prior_attempt is not None:
+            attempt = Attempt.from_journal(prior_attempt)
+        else:
+            attempt = await steps.attempt(v.request(run), run.task.task_id)
+            if on_attempt is not None:
+                on_attempt(attempt.to_journal())
+        run.tally.student_tokens_out = attempt.completion_tokens
+
+        # execute: every sample; the first that passes is the attempt, else the first
+        programs = [v.program(run, text) for text in attempt.texts] or [v.program(run, None)]
+        verdicts = await _all([v.check(run, p) for p in programs])
+        passing = [i for i, r in enumerate(verdicts) if r.passed]
+        chosen = passing[0] if passing else 0
+        code, verdict = programs[chosen], verdicts[chosen]
+        failed = not passing
+
+        # refine (a failed attempt) and the teacher's direct solution, side by side
+        jobs = []
+        if failed:
+            jobs.append(steps.refine(Turns(v, run, v.refine_messages(run, code, verdict), code),
+                                     self.refine_turns, run.tally))
+        direct_lesson = v.direct_lesson(run, failed)
+        if direct_lesson is not None:
+            jobs.append(steps.refine(direct_lesson, 1, run.tally))
+        done = await _all(jobs)
+        refinement = done[0] if failed else None
+        direct = done[-1] if direct_lesson is not None else None
+
+        out = TaskOutcome(run.task.task_id, "student_passed", verdict.status, verdict.feedback, run.tally,
+                          protocol=v.label, generated_tests=run.generated_tests or None, samples=len(programs),
+                          samples_passed=len(passing), timeout=verdict if verdict.status == "timeout" else None,
+                          refinement=refinement, direct=direct.last if direct is not None else None)
+        if refinement is not None:
+            out.outcome = "refined" if refinement.solution is not None else "unresolved"
+            if out.outcome == "unresolved" and v.keeps_unresolved:
+                # no record keeps these: `persd report` shows them (a refined task's are in its records' meta)
+                out.attempt = code
+        out.records = await v.records(run, code, verdict, refinement, direct)
+        return out
+
+
+async def _all(coros: list) -> list:
+    """Await the steps side by side (one is awaited as it is)."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    return list(await asyncio.gather(*coros)) if coros else []

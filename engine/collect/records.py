@@ -116,8 +116,42 @@ class Meta:
     round: int = 1
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A program checked against a task's tests: the status and the feedback a teacher (or the
+    result line) sees; on a timeout, the limit that stopped it and its value."""
+
+    status: str  # passed | failed | timeout | error
+    feedback: str
+    limit: str | None = None
+    limit_s: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @classmethod
+    def of(cls, result: Any) -> "Verdict":
+        """The verdict of one sandbox execution (runtime.sandbox.ExecResult or a stand-in)."""
+        return cls(result.status, result.feedback, getattr(result, "limit", None), getattr(result, "limit_s", None))
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """The refine step's result: `turns` teacher turns; the last answer (`answer`, the program it
+    stands for) and its verdict. The answer is a solution when its verdict passed."""
+
+    turns: int
+    last: Verdict | None
+    answer: str = ""
+
+    @property
+    def solution(self) -> str | None:
+        return self.answer if self.last is not None and self.last.passed else None
+
+
 def record(task: Task, fmt: str, prompt: str, solution: str, meta: Meta, attempt: str = "", feedback: str = "",
-           extra: dict[str, Any] | None = None) -> dict:
+           extra: dict[str, Any] | None = None) -> Record:
     m = {
         "student_model": meta.student_model,
         "teacher_model": meta.teacher_model,
@@ -128,12 +162,12 @@ def record(task: Task, fmt: str, prompt: str, solution: str, meta: Meta, attempt
     }
     if extra:
         m.update(extra)
-    return Record(f"{task.task_id}/{fmt}", task.task_id, fmt, prompt,
-                  continuation(prompt, solution, task.entry_point), m).to_json()
+    return Record(f"{task.task_id}/{fmt}", task.task_id, fmt, prompt, continuation(prompt, solution, task.entry_point),
+                  m)
 
 
 def refinement_records(task: Task, formats: tuple[str, ...], solution: str, attempt: str, feedback: str,
-                       meta: Meta, turn: int) -> list[dict]:
+                       meta: Meta, turn: int) -> list[Record]:
     out = []
     extra = {"turn": turn}
     if "persd" in formats:
@@ -145,7 +179,7 @@ def refinement_records(task: Task, formats: tuple[str, ...], solution: str, atte
 
 
 def direct_records(task: Task, formats: tuple[str, ...], solution: str, student_failed: bool, meta: Meta,
-                   attempt: str = "", feedback: str = "") -> list[dict]:
+                   attempt: str = "", feedback: str = "") -> list[Record]:
     out = []
     if "inpd" in formats and student_failed:
         out.append(record(task, "inpd", task.prompt, solution, meta, attempt, feedback))
@@ -156,15 +190,60 @@ def direct_records(task: Task, formats: tuple[str, ...], solution: str, student_
 
 @dataclass
 class TaskOutcome:
-    """What the flow returns for one task: its result line and its records."""
+    """What the flow returns for one task: its result line's parts and its records, typed until
+    `to_json` (the shard journal's writer) turns them into the result line and record objects.
 
-    result: dict
-    records: list[dict] = field(default_factory=list)
+    The optional parts appear in the line only where set, in this order (the order the lines
+    always had): error, protocol, generated_tests, samples, samples_passed, limit, limit_s,
+    refine_turns, refine_status, refine_feedback, attempt, refinement, direct_status."""
+
+    task_id: str
+    outcome: str  # OUTCOMES
+    status: str  # the attempt's status ("error" when the task could not be attempted)
+    feedback: str
+    tally: Tally = field(default_factory=Tally)
+    records: list[Record] = field(default_factory=list)
+    error: str | None = None
+    protocol: str | None = None
+    generated_tests: list | None = None  # tests made for a task without any ([] shown when none could be)
+    samples: int | None = None
+    samples_passed: int | None = None
+    timeout: Verdict | None = None  # the chosen attempt's verdict when it timed out (the limit is shown)
+    refinement: Refinement | None = None
+    attempt: str | None = None  # an unresolved task's attempt: its line shows it and the teacher's last program
+    direct: Verdict | None = None  # the teacher's direct solution's verdict (formats stand, inpd)
+
+    @classmethod
+    def failed(cls, task_id: str, reason: str, tally: Tally | None = None, **parts: Any) -> "TaskOutcome":
+        """A task that could not be attempted (no tests, a request the student rejects, ...)."""
+        return cls(task_id, "error", "error", reason, tally or Tally(), error=reason, **parts)
+
+    def result_line(self, **where: Any) -> dict[str, Any]:
+        line = result_line(self.task_id, self.outcome, self.status, self.feedback, self.tally)
+        for name in ("error", "protocol", "generated_tests", "samples", "samples_passed"):
+            if getattr(self, name) is not None:
+                line[name] = getattr(self, name)
+        if self.timeout is not None:
+            line.update(limit=self.timeout.limit, limit_s=self.timeout.limit_s)
+        if self.refinement is not None:
+            last = self.refinement.last
+            line.update(refine_turns=self.refinement.turns, refine_status=last.status if last else None,
+                        refine_feedback=last.feedback if last else "")
+        if self.attempt is not None:
+            line.update(attempt=self.attempt, refinement=self.refinement.answer if self.refinement else "")
+        if self.direct is not None:
+            line["direct_status"] = self.direct.status
+        line.update(where)
+        return line
+
+    def to_json(self, **where: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(the result line, with `where` (index, shard) last; the records as JSON objects)."""
+        return self.result_line(**where), [r.to_json() for r in self.records]
 
 
-def result_line(task: Task, outcome: str, status: str, feedback: str, tally: Tally, **more: Any) -> dict:
-    line = {
-        "task_id": task.task_id,
+def result_line(task_id: str, outcome: str, status: str, feedback: str, tally: Tally) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
         "outcome": outcome,
         "status": status,
         "feedback": feedback,
@@ -174,5 +253,3 @@ def result_line(task: Task, outcome: str, status: str, feedback: str, tally: Tal
         "teacher_tokens": tally.teacher_tokens_in + tally.teacher_tokens_out,
         "student_tokens_out": tally.student_tokens_out,
     }
-    line.update(more)
-    return line

@@ -28,7 +28,7 @@ from persd.engine.collect.flow import BackendFailure, Backends, Limits, TaskFlow
 from persd.engine.collect.layout import CollectLayout, CollectManifest
 from persd.engine.collect.metrics import RunStats, timeline_row
 from persd.engine.collect.progress import Progress, print_summary
-from persd.engine.collect.records import Meta, Tally, TaskOutcome, result_line
+from persd.engine.collect.records import Meta, TaskOutcome
 from persd.engine.collect.shards import DiskError, ShardPlan, ShardState, ShardStore
 from persd.engine.collect.source import SourceInfo, scan_source
 from persd.engine.rundirs.files import atomic_write_json
@@ -225,10 +225,8 @@ class Collector:
 
     async def _work(self, backends: Backends, limits: Limits) -> None:
         cfg = self.cfg
-        flow_class = TaskFlow
-        if cfg.protocol == "paper":
-            from persd.engine.paper.flow import PaperTaskFlow as flow_class
-        self.flow = flow_class(cfg, backends, limits, Meta(self.student_label, self.teacher_label, cfg.round))
+        # the protocol's flow variant: persd's, or one registered by its package (paper mode: engine/paper/flow.py)
+        self.flow = TaskFlow(cfg, backends, limits, Meta(self.student_label, self.teacher_label, cfg.round))
         self.work_started = time.monotonic()  # backends are up: what follows is the work itself
         title = f"persd collect -> {self.out}" + (f" [{cfg.partition}]" if cfg.partition else "")
         if self.notes:
@@ -300,16 +298,14 @@ class Collector:
                 self._fail(exc)
                 return
             except Exception as exc:  # a task the flow could not handle: recorded, not fatal
-                why = f"{type(exc).__name__}: {exc}"
-                outcome = TaskOutcome(result_line(task, "error", "error", why, Tally(), error=why))
-            outcome.result["index"] = idx
-            outcome.result["shard"] = k
+                outcome = TaskOutcome.failed(task.task_id, f"{type(exc).__name__}: {exc}")
+            result, records = outcome.to_json(index=idx, shard=k)
             try:
-                store.journal_done(k, idx, outcome.result, outcome.records)
+                store.journal_done(k, idx, result, records)
             except DiskError as exc:
                 self._fail(exc)
                 return
-            self.stats.add(outcome.result, outcome.records)
+            self.stats.add(result, records)
             state = self.open_shards[k]
             state.done.add(idx)
             if state.complete:

@@ -6,9 +6,12 @@ refines a sample only when its visible tests failed at step t-1; otherwise the s
 its code unchanged. Every step of every sample is one result line, so pass@1 after step t is
 read straight off the lines of step t.
 
-Generation and execution overlap: while one task's samples run in the sandbox, others are
-being generated. `run_phased()` is the same work done the other way round (all generation,
-then all checking), kept for the benchmark that measures the difference.
+Generation and execution are collect's steps (engine/collect/steps.py: `attempt`, `execute`, under
+the one guard): a request the student can never serve is a sample with status `error`; a backend
+that fails stops the run (`BackendFailure`, resumable). Generation and execution overlap: while one
+task's samples run in the sandbox, others are being generated. `run_phased()` is the same work done
+the other way round (all generation, then all checking), kept for the benchmark that measures the
+difference.
 """
 from __future__ import annotations
 
@@ -17,16 +20,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from persd.engine.collect.guard import BackendFailure, TaskFailed
+from persd.engine.collect.steps import Attempt, Steps
 from persd.engine.evaluation import sampling
 from persd.engine.evaluation.journal import EvalJournal, Key
 from persd.engine.extract import extract_program
 from persd.engine.tasks import Task
-from persd.engine.timelimits import TimeLimits
-from persd.runtime.errors import PersdError
 
-
-class EvalFailure(PersdError):
-    """A backend failed for good (not one request's fault): stop; rerun to resume."""
+EvalFailure = BackendFailure  # the name eval's callers know: a backend failed for good; rerun to resume
 
 
 @dataclass
@@ -56,17 +57,15 @@ class EvalStats:
 
 
 class Evaluator:
-    def __init__(self, cfg, tasks: list[Task], student, sandbox, journal: EvalJournal,
+    def __init__(self, cfg, tasks: list[Task], journal: EvalJournal,
                  gens: dict[Key, dict] | None = None, results: dict[Key, dict] | None = None):
         self.cfg = cfg
         self.tasks = tasks
-        self.student = student
-        self.sandbox = sandbox
         self.journal = journal
         self.gens: dict[Key, dict] = gens if gens is not None else {}
         self.results: dict[Key, dict] = results if results is not None else {}
         self.steps = cfg.refine_steps
-        self.time_limits: TimeLimits | None = None  # set once the sandbox is open (runner.evaluate)
+        self.calls: Steps | None = None  # the student's and the sandbox's steps, once open (runner.evaluate)
         self.stats = EvalStats(samples_total=len(tasks) * cfg.n)
         self.stats.resumed = self.stats.samples_done = sum(
             1 for t in tasks for s in range(cfg.n) if (t.task_id, s, self.steps) in self.results)
@@ -153,25 +152,16 @@ class Evaluator:
 
     # ------------------------------------------------------------------ generation
 
-    async def _generate(self, request) -> tuple[list[str], list[str]] | str:
-        """(texts, finish reasons), or the reason one request was refused (recorded, not fatal)."""
-        from persd.runtime.student import StudentError
-
+    async def _generate(self, request) -> Attempt | str:
+        """The student's answer, or the reason it refused this one request (recorded, not fatal)."""
+        assert self.calls is not None
         self.stats.requests += 1
         try:
-            out = await self.student.generate(request)
-        except StudentError as exc:
-            return f"student: {exc}"
-        except asyncio.CancelledError:
-            raise
-        except PersdError as exc:
-            raise EvalFailure(f"student: {exc}") from exc
-        except Exception as exc:
-            raise EvalFailure(f"student failed: {type(exc).__name__}: {exc}") from exc
-        texts = list(out.texts)
-        reasons = list(getattr(out, "finish_reasons", None) or ["stop"] * len(texts))
-        self.stats.generated += len(texts)
-        return texts, reasons
+            attempt = await self.calls.attempt(request)
+        except TaskFailed as exc:
+            return f"student: {exc.message}"
+        self.stats.generated += len(attempt.texts)
+        return attempt
 
     def _keep_gen(self, task: Task, sample: int, step: int, entry: dict) -> None:
         entry = {"task_id": task.task_id, "sample": sample, "step": step, **entry}
@@ -186,10 +176,8 @@ class Evaluator:
             if isinstance(got, str):
                 self._keep_gen(task, s, 0, {"error": got})
             else:
-                texts, reasons = got
-                text = texts[i] if i < len(texts) else ""
-                reason = reasons[i] if i < len(reasons) else "stop"
-                self._keep_gen(task, s, 0, {"completion": text, "finish_reason": reason})
+                self._keep_gen(task, s, 0, {"completion": _nth(got.texts, i, ""),
+                                            "finish_reason": _nth(got.finish_reasons, i, "stop")})
 
     async def _generate_refine(self, task: Task, sample: int, step: int, prev: dict) -> None:
         code = prev.get("visible_code", prev["code"])  # paper style: the cleaned sample the reference shows
@@ -198,24 +186,14 @@ class Evaluator:
         if isinstance(got, str):
             self._keep_gen(task, sample, step, {"error": got})
         else:
-            texts, reasons = got
-            self._keep_gen(task, sample, step, {"completion": texts[0] if texts else "",
-                                                "finish_reason": reasons[0] if reasons else "stop"})
+            self._keep_gen(task, sample, step, {"completion": _nth(got.texts, 0, ""),
+                                                "finish_reason": _nth(got.finish_reasons, 0, "stop")})
 
     # ------------------------------------------------------------------ execution
 
     async def _run(self, task: Task, program: str):
-        try:
-            if self.time_limits is not None:
-                result = await self.time_limits.run(task, program)
-            else:
-                result = await self.sandbox.run(program, timeout=self.cfg.exec_timeout)
-        except asyncio.CancelledError:
-            raise
-        except PersdError as exc:
-            raise EvalFailure(f"sandbox: {exc}") from exc
-        except Exception as exc:
-            raise EvalFailure(f"sandbox failed: {type(exc).__name__}: {exc}") from exc
+        assert self.calls is not None
+        result = await self.calls.execute(task, program)
         self.stats.executions += 1
         return result
 
@@ -276,3 +254,8 @@ class Evaluator:
     def ordered_results(self) -> list[dict]:
         return [self.results[(t.task_id, s, step)] for t in self.tasks for s in range(self.cfg.n)
                 for step in range(self.steps + 1)]
+
+
+def _nth(items: list[str], i: int, default: str) -> str:
+    """Item i, or `default` where the backend gave fewer (a finish reason it did not report)."""
+    return items[i] if i < len(items) else default

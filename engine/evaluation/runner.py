@@ -5,12 +5,12 @@
 """
 from __future__ import annotations
 
-import contextlib
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from persd.engine.collect.backends import open_backends
+from persd.engine.collect.steps import Steps
 from persd.engine.evaluation.config import EvalConfig
 from persd.engine.evaluation.journal import EvalJournal
 from persd.engine.evaluation.pipeline import EvalFailure, Evaluator
@@ -18,7 +18,7 @@ from persd.engine.evaluation.progress import EvalProgress
 from persd.engine.evaluation.report import summarize
 from persd.engine.evaluation.selection import select_tasks, tasks_digest
 from persd.engine.rundirs.eval import EvalLayout
-from persd.engine.timelimits import TimeLimits, config_from, workers_per_core
+from persd.engine.timelimits import TimeLimits, config_from
 
 
 def student_config(cfg: EvalConfig):
@@ -28,21 +28,6 @@ def student_config(cfg: EvalConfig):
     from persd.engine.collect.backends import student_config as from_flags
 
     return dataclasses.replace(from_flags(cfg, cfg.seed), log_path=str(EvalLayout(cfg.out).vllm_log))
-
-
-@contextlib.asynccontextmanager
-async def open_backends(cfg: EvalConfig, student=None, sandbox=None):
-    """The sandbox first (its small workers fork before a model is loaded), then the student."""
-    from persd.runtime.sandbox import Sandbox
-    from persd.runtime.student import create_student
-
-    async with contextlib.AsyncExitStack() as stack:
-        if sandbox is None:
-            sandbox = await stack.enter_async_context(
-                Sandbox(replace(cfg.sandbox, per_core=workers_per_core(cfg.time_limits))))
-        if student is None:
-            student = await stack.enter_async_context(create_student(student_config(cfg)))
-        yield student, sandbox
 
 
 async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pipelined") -> dict[str, Any]:
@@ -59,19 +44,20 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
     fingerprint = dict(cfg.fingerprint(), tasks_count=len(tasks), tasks_sha256=tasks_digest(tasks))
     resuming = journal.check_settings(fingerprint, cfg.force)
     gens, results = journal.load() if resuming else ({}, {})
-    evaluator = Evaluator(cfg, tasks, student, sandbox, journal, gens, results)
+    evaluator = Evaluator(cfg, tasks, journal, gens, results)
     if evaluator.stats.resumed:
         print(f"persd eval: resuming: {evaluator.stats.resumed} of {evaluator.stats.samples_total} samples "
               f"already scored in {cfg.out}", file=sys.stderr)
     if evaluator.stats.samples_done < evaluator.stats.samples_total:
         journal.open()
         try:
-            async with open_backends(cfg, student, sandbox) as (evaluator.student, evaluator.sandbox):
+            async with open_backends(cfg, None, teacher=False, student=student, sandbox=sandbox,
+                                     student_cfg=student_config(cfg)) as backends:
                 # the settings are written once the run really starts: a start-up failure (a wrong
                 # model path, a bad flag) must not tie the directory to the settings it failed with
                 journal.save_settings(fingerprint)
-                evaluator.time_limits = TimeLimits(evaluator.sandbox, config_from(cfg),
-                                                   cache=journal.layout.time_limits)
+                time_limits = TimeLimits(backends.sandbox, config_from(cfg), cache=journal.layout.time_limits)
+                evaluator.calls = Steps(backends, time_limits=time_limits, exec_timeout=cfg.sandbox.timeout_s)
                 evaluator.stats.restart()  # the rate counts the work, not loading the model
                 async with EvalProgress(cfg.progress, evaluator.stats.snapshot, cfg.log_every):
                     await (evaluator.run_phased() if mode == "phased" else evaluator.run())

@@ -1,4 +1,5 @@
-"""`persd collect` in paper mode: one task's flow, the reference's way (generate_code_for_alpaca.py).
+"""`persd collect` in paper mode: the reference's prompts and checks (generate_code_for_alpaca.py)
+in collect's flow (engine/collect/flow.py), registered as the flow variant of `--protocol paper`.
 
 attempt (the reference's prompt, no stop strings) -> clean (`get_clean_completion`) -> test each
 test in its own sandbox run (checker.py) -> failed: the teacher's three-turn chat with the gold
@@ -7,118 +8,106 @@ same way -> records (formats.py). A task without tests first gets them the refer
 teacher proposes inputs (chatgpt_unittest_instruction.txt) and the reference solution's outputs
 become the expectations.
 
-Resources, journaling, resume and shard writing are the default flow's (engine/collect/flow.py);
-only what is sent, run and kept differs.
+Resources, journaling, resume and shard writing are collect's; only what is sent, run and kept differs.
 """
 from __future__ import annotations
 
-from persd.engine.collect.flow import TaskFlow
-from persd.engine.collect.records import Tally, TaskOutcome, result_line
+from persd.engine.collect.flow import FlowVariant, TaskRun, Turns, register
+from persd.engine.collect.layout import Record
+from persd.engine.collect.records import Refinement, Verdict
 from persd.engine.paper import checker, cleaning, formats, prompts
-from persd.engine.tasks import Task
-from persd.runtime.student.base import RequestRejected
+
+NO_FUNCTION = "no `def <name>(...):` line found for the task's function (the reference skips it)"
 
 
-class PaperTaskFlow(TaskFlow):
-    async def run(self, task: Task, prior_attempt: dict | None = None, on_attempt=None) -> TaskOutcome:
-        tally = Tally()
-        more: dict = {"protocol": "paper"}
+@register("paper")
+class PaperVariant(FlowVariant):
+    label = "paper"
+    keeps_unresolved = False
 
-        def error(reason: str) -> TaskOutcome:
-            return TaskOutcome(result_line(task, "error", "error", reason, tally, error=reason, **more))
-
+    async def prepare(self, run: TaskRun) -> str | None:
+        task = run.task
         tests = list(task.extra.get("io_tests") or [])
         if not tests:
             if prompts.task_prompt(task) is None:  # nothing to attempt: no teacher call either
-                return error("no `def <name>(...):` line found for the task's function (the reference skips it)")
-            tests, why = await self._paper_tests(task, tally)
-            more["generated_tests"] = tests
+                return NO_FUNCTION
+            tests, why = await self._paper_tests(run)
+            run.generated_tests = tests
             if not tests:
-                return error(why)
-        prompt = prompts.task_prompt(task, more.get("generated_tests"))
+                return why
+        prompt = prompts.task_prompt(task, run.generated_tests)
         if prompt is None:
-            return error("no `def <name>(...):` line found for the task's function (the reference skips it)")
-        try:
-            attempt = prior_attempt if prior_attempt is not None else await self._attempt(
-                task, on_attempt, self._request(task, prompt))
-        except RequestRejected as exc:
-            return error(f"student rejected the request: {exc}")
-        tally.student_tokens_out = int(attempt.get("completion_tokens", 0))
-        cleaned = [self._clean(prompt, text) for text in attempt["texts"]] or [prompt]
-        verdicts = [await checker.check_alpaca(self._runner(tally), code, tests, self.cfg.exec_timeout)
-                    for code in cleaned]
-        passing = [i for i, v in enumerate(verdicts) if v.passed]
-        chosen = passing[0] if passing else 0
-        code, verdict = cleaned[chosen], verdicts[chosen]
-        more.update(samples=len(cleaned), samples_passed=len(passing))
-        status = "passed" if verdict.passed else "failed"
-        if passing:
-            return TaskOutcome(result_line(task, "student_passed", status, "", tally, **more))
+            return NO_FUNCTION
+        run.tests, run.prompt = tests, prompt
+        return None
 
-        rectified, ran, turns, last = await self._refine_paper(task, prompt, code, verdict.error, tests, tally)
-        more.update(refine_turns=turns, refine_status="passed" if ran is not None else "failed",
-                    refine_feedback=last)
-        records: list[dict] = []
-        if ran is not None:
-            records += formats.refinement_records(task, self.formats, prompt, rectified, ran, code, verdict.error,
-                                                  self.meta, turns)
-        records += formats.gold_records(task, self.formats, prompt, ran is not None, self.meta, code, verdict.error)
-        records.sort(key=lambda r: formats.PAPER_FORMATS.index(r["format"]))
-        outcome = "refined" if ran is not None else "unresolved"
-        return TaskOutcome(result_line(task, outcome, status, verdict.error, tally, **more), records)
-
-    # ------------------------------------------------------------------ steps
-
-    def _request(self, task: Task, prompt: str):
+    def request(self, run: TaskRun):
         from persd.runtime.student import SamplingParams, StudentRequest
 
         params = SamplingParams(n=self.cfg.samples, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                 max_tokens=self.cfg.max_tokens, seed=self.cfg.seed)  # no stop strings
-        return StudentRequest(prompt=prompt, params=params, request_id=task.task_id)
+        return StudentRequest(prompt=run.prompt, params=params, request_id=run.task.task_id)
 
-    @staticmethod
-    def _clean(prompt: str, text: str) -> str:
+    def program(self, run: TaskRun, text: str | None) -> str:
         """The decoded text is prompt + continuation up to the end token; the cleaned code where it is
         not blank, else the whole text (generate_code_for_alpaca.py:454-457)."""
-        full = prompt + cleaning.strip_eos(text)
-        clean = cleaning.clean_completion(full, prompt)
+        if text is None:
+            return run.prompt
+        full = run.prompt + cleaning.strip_eos(text)
+        clean = cleaning.clean_completion(full, run.prompt)
         return clean if clean.strip() else full
 
-    def _runner(self, tally: Tally):
-        async def run(program: str, timeout: float):
-            return await self._in_sandbox(self.b.sandbox.run(program, timeout=timeout), tally)
+    async def check(self, run: TaskRun, program: str) -> Verdict:
+        verdict = await checker.check_alpaca(self._runner(run), program, run.tests or [], self.cfg.exec_timeout)
+        return Verdict("passed" if verdict.passed else "failed", verdict.error)
 
-        return run
+    def refine_messages(self, run: TaskRun, code: str, verdict: Verdict) -> list[dict]:
+        gold = prompts.gold(run.task)
+        context = gold if (self.cfg.teacher_context or "gold") == "gold" and gold else None
+        return prompts.teacher_messages(run.prompt, code, verdict.feedback, context)
 
-    def _teacher_context(self, task: Task) -> str | None:
-        gold = prompts.gold(task)
-        return gold if (self.cfg.teacher_context or "gold") == "gold" and gold else None
+    def parse_answer(self, run: TaskRun, text: str, code: str) -> str:
+        return cleaning.parse_teacher_output(text, code)[1]
 
-    async def _refine_paper(self, task: Task, prompt: str, code: str, error: str, tests: list[dict], tally: Tally):
-        """Teacher turns until one answer passes: (parsed answer, program that passed or None, turns, last error)."""
-        messages = prompts.teacher_messages(prompt, code, error, self._teacher_context(task))
-        last = error
-        for turn in range(1, self.cfg.refine_turns + 1):
-            resp = await self._teach(messages, tally)
-            text = resp.texts[0] if resp.texts else ""
-            _, rectified = cleaning.parse_teacher_output(text, code)
-            verdict = await checker.check_alpaca(self._runner(tally), rectified, tests, self.cfg.exec_timeout)
-            if verdict.passed:
-                return rectified, cleaning.truncate_code(rectified), turn, ""
-            last = verdict.error
-            follow = prompts.fill(prompts.teacher_turns()[1], [("<<TASK>>", prompts.split_prompt(prompt)[0]),
-                                                               ("<<HEADER>>", prompts.split_prompt(prompt)[1]),
-                                                               ("<<CODE>>", rectified), ("<<ERROR>>", last)])
-            messages = messages + [{"role": "assistant", "content": text}, {"role": "user", "content": follow}]
-        return None, None, self.cfg.refine_turns, last
+    def followup(self, run: TaskRun, answer: str, verdict: Verdict) -> dict:
+        task_text, header = prompts.split_prompt(run.prompt)
+        follow = prompts.fill(prompts.teacher_turns()[1], [("<<TASK>>", task_text), ("<<HEADER>>", header),
+                                                           ("<<CODE>>", answer), ("<<ERROR>>", verdict.feedback)])
+        return {"role": "user", "content": follow}
 
-    async def _paper_tests(self, task: Task, tally: Tally) -> tuple[list[dict], str]:
+    def direct_lesson(self, run: TaskRun, student_failed: bool) -> Turns | None:
+        return None  # inpd and stand are the dataset's gold (formats.gold_records), not the teacher's
+
+    async def records(self, run: TaskRun, code: str, verdict: Verdict, refinement: Refinement | None,
+                      direct: Refinement | None) -> list[Record]:
+        if refinement is None:  # the student passed: nothing to learn
+            return []
+        task, fmts, refined = run.task, self.cfg.formats, refinement.solution is not None
+        rows: list[dict] = []
+        if refined:
+            rows += formats.refinement_records(task, fmts, run.prompt, refinement.answer,
+                                               cleaning.truncate_code(refinement.answer), code, verdict.feedback,
+                                               self.meta, refinement.turns)
+        rows += formats.gold_records(task, fmts, run.prompt, refined, self.meta, code, verdict.feedback)
+        rows.sort(key=lambda r: formats.PAPER_FORMATS.index(r["format"]))
+        return [Record.from_json(r) for r in rows]
+
+    # ------------------------------------------------------------------ the reference's test generation
+
+    def _runner(self, run: TaskRun):
+        async def execute(program: str, timeout: float):
+            return await self.steps.run(program, timeout, run.tally)
+
+        return execute
+
+    async def _paper_tests(self, run: TaskRun) -> tuple[list[dict], str]:
+        task = run.task
         code = prompts.gold(task)
         if "def " not in code:
             return [], "task has no tests and no reference function to derive them from (the reference skips it)"
         entry = code.split("def ")[1].split("(")[0].strip()
-        resp = await self._teach(prompts.unittest_messages(prompts.raw(task, "instruction", task.instruction), code),
-                                 tally)
-        tests = await checker.expected_outputs(self._runner(tally), code, entry, resp.texts[0] if resp.texts else "",
+        resp = await self.steps.teach(prompts.unittest_messages(prompts.raw(task, "instruction", task.instruction),
+                                                                code), run.tally)
+        tests = await checker.expected_outputs(self._runner(run), code, entry, resp.texts[0] if resp.texts else "",
                                                self.cfg.exec_timeout)
         return tests, "" if tests else "none of the teacher's proposed inputs ran on the reference solution"

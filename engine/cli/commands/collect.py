@@ -1,6 +1,7 @@
 """`persd collect --tasks SRC --out DIR [options]`: the main job. Rerun the same command to resume."""
 from __future__ import annotations
 
+import persd.engine.paper.flow  # noqa: F401  (registers --protocol paper's flow variant)
 from persd.config import runtime_errors_named
 from persd.engine.aio import run_async
 from persd.engine.collect.config import check_student_model, parse_args

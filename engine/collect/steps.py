@@ -1,0 +1,171 @@
+"""The steps every task flow is made of, over the three typed resources (runtime.interfaces).
+
+    steps = Steps(backends, limits, time_limits, teacher_sampling)
+    attempt = await steps.attempt(request)                 # the student: Attempt
+    result = await steps.execute(task, program, tally)     # the sandbox, under the task's time limit
+    answer = await steps.teach(messages, tally)            # the teacher: ChatResponse
+    refinement = await steps.refine(lesson, turns, tally)  # teacher turns until one answer passes
+
+Collect's flows (engine/collect/flow.py, paper mode's engine/paper/flow.py) and eval's pipeline
+(engine/evaluation/pipeline.py) compose these. Each call runs under its resource's limiter (when
+the run has limiters) and under the one guard (engine/collect/guard.py), so a backend's failure is
+judged in one place: `TaskFailed` (this request only) or `BackendFailure` (stop the run).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from persd.engine.collect.guard import FailurePolicy, guard
+from persd.engine.collect.limiter import Limiter
+from persd.engine.collect.records import Refinement, Tally, Verdict
+from persd.engine.tasks import Task
+from persd.engine.timelimits import TimeLimits
+from persd.runtime.interfaces import Sandbox, Student, Teacher
+
+if TYPE_CHECKING:
+    from persd.engine.collect.config import CollectConfig
+    from persd.runtime.sandbox import ExecResult
+    from persd.runtime.student import StudentRequest
+    from persd.runtime.teacher import ChatResponse
+
+
+@dataclass
+class Backends:
+    """The three resources of a run, opened by persd.engine.collect.backends.open_backends (or fakes, in
+    tests and benchmarks). Eval opens no teacher."""
+
+    student: Student
+    sandbox: Sandbox
+    teacher: Teacher | None = None
+
+
+@dataclass
+class Limits:
+    """One concurrency limiter per resource (collect's progress shows their queues)."""
+
+    student: Limiter
+    sandbox: Limiter
+    teacher: Limiter
+
+    @classmethod
+    def from_config(cls, cfg: CollectConfig, sandbox_workers: int) -> "Limits":
+        return cls(
+            student=Limiter("student", cfg.student_concurrency),
+            sandbox=Limiter("sandbox", max(1, sandbox_workers)),
+            teacher=Limiter("teacher", cfg.teacher_max_in_flight),
+        )
+
+
+@dataclass(frozen=True)
+class TeacherSampling:
+    """How the teacher samples (None: the provider's default)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The student's answer to one request: `n` texts. Journaled as `to_journal()` (resume reuses it)."""
+
+    texts: list[str]
+    finish_reasons: list[str]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_journal(self) -> dict[str, Any]:
+        return {"texts": list(self.texts), "finish_reasons": list(self.finish_reasons),
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+    @classmethod
+    def from_journal(cls, entry: dict[str, Any]) -> "Attempt":
+        return cls(list(entry.get("texts") or []), list(entry.get("finish_reasons") or []),
+                   int(entry.get("prompt_tokens", 0) or 0), int(entry.get("completion_tokens", 0) or 0))
+
+
+class Lesson(Protocol):
+    """What one refinement sends and checks (a flow variant's prompts and checker)."""
+
+    def messages(self) -> list[dict]: ...
+
+    def parse(self, text: str) -> str:
+        """The program (or answer) a teacher's text stands for."""
+
+    async def check(self, answer: str) -> Verdict: ...
+
+    def followup(self, answer: str, verdict: Verdict) -> dict:
+        """The next user turn after a failing answer."""
+
+
+class Steps:
+    def __init__(self, backends: Backends, limits: Limits | None = None, time_limits: TimeLimits | None = None,
+                 teacher_sampling: TeacherSampling = TeacherSampling(), exec_timeout: float | None = None,
+                 failures: FailurePolicy | None = None):
+        self.b = backends
+        self.failures = failures  # counts the student's and the teacher's failed requests (guard.FailurePolicy)
+        self.limits = limits
+        self.time_limits = time_limits
+        self.teacher_sampling = teacher_sampling
+        self.exec_timeout = exec_timeout  # without time limits: each program's wall-clock limit
+
+    def _timed(self, name: str):
+        return getattr(self.limits, name).timed() if self.limits is not None else contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ attempt
+
+    async def attempt(self, request: StudentRequest, task_id: str | None = None) -> Attempt:
+        """One student request. Raises TaskFailed for a request the student can never serve."""
+        async with self._timed("student"), guard("student", task_id, failures=self.failures):
+            out = await self.b.student.generate(request)
+        return Attempt(list(out.texts), list(getattr(out, "finish_reasons", []) or []),
+                       int(getattr(out, "prompt_tokens", 0) or 0), int(getattr(out, "completion_tokens", 0) or 0))
+
+    # ------------------------------------------------------------------ execute
+
+    async def execute(self, task: Task, program: str, tally: Tally | None = None) -> ExecResult:
+        """A whole program of `task`'s in the sandbox, under the task's time limit."""
+        if self.time_limits is not None:
+            return await self._in_sandbox(self.time_limits.run(task, program), tally)
+        return await self._in_sandbox(self.b.sandbox.run(program, timeout=self.exec_timeout), tally)
+
+    async def run(self, program: str, timeout: float, tally: Tally | None = None) -> ExecResult:
+        """A program under a wall-clock limit of its own (paper mode's checker)."""
+        return await self._in_sandbox(self.b.sandbox.run(program, timeout=timeout), tally)
+
+    async def _in_sandbox(self, execution, tally: Tally | None):
+        async with self._timed("sandbox"), guard("sandbox"):
+            result = await execution
+        if tally is not None:
+            tally.executions += 1
+        return result
+
+    # ------------------------------------------------------------------ teach, refine
+
+    async def teach(self, messages: list[dict], tally: Tally) -> ChatResponse:
+        from persd.runtime.teacher import ChatRequest  # the teacher's request type (no network code here)
+
+        s = self.teacher_sampling
+        req = ChatRequest(messages=messages, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                          n=1, sample_index=0)
+        assert self.b.teacher is not None, "this run has no teacher"
+        async with self._timed("teacher"), guard("teacher", journal="the teacher journal", failures=self.failures):
+            resp = await self.b.teacher.chat(req)
+        tally.add_teacher(resp)
+        return resp
+
+    async def refine(self, lesson: Lesson, turns: int, tally: Tally) -> Refinement:
+        """Up to `turns` teacher turns, each answer checked; stops at the first that passes."""
+        messages = lesson.messages()
+        last, answer = None, ""
+        for turn in range(1, turns + 1):
+            resp = await self.teach(messages, tally)
+            text = resp.texts[0] if resp.texts else ""
+            answer = lesson.parse(text)
+            last = await lesson.check(answer)
+            if last.passed:
+                return Refinement(turn, last, answer)
+            messages = messages + [{"role": "assistant", "content": text}, lesson.followup(answer, last)]
+        return Refinement(turns, last, answer)
