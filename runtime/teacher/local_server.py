@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+from persd.runtime.teacher.local_batch import BatchAPI, BatchPlan
 from persd.runtime.teacher.tokens import TokenEstimator, heuristic_tokens
 
 Responder = Callable[[dict], "str | list[str] | Awaitable[str | list[str]]"]
@@ -176,7 +177,8 @@ class LocalOpenAIServer:
                  max_concurrent: int | None = None, overload_statuses: Sequence[int] = (429, 503),
                  overload_retry_after_s: float | None = 0.05, reply_per_choice: bool = False,
                  truncate: bool = True, barrier: int | None = None, barrier_timeout_s: float = 30.0,
-                 record: bool = True, count_faults: bool = True, host: str = "127.0.0.1", port: int = 0):
+                 record: bool = True, count_faults: bool = True, batch: BatchPlan | None = None,
+                 host: str = "127.0.0.1", port: int = 0):
         if tpm_counts not in ("usage", "max_tokens"):
             raise ValueError("tpm_counts must be 'usage' or 'max_tokens'")
         self.responder = responder or default_responder
@@ -186,6 +188,8 @@ class LocalOpenAIServer:
         # injected 429s and error statuses are admitted (counted in the window) before they are
         # answered, as a provider counts failed requests; False: decided first, never counted
         self.count_faults = count_faults
+        # the Batch API (files, batches), answered by the same responder; None: the server has none
+        self.batch = BatchAPI(self._batch_answer, batch) if batch is not None else None
         self.latency_s = latency_s
         self.api_key = api_key
         self.models = list(models) if models else None
@@ -220,6 +224,8 @@ class LocalOpenAIServer:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        if self.batch is not None:
+            self.batch.mount(app)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
@@ -229,6 +235,8 @@ class LocalOpenAIServer:
         return self.base_url
 
     async def stop(self) -> None:
+        if self.batch is not None:
+            await self.batch.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -420,6 +428,20 @@ class LocalOpenAIServer:
             return response
         arrival.done = time.monotonic()
         return web.Response(body=data, content_type="application/json", headers=headers)
+
+    async def _batch_answer(self, body: dict) -> dict:
+        """One batch line's chat completion body (no limits or faults: the batch plan has its own)."""
+        text = self.responder(body)
+        if inspect.isawaitable(text):
+            text = await text
+        text = text if isinstance(text, str) else str(text)
+        prompt_tokens = self._prompt_tokens(body, True)
+        completion_tokens = self.count_tokens(text)
+        return {"id": f"cmpl-b{len(self.log)}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model") or "local",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
 
     def _prompt_tokens(self, body: dict, chat: bool) -> int:
         if chat:
