@@ -6,7 +6,7 @@
 unique `custom_id`, `method` POST, `url` equal to the batch's endpoint, a `body`; a bad line fails
 the batch with the line named), then answered `BatchPlan.delay_s` later: each line through the
 server's responder, written to an output file (`custom_id`, `response.status_code`, `response.body`)
-or, for the lines the plan fails, to an error file. `expire_after` lines answered, the rest are left
+or, for the lines the plan fails (the first time), to an error file. `expire_after` lines answered, the rest are left
 and the batch is `expired`. Everything is counted (`lines_received`: custom_id -> times submitted),
 so tests can check that a client never submitted a line twice.
 """
@@ -24,7 +24,8 @@ from aiohttp import web
 @dataclass
 class BatchPlan:
     """What the Batch API does: `delay_s` before a batch completes; `fail_lines` custom_ids answered
-    with an error line; `expire_after` lines answered before a batch expires (None: never)."""
+    with an error line the first time they are submitted (a transient line error); `expire_after`
+    lines answered before a batch expires (None: never)."""
 
     delay_s: float = 0.0
     fail_lines: frozenset[str] = frozenset()
@@ -128,7 +129,7 @@ class BatchAPI:
             if self.plan.expire_after is not None and i >= self.plan.expire_after:
                 break
             cid = line["custom_id"]
-            if cid in self.plan.fail_lines:
+            if cid in self.plan.fail_lines and self.lines_received[cid] == 1:
                 batch.counts["failed"] += 1
                 err.append({"id": f"req_{cid}", "custom_id": cid, "response": {
                     "status_code": 500, "body": {"error": {"message": "injected line error", "type": "server_error"}}},

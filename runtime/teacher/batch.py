@@ -1,0 +1,245 @@
+"""BatchTeacher: the teacher's `chat(request)` through an OpenAI-compatible Batch API (issue 23, core).
+
+The same coroutine as `TeacherClient.chat`, so the engine does not change: each call enqueues its
+request (`custom_id` = the request's journal key, the body exactly as sync mode sends it) and waits.
+A collector closes a file at `max_requests` lines or `flush_s` after its first line, uploads it
+(purpose `batch`), creates the batch (24 h window) and polls it with back-off; answers are journaled
+(the same journal as sync mode, so a rerun answers them from it) and handed to their callers. A line
+that errored, or that a batch left unanswered when it expired or was cancelled, is enqueued again
+(at most `max_line_tries` times); a batch that failed validation fails its callers with the
+provider's message and the line it names.
+
+State file (`state_path`, JSON lines, fsync'd): `{"batch": id, "keys": [...]}` once a batch is
+created. On start, batches without a `{"done": id}` line are polled again (re-attached), so a rerun
+after kill -9 sends nothing already submitted. Not yet done (see issue 23): the CLI option, cost at
+batch prices and `--max-cost` reservations, enqueued-token limits, status/report views.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import aiohttp
+import orjson
+from persd.runtime.errors import ConfigError
+from persd.runtime.teacher.config import TeacherConfig
+from persd.runtime.teacher.errors import TeacherError
+from persd.runtime.teacher.journal import Journal
+from persd.runtime.teacher.pricing import PriceTable
+from persd.runtime.teacher.types import ChatRequest, ChatResponse
+
+ENDPOINT = "/v1/chat/completions"
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+class BatchTeacher:
+    def __init__(self, config: TeacherConfig, state_path: Path, *, max_requests: int = 50_000,
+                 flush_s: float = 5.0, poll_s: float = 0.05, max_poll_s: float = 30.0, max_line_tries: int = 3):
+        config.validate()
+        self.config, self.state_path = config, Path(state_path)
+        self.max_requests, self.flush_s = min(max_requests, 50_000), flush_s
+        self.poll_s, self.max_poll_s, self.max_line_tries = poll_s, max_poll_s, max_line_tries
+        self.prices = PriceTable(config.prices)
+        self.journal = Journal(config.journal_path) if config.journal_path else None
+        key = config.api_key()
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._base = config.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._bodies: dict[str, dict] = {}
+        self._tries: dict[str, int] = {}
+        self._queue: list[str] = []
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._collector: asyncio.Task | None = None
+        self._attached: dict[str, list[str]] = {}
+        self.submitted: list[str] = []  # batch ids created by this process
+
+    async def __aenter__(self) -> "BatchTeacher":
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.open)
+        self._session = aiohttp.ClientSession(headers=self._headers)
+        async with self._session.post(self._base + "/files") as resp:  # a Batch API answers 400, else 404
+            if resp.status == 404:
+                await self.__aexit__()
+                raise ConfigError("teacher_mode", section="teacher",
+                                  message=f"the teacher at {self.config.base_url} has no Batch API "
+                                          f"(404 on /files): use --teacher-mode sync")
+        self._load_state()
+        for batch_id, keys in self._attached.items():
+            self._spawn(self._follow(batch_id, keys))
+        self._collector = asyncio.get_running_loop().create_task(self._collect())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for task in [self._collector, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._collector, *self._tasks] if t is not None), return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        if self.journal is not None:
+            await self.journal.close()
+
+    # -- the call --------------------------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> ChatResponse:
+        model = request.model or self.config.model
+        key = request.key(model)
+        if self.journal is not None and (record := self.journal.get(key)) is not None:
+            return ChatResponse.from_record(key, record, cached=True)
+        if key not in self._waiting:
+            self._waiting[key] = asyncio.get_running_loop().create_future()
+            self._bodies[key] = request.payload(model)
+            if not any(key in keys for keys in self._attached.values()):
+                self._enqueue(key)
+        return await asyncio.shield(self._waiting[key])
+
+    def _enqueue(self, key: str) -> None:
+        if key in self._queue:
+            return
+        self._queue.append(key)
+        self._wake.set()
+
+    # -- collecting and submitting ----------------------------------------------------------------
+
+    async def _collect(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if len(self._queue) < self.max_requests:
+                try:
+                    await asyncio.wait_for(self._full(), self.flush_s)
+                except asyncio.TimeoutError:
+                    pass
+            while self._queue:
+                keys, self._queue = self._queue[: self.max_requests], self._queue[self.max_requests:]
+                await self._submit(keys)
+
+    async def _full(self) -> None:
+        while len(self._queue) < self.max_requests:
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _submit(self, keys: list[str]) -> None:
+        data = b"".join(orjson.dumps({"custom_id": k, "method": "POST", "url": ENDPOINT, "body": self._bodies[k]})
+                        + b"\n" for k in keys)
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", data, filename="persd-batch.jsonl", content_type="application/jsonl")
+        file_id = (await self._call("POST", "/files", data=form))["id"]
+        batch = await self._call("POST", "/batches", json={"input_file_id": file_id, "endpoint": ENDPOINT,
+                                                           "completion_window": "24h"})
+        await asyncio.to_thread(self._record, {"batch": batch["id"], "keys": keys})
+        self.submitted.append(batch["id"])
+        self._spawn(self._follow(batch["id"], keys))
+
+    async def _follow(self, batch_id: str, keys: list[str]) -> None:
+        delay = self.poll_s
+        while True:
+            batch = await self._call("GET", f"/batches/{batch_id}")
+            if batch["status"] in TERMINAL:
+                break
+            await asyncio.sleep(delay)
+            delay = min(self.max_poll_s, delay * 1.5)
+        if batch["status"] == "failed":
+            said = (batch.get("errors") or {}).get("data") or [{}]
+            error = TeacherError(f"the teacher's Batch API refused batch {batch_id}: {said[0].get('message')} "
+                                 f"(line {said[0].get('line')}, {said[0].get('code')})")
+            for key in keys:
+                self._fail(key, error)
+        else:
+            seen = await self._read(batch.get("output_file_id"), ok=True)
+            seen |= await self._read(batch.get("error_file_id"), ok=False)
+            for key in keys:
+                if key not in seen and key in self._waiting and not self._waiting[key].done():
+                    self._retry(key, f"batch {batch_id} ended '{batch['status']}' without it")
+        await asyncio.to_thread(self._record, {"done": batch_id})
+        self._attached.pop(batch_id, None)
+
+    async def _read(self, file_id: str | None, ok: bool) -> set[str]:
+        """Answer (output file) or retry (error file) each line; returns the custom_ids read."""
+        if not file_id:
+            return set()
+        raw = await self._call("GET", f"/files/{file_id}/content", raw=True)
+        done: set[str] = set()
+        for line in raw.splitlines():
+            item = orjson.loads(line)
+            key, response = item["custom_id"], item.get("response") or {}
+            if ok and response.get("status_code") == 200:
+                await self._answer(key, response["body"])
+            elif key in self._waiting:
+                self._retry(key, f"line error {response.get('status_code')}")
+            done.add(key)
+        return done
+
+    async def _answer(self, key: str, body: dict) -> None:
+        choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
+        usage = body.get("usage") or {}
+        model = str(body.get("model") or self.config.model)
+        prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        cost = self.prices.cost(model, prompt, completion) if self.prices.lookup(model) else 0.0
+        answer = ChatResponse(texts=[str(c["message"].get("content") or "") for c in choices],
+                              finish_reasons=[str(c.get("finish_reason") or "unknown") for c in choices],
+                              prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost, model=model, key=key)
+        if self.journal is not None:
+            await self.journal.append(key, answer.to_record())
+        future = self._waiting.get(key)
+        if future is not None and not future.done():
+            future.set_result(answer)
+
+    def _retry(self, key: str, why: str) -> None:
+        self._tries[key] = self._tries.get(key, 0) + 1
+        if self._tries[key] >= self.max_line_tries:
+            self._fail(key, TeacherError(f"the teacher's Batch API did not answer a request after "
+                                         f"{self._tries[key]} batches: {why}"))
+        elif key in self._bodies:
+            self._enqueue(key)
+
+    def _fail(self, key: str, error: Exception) -> None:
+        future = self._waiting.get(key)
+        if future is not None and not future.done():
+            future.set_exception(error)
+            future.add_done_callback(lambda f: f.exception())
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, raw: bool = False, **kw):
+        assert self._session is not None
+        async with self._session.request(method, self._base + path, **kw) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise TeacherError(f"the teacher's Batch API answered HTTP {resp.status} to {method} {path}: "
+                                   f"{body[:500].decode('utf-8', 'replace')}", status=resp.status)
+        return body if raw else orjson.loads(body)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _load_state(self) -> None:
+        if not self.state_path.exists():
+            return
+        done: set[str] = set()
+        for line in self.state_path.read_bytes().splitlines():
+            try:
+                item = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a torn last line: that batch was never recorded as created
+            if "batch" in item:
+                self._attached[item["batch"]] = list(item["keys"])
+            elif "done" in item:
+                done.add(item["done"])
+        for batch_id in done:
+            self._attached.pop(batch_id, None)
+
+    def _record(self, item: dict) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, orjson.dumps(item) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,66 @@
+"""BatchTeacher (issue 23, core) against the local server's Batch API, over real HTTP."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from persd.runtime.errors import ConfigError
+from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
+from persd.runtime.teacher.batch import BatchTeacher
+from persd.runtime.teacher.local_batch import BatchPlan
+from persd.runtime.teacher.local_server import LocalOpenAIServer
+
+
+def ask(i: int) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": f"q{i}"}], max_tokens=50)
+
+
+def cfg(server, tmp_path, name: str) -> TeacherConfig:
+    return TeacherConfig(base_url=server.base_url, model="local", journal_path=tmp_path / f"{name}.jsonl")
+
+
+async def test_batch_answers_equal_sync_ones_and_each_line_is_sent_once(tmp_path):
+    async with LocalOpenAIServer(batch=BatchPlan(delay_s=0.05)) as server:
+        async with TeacherClient(cfg(server, tmp_path, "sync")) as sync:
+            expected = [a.to_record() for a in await asyncio.gather(*(sync.chat(ask(i)) for i in range(6)))]
+        async with BatchTeacher(cfg(server, tmp_path, "batch"), tmp_path / "state.jsonl", flush_s=0.05) as teacher:
+            got = [a.to_record() for a in await asyncio.gather(*(teacher.chat(ask(i)) for i in range(6)))]
+            batches = list(teacher.submitted)
+    assert got == expected
+    assert len(batches) == 1 and all(n == 1 for n in server.batch.lines_received.values())
+
+
+async def test_errored_and_expired_lines_go_into_a_later_batch(tmp_path):
+    key2 = ask(2).key("local")
+    async with LocalOpenAIServer(batch=BatchPlan(fail_lines=frozenset({key2}), expire_after=4)) as server:
+        async with BatchTeacher(cfg(server, tmp_path, "b"), tmp_path / "state.jsonl", flush_s=0.05,
+                                max_line_tries=3) as teacher:
+            answers = await asyncio.gather(*(teacher.chat(ask(i)) for i in range(6)))
+    assert [a.text for a in answers] == [f"echo: q{i}" for i in range(6)]
+    assert server.batch.lines_received[key2] == 2  # retried once after its error
+    assert server.batch.lines_received[ask(5).key("local")] == 2  # left by the expiry, resubmitted once
+    assert server.batch.lines_received[ask(0).key("local")] == 1  # finished before the expiry: kept
+
+
+async def test_a_rerun_reattaches_to_its_batch_and_sends_nothing_again(tmp_path):
+    async with LocalOpenAIServer(batch=BatchPlan(delay_s=0.5)) as server:
+        first = BatchTeacher(cfg(server, tmp_path, "j"), tmp_path / "state.jsonl", flush_s=0.01)
+        await first.__aenter__()
+        calls = [asyncio.ensure_future(first.chat(ask(i))) for i in range(3)]
+        while not first.submitted:
+            await asyncio.sleep(0.01)
+        await first.__aexit__()  # stopped with the batch in flight (as after kill -9: state is on disk)
+        for c in calls:
+            c.cancel()
+        async with BatchTeacher(cfg(server, tmp_path, "j"), tmp_path / "state.jsonl", flush_s=0.01) as again:
+            answers = await asyncio.gather(*(again.chat(ask(i)) for i in range(3)))
+            assert again.submitted == []
+    assert [a.text for a in answers] == ["echo: q0", "echo: q1", "echo: q2"]
+    assert list(server.batch.lines_received.values()) == [1, 1, 1] and len(server.batch.batches) == 1
+
+
+async def test_a_server_without_a_batch_api_is_one_sentence(tmp_path):
+    async with LocalOpenAIServer() as server:
+        with pytest.raises(ConfigError, match="has no Batch API"):
+            async with BatchTeacher(cfg(server, tmp_path, "n"), tmp_path / "state.jsonl"):
+                pass
