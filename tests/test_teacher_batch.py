@@ -64,3 +64,46 @@ async def test_a_server_without_a_batch_api_is_one_sentence(tmp_path):
         with pytest.raises(ConfigError, match="has no Batch API"):
             async with BatchTeacher(cfg(server, tmp_path, "n"), tmp_path / "state.jsonl"):
                 pass
+
+
+async def test_a_crash_between_upload_and_the_recorded_batch_reattaches_through_the_list(tmp_path):
+    # The file was uploaded and recorded, the provider created the batch, then the process died
+    # before it wrote the batch id: the rerun finds the batch by its input file, creates none.
+    import aiohttp
+    import orjson
+    from persd.runtime.teacher.batch import ENDPOINT
+
+    async with LocalOpenAIServer(batch=BatchPlan(delay_s=0.05)) as server:
+        config = cfg(server, tmp_path, "c")
+        keys = [ask(i).key("local") for i in range(2)]
+        data = b"".join(orjson.dumps({"custom_id": k, "method": "POST", "url": ENDPOINT,
+                                      "body": ask(i).payload("local")}) + b"\n" for i, k in enumerate(keys))
+        async with aiohttp.ClientSession() as session:
+            form = aiohttp.FormData()
+            form.add_field("purpose", "batch")
+            form.add_field("file", data, filename="in.jsonl")
+            async with session.post(server.base_url + "/files", data=form) as resp:
+                file_id = (await resp.json())["id"]
+            async with session.post(server.base_url + "/batches", json={
+                    "input_file_id": file_id, "endpoint": ENDPOINT, "completion_window": "24h"}) as resp:
+                assert resp.status == 200
+        (tmp_path / "state.jsonl").write_bytes(orjson.dumps({"file": file_id, "keys": keys}) + b"\n")
+        async with BatchTeacher(config, tmp_path / "state.jsonl", flush_s=0.01) as again:
+            answers = await asyncio.gather(*(again.chat(ask(i)) for i in range(2)))
+    assert [a.text for a in answers] == ["echo: q0", "echo: q1"]
+    assert len(server.batch.batches) == 1 and list(server.batch.lines_received.values()) == [1, 1]
+
+
+async def test_batch_answers_cost_half_the_table_and_a_cancelled_batch_is_resubmitted(tmp_path, caplog):
+    async with LocalOpenAIServer(batch=BatchPlan(delay_s=0.3)) as server:
+        config = TeacherConfig(base_url=server.base_url, model="m", prices={"m": (1.0, 2.0)})
+        async with TeacherClient(config) as sync:
+            full = await sync.chat(ask(0))
+        async with BatchTeacher(config, tmp_path / "state.jsonl", flush_s=0.01) as teacher:
+            pending = asyncio.ensure_future(teacher.chat(ask(0)))
+            while not teacher.submitted:
+                await asyncio.sleep(0.01)
+            server.batch.batches[teacher.submitted[0]].status = "cancelled"  # as if cancelled outside persd
+            half = await pending
+    assert half.cost_usd == pytest.approx(full.cost_usd * 0.5) and half.text == full.text
+    assert len(server.batch.batches) == 2 and "cancelled outside persd" in caplog.text

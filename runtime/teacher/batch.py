@@ -9,14 +9,18 @@ that errored, or that a batch left unanswered when it expired or was cancelled, 
 (at most `max_line_tries` times); a batch that failed validation fails its callers with the
 provider's message and the line it names.
 
-State file (`state_path`, JSON lines, fsync'd): `{"batch": id, "keys": [...]}` once a batch is
-created. On start, batches without a `{"done": id}` line are polled again (re-attached), so a rerun
-after kill -9 sends nothing already submitted. Not yet done (see issue 23): the CLI option, cost at
-batch prices and `--max-cost` reservations, enqueued-token limits, status/report views.
+State file (`state_path`, JSON lines, fsync'd): `{"file": id, "keys": [...]}` once a file is uploaded
+(before its batch is created), `{"batch": id, "file": id}` once the batch is. On start, batches
+without a `{"done": id}` line are polled again (re-attached), so a rerun after kill -9 sends
+nothing already submitted; an uploaded file whose batch id was not recorded is
+looked up in the provider's list of batches (by input file) before a batch is created for it.
+Costs are the price table's times `price_factor` (0.5). Not yet done (see issue 23): the CLI
+option, `--max-cost` reservations, enqueued-token limits, status/report views.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -29,18 +33,21 @@ from persd.runtime.teacher.journal import Journal
 from persd.runtime.teacher.pricing import PriceTable
 from persd.runtime.teacher.types import ChatRequest, ChatResponse
 
+log = logging.getLogger(__name__)
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 class BatchTeacher:
     def __init__(self, config: TeacherConfig, state_path: Path, *, max_requests: int = 50_000,
-                 flush_s: float = 5.0, poll_s: float = 0.05, max_poll_s: float = 30.0, max_line_tries: int = 3):
+                 flush_s: float = 5.0, poll_s: float = 0.05, max_poll_s: float = 30.0, max_line_tries: int = 3,
+                 price_factor: float = 0.5):
         config.validate()
         self.config, self.state_path = config, Path(state_path)
         self.max_requests, self.flush_s = min(max_requests, 50_000), flush_s
         self.poll_s, self.max_poll_s, self.max_line_tries = poll_s, max_poll_s, max_line_tries
         self.prices = PriceTable(config.prices)
+        self.price_factor = price_factor  # batch prices: half the table's by default (OpenAI's discount)
         self.journal = Journal(config.journal_path) if config.journal_path else None
         key = config.api_key()
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -55,6 +62,7 @@ class BatchTeacher:
         self._collector: asyncio.Task | None = None
         self._attached: dict[str, list[str]] = {}
         self.submitted: list[str] = []  # batch ids created by this process
+        self._cancelling: set[str] = set()  # (persd never cancels a batch yet: any cancel came from outside)
 
     async def __aenter__(self) -> "BatchTeacher":
         if self.journal is not None:
@@ -66,9 +74,14 @@ class BatchTeacher:
                 raise ConfigError("teacher_mode", section="teacher",
                                   message=f"the teacher at {self.config.base_url} has no Batch API "
                                           f"(404 on /files): use --teacher-mode sync")
-        self._load_state()
+        orphans = self._load_state()
         for batch_id, keys in self._attached.items():
             self._spawn(self._follow(batch_id, keys))
+        if orphans:
+            self._attached.update({f"file:{f}": keys for f, keys in orphans.items()})  # held until resumed
+            await self._resume(orphans)
+            for f in orphans:
+                self._attached.pop(f"file:{f}", None)
         self._collector = asyncio.get_running_loop().create_task(self._collect())
         return self
 
@@ -129,11 +142,29 @@ class BatchTeacher:
         form.add_field("purpose", "batch")
         form.add_field("file", data, filename="persd-batch.jsonl", content_type="application/jsonl")
         file_id = (await self._call("POST", "/files", data=form))["id"]
+        await asyncio.to_thread(self._record, {"file": file_id, "keys": keys})  # before the batch exists
+        await self._create(file_id, keys)
+
+    async def _create(self, file_id: str, keys: list[str]) -> None:
         batch = await self._call("POST", "/batches", json={"input_file_id": file_id, "endpoint": ENDPOINT,
                                                            "completion_window": "24h"})
-        await asyncio.to_thread(self._record, {"batch": batch["id"], "keys": keys})
+        await asyncio.to_thread(self._record, {"batch": batch["id"], "file": file_id})
         self.submitted.append(batch["id"])
+        self._attached[batch["id"]] = keys
         self._spawn(self._follow(batch["id"], keys))
+
+    async def _resume(self, files: dict[str, list[str]]) -> None:
+        """Files uploaded before a crash whose batch was not recorded: the provider's list of batches
+        says whether it was created (re-attach) or not (create it now, from the same file)."""
+        listed = (await self._call("GET", "/batches?limit=100")).get("data") or []
+        made = {b.get("input_file_id"): b["id"] for b in listed}
+        for file_id, keys in files.items():
+            if file_id in made:
+                await asyncio.to_thread(self._record, {"batch": made[file_id], "file": file_id})
+                self._attached[made[file_id]] = keys
+                self._spawn(self._follow(made[file_id], keys))
+            else:
+                await self._create(file_id, keys)
 
     async def _follow(self, batch_id: str, keys: list[str]) -> None:
         delay = self.poll_s
@@ -150,6 +181,8 @@ class BatchTeacher:
             for key in keys:
                 self._fail(key, error)
         else:
+            if batch["status"] == "cancelled" and batch_id not in self._cancelling:
+                log.warning("batch %s was cancelled outside persd: its unanswered requests are resubmitted", batch_id)
             seen = await self._read(batch.get("output_file_id"), ok=True)
             seen |= await self._read(batch.get("error_file_id"), ok=False)
             for key in keys:
@@ -179,7 +212,7 @@ class BatchTeacher:
         usage = body.get("usage") or {}
         model = str(body.get("model") or self.config.model)
         prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        cost = self.prices.cost(model, prompt, completion) if self.prices.lookup(model) else 0.0
+        cost = self.prices.cost(model, prompt, completion) * self.price_factor if self.prices.lookup(model) else 0.0
         answer = ChatResponse(texts=[str(c["message"].get("content") or "") for c in choices],
                               finish_reasons=[str(c.get("finish_reason") or "unknown") for c in choices],
                               prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost, model=model, key=key)
@@ -219,9 +252,11 @@ class BatchTeacher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _load_state(self) -> None:
+    def _load_state(self) -> dict[str, list[str]]:
+        """Batches to re-attach to (into `_attached`); returns uploaded files with no batch recorded."""
+        files: dict[str, list[str]] = {}
         if not self.state_path.exists():
-            return
+            return files
         done: set[str] = set()
         for line in self.state_path.read_bytes().splitlines():
             try:
@@ -229,11 +264,14 @@ class BatchTeacher:
             except orjson.JSONDecodeError:
                 continue  # a torn last line: that batch was never recorded as created
             if "batch" in item:
-                self._attached[item["batch"]] = list(item["keys"])
+                self._attached[item["batch"]] = files.pop(item["file"], [])
+            elif "file" in item:
+                files[item["file"]] = list(item["keys"])
             elif "done" in item:
                 done.add(item["done"])
         for batch_id in done:
             self._attached.pop(batch_id, None)
+        return files
 
     def _record(self, item: dict) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)

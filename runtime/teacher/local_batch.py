@@ -1,7 +1,7 @@
 """The local server's Batch API (issue 23, first part): files and batches as OpenAI serves them.
 
 `POST /v1/files` (multipart: `purpose`, `file`), `GET /v1/files/{id}/content`, `POST /v1/batches`
-(`input_file_id`, `endpoint`, `completion_window`), `GET /v1/batches/{id}`,
+(`input_file_id`, `endpoint`, `completion_window`), `GET /v1/batches` (newest first), `GET /v1/batches/{id}`,
 `POST /v1/batches/{id}/cancel`. A batch is validated when created (every line a JSON object with a
 unique `custom_id`, `method` POST, `url` equal to the batch's endpoint, a `body`; a bad line fails
 the batch with the line named), then answered `BatchPlan.delay_s` later: each line through the
@@ -70,6 +70,7 @@ class BatchAPI:
         app.router.add_post("/v1/files", self._upload)
         app.router.add_get("/v1/files/{id}/content", self._content)
         app.router.add_post("/v1/batches", self._create)
+        app.router.add_get("/v1/batches", self._list)
         app.router.add_get("/v1/batches/{id}", self._get)
         app.router.add_post("/v1/batches/{id}/cancel", self._cancel)
 
@@ -145,6 +146,11 @@ class BatchAPI:
             batch.error_file_id = self._new_file(b"".join(orjson.dumps(e) + b"\n" for e in err))
         expired = self.plan.expire_after is not None and len(lines) > self.plan.expire_after
         batch.status = "expired" if expired else "completed"
+
+    async def _list(self, request: web.Request) -> web.Response:
+        newest = sorted(self.batches.values(), key=lambda b: int(b.id.split("_")[1]), reverse=True)
+        limit = int(request.query.get("limit", 20))
+        return _json({"object": "list", "data": [b.view() for b in newest[:limit]], "has_more": len(newest) > limit})
 
     async def _get(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["id"])
