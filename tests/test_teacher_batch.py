@@ -107,3 +107,39 @@ async def test_batch_answers_cost_half_the_table_and_a_cancelled_batch_is_resubm
             half = await pending
     assert half.cost_usd == pytest.approx(full.cost_usd * 0.5) and half.text == full.text
     assert len(server.batch.batches) == 2 and "cancelled outside persd" in caplog.text
+
+
+CHILD = """
+import asyncio, sys
+from pathlib import Path
+from persd.runtime.teacher import ChatRequest, TeacherConfig
+from persd.runtime.teacher.batch import BatchTeacher
+
+async def main(url, tmp):
+    config = TeacherConfig(base_url=url, model="local", journal_path=Path(tmp) / "k.jsonl")
+    async with BatchTeacher(config, Path(tmp) / "state.jsonl", flush_s=0.01) as teacher:
+        await asyncio.gather(*(teacher.chat(ChatRequest(messages=[{"role": "user", "content": f"q{i}"}],
+                                                        max_tokens=50)) for i in range(3)))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_kill_9_while_a_batch_is_in_flight_then_rerun_submits_nothing_twice(tmp_path):
+    # The child is killed as soon as its batch id is on disk (the batch takes 1 s at the server);
+    # the rerun re-attaches, reads the answers and submits nothing. (Whenever the kill lands, no
+    # line may reach the server twice: that is what is asserted, not a timing.)
+    import sys
+
+    async with LocalOpenAIServer(batch=BatchPlan(delay_s=1.0)) as server:
+        child = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, server.base_url, str(tmp_path))
+        state = tmp_path / "state.jsonl"
+        while not (state.exists() and b'"batch"' in state.read_bytes()):
+            await asyncio.sleep(0.02)
+        child.kill()
+        assert await child.wait() == -9
+        async with BatchTeacher(cfg(server, tmp_path, "k"), state, flush_s=0.01) as again:
+            answers = await asyncio.gather(*(again.chat(ask(i)) for i in range(3)))
+            assert again.submitted == []
+    assert [a.text for a in answers] == ["echo: q0", "echo: q1", "echo: q2"]
+    assert len(server.batch.batches) == 1 and list(server.batch.lines_received.values()) == [1, 1, 1]
