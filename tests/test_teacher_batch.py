@@ -143,3 +143,23 @@ async def test_kill_9_while_a_batch_is_in_flight_then_rerun_submits_nothing_twic
             assert again.submitted == []
     assert [a.text for a in answers] == ["echo: q0", "echo: q1", "echo: q2"]
     assert len(server.batch.batches) == 1 and list(server.batch.lines_received.values()) == [1, 1, 1]
+
+
+async def test_a_validation_failure_stops_with_the_providers_message_and_line(tmp_path):
+    from persd.runtime.teacher import TeacherError
+
+    async with LocalOpenAIServer(batch=BatchPlan(invalid_line=2)) as server:
+        async with BatchTeacher(cfg(server, tmp_path, "v"), tmp_path / "state.jsonl", flush_s=0.01) as teacher:
+            with pytest.raises(TeacherError, match=r"injected validation failure \(line 2, invalid_request\)"):
+                await asyncio.gather(*(teacher.chat(ask(i)) for i in range(3)))
+
+
+async def test_flush_closes_the_file_at_once(tmp_path):
+    async with LocalOpenAIServer(batch=BatchPlan()) as server:
+        async with BatchTeacher(cfg(server, tmp_path, "f"), tmp_path / "state.jsonl", flush_s=3600) as teacher:
+            pending = asyncio.gather(*(teacher.chat(ask(i)) for i in range(2)))
+            while len(teacher._queue) < 2:  # both callers enqueued
+                await asyncio.sleep(0)
+            teacher.flush()  # without it, the file would wait an hour
+            answers = await pending
+    assert [a.text for a in answers] == ["echo: q0", "echo: q1"]

@@ -58,6 +58,7 @@ class BatchTeacher:
         self._tries: dict[str, int] = {}
         self._queue: list[str] = []
         self._wake = asyncio.Event()
+        self._flush_now = False
         self._tasks: set[asyncio.Task] = set()
         self._collector: asyncio.Task | None = None
         self._attached: dict[str, list[str]] = {}
@@ -109,6 +110,11 @@ class BatchTeacher:
                 self._enqueue(key)
         return await asyncio.shield(self._waiting[key])
 
+    def flush(self) -> None:
+        """Close the current file now (the engine calls it when every unfinished task waits on the teacher)."""
+        self._flush_now = True
+        self._wake.set()
+
     def _enqueue(self, key: str) -> None:
         if key in self._queue:
             return
@@ -121,17 +127,18 @@ class BatchTeacher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if len(self._queue) < self.max_requests:
+            if len(self._queue) < self.max_requests and not self._flush_now:
                 try:
                     await asyncio.wait_for(self._full(), self.flush_s)
                 except asyncio.TimeoutError:
                     pass
+            self._flush_now = False
             while self._queue:
                 keys, self._queue = self._queue[: self.max_requests], self._queue[self.max_requests:]
                 await self._submit(keys)
 
     async def _full(self) -> None:
-        while len(self._queue) < self.max_requests:
+        while len(self._queue) < self.max_requests and not self._flush_now:
             self._wake.clear()
             await self._wake.wait()
 

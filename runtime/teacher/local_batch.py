@@ -30,6 +30,7 @@ class BatchPlan:
     delay_s: float = 0.0
     fail_lines: frozenset[str] = frozenset()
     expire_after: int | None = None
+    invalid_line: int | None = None  # every batch fails validation, naming this line
     enabled: bool = True
 
 
@@ -109,6 +110,9 @@ class BatchAPI:
                        body.get("completion_window", ""), int(time.time()))
         self.batches[batch.id] = batch
         lines, problem = _parse(self.files[file_id], batch.endpoint)
+        if problem is None and self.plan.invalid_line is not None:
+            problem = {"code": "invalid_request", "message": "injected validation failure", "param": "body",
+                       "line": self.plan.invalid_line}
         if problem is not None:
             batch.status, batch.errors = "failed", {"object": "list", "data": [problem]}
             return _json(batch.view())
