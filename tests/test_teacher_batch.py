@@ -163,3 +163,15 @@ async def test_flush_closes_the_file_at_once(tmp_path):
             teacher.flush()  # without it, the file would wait an hour
             answers = await pending
     assert [a.text for a in answers] == ["echo: q0", "echo: q1"]
+
+
+async def test_an_enqueued_token_limit_waits_and_retries_smaller(tmp_path):
+    async with LocalOpenAIServer(batch=BatchPlan(delay_s=0.05, max_enqueued=2)) as server:
+        async with BatchTeacher(cfg(server, tmp_path, "t"), tmp_path / "state.jsonl", flush_s=0.01,
+                                limit_wait_s=0.05) as teacher:
+            answers = await asyncio.gather(*(teacher.chat(ask(i)) for i in range(4)))
+    assert [a.text for a in answers] == [f"echo: q{i}" for i in range(4)]
+    refused = [b for b in server.batch.batches.values() if b.status == "failed"]
+    assert refused and refused[0].errors["data"][0]["code"] == "token_limit_exceeded"
+    assert all(b.counts["total"] <= 2 for b in server.batch.batches.values() if b.status == "completed")
+    assert list(server.batch.lines_received.values()) == [1, 1, 1, 1]  # each line answered once

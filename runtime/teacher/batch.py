@@ -14,8 +14,9 @@ State file (`state_path`, JSON lines, fsync'd): `{"file": id, "keys": [...]}` on
 without a `{"done": id}` line are polled again (re-attached), so a rerun after kill -9 sends
 nothing already submitted; an uploaded file whose batch id was not recorded is
 looked up in the provider's list of batches (by input file) before a batch is created for it.
-Costs are the price table's times `price_factor` (0.5). Not yet done (see issue 23): the CLI
-option, `--max-cost` reservations, enqueued-token limits, status/report views.
+A batch refused for too many enqueued tokens (`token_limit_exceeded`) is resubmitted after
+`limit_wait_s` in files half as large. Costs are the price table's times `price_factor` (0.5).
+Not yet done (see issue 23): the CLI option, `--max-cost` reservations, status/report views.
 """
 from __future__ import annotations
 
@@ -41,12 +42,13 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 class BatchTeacher:
     def __init__(self, config: TeacherConfig, state_path: Path, *, max_requests: int = 50_000,
                  flush_s: float = 5.0, poll_s: float = 0.05, max_poll_s: float = 30.0, max_line_tries: int = 3,
-                 price_factor: float = 0.5):
+                 price_factor: float = 0.5, limit_wait_s: float = 60.0):
         config.validate()
         self.config, self.state_path = config, Path(state_path)
         self.max_requests, self.flush_s = min(max_requests, 50_000), flush_s
         self.poll_s, self.max_poll_s, self.max_line_tries = poll_s, max_poll_s, max_line_tries
         self.prices = PriceTable(config.prices)
+        self.limit_wait_s = limit_wait_s
         self.price_factor = price_factor  # batch prices: half the table's by default (OpenAI's discount)
         self.journal = Journal(config.journal_path) if config.journal_path else None
         key = config.api_key()
@@ -59,6 +61,7 @@ class BatchTeacher:
         self._queue: list[str] = []
         self._wake = asyncio.Event()
         self._flush_now = False
+        self._cap = self.max_requests  # lowered when the provider says too much is enqueued
         self._tasks: set[asyncio.Task] = set()
         self._collector: asyncio.Task | None = None
         self._attached: dict[str, list[str]] = {}
@@ -127,18 +130,18 @@ class BatchTeacher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if len(self._queue) < self.max_requests and not self._flush_now:
+            if len(self._queue) < self._cap and not self._flush_now:
                 try:
                     await asyncio.wait_for(self._full(), self.flush_s)
                 except asyncio.TimeoutError:
                     pass
             self._flush_now = False
             while self._queue:
-                keys, self._queue = self._queue[: self.max_requests], self._queue[self.max_requests:]
+                keys, self._queue = self._queue[: self._cap], self._queue[self._cap:]
                 await self._submit(keys)
 
     async def _full(self) -> None:
-        while len(self._queue) < self.max_requests and not self._flush_now:
+        while len(self._queue) < self._cap and not self._flush_now:
             self._wake.clear()
             await self._wake.wait()
 
@@ -181,8 +184,18 @@ class BatchTeacher:
                 break
             await asyncio.sleep(delay)
             delay = min(self.max_poll_s, delay * 1.5)
+        said = (batch.get("errors") or {}).get("data") or [{}]
+        if batch["status"] == "failed" and said[0].get("code") == "token_limit_exceeded":
+            # too much enqueued for the model: wait, then resubmit in smaller files
+            self._cap = max(1, min(self._cap, len(keys)) // 2)
+            log.info("batch %s: %s; resubmitting in files of %d", batch_id, said[0].get("message"), self._cap)
+            await asyncio.to_thread(self._record, {"done": batch_id})
+            self._attached.pop(batch_id, None)
+            await asyncio.sleep(self.limit_wait_s)
+            for key in keys:
+                self._enqueue(key)
+            return
         if batch["status"] == "failed":
-            said = (batch.get("errors") or {}).get("data") or [{}]
             error = TeacherError(f"the teacher's Batch API refused batch {batch_id}: {said[0].get('message')} "
                                  f"(line {said[0].get('line')}, {said[0].get('code')})")
             for key in keys:

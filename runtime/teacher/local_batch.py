@@ -31,6 +31,7 @@ class BatchPlan:
     fail_lines: frozenset[str] = frozenset()
     expire_after: int | None = None
     invalid_line: int | None = None  # every batch fails validation, naming this line
+    max_enqueued: int | None = None  # lines in progress at once; beyond, a batch fails (token_limit_exceeded)
     enabled: bool = True
 
 
@@ -110,13 +111,17 @@ class BatchAPI:
                        body.get("completion_window", ""), int(time.time()))
         self.batches[batch.id] = batch
         lines, problem = _parse(self.files[file_id], batch.endpoint)
+        enqueued = sum(b.counts["total"] for b in self.batches.values() if b.status == "in_progress")
+        if problem is None and self.plan.max_enqueued is not None and enqueued + len(lines) > self.plan.max_enqueued:
+            problem = {"code": "token_limit_exceeded", "param": None, "line": None,
+                       "message": "Enqueued token limit reached for local in organization org-local."}
         if problem is None and self.plan.invalid_line is not None:
             problem = {"code": "invalid_request", "message": "injected validation failure", "param": "body",
                        "line": self.plan.invalid_line}
         if problem is not None:
             batch.status, batch.errors = "failed", {"object": "list", "data": [problem]}
             return _json(batch.view())
-        for line in lines:
+        for line in lines:  # accepted lines only: a failed batch answers none
             self.lines_received[line["custom_id"]] += 1
         batch.counts["total"] = len(lines)
         batch.status = "in_progress"
