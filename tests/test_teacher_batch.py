@@ -175,3 +175,37 @@ async def test_an_enqueued_token_limit_waits_and_retries_smaller(tmp_path):
     assert refused and refused[0].errors["data"][0]["code"] == "token_limit_exceeded"
     assert all(b.counts["total"] <= 2 for b in server.batch.batches.values() if b.status == "completed")
     assert list(server.batch.lines_received.values()) == [1, 1, 1, 1]  # each line answered once
+
+
+async def _collect(tmp_path, out: str, *extra: str) -> tuple[int, str]:
+    import sys
+
+    from helpers import write_doubling_tasks
+
+    tasks = tmp_path / "tasks.jsonl"
+    if not tasks.exists():
+        write_doubling_tasks(tasks, 3)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "persd", "collect", "--tasks", str(tasks), "--out", str(tmp_path / out),
+        "--progress", "plain", *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 600)
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.slow
+async def test_collect_in_batch_mode_writes_the_records_of_sync_mode(tmp_path):
+    # The offline stand-in teacher is deterministic (and serves the Batch API in batch mode).
+    assert (await _collect(tmp_path, "sync"))[0] == 0
+    code, err = await _collect(tmp_path, "batch", "--teacher-mode", "batch", "--batch-flush-s", "0.2")
+    assert code == 0, err[-2000:]
+    shard = "shards/shard-00000.jsonl"
+    assert (tmp_path / "batch" / shard).read_bytes() == (tmp_path / "sync" / shard).read_bytes()
+    assert b'"batch"' in (tmp_path / "batch/work/teacher.journal.batches.jsonl").read_bytes()
+
+
+async def test_collect_in_batch_mode_against_a_server_without_the_batch_api_is_one_sentence_exit_2(tmp_path):
+    async with LocalOpenAIServer() as server:
+        code, err = await _collect(tmp_path, "out", "--teacher-mode", "batch", "--teacher-url", server.base_url,
+                                   "--teacher-model", "local")
+    assert code == 2 and "--teacher-url" in err and "has no Batch API" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -89,9 +89,11 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
                                   per_core=workers_per_core(cfg.time_limits))))
 
         if cfg.standin_teacher:
+            from persd.runtime.teacher.local_batch import BatchPlan
             from persd.runtime.teacher.local_server import LocalOpenAIServer
 
-            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit))
+            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit),
+                                       batch=BatchPlan() if cfg.teacher_mode == "batch" else None)
             await stack.enter_async_context(server)
             base_url, model, key_env = server.base_url, standin.MODEL, STANDIN_KEY_ENV
             prices = {standin.MODEL: (0.0, 0.0)}
@@ -120,7 +122,14 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
             jitter_s=cfg.teacher_jitter,
             reconcile_tokens=cfg.teacher_reconcile_tokens,
         )
-        teacher = await stack.enter_async_context(TeacherClient(tcfg))
+        if cfg.teacher_mode == "batch":
+            from persd.runtime.teacher.batch import BatchTeacher
+
+            state = teacher_journal_path(cfg).with_suffix(".batches.jsonl")
+            teacher = await stack.enter_async_context(BatchTeacher(
+                tcfg, state, max_requests=cfg.batch_max_requests, flush_s=cfg.batch_flush_s))
+        else:
+            teacher = await stack.enter_async_context(TeacherClient(tcfg))
 
         backend = cfg.resolved_student_backend()
         model_path = cfg.student_model

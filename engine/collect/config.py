@@ -230,6 +230,13 @@ class CollectConfig(StudentFields, TimeLimitFields):
                                 changes_results=False, type=nonneg_float, group="teacher")
     teacher_reconcile_tokens: bool = opt(TeacherConfig.reconcile_tokens, help="give back over-estimated tokens "
                                          "from each answer's usage", changes_results=False, group="teacher")
+    teacher_mode: str = opt("sync", help="sync: one request at a time, paced; batch: through the provider's "
+                            "Batch API (half the price, answers within 24 h, resumable)", changes_results=False,
+                            choices=("sync", "batch"), group="teacher")
+    batch_max_requests: int = opt(50_000, help="with --teacher-mode batch: requests per batch file (at most "
+                                  "50,000)", changes_results=False, type=positive_int, group="teacher")
+    batch_flush_s: float = opt(5.0, help="with --teacher-mode batch: seconds a batch file stays open for more "
+                               "requests", changes_results=False, type=positive_float, group="teacher")
     refine_turns: int = opt(1, help="teacher turns per failed task", changes_results=True, type=positive_int,
                             group="teacher")
     testgen_inputs: int = opt(5, help="test inputs asked of the teacher for tasks without tests",
@@ -317,6 +324,11 @@ class CollectConfig(StudentFields, TimeLimitFields):
             if PriceTable(self.teacher_prices()).lookup(self.teacher_model) is None:
                 raise ConfigError("max_cost", f"needs the price of --teacher-model {self.teacher_model!r}, which is "
                                   f"not in the built-in table: give --price-in and --price-out (USD per 1M tokens)")
+        if self.teacher_mode == "batch" and self.max_cost is not None:
+            raise ConfigError("max_cost", "is not supported with --teacher-mode batch yet")
+        if self.batch_max_requests > 50_000:
+            raise ConfigError("batch_max_requests", f"{self.batch_max_requests}: the Batch API takes at most "
+                              "50,000 requests a file")
         if not 0 < self.teacher_headroom <= 1:
             raise ConfigError("teacher_headroom", f"{self.teacher_headroom}: expected a fraction in (0, 1]")
 

@@ -31,6 +31,7 @@ from persd.runtime.errors import ConfigError
 from persd.runtime.teacher.config import TeacherConfig
 from persd.runtime.teacher.errors import TeacherError
 from persd.runtime.teacher.journal import Journal
+from persd.runtime.teacher.metrics import TeacherMetrics
 from persd.runtime.teacher.pricing import PriceTable
 from persd.runtime.teacher.types import ChatRequest, ChatResponse
 
@@ -51,6 +52,7 @@ class BatchTeacher:
         self.limit_wait_s = limit_wait_s
         self.price_factor = price_factor  # batch prices: half the table's by default (OpenAI's discount)
         self.journal = Journal(config.journal_path) if config.journal_path else None
+        self.metrics = TeacherMetrics(config.rpm, config.tpm)
         key = config.api_key()
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._base = config.base_url.rstrip("/")
@@ -75,9 +77,9 @@ class BatchTeacher:
         async with self._session.post(self._base + "/files") as resp:  # a Batch API answers 400, else 404
             if resp.status == 404:
                 await self.__aexit__()
-                raise ConfigError("teacher_mode", section="teacher",
+                raise ConfigError("base_url", section="teacher",
                                   message=f"the teacher at {self.config.base_url} has no Batch API "
-                                          f"(404 on /files): use --teacher-mode sync")
+                                          f"(404 on /files): batch mode needs one; use sync mode")
         orphans = self._load_state()
         for batch_id, keys in self._attached.items():
             self._spawn(self._follow(batch_id, keys))
@@ -105,6 +107,7 @@ class BatchTeacher:
         model = request.model or self.config.model
         key = request.key(model)
         if self.journal is not None and (record := self.journal.get(key)) is not None:
+            self.metrics.cached_hits += 1
             return ChatResponse.from_record(key, record, cached=True)
         if key not in self._waiting:
             self._waiting[key] = asyncio.get_running_loop().create_future()
@@ -238,6 +241,7 @@ class BatchTeacher:
                               prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost, model=model, key=key)
         if self.journal is not None:
             await self.journal.append(key, answer.to_record())
+        self.metrics.record_answer(prompt, completion, cost, answer.finish_reasons)
         future = self._waiting.get(key)
         if future is not None and not future.done():
             future.set_result(answer)
