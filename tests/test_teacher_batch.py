@@ -209,3 +209,18 @@ async def test_collect_in_batch_mode_against_a_server_without_the_batch_api_is_o
                                    "--teacher-model", "local")
     assert code == 2 and "--teacher-url" in err and "has no Batch API" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_max_cost_reserves_each_lines_worst_case_at_batch_prices(tmp_path):
+    from persd.runtime.teacher import BudgetExceeded
+
+    async with LocalOpenAIServer(batch=BatchPlan()) as server:
+        # worst case of one request: ~10 prompt tokens + 50 max_tokens at $1000/$1000 per 1M = ~$0.06,
+        # $0.03 at batch prices: $0.07 holds two of them (one at sync prices)
+        config = TeacherConfig(base_url=server.base_url, model="m", prices={"m": (1000.0, 1000.0)}, max_cost_usd=0.07)
+        async with BatchTeacher(config, tmp_path / "state.jsonl", flush_s=0.01) as teacher:
+            got = await asyncio.gather(*(teacher.chat(ask(i)) for i in range(3)), return_exceptions=True)
+            spent = teacher.budget.spent
+    assert [type(g).__name__ for g in got] == ["ChatResponse", "ChatResponse", "BudgetExceeded"]
+    assert isinstance(got[2], BudgetExceeded) and len(server.batch.lines_received) == 2
+    assert spent == pytest.approx(sum(g.cost_usd for g in got[:2]))

@@ -324,8 +324,6 @@ class CollectConfig(StudentFields, TimeLimitFields):
             if PriceTable(self.teacher_prices()).lookup(self.teacher_model) is None:
                 raise ConfigError("max_cost", f"needs the price of --teacher-model {self.teacher_model!r}, which is "
                                   f"not in the built-in table: give --price-in and --price-out (USD per 1M tokens)")
-        if self.teacher_mode == "batch" and self.max_cost is not None:
-            raise ConfigError("max_cost", "is not supported with --teacher-mode batch yet")
         if self.batch_max_requests > 50_000:
             raise ConfigError("batch_max_requests", f"{self.batch_max_requests}: the Batch API takes at most "
                               "50,000 requests a file")

@@ -15,8 +15,10 @@ without a `{"done": id}` line are polled again (re-attached), so a rerun after k
 nothing already submitted; an uploaded file whose batch id was not recorded is
 looked up in the provider's list of batches (by input file) before a batch is created for it.
 A batch refused for too many enqueued tokens (`token_limit_exceeded`) is resubmitted after
-`limit_wait_s` in files half as large. Costs are the price table's times `price_factor` (0.5).
-Not yet done (see issue 23): the CLI option, `--max-cost` reservations, status/report views.
+`limit_wait_s` in files half as large. Costs are the price table's times `price_factor` (0.5);
+with `max_cost_usd`, each request's worst case at batch prices is reserved when it is enqueued
+(`BudgetExceeded` as in sync mode) and settled on its answer. Not yet done (see issue 23):
+status/report views, batch and sync spend apart in the summary.
 """
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ from pathlib import Path
 import aiohttp
 import orjson
 from persd.runtime.errors import ConfigError
+from persd.runtime.teacher.budget import Budget, Reservation
 from persd.runtime.teacher.config import TeacherConfig
 from persd.runtime.teacher.errors import TeacherError
 from persd.runtime.teacher.journal import Journal
 from persd.runtime.teacher.metrics import TeacherMetrics
 from persd.runtime.teacher.pricing import PriceTable
+from persd.runtime.teacher.tokens import TokenEstimator
 from persd.runtime.teacher.types import ChatRequest, ChatResponse
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,9 @@ class BatchTeacher:
         self.price_factor = price_factor  # batch prices: half the table's by default (OpenAI's discount)
         self.journal = Journal(config.journal_path) if config.journal_path else None
         self.metrics = TeacherMetrics(config.rpm, config.tpm)
+        self.budget = Budget(config.max_cost_usd)  # each line's worst case at batch prices, reserved when enqueued
+        self._reserved: dict[str, Reservation] = {}
+        self._estimator = TokenEstimator()
         key = config.api_key()
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._base = config.base_url.rstrip("/")
@@ -110,6 +117,10 @@ class BatchTeacher:
             self.metrics.cached_hits += 1
             return ChatResponse.from_record(key, record, cached=True)
         if key not in self._waiting:
+            worst = self.price_factor * self.prices.cost(
+                model, self._estimator.prompt_tokens(request.messages), (request.max_tokens or 1024) * max(1, request.n))
+            if self.budget.limit is not None and not any(key in keys for keys in self._attached.values()):
+                self._reserved[key] = self.budget.reserve(worst)  # BudgetExceeded: not enqueued, as in sync mode
             self._waiting[key] = asyncio.get_running_loop().create_future()
             self._bodies[key] = request.payload(model)
             if not any(key in keys for keys in self._attached.values()):
@@ -242,6 +253,10 @@ class BatchTeacher:
         if self.journal is not None:
             await self.journal.append(key, answer.to_record())
         self.metrics.record_answer(prompt, completion, cost, answer.finish_reasons)
+        if key in self._reserved:
+            self.budget.settle(self._reserved.pop(key), cost)
+        elif self.budget.limit is not None:
+            self.budget.spent += cost  # a re-attached line: its reservation was made by the earlier run
         future = self._waiting.get(key)
         if future is not None and not future.done():
             future.set_result(answer)
@@ -255,6 +270,8 @@ class BatchTeacher:
             self._enqueue(key)
 
     def _fail(self, key: str, error: Exception) -> None:
+        if key in self._reserved:
+            self.budget.release(self._reserved.pop(key))
         future = self._waiting.get(key)
         if future is not None and not future.done():
             future.set_exception(error)
