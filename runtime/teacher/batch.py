@@ -117,8 +117,8 @@ class BatchTeacher:
             self.metrics.cached_hits += 1
             return ChatResponse.from_record(key, record, cached=True)
         if key not in self._waiting:
-            worst = self.price_factor * self.prices.cost(
-                model, self._estimator.prompt_tokens(request.messages), (request.max_tokens or 1024) * max(1, request.n))
+            out = (request.max_tokens or 1024) * max(1, request.n)
+            worst = self.price_factor * self.prices.cost(model, self._estimator.prompt_tokens(request.messages), out)
             if self.budget.limit is not None and not any(key in keys for keys in self._attached.values()):
                 self._reserved[key] = self.budget.reserve(worst)  # BudgetExceeded: not enqueued, as in sync mode
             self._waiting[key] = asyncio.get_running_loop().create_future()
