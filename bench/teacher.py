@@ -26,6 +26,7 @@ from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
 from rich.console import Console
 from rich.table import Table
 
+_DEFAULTS = TeacherConfig()  # the bench's persd flags default to the teacher's own defaults
 WORDS = "def return for while list dict sorted value index result check assert range yield".split()
 
 
@@ -40,9 +41,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--p-5xx", type=float, default=0.03, help="injected 500/503 rate")
     p.add_argument("--retry-after-ms", type=float, default=20, help="Retry-After of injected 429s")
     p.add_argument("--latency", type=float, default=0.05, help="server seconds per answer")
-    p.add_argument("--max-in-flight", type=int, default=64)
-    p.add_argument("--headroom", type=float, default=0.98, help="persd paces at this fraction of the limits")
-    p.add_argument("--jitter", type=float, default=0.005,
+    p.add_argument("--max-in-flight", type=int, default=_DEFAULTS.max_in_flight)
+    p.add_argument("--headroom", type=float, default=_DEFAULTS.headroom,
+                   help="persd paces at this fraction of the limits")
+    p.add_argument("--jitter", type=float, default=_DEFAULTS.jitter_s,
                    help="persd's network jitter allowance, seconds (its burst tolerance is "
                         "window * (1/headroom - 1) - jitter); persd is told the server's --window")
     p.add_argument("--naive-concurrency", type=int, default=64)

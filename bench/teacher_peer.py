@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from persd.runtime.errors import PersdError
-from persd.runtime.http import RetryPolicy
 from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
 
@@ -178,10 +177,10 @@ async def serve(name: str, seed: int) -> None:
 async def run_persd(sc: Scenario, prompts: list[str], seed: int, max_in_flight: int, jitter_s: float,
                     headroom: float) -> dict:
     async with Served(sc, seed) as server:
+        # persd's defaults (retries included); the flags' defaults are TeacherConfig's
         cfg = TeacherConfig(base_url=server.url, model=MODEL, rpm=sc.rpm * sc.told, tpm=sc.tpm * sc.told,
                             max_in_flight=max_in_flight, limit_window_s=sc.window_s, jitter_s=jitter_s,
-                            headroom=headroom,
-                            retry=RetryPolicy(max_attempts=20, base_delay_s=0.05))
+                            headroom=headroom)
         async with TeacherClient(cfg) as teacher:
             results = await asyncio.gather(*(teacher.chat(ChatRequest(messages=[{"role": "user", "content": p}],
                                                                       max_tokens=MAX_TOKENS)) for p in prompts),
@@ -228,6 +227,10 @@ def summarise(name: str, sc: Scenario, server: LocalOpenAIServer) -> dict:
     over = [round(t - start, 3) for i, t in enumerate(admitted)
             if sum(1 for u in admitted[i:i + int(sc.rpm * sc.window_s / 60) + 1] if u - t < sc.window_s)
             > sc.rpm * sc.window_s / 60]
+    # the shortest span that held one request more than a window allows: below window_s, the window went
+    # over, by that much (how early the server saw the last of them)
+    k = int(sc.rpm * sc.window_s / 60)
+    spans = [admitted[i + k] - admitted[i] for i in range(len(admitted) - k)]
     return {
         "client": name, "scenario": sc.name, "requests": sc.n, "answered": len({_prompt_of(a.body) for a in answered}),
         "wall_s": round(wall, 2), "limit_fraction": round(max(rpm / sc.rpm, tpm / sc.tpm), 4),
@@ -235,6 +238,7 @@ def summarise(name: str, sc: Scenario, server: LocalOpenAIServer) -> dict:
         "attempts": len(work), "self_429": server.stats["rate_limited"],
         "injected_429": server.stats["429"] + server.stats["burst"],
         "max_requests_in_window": most_req, "over_limit_windows_at_s": over[:10],
+        "tightest_span_s": round(min(spans), 4) if spans else None,
         "window_request_limit": sc.rpm * sc.window_s / 60,
         "max_tokens_in_window": most_tok, "window_token_limit": sc.tpm * sc.window_s / 60,
     }
@@ -246,10 +250,14 @@ def _prompt_of(body: dict) -> str:
 
 
 def verdict(persd: dict, peer: dict) -> str:
-    """Issue 17's target: wall at most the peer's, at most a third of its self-provoked 429s."""
+    """Issue 22's target: wall at most the peer's, at most a third of its limit refusals (none where it
+    has none), and never more than the limit in a window."""
     fast = persd["wall_s"] <= peer["wall_s"]
     polite = persd["self_429"] <= peer["self_429"] / 3
-    return "met" if fast and polite else ("slower" if not fast else "too many 429s")
+    within = persd["max_requests_in_window"] <= persd["window_request_limit"]
+    missed = [what for ok, what in ((fast, "slower"), (polite, "too many 429s"), (within, "over in a window"))
+              if not ok]
+    return "met" if not missed else ", ".join(missed)
 
 
 async def run_all(names: list[str], seed: int, max_in_flight: int, python: Path, n: int | None,

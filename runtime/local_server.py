@@ -10,9 +10,12 @@ aiohttp on 127.0.0.1 and a random port. Answers come from a `responder(request_b
 or as a strict sliding window log (`"sliding"`). Faults are injected from a `FaultPlan`: 429
 with Retry-After, 408/409/500/503, malformed JSON, dropped connections, truncated bodies,
 empty choices, slow answers, non-retryable 400/401/403/404, and an overload burst (for a while,
-a share of all requests get 429). With `ratelimit_headers`, every answer, 429s included, carries
-OpenAI's integer `x-ratelimit-*` headers: a 429 for the client's own limit shows no room left,
-an injected (overload) 429 shows the room the client really has. Everything received is
+a share of all requests get 429). Every request is counted against the limits when it is
+admitted, before its injected fault, as providers count failed requests (`count_faults=False`:
+the old rule, injected 429s and error statuses decided first and never counted). With
+`ratelimit_headers`, every answer, 429s included, carries OpenAI's integer `x-ratelimit-*`
+headers: a 429 for the client's own limit shows no room left, an injected (overload) 429 shows
+the room the client really has. Everything received is
 recorded (`received`, `log`, `stats`), so tests can check what a client really sent.
 
     async with LocalOpenAIServer(lambda body: "def f(): ...", rpm=600, window_s=1) as server:
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+from persd.runtime.teacher.local_batch import BatchAPI, BatchPlan
 from persd.runtime.teacher.tokens import TokenEstimator, heuristic_tokens
 
 Responder = Callable[[dict], "str | list[str] | Awaitable[str | list[str]]"]
@@ -48,8 +52,9 @@ _STATUS_FAULTS = {"408", "409", "500", "502", "503", "400", "401", "403", "404"}
 @dataclass
 class FaultPlan:
     """Which faults to inject: `script` names the faults of the first requests in order (then
-    the probabilities apply, drawn from a seeded RNG). Injected 429s and error statuses are
-    decided before rate accounting, so they do not use the client's budget."""
+    the probabilities apply, drawn from a seeded RNG). Every fault comes after admission, as at a
+    provider: an injected 429 or error status uses up the window like an answer (the server's
+    `count_faults=False` restores the old rule, where they were decided first and not counted)."""
 
     p_429: float = 0.0
     p_500: float = 0.0
@@ -89,7 +94,7 @@ class Arrival:
     path: str
     fault: str          # the injected fault, "ok" for none, "rate_limited" for a real limit 429
     status: int         # 0 for a dropped connection
-    tokens: int = 0     # tokens counted against TPM (admitted requests only)
+    tokens: int = 0     # tokens counted against TPM (admitted requests only; prompt only for an error status)
     admitted: bool = False  # passed the rate limits (counted in the window)
     body: dict = field(default_factory=dict)
     done: float = 0.0   # time.monotonic() when the answer (or refusal) left
@@ -177,13 +182,19 @@ class LocalOpenAIServer:
                  max_concurrent: int | None = None, overload_statuses: Sequence[int] = (429, 503),
                  overload_retry_after_s: float | None = 0.05, reply_per_choice: bool = False,
                  truncate: bool = True, barrier: int | None = None, barrier_timeout_s: float = 30.0,
-                 record: bool = True, host: str = "127.0.0.1", port: int = 0):
+                 record: bool = True, count_faults: bool = True, batch: BatchPlan | None = None,
+                 host: str = "127.0.0.1", port: int = 0):
         if tpm_counts not in ("usage", "max_tokens"):
             raise ValueError("tpm_counts must be 'usage' or 'max_tokens'")
         self.responder = responder or default_responder
         self.limits = _Limits(rpm, tpm, window_s, limit_mode)
         self.tpm_counts = tpm_counts
         self.faults = faults or FaultPlan()
+        # injected 429s and error statuses are admitted (counted in the window) before they are
+        # answered, as a provider counts failed requests; False: decided first, never counted
+        self.count_faults = count_faults
+        # the Batch API (files, batches), answered by the same responder; None: the server has none
+        self.batch = BatchAPI(self._batch_answer, batch) if batch is not None else None
         self.latency_s = latency_s
         self.api_key = api_key
         self.models = list(models) if models else None
@@ -218,6 +229,8 @@ class LocalOpenAIServer:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        if self.batch is not None:
+            self.batch.mount(app)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
@@ -227,6 +240,8 @@ class LocalOpenAIServer:
         return self.base_url
 
     async def stop(self) -> None:
+        if self.batch is not None:
+            await self.batch.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -344,6 +359,12 @@ class LocalOpenAIServer:
         fault = self._next_fault(arrival.t)
         arrival.fault = fault
         self.stats[fault] += 1
+        if self.count_faults and (fault in ("429", "burst") or fault in _STATUS_FAULTS):
+            # a provider admits (counts) the request first; the fault is what it then answers:
+            # no answer was generated, so TPM counts the prompt (and max_tokens where it charges that)
+            refused = self._admit(arrival, fault, self._prompt_tokens(body, chat) + self._reserved(body))
+            if refused is not None:
+                return refused
         if fault in ("429", "burst"):
             wait = self.faults.retry_after_s if fault == "429" else self.faults.burst_retry_after_s
             headers = self.limits.headers() if self.ratelimit_headers else {}
@@ -359,11 +380,7 @@ class LocalOpenAIServer:
 
         n = int(body.get("n") or 1)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-        if chat:
-            prompt_tokens = self.estimator.prompt_tokens(body.get("messages") or [])
-        else:
-            prompt = body.get("prompt", "")
-            prompt_tokens = self.count_tokens(prompt if isinstance(prompt, str) else "".join(map(str, prompt)))
+        prompt_tokens = self._prompt_tokens(body, chat)
         texts, reasons = [], []
         for i in range(n):
             text = self.responder(body, i) if self.reply_per_choice else self.responder(body)
@@ -376,18 +393,10 @@ class LocalOpenAIServer:
             texts.append(text)
             reasons.append(reason)
         completion_tokens = sum(self.count_tokens(t) for t in texts)
-        counted = prompt_tokens + (completion_tokens if self.tpm_counts == "usage"
-                                   else int(max_tokens or 0) * n)
-        wait = self.limits.admit(counted)
-        if wait is not None:
-            arrival.fault = "rate_limited"
-            self.stats[fault] -= 1
-            self.stats["rate_limited"] += 1
-            headers = self.limits.headers() if self.ratelimit_headers else {}
-            headers.update({"retry-after-ms": str(max(1, round(wait * 1000))),
-                            "retry-after": str(max(1, math.ceil(wait)))})
-            return self._status(arrival, 429, "rate_limit_exceeded", "Rate limit reached.", headers)
-        arrival.tokens, arrival.admitted = counted, True
+        counted = prompt_tokens + (completion_tokens if self.tpm_counts == "usage" else self._reserved(body))
+        refused = self._admit(arrival, fault, counted)
+        if refused is not None:
+            return refused
         delay = self.latency_s + (self.faults.slow_s if fault == "slow" else 0.0)
         if delay > 0:
             try:
@@ -424,6 +433,47 @@ class LocalOpenAIServer:
             return response
         arrival.done = time.monotonic()
         return web.Response(body=data, content_type="application/json", headers=headers)
+
+    async def _batch_answer(self, body: dict) -> dict:
+        """One batch line's chat completion body (no limits or faults: the batch plan has its own)."""
+        text = self.responder(body)
+        if inspect.isawaitable(text):
+            text = await text
+        text = text if isinstance(text, str) else str(text)
+        prompt_tokens = self._prompt_tokens(body, True)
+        completion_tokens = self.count_tokens(text)
+        return {"id": f"cmpl-b{len(self.log)}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model") or "local",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+    def _prompt_tokens(self, body: dict, chat: bool) -> int:
+        if chat:
+            return self.estimator.prompt_tokens(body.get("messages") or [])
+        prompt = body.get("prompt", "")
+        return self.count_tokens(prompt if isinstance(prompt, str) else "".join(map(str, prompt)))
+
+    def _reserved(self, body: dict) -> int:
+        """The output tokens TPM counts before any answer: `max_tokens * n` where the server charges
+        max_tokens (`tpm_counts="max_tokens"`), else none (`"usage"` counts the answer's)."""
+        if self.tpm_counts != "max_tokens":
+            return 0
+        return int(body.get("max_tokens") or body.get("max_completion_tokens") or 0) * int(body.get("n") or 1)
+
+    def _admit(self, arrival: Arrival, fault: str, tokens: int) -> web.Response | None:
+        """Count the request against the limits; a 429 (the server's own limit) when over."""
+        wait = self.limits.admit(tokens)
+        if wait is None:
+            arrival.tokens, arrival.admitted = tokens, True
+            return None
+        arrival.fault = "rate_limited"
+        self.stats[fault] -= 1
+        self.stats["rate_limited"] += 1
+        headers = self.limits.headers() if self.ratelimit_headers else {}
+        headers.update({"retry-after-ms": str(max(1, round(wait * 1000))),
+                        "retry-after": str(max(1, math.ceil(wait)))})
+        return self._status(arrival, 429, "rate_limit_exceeded", "Rate limit reached.", headers)
 
     def _status(self, arrival: Arrival, status: int, code: str, message: str,
                 headers: dict | None = None) -> web.Response:
@@ -531,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--p-429", type=float, default=0.0)
     parser.add_argument("--p-5xx", type=float, default=0.0)
+    parser.add_argument("--uncounted-faults", action="store_true",
+                        help="injected 429s/5xx are not counted against the limits (the old rule; "
+                             "a provider counts them)")
     args = parser.parse_args(argv)
     if args.fake_student:
         return run_fake_student(args.port or 0)
@@ -538,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     async def serve() -> None:
         server = LocalOpenAIServer(rpm=args.rpm, tpm=args.tpm, window_s=args.window, latency_s=args.latency,
                                    faults=FaultPlan(p_429=args.p_429, p_503=args.p_5xx),
+                                   count_faults=not args.uncounted_faults,
                                    host=args.host, port=8000 if args.port is None else args.port)
         print(f"serving on {await server.start()}", flush=True)
         try:

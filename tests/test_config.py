@@ -96,7 +96,7 @@ def other_value(cls, f: dataclasses.Field):
     if hint is bool:
         return not default
     if hint is int:
-        return (default or 0) + 3
+        return default // 2 if default and default >= 2 else (default or 0) + 3  # within a field's maximum too
     if hint is float:
         return default / 2 if default else 0.25  # a fraction stays a fraction
     if hint is str:

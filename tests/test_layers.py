@@ -22,7 +22,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = ("engine", "runtime", "trainers", "bench")

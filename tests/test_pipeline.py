@@ -178,7 +178,7 @@ async def test_paper_mode_runs_the_same_flow_with_its_own_prompts_and_checks(tmp
     the gold kept as inpd and stand (not executed); `protocol` named in every result line."""
     import persd.engine.paper.flow  # noqa: F401  (registers the variant, as the collect command does)
     from persd.engine.collect.runner import Collector
-    from persd.runtime.student.fake_server import FakeOpenAIServer
+    from persd.runtime.local_server import FakeOpenAIServer
 
     tasks = write_jsonl(tmp_path / "tasks.jsonl", [io_task(1), io_task(2)])
 

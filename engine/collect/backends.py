@@ -90,17 +90,25 @@ async def open_backends(cfg: Any, labels: RunLabels | None, *, teacher: bool = T
         yield Backends(student=student, sandbox=sandbox, teacher=chat)
 
 
+
 @contextlib.asynccontextmanager
 async def open_teacher(cfg: CollectConfig, collector: RunLabels):
-    """The teacher client: a real provider, or the offline stand-in server started here."""
+    """The teacher client (sync, or through the Batch API): a real provider, or the offline stand-in
+    server started here."""
     from persd.runtime.teacher import TeacherClient
 
     async with contextlib.AsyncExitStack() as stack:
         tcfg = replace(cfg.teacher, journal_path=teacher_journal_path(cfg), prices=cfg.teacher.all_prices())
+        batch = cfg.teacher.mode == "batch"
         if cfg.teacher.standin:
             from persd.runtime.local_server import LocalOpenAIServer
+            from persd.runtime.teacher.local_batch import BatchPlan
 
-            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit))
+            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit),
+                                       batch=BatchPlan() if batch else None)
+
+            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit),
+                                       batch=BatchPlan() if cfg.teacher_mode == "batch" else None)
             await stack.enter_async_context(server)
             tcfg = replace(tcfg, base_url=server.base_url, model=standin.MODEL, api_key_env=STANDIN_KEY_ENV,
                            prices={standin.MODEL: (0.0, 0.0)}, price_in=None, price_out=None)
@@ -109,4 +117,11 @@ async def open_teacher(cfg: CollectConfig, collector: RunLabels):
             key = os.environ.get(tcfg.api_key_env, "").strip()
             if key:
                 collector.secrets.append(key)
-        yield await stack.enter_async_context(TeacherClient(tcfg))
+        if batch:
+            from persd.runtime.teacher.batch import BatchTeacher
+
+            state = teacher_journal_path(cfg).with_suffix(".batches.jsonl")
+            yield await stack.enter_async_context(BatchTeacher(
+                tcfg, state, max_requests=cfg.teacher.batch_max_requests, flush_s=cfg.teacher.batch_flush_s))
+        else:
+            yield await stack.enter_async_context(TeacherClient(tcfg))

@@ -144,6 +144,13 @@ class CollectTeacher(TeacherConfig):
                                  shown="the price table")
     price_out: float | None = opt(None, help="USD per 1M output tokens of the teacher model (with price_in)",
                                   changes_results=False, type=nonneg_float, shown="the price table")
+    mode: str = opt("sync", help="sync: requests sent one by one, paced; batch: through the provider's Batch API "
+                    "(half the price, answers within 24 h, resumable)", changes_results=False,
+                    choices=("sync", "batch"))
+    batch_max_requests: int = opt(50_000, help="batch mode: requests per batch file (the Batch API takes at most "
+                                  "50,000)", changes_results=False, type=positive_int)
+    batch_flush_s: float = opt(5.0, help="batch mode: seconds a batch file stays open for more requests",
+                               changes_results=False, type=positive_float)
 
     def check_url(self) -> None:
         if self.base_url is not None:
@@ -156,6 +163,9 @@ class CollectTeacher(TeacherConfig):
         if (self.price_in is None) != (self.price_out is None):
             raise ConfigError("price_in", "{price_in} and {price_out} go together (USD per 1M input and output "
                               "tokens)", "teacher")
+        if self.batch_max_requests > 50_000:
+            raise ConfigError("batch_max_requests", f"{self.batch_max_requests}: the Batch API takes at most "
+                              "50,000 requests a file", "teacher")
 
     @property
     def standin(self) -> bool:

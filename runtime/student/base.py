@@ -145,7 +145,7 @@ class StudentConfig:
                                       changes_results=False)
     device: str | None = opt(None, help="hf: torch device (cpu, cuda, cuda:1)", changes_results=False,
                              shown="cuda if available, else cpu")
-    seed: int = opt(0, help="base sampling seed (set from the command's --seed)", changes_results=False, cli=False)
+    seed: int = opt(0, help="base sampling seed (set from the command's own seed)", changes_results=False, cli=False)
     enforce_eager: bool | None = opt(None, help="vllm: run the model without torch.compile (compiling adds "
                                      "minutes to every start with a new model path on CPU)", changes_results=False,
                                      shown="yes on CPU, no on GPU")

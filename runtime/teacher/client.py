@@ -138,12 +138,11 @@ class TeacherClient:
                 self.limiter.observe(outcome.headers)
             if outcome.cause is None:
                 return
-            rejected = outcome.status is not None and (outcome.status == 429 or outcome.status >= 500)
-            if (rejected or not outcome.sent) and permit is not None:
-                self.limiter.refund(permit)  # the server did not count it: neither do we
+            if not outcome.sent and permit is not None:
+                self.limiter.refund(permit)  # it never reached the server: nothing can have counted it
                 return
-            if permit is not None:
-                self.limiter.settle(permit)  # the server may have counted it: keep the charge
+            if permit is not None:  # answered, whatever the status, or dropped after sending:
+                self.limiter.settle(permit)  # providers count failed requests against the limit too
             if outcome.cause in POSSIBLY_BILLED or outcome.cause == "connection":
                 self.budget.lost(reservation, worst_usd)
                 self.metrics.cost_unconfirmed_usd += worst_usd

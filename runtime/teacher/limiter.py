@@ -37,12 +37,14 @@ first window up. The schedule therefore starts `cold_start_s` late: charged once
 it keeps that window within the limit too.
 
 **Refunds and reconciliation are exact.** Every charge stays in a short ledger until its fate is
-known. An attempt the server rejected without counting it (429, 5xx, not sent) is re-costed at 0,
-and an answer's `usage` replaces its token estimate; `tat` is then recomputed by replaying the
-schedule over the ledger. That is the schedule as if the server's view had been known from the
-start, so a refund never credits more than the slot really freed (a late refund cannot open a
-burst), and over-estimated tokens come back in full. A settled charge at the head of the ledger
-is folded into the starting point; the ledger holds roughly the requests in flight.
+known. Providers count every request that reaches them against the limit, refused (429) and
+failed (5xx) ones too, so only an attempt that never reached the server (connection refused, DNS,
+not sent) is re-costed at 0 (`refund`); an answer's `usage` replaces its token estimate; `tat` is
+then recomputed by replaying the schedule over the ledger. That is the schedule as if the server's
+view had been known from the start, so a refund never credits more than the slot really freed (a
+late refund cannot open a burst), and over-estimated tokens come back in full. A settled charge
+at the head of the ledger is folded into the starting point; the ledger holds roughly the requests
+in flight.
 
 **Server headers.** `x-ratelimit-limit-*` below our configured limit lowers our pace (and the
 last window's sends are re-costed at the lower limit, so the switch itself cannot overfill a
@@ -58,13 +60,14 @@ organisation limit, an overloaded provider, a gateway) says nothing about our bu
 request waits for its Retry-After, the others keep their schedule, and the pace is cut
 multiplicatively and recovered additively (`persd.runtime.http.AIMD`, at most one cut per round
 trip). While the pace is below 1, a third schedule spaces *every attempt*, refused ones included,
-at `pace * attempt_margin` times the limit on average (a window's worth of burst allowed): exact
-refunds alone would let an overloaded provider that refuses everything receive attempts as fast as
-they come back. The margin (1.25) and the burst leave room for the refused attempts a client at
-its full budget sends anyway (a provider's few random 429s and 5xx, retried at once), so a lone
-cut binds nothing and costs nothing; a sustained overload cuts again every round trip and the
-attempts fall well below the limit. At pace 1 that schedule is off. The pace only ever slows
-sending, so the window guarantee above holds whatever it does.
+at `pace * attempt_margin` times the limit on average (a window's worth of burst allowed): the
+request schedule alone would keep sending the limit's worth of attempts into a provider that is
+refusing them (or, where a provider does not count its refusals, as many as come back). The margin
+(1.25) and the burst leave room for the refused attempts a client at its full budget sends anyway
+(a provider's few random 429s and 5xx, retried at once), so a lone cut binds nothing and costs
+nothing; a sustained overload cuts again every round trip and the attempts fall well below the
+limit. At pace 1 that schedule is off. The pace only ever slows sending, so the window guarantee
+above holds whatever it does.
 """
 from __future__ import annotations
 
@@ -136,6 +139,7 @@ class RateLimiter:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self.cooldowns = 0
+        self.refunds = 0  # attempts that never reached the server, given back
         self.waiting = 0
 
     @property
@@ -212,11 +216,12 @@ class RateLimiter:
         return permit
 
     def refund(self, permit: Permit) -> None:
-        """The server rejected this attempt without counting it (429, 5xx, never sent): the
-        schedule becomes what it would have been without it."""
+        """This attempt never reached the server (connection refused, DNS, not sent), so nothing
+        counted it: the schedule becomes what it would have been without it."""
         if permit.refunded or permit.settled:
             return
         permit.refunded = True
+        self.refunds += 1
         if not permit.folded:
             permit.req_cost = permit.tok_cost = 0.0
             self._replay()
