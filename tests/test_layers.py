@@ -12,7 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = ("engine", "runtime", "trainers", "bench")
-SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits", "runlock", "ownership"}
+SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits", "runlock", "ownership", "failures",
+          "context_fit"}
 RUN_DIR_GUARDS = {"persd.engine.runlock", "persd.engine.ownership"}  # one run per directory, every command
 
 

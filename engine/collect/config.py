@@ -196,6 +196,12 @@ class CollectConfig(StudentFields, TimeLimitFields):
                                   shown="the price table")
     teacher_top_p: float | None = opt(None, help="teacher nucleus sampling top_p", changes_results=True,
                                       type=positive_float, group="teacher", shown="the provider's")
+    teacher_context_tokens: int | None = opt(None, help="the teacher model's context in tokens: a refinement "
+                                             "prompt over it has the student's attempt and the error text cut "
+                                             "(head and tail kept) to fit; one that cannot fit fails its task "
+                                             "before sending", changes_results=False, type=positive_int,
+                                             group="teacher", shown="the price table's entry for the model, "
+                                             "else no fitting")
     teacher_max_in_flight: int = opt(TeacherConfig.max_in_flight, help="teacher requests in flight",
                                      changes_results=False, type=positive_int, group="teacher")
     rpm: int = opt(TeacherConfig.rpm, help="teacher requests per minute, this process", changes_results=False,
@@ -246,6 +252,9 @@ class CollectConfig(StudentFields, TimeLimitFields):
                               type=positive_float, group="flow")
     force: bool = opt(False, help="accept a rerun whose settings alter results", changes_results=False,
                       group="flow")
+    failure_breaker: int = opt(20, help="stop the run (resumably) once the last N student or teacher requests "
+                               "all failed for their own content: then it is the server or a setting, not one "
+                               "bad request (0: never)", changes_results=False, type=nonneg_int, group="flow")
     grace: float = opt(10.0, help="seconds in-flight tasks get to finish on SIGINT/SIGTERM",
                        changes_results=False, type=nonneg_float, group="flow")
     progress: str = opt("auto", help="progress display", changes_results=False, choices=PROGRESS_MODES,

@@ -7,7 +7,10 @@ waits on the teacher, others generate or execute.
 A failure of a backend itself (teacher refusing the key, budget reached, student unreachable
 after its retries, a broken sandbox) is not a task outcome: it raises `BackendFailure` and the
 run stops with resumable state. A task-level problem (no tests could be made, a prompt the student
-rejects as too long) is outcome `error`.
+rejects as too long) is outcome `error`. One request that fails for its own content (persd.engine.failures:
+context too long, content filter, an unreadable answer) fails its task with that cause (`failure` in the
+result line: outcome `error`, or `unresolved` where the refinement failed) and the run goes on, until the
+failure breaker says it is not one request's fault.
 """
 from __future__ import annotations
 
@@ -15,17 +18,17 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from persd.engine import lessons
+from persd.engine import context_fit, lessons
 from persd.engine.collect import testgen
 from persd.engine.collect.config import FORMATS, CollectConfig
 from persd.engine.collect.limiter import Limiter
 from persd.engine.collect.records import Meta, Tally, TaskOutcome, direct_records, refinement_records, result_line
 from persd.engine.collect.shards import disk_error
 from persd.engine.collect.studentio import extract, student_request
+from persd.engine.failures import FailurePolicy, TaskFailed
 from persd.engine.tasks import Task
 from persd.engine.timelimits import TimeLimits, config_from, limit_fields
 from persd.runtime.errors import PersdError
-from persd.runtime.student.base import RequestRejected
 
 FORMAT_ORDER = {f: i for i, f in enumerate(FORMATS)}
 
@@ -71,6 +74,8 @@ class TaskFlow:
         self.need_direct = "stand" in cfg.formats or "inpd" in cfg.formats
         self.time_limits = TimeLimits(backends.sandbox, config_from(cfg),
                                       cache=cfg.out_dir / "work" / "time-limits.jsonl")
+        self.failures = FailurePolicy(cfg.failure_breaker)  # per-request failures: counted, the breaker
+        self.context_budget = self._context_budget()
 
     # ------------------------------------------------------------------ the flow
 
@@ -81,7 +86,11 @@ class TaskFlow:
         tally = Tally()
         more: dict[str, Any] = {}
         if not task.has_tests:
-            gen = await self._make_tests(task, tally)
+            try:
+                gen = await self._make_tests(task, tally)
+            except TaskFailed as exc:
+                tally.failure = exc.record()
+                return TaskOutcome(result_line(task, "error", "error", str(exc), tally, error=str(exc), **more))
             more["generated_tests"] = gen.tests
             if gen.error:
                 return TaskOutcome(result_line(task, "error", "error", gen.error, tally, error=gen.error, **more))
@@ -89,10 +98,13 @@ class TaskFlow:
 
         try:
             attempt = prior_attempt if prior_attempt is not None else await self._attempt(task, on_attempt)
-        except RequestRejected as exc:  # this task's prompt can never be served (too long, ...)
+        except TaskFailed as exc:  # this task's prompt can never be served (too long, ...)
             reason = f"student rejected the request: {exc}"
+            tally.failure = exc.record()
             return TaskOutcome(result_line(task, "error", "error", reason, tally, error=reason, **more))
         tally.student_tokens_out = int(attempt.get("completion_tokens", 0))
+        if attempt.get("repaired"):  # the server sent bad text (NUL, lone surrogate, bytes not UTF-8): replaced
+            more["student_repaired"] = attempt["repaired"]
         programs = [extract(task, text, self.cfg.student_chat) for text in attempt["texts"]]
         if not programs:
             programs = [""]
@@ -151,8 +163,9 @@ class TaskFlow:
         req = req if req is not None else student_request(task, self.cfg, self.cfg.seed)
         async with self.lim.student.timed():
             try:
-                out = await self.b.student.generate(req)
-            except RequestRejected:
+                with self.failures.guard("student"):
+                    out = await self.b.student.generate(req)
+            except TaskFailed:
                 raise
             except PersdError as exc:
                 raise BackendFailure(f"student: {exc}") from exc
@@ -166,6 +179,8 @@ class TaskFlow:
             "prompt_tokens": int(getattr(out, "prompt_tokens", 0) or 0),
             "completion_tokens": int(getattr(out, "completion_tokens", 0) or 0),
         }
+        if getattr(out, "repaired", None):
+            attempt["repaired"] = list(out.repaired)
         if on_attempt is not None:
             on_attempt(attempt)
         return attempt
@@ -215,7 +230,8 @@ class TaskFlow:
         )
         async with self.lim.teacher.timed():
             try:
-                resp = await self.b.teacher.chat(req)
+                with self.failures.guard("teacher"):
+                    resp = await self.b.teacher.chat(req)
             except PersdError as exc:  # TeacherError (status + body), BudgetExceeded
                 raise BackendFailure(f"teacher: {exc}") from exc
             except OSError as exc:  # the teacher's journal could not be written
@@ -223,23 +239,57 @@ class TaskFlow:
         tally.add_teacher(resp)
         return resp
 
+    # ------------------------------------------------------------------ the teacher's context
+
+    def _context_budget(self) -> int | None:
+        """Prompt tokens a teacher request may use (--teacher-context-tokens, else the price table's context
+        for the model), None where unknown or the teacher is the offline stand-in."""
+        from persd.runtime.teacher.pricing import context_tokens
+
+        if self.cfg.standin_teacher:
+            return None
+        context = self.cfg.teacher_context_tokens or context_tokens(self.cfg.teacher_model)
+        return context_fit.budget_for(context, self.cfg.teacher_max_tokens)
+
+    def _fit(self, build, texts: list[str], tally: Tally) -> list[dict]:
+        """The messages `build(*texts)` makes, cut to the teacher's context (counted with its own tokenizer)."""
+        estimator = getattr(self.b.teacher, "estimator", None)
+        if estimator is None:
+            from persd.runtime.teacher.tokens import TokenEstimator
+
+            estimator = TokenEstimator()
+        messages, cut = context_fit.fit(build, texts, self.context_budget, estimator.prompt_tokens)
+        tally.context_cut_chars += cut
+        return messages
+
     async def _refine(self, task: Task, attempt: str, feedback: str, tally: Tally):
         """Up to --refine-turns teacher turns; returns (verified program or None, turns used, last result,
-        last program)."""
-        messages = lessons.refine_messages(task, attempt, feedback)
-        last, program = None, ""
-        for turn in range(1, self.cfg.refine_turns + 1):
-            resp = await self._teach(messages, tally)
-            text = resp.texts[0] if resp.texts else ""
-            program = extract(task, text, True)
-            last = await self._execute(task, program, tally)
-            if last.status == "passed":
-                return program, turn, last, program
-            messages = messages + [{"role": "assistant", "content": text}, lessons.followup_message(last.feedback)]
+        last program). A turn whose request fails for its own content ends the refinement (tally.failure)."""
+        last, program, turn = None, "", 0
+        try:
+            messages = self._fit(lambda a, f: lessons.refine_messages(task, a, f), [attempt, feedback], tally)
+            for turn in range(1, self.cfg.refine_turns + 1):
+                resp = await self._teach(messages, tally)
+                text = resp.texts[0] if resp.texts else ""
+                program = extract(task, text, True)
+                last = await self._execute(task, program, tally)
+                if last.status == "passed":
+                    return program, turn, last, program
+                if turn < self.cfg.refine_turns:
+                    so_far = messages + [{"role": "assistant", "content": text}]
+                    messages = self._fit(lambda f, before=so_far: before + [lessons.followup_message(f)],
+                                         [last.feedback], tally)
+        except TaskFailed as exc:
+            tally.failure = exc.record()
+            return None, turn, last, program
         return None, self.cfg.refine_turns, last, program
 
     async def _direct(self, task: Task, tally: Tally):
-        resp = await self._teach(lessons.direct_messages(task), tally)
+        try:
+            resp = await self._teach(lessons.direct_messages(task), tally)
+        except TaskFailed as exc:
+            tally.failure = exc.record()
+            return None, None
         program = extract(task, resp.texts[0] if resp.texts else "", True)
         result = await self._execute(task, program, tally)
         return (program if result.status == "passed" else None), result

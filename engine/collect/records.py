@@ -101,6 +101,8 @@ class Tally:
     student_tokens_in: int = 0
     student_tokens_out: int = 0
     executions: int = 0
+    failure: dict | None = None  # a request that failed for its own content (persd.engine.failures.TaskFailed)
+    context_cut_chars: int = 0  # characters of attempt and error text cut to fit the teacher's context
 
     def add_teacher(self, resp) -> None:
         self.teacher_calls += 1
@@ -174,5 +176,9 @@ def result_line(task: Task, outcome: str, status: str, feedback: str, tally: Tal
         "teacher_tokens": tally.teacher_tokens_in + tally.teacher_tokens_out,
         "student_tokens_out": tally.student_tokens_out,
     }
+    if tally.failure:
+        line["failure"] = tally.failure
+    if tally.context_cut_chars:
+        line["teacher_context_cut_chars"] = tally.context_cut_chars
     line.update(more)
     return line

@@ -29,6 +29,7 @@ from persd.engine.collect.progress import Progress, print_summary
 from persd.engine.collect.records import Meta, Tally, TaskOutcome, result_line
 from persd.engine.collect.shards import DiskError, ShardPlan, ShardState, ShardStore
 from persd.engine.collect.source import SourceInfo, scan_source
+from persd.engine.failures import TaskFailed
 from persd.engine.tasks import Task, iter_tasks
 from persd.runtime.errors import PersdError, UsageError
 from persd.runtime.student.base import StudentStartError
@@ -107,6 +108,7 @@ class Collector:
                 continue
             self.stats.resumed += len(state.done)
             self.stats.outcomes.update(state.outcomes)
+            self.stats.failures.update(state.failures)
             self.stats.records.update(state.records)
             if state.done or state.attempts:
                 self.open_shards[k] = state
@@ -145,6 +147,7 @@ class Collector:
         self.stats.resumed += self.plan.size(k)
         self.stats.shards_sealed += 1
         self.stats.outcomes.update(info["outcomes"])
+        self.stats.failures.update(info.get("failures") or {})
         self.stats.records.update(info["formats"])
 
     def fingerprint(self) -> dict[str, Any]:
@@ -282,6 +285,9 @@ class Collector:
                 return
             except asyncio.CancelledError:
                 raise
+            except TaskFailed as exc:  # one request failed for its own content: this task fails, the run goes on
+                outcome = TaskOutcome(result_line(task, "error", "error", str(exc), Tally(failure=exc.record()),
+                                                  error=str(exc)))
             except PersdError as exc:
                 self._fail(exc)
                 return
@@ -317,6 +323,7 @@ class Collector:
         else:  # sealed during recovery: its tasks count as resumed
             self.stats.resumed += info["tasks"]
             self.stats.outcomes.update(info["outcomes"])
+            self.stats.failures.update(info.get("failures") or {})
 
     # ------------------------------------------------------------------ stopping
 
@@ -373,6 +380,9 @@ class Collector:
         snap = self.stats.snapshot(self.limits, teacher, self.cfg.max_cost)
         if self.cfg.price_in is not None and "teacher" in snap:  # --price-in/--price-out: say which prices
             snap["teacher"]["price_per_1m_usd"] = [self.cfg.price_in, self.cfg.price_out]
+        flow = getattr(self, "flow", None)
+        snap["failure_breaker"] = (flow.failures.report() if flow is not None and hasattr(flow, "failures")
+                                   else {"threshold": self.cfg.failure_breaker})
         return snap
 
     def manifest(self) -> dict:
@@ -421,6 +431,7 @@ class Collector:
                 "shards": len(shards),
                 "shards_sealed": self.stats.shards_sealed,
                 "outcomes": snap["outcomes"],
+                "failures": snap["failures"],
                 "records_sealed": totals["records"],
                 "records": snap["records"],
                 "teacher_calls_sealed": totals["teacher_calls"],
@@ -428,6 +439,10 @@ class Collector:
             },
             "notes": self.notes,
         }
+        data["failure_breaker"] = snap["failure_breaker"]  # its threshold, streak and failed requests by cause
+        params = getattr(self.backends.teacher, "params", None) if self.backends else None
+        if params is not None and params.changes:  # parameters the teacher model refused, adapted for the run
+            data["teacher"]["adapted_parameters"] = params.record()
         if self.fatal is not None:
             data["error"] = str(self.fatal)
         return mf.scrub(data, self.secrets)

@@ -75,6 +75,9 @@ class EvalConfig(StudentFields, TimeLimitFields):
     exec_timeout: float = opt(10.0, help="seconds per execution: the wall-clock limit of a task without a "
                               "reference, the most CPU time a calibrated one gets", changes_results=True,
                               type=positive_float, group="flow")
+    failure_breaker: int = opt(20, help="stop the run (resumably) once the last N student requests all failed "
+                               "for their own content: then it is the server or a setting, not one bad request "
+                               "(0: never)", changes_results=False, type=nonneg_int, group="flow")
     force: bool = opt(False, help="discard earlier results in --out whose settings differ, and start over",
                       changes_results=False, group="flow")
     progress: str = opt("auto", help="progress display", changes_results=False, choices=PROGRESS_MODES,

@@ -20,6 +20,7 @@ from typing import Any
 from persd.engine.evaluation import sampling
 from persd.engine.evaluation.journal import EvalJournal, Key
 from persd.engine.extract import extract_program
+from persd.engine.failures import FailurePolicy, TaskFailed
 from persd.engine.tasks import Task
 from persd.engine.timelimits import TimeLimits
 from persd.runtime.errors import PersdError
@@ -66,6 +67,7 @@ class Evaluator:
         self.gens: dict[Key, dict] = gens if gens is not None else {}
         self.results: dict[Key, dict] = results if results is not None else {}
         self.steps = cfg.refine_steps
+        self.failures = FailurePolicy(getattr(cfg, "failure_breaker", 20))  # per-request failures, the breaker
         self.time_limits: TimeLimits | None = None  # set once the sandbox is open (runner.evaluate)
         self.stats = EvalStats(samples_total=len(tasks) * cfg.n)
         self.stats.resumed = self.stats.samples_done = sum(
@@ -153,15 +155,19 @@ class Evaluator:
 
     # ------------------------------------------------------------------ generation
 
-    async def _generate(self, request) -> tuple[list[str], list[str]] | str:
-        """(texts, finish reasons), or the reason one request was refused (recorded, not fatal)."""
+    async def _generate(self, request) -> tuple[list[str], list[str], list[str]] | dict:
+        """(texts, finish reasons, repairs), or why this one request failed: {"error", "cause"} (recorded, not
+        fatal; persd.engine.failures draws the line and holds the breaker)."""
         from persd.runtime.student import StudentError
 
         self.stats.requests += 1
         try:
-            out = await self.student.generate(request)
+            with self.failures.guard("student"):
+                out = await self.student.generate(request)
+        except TaskFailed as exc:
+            return {"error": f"student: {exc.message}", "cause": exc.cause}
         except StudentError as exc:
-            return f"student: {exc}"
+            return {"error": f"student: {exc}"}
         except asyncio.CancelledError:
             raise
         except PersdError as exc:
@@ -171,7 +177,7 @@ class Evaluator:
         texts = list(out.texts)
         reasons = list(getattr(out, "finish_reasons", None) or ["stop"] * len(texts))
         self.stats.generated += len(texts)
-        return texts, reasons
+        return texts, reasons, list(getattr(out, "repaired", None) or [])
 
     def _keep_gen(self, task: Task, sample: int, step: int, entry: dict) -> None:
         entry = {"task_id": task.task_id, "sample": sample, "step": step, **entry}
@@ -183,24 +189,26 @@ class Evaluator:
             return
         got = await self._generate(sampling.direct_request(task, self.cfg, samples))
         for i, s in enumerate(samples):
-            if isinstance(got, str):
-                self._keep_gen(task, s, 0, {"error": got})
+            if isinstance(got, dict):
+                self._keep_gen(task, s, 0, dict(got))
             else:
-                texts, reasons = got
+                texts, reasons, repaired = got
                 text = texts[i] if i < len(texts) else ""
                 reason = reasons[i] if i < len(reasons) else "stop"
-                self._keep_gen(task, s, 0, {"completion": text, "finish_reason": reason})
+                self._keep_gen(task, s, 0, {"completion": text, "finish_reason": reason,
+                                            **({"repaired": repaired} if repaired else {})})
 
     async def _generate_refine(self, task: Task, sample: int, step: int, prev: dict) -> None:
         code = prev.get("visible_code", prev["code"])  # paper style: the cleaned sample the reference shows
         req = sampling.refine_request(task, self.cfg, sample, step, code, prev["visible_feedback"] or "")
         got = await self._generate(req)
-        if isinstance(got, str):
-            self._keep_gen(task, sample, step, {"error": got})
+        if isinstance(got, dict):
+            self._keep_gen(task, sample, step, dict(got))
         else:
-            texts, reasons = got
+            texts, reasons, repaired = got
             self._keep_gen(task, sample, step, {"completion": texts[0] if texts else "",
-                                                "finish_reason": reasons[0] if reasons else "stop"})
+                                                "finish_reason": reasons[0] if reasons else "stop",
+                                                **({"repaired": repaired} if repaired else {})})
 
     # ------------------------------------------------------------------ execution
 
@@ -222,12 +230,16 @@ class Evaluator:
     async def _score(self, task: Task, sample: int, step: int, gen: dict, prev: dict | None) -> dict:
         base = {"task_id": task.task_id, "sample": sample, "step": step}
         if "error" in gen:  # the student refused this request
+            failure = {"cause": gen["cause"], "by": "student", "message": gen["error"]} if gen.get("cause") else None
             if prev is None:
-                return {**base, "origin": "direct", "status": "error", "feedback": gen["error"], "code": "",
+                line = {**base, "origin": "direct", "status": "error", "feedback": gen["error"], "code": "",
                         "visible_status": None, "visible_feedback": None, "finish_reason": None}
-            return dict(prev, **base, origin="carried", student_error=gen["error"])
+                return dict(line, failure=failure) if failure else line
+            return dict(prev, **base, origin="carried", student_error=gen["error"],
+                        **({"refine_failure": failure} if failure else {}))
+        repaired = {"repaired": gen["repaired"]} if gen.get("repaired") else {}
         if self.cfg.style == "paper":
-            return await self._score_paper(task, step, gen, prev, base)
+            return dict(await self._score_paper(task, step, gen, prev, base), **repaired)
         code = extract_program(task, gen["completion"], self.cfg.student_chat)
         check_visible = step < self.steps and bool(task.visible_tests.strip())
         runs = [self._run(task, task.program(code))]
@@ -241,7 +253,7 @@ class Evaluator:
                 "visible_status": visible.status if visible else None,
                 "visible_feedback": visible.feedback if visible else None,
                 "finish_reason": gen.get("finish_reason"), "limit": getattr(hidden, "limit", None),
-                "limit_s": getattr(hidden, "limit_s", None)}
+                "limit_s": getattr(hidden, "limit_s", None), **repaired}
 
     async def _score_paper(self, task: Task, step: int, gen: dict, prev: dict | None, base: dict) -> dict:
         """The reference's sample, score and visible-test feedback (engine/paper/evaluation.py)."""

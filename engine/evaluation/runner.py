@@ -84,6 +84,6 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
     journal.write_results(lines)
     snap = evaluator.stats.snapshot()
     stats = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in snap.items()}
-    summary = summarize(cfg, tasks, lines, stats, {"mode": mode})
+    summary = summarize(cfg, tasks, lines, stats, {"mode": mode, "failure_breaker": evaluator.failures.report()})
     journal.write_summary(summary)
     return summary

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from persd.engine.collect.flow import TaskFlow
 from persd.engine.collect.records import Tally, TaskOutcome, result_line
+from persd.engine.failures import TaskFailed
 from persd.engine.paper import checker, cleaning, formats, prompts
 from persd.engine.tasks import Task
-from persd.runtime.student.base import RequestRejected
 
 
 class PaperTaskFlow(TaskFlow):
@@ -24,14 +24,19 @@ class PaperTaskFlow(TaskFlow):
         tally = Tally()
         more: dict = {"protocol": "paper"}
 
-        def error(reason: str) -> TaskOutcome:
+        def error(reason: str, failure: TaskFailed | None = None) -> TaskOutcome:
+            if failure is not None:
+                tally.failure = failure.record()
             return TaskOutcome(result_line(task, "error", "error", reason, tally, error=reason, **more))
 
         tests = list(task.extra.get("io_tests") or [])
         if not tests:
             if prompts.task_prompt(task) is None:  # nothing to attempt: no teacher call either
                 return error("no `def <name>(...):` line found for the task's function (the reference skips it)")
-            tests, why = await self._paper_tests(task, tally)
+            try:
+                tests, why = await self._paper_tests(task, tally)
+            except TaskFailed as exc:
+                return error(str(exc), exc)
             more["generated_tests"] = tests
             if not tests:
                 return error(why)
@@ -41,9 +46,11 @@ class PaperTaskFlow(TaskFlow):
         try:
             attempt = prior_attempt if prior_attempt is not None else await self._attempt(
                 task, on_attempt, self._request(task, prompt))
-        except RequestRejected as exc:
-            return error(f"student rejected the request: {exc}")
+        except TaskFailed as exc:
+            return error(f"student rejected the request: {exc}", exc)
         tally.student_tokens_out = int(attempt.get("completion_tokens", 0))
+        if attempt.get("repaired"):
+            more["student_repaired"] = attempt["repaired"]
         cleaned = [self._clean(prompt, text) for text in attempt["texts"]] or [prompt]
         verdicts = [await checker.check_alpaca(self._runner(tally), code, tests, self.cfg.exec_timeout)
                     for code in cleaned]
@@ -96,10 +103,19 @@ class PaperTaskFlow(TaskFlow):
 
     async def _refine_paper(self, task: Task, prompt: str, code: str, error: str, tests: list[dict], tally: Tally):
         """Teacher turns until one answer passes: (parsed answer, program that passed or None, turns, last error)."""
-        messages = prompts.teacher_messages(prompt, code, error, self._teacher_context(task))
+        gold = self._teacher_context(task)
         last = error
+        try:
+            messages = self._fit(lambda c, e: prompts.teacher_messages(prompt, c, e, gold), [code, error], tally)
+        except TaskFailed as exc:
+            tally.failure = exc.record()
+            return None, None, 0, last
         for turn in range(1, self.cfg.refine_turns + 1):
-            resp = await self._teach(messages, tally)
+            try:
+                resp = await self._teach(messages, tally)
+            except TaskFailed as exc:
+                tally.failure = exc.record()
+                return None, None, turn - 1, last
             text = resp.texts[0] if resp.texts else ""
             _, rectified = cleaning.parse_teacher_output(text, code)
             verdict = await checker.check_alpaca(self._runner(tally), rectified, tests, self.cfg.exec_timeout)

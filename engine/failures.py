@@ -1,0 +1,95 @@
+"""One bad answer fails its task, never the run: where the engine draws the line, and the breaker.
+
+A backend raises `persd.runtime.errors.RequestFailed` for a failure that is about one request
+(its content or its answer: context too long, refused content, a content-filter stop, an answer
+that cannot be read even leniently after the retries). The guard around each backend call turns it
+into `TaskFailed`: that task (collect) or sample (eval) is recorded as failed with the cause and
+the provider's message, journaled like any finished work (a rerun does not send it again), and the
+run goes on. Everything else a backend raises (5xx or timeouts after the retries, refused
+connections, 401/403/404, the budget) says the server, the connection or the settings are broken:
+the run stops resumably, as before.
+
+The breaker stops the run when failures are not explained by single requests: once the last
+`threshold` requests guarded here all failed (any success in between resets the count), the next
+failure raises `TooManyFailures` (a PersdError: the run stops, exit 1, rerun to resume) instead.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from persd.runtime.errors import REQUEST_CAUSES, PersdError, RequestFailed
+
+CAUSES: dict[str, str] = {
+    **REQUEST_CAUSES,
+    "prompt_too_long": "the teacher's prompt cannot fit its context even with the attempt and error cut "
+                       "(failed before sending)",
+}
+DEFAULT_THRESHOLD = 20
+
+
+class TaskFailed(Exception):
+    """This task's (or sample's) request failed for good: record it with `cause`, go on.
+
+    Deliberately not a PersdError: the handlers that stop the run on a PersdError must let it pass."""
+
+    def __init__(self, cause: str, message: str, by: str):
+        self.cause, self.message, self.by = cause, message, by
+        super().__init__(f"{by}: {cause}: {message}")
+
+    def record(self) -> dict:
+        """The `failure` field of a result line."""
+        return {"cause": self.cause, "by": self.by, "message": self.message[:2000]}
+
+
+class TooManyFailures(PersdError):
+    """The breaker tripped: many requests in a row failed, so the fault is not theirs."""
+
+
+@dataclass
+class FailurePolicy:
+    """Counts failed requests by cause and holds the breaker. `threshold` 0 turns the breaker off."""
+
+    threshold: int = DEFAULT_THRESHOLD
+    streak: int = 0
+    counts: Counter = field(default_factory=Counter)
+    tripped: bool = False
+
+    def ok(self) -> None:
+        self.streak = 0
+
+    def failed(self, exc: RequestFailed, by: str) -> TaskFailed:
+        """Count one failed request; the task failure to raise, or TooManyFailures once the breaker trips."""
+        self.counts[exc.cause] += 1
+        self.streak += 1
+        if self.threshold and self.streak >= self.threshold:
+            self.tripped = True
+            raise TooManyFailures(
+                f"the last {self.streak} {by} requests all failed (last: {exc.cause}: {exc.message[:300]}): that "
+                f"is not one bad request but a broken server or setting, so the run stops (the breaker's "
+                f"threshold is {self.threshold})")
+        return TaskFailed(exc.cause, exc.message, by)
+
+    @contextlib.contextmanager
+    def guard(self, by: str) -> Iterator[None]:
+        """Around one backend call: a RequestFailed becomes TaskFailed (or TooManyFailures); a success resets
+        the breaker; anything else passes unchanged (the caller stops the run on it, as before)."""
+        try:
+            yield
+        except RequestFailed as exc:
+            raise self.failed(exc, by) from None
+        self.ok()
+
+    def report(self) -> dict:
+        return {"threshold": self.threshold, "streak": self.streak, "tripped": self.tripped,
+                "failed_requests": dict(sorted(self.counts.items()))}
+
+
+def cause_of(result: dict) -> str | None:
+    """The failure cause a result line (collect) or a sample's line (eval) carries, if any."""
+    failure = result.get("failure")
+    if isinstance(failure, dict):
+        return str(failure.get("cause") or "unknown")
+    return None
