@@ -10,8 +10,10 @@ connections, 401/403/404, the budget) says the server, the connection or the set
 the run stops resumably, as before.
 
 The breaker stops the run when failures are not explained by single requests: once the last
-`threshold` requests guarded here all failed (any success in between resets the count), the next
-failure raises `TooManyFailures` (a PersdError: the run stops, exit 1, rerun to resume) instead.
+`threshold` requests to one backend (the student, or the teacher) all failed (a success of that
+backend in between resets its count), that failure raises `TooManyFailures` (a PersdError: the run
+stops, exit 1, rerun to resume) instead. The failures before it are recorded as their tasks' (they
+may have been the first signs of a broken server: `persd status` shows them by cause).
 """
 from __future__ import annotations
 
@@ -53,21 +55,21 @@ class FailurePolicy:
     """Counts failed requests by cause and holds the breaker. `threshold` 0 turns the breaker off."""
 
     threshold: int = DEFAULT_THRESHOLD
-    streak: int = 0
+    streaks: Counter = field(default_factory=Counter)  # per backend: failed requests since its last success
     counts: Counter = field(default_factory=Counter)
     tripped: bool = False
 
-    def ok(self) -> None:
-        self.streak = 0
+    def ok(self, by: str) -> None:
+        self.streaks[by] = 0
 
     def failed(self, exc: RequestFailed, by: str) -> TaskFailed:
         """Count one failed request; the task failure to raise, or TooManyFailures once the breaker trips."""
         self.counts[exc.cause] += 1
-        self.streak += 1
-        if self.threshold and self.streak >= self.threshold:
+        self.streaks[by] += 1
+        if self.threshold and self.streaks[by] >= self.threshold:
             self.tripped = True
             raise TooManyFailures(
-                f"the last {self.streak} {by} requests all failed (last: {exc.cause}: {exc.message[:300]}): that "
+                f"the last {self.streaks[by]} {by} requests all failed (last: {exc.cause}: {exc.message[:300]}): that "
                 f"is not one bad request but a broken server or setting, so the run stops (the breaker's "
                 f"threshold is {self.threshold})")
         return TaskFailed(exc.cause, exc.message, by)
@@ -80,10 +82,10 @@ class FailurePolicy:
             yield
         except RequestFailed as exc:
             raise self.failed(exc, by) from None
-        self.ok()
+        self.ok(by)
 
     def report(self) -> dict:
-        return {"threshold": self.threshold, "streak": self.streak, "tripped": self.tripped,
+        return {"threshold": self.threshold, "streaks": dict(self.streaks), "tripped": self.tripped,
                 "failed_requests": dict(sorted(self.counts.items()))}
 
 

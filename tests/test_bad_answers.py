@@ -4,6 +4,8 @@ parameter adaptation, context fitting and the failure breaker, against real loca
 test_bad_answers_e2e.py."""
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from persd.engine.context_fit import MARKER, budget_for, fit
@@ -149,6 +151,17 @@ async def test_refused_parameters_are_adapted_once_for_the_run(tmp_path):
     assert len(notices) == 2 and "refuses 'max_tokens'" in notices[0]
 
 
+async def test_requests_refused_together_adapt_once_and_keep_the_rename():
+    async with LocalOpenAIServer(lambda body: "done", refuse_params=("max_tokens", "temperature")) as server:
+        async with TeacherClient(config(server.base_url)) as teacher:
+            answers = await asyncio.gather(*(teacher.chat(ask(f"q{i}", max_tokens=64, temperature=0.2))
+                                             for i in range(6)))
+            adapted, notices = teacher.params.record(), list(teacher.notices)
+    assert [a.text for a in answers] == ["done"] * 6 and len(notices) == 2
+    assert adapted["max_tokens"]["sent_as"] == "max_completion_tokens"
+    assert sum(a.status == 200 for a in server.log) == 6
+
+
 async def test_reasoning_families_get_max_completion_tokens_from_the_start():
     async with LocalOpenAIServer(lambda body: "done", refuse_params=("max_tokens",)) as server:
         async with TeacherClient(config(server.base_url, model="o3-mini-2025-01-31")) as teacher:
@@ -174,6 +187,14 @@ def test_the_breaker_trips_only_on_failures_in_a_row():
     with pytest.raises(TooManyFailures, match="threshold is 3"), policy.guard("teacher"):
         raise bad
     assert policy.report()["failed_requests"] == {"invalid_request": 8} and policy.tripped
+    other = FailurePolicy(threshold=2)  # a working student does not hide a broken teacher
+    for _ in range(1):
+        with pytest.raises(TaskFailed), other.guard("teacher"):
+            raise bad
+        with other.guard("student"):
+            pass
+    with pytest.raises(TooManyFailures), other.guard("teacher"):
+        raise bad
     with pytest.raises(ValueError), FailurePolicy(threshold=3).guard("student"):  # other errors pass unchanged
         raise ValueError("x")
 

@@ -188,7 +188,8 @@ class TeacherClient:
                                 if exc.cause == "unsupported_parameter" else None)
                         if note is None:
                             raise
-                        self._notice(note)
+                        if note:
+                            self._notice(note)
                         payload = self.params.apply(request.payload(model))
                 ok = True
             except HTTPStatusError as exc:

@@ -74,6 +74,7 @@ class FaultPlan:
     exhausted_429: bool = False        # injected 429s say the client's budget is used up (remaining 0),
                                        # as when another process spends the same key's limit
     by_content: dict[str, str] = field(default_factory=dict)  # marker in a request's text -> its fault, always
+    retry_after_5xx_s: float | None = None  # injected 5xx carry this Retry-After (a gateway in front of a dead server)
 
     def __post_init__(self) -> None:
         bad = [f for f in [*self.script, *self.by_content.values()] if f not in FAULTS]
@@ -406,8 +407,11 @@ class LocalOpenAIServer:
                 headers.update({"retry-after-ms": str(round(wait * 1000)), "retry-after": str(math.ceil(wait))})
             return self._status(arrival, 429, "rate_limit_exceeded", "Rate limit reached (injected).", headers)
         if fault in _STATUS_FAULTS:
+            wait = self.faults.retry_after_5xx_s if int(fault) >= 500 else None
+            headers = None if wait is None else {"retry-after-ms": str(round(wait * 1000)),
+                                                 "retry-after": str(math.ceil(wait))}
             return self._status(arrival, int(fault), "server_error" if int(fault) >= 500 else "invalid_request_error",
-                                f"injected {fault}")
+                                f"injected {fault}", headers)
 
         n = int(body.get("n") or 1)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")

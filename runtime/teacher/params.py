@@ -51,11 +51,14 @@ class ParamAdapter:
 
     def learn(self, param: str, message: str, sent: dict) -> str | None:
         """Adapt to a refused parameter of the payload `sent`; returns a one-line note of what changed,
-        or None where there is nothing to adapt (the parameter is unknown or was not sent). Each step
-        renames or drops a parameter for good, so adapting always ends."""
+        "" where it was adapted already (a request sent before another's refusal taught us: send it
+        again as adapted), or None where there is nothing to adapt (the parameter is unknown or was
+        not sent). Each step renames or drops a parameter for good, so adapting always ends."""
         names = [n for n in ([param] if param else _QUOTED.findall(message)) if n in sent]
         if not names:
             return None
+        if names[0] in self.changes:  # sent under its own name, which is adapted by now
+            return ""
         original = next((old for old, new in self.changes.items() if new == names[0]), names[0])
         new = None if original in self.changes else RENAMES.get(original)  # a renamed one refused too: drop
         self.changes[original] = new
