@@ -12,15 +12,17 @@ the run stops resumably, as before.
 The breaker stops the run when failures are not explained by single requests: once the last
 `threshold` requests to one backend (the student, or the teacher) all failed (a success of that
 backend in between resets its count), that failure raises `TooManyFailures` (a PersdError: the run
-stops, exit 1, rerun to resume) instead. The failures before it are recorded as their tasks' (they
-may have been the first signs of a broken server: `persd status` shows them by cause).
+stops, exit 1, rerun to resume) instead. Until a streak is settled, the failures in it are held: the
+caller journals a failed task through `hold`, which writes it once that backend answers a request
+again (the failures were the requests' own) or when the run ends normally (`flush`), and never where
+the breaker trips (`drop`: they were the first signs of a broken server, and a rerun redoes them).
 """
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from persd.runtime.errors import REQUEST_CAUSES, PersdError, RequestFailed
 
@@ -58,9 +60,34 @@ class FailurePolicy:
     streaks: Counter = field(default_factory=Counter)  # per backend: failed requests since its last success
     counts: Counter = field(default_factory=Counter)
     tripped: bool = False
+    held: dict[str, list[Callable[[], None]]] = field(default_factory=lambda: defaultdict(list))
 
     def ok(self, by: str) -> None:
         self.streaks[by] = 0
+        for write in self.held.pop(by, ()):  # the streak was the requests' own: their tasks failed for real
+            write()
+
+    def hold(self, by: str, write: Callable[[], None]) -> bool:
+        """Journal a failed task's result with `write` once `by`'s streak is settled. False (the caller writes
+        now) where no streak is open, e.g. a request of that backend succeeded since the failure."""
+        if self.tripped:  # the run is stopping on a broken server: not this task's failure, redo it
+            return True
+        if not self.streaks[by]:
+            return False
+        self.held[by].append(write)
+        return True
+
+    def flush(self) -> None:
+        """The run ended normally: every failure held is its task's."""
+        for by in list(self.held):
+            for write in self.held.pop(by):
+                write()
+
+    def drop(self) -> int:
+        """The run stopped on a fault of a server: forget what was held (a rerun redoes those tasks)."""
+        n = sum(len(v) for v in self.held.values())
+        self.held.clear()
+        return n
 
     def failed(self, exc: RequestFailed, by: str) -> TaskFailed:
         """Count one failed request; the task failure to raise, or TooManyFailures once the breaker trips."""
@@ -86,6 +113,7 @@ class FailurePolicy:
 
     def report(self) -> dict:
         return {"threshold": self.threshold, "streaks": dict(self.streaks), "tripped": self.tripped,
+                "held": sum(len(v) for v in self.held.values()),
                 "failed_requests": dict(sorted(self.counts.items()))}
 
 

@@ -199,6 +199,25 @@ def test_the_breaker_trips_only_on_failures_in_a_row():
         raise ValueError("x")
 
 
+def test_failures_are_held_until_their_streak_is_settled():
+    policy, written = FailurePolicy(threshold=3), []
+    bad = RequestFailed("undecodable", "garbage")
+    with pytest.raises(TaskFailed), policy.guard("teacher"):
+        raise bad
+    assert policy.hold("teacher", lambda: written.append("a")) and written == []
+    assert not policy.hold("student", lambda: written.append("x"))  # no student streak: write now
+    with policy.guard("teacher"):  # the teacher answers again: the failure was the request's own
+        pass
+    assert written == ["a"]
+    for name in ("b", "c"):
+        with pytest.raises(TaskFailed), policy.guard("teacher"):
+            raise bad
+        policy.hold("teacher", lambda name=name: written.append(name))
+    with pytest.raises(TooManyFailures), policy.guard("teacher"):
+        raise bad
+    assert policy.drop() == 2 and written == ["a"]  # the breaker tripped: b and c are redone by a rerun
+
+
 # ------------------------------------------------------------------ fitting the teacher's context
 
 

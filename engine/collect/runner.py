@@ -239,6 +239,12 @@ class Collector:
                 await self._admission
             while self._running:
                 await asyncio.gather(*list(self._running), return_exceptions=True)
+            policy = getattr(self.flow, "failures", None)
+            if policy is not None:  # failed tasks held while their backend's streak was open
+                if self.fatal is None:
+                    policy.flush()  # the run ended well (or was interrupted): they failed for their own content
+                else:
+                    policy.drop()  # the run stops on a broken server: a rerun redoes them
             self.work_ended = time.monotonic()
         finally:
             ticker.cancel()
@@ -296,21 +302,31 @@ class Collector:
                 outcome = TaskOutcome(result_line(task, "error", "error", why, Tally(), error=why))
             outcome.result["index"] = idx
             outcome.result["shard"] = k
-            try:
-                store.journal_done(k, idx, outcome.result, outcome.records)
-            except DiskError as exc:
-                self._fail(exc)
-                return
-            self.stats.add(outcome.result, outcome.records)
-            state = self.open_shards[k]
-            state.done.add(idx)
-            if state.complete:
-                try:
-                    self._seal(k, state)
-                except PersdError as exc:
-                    self._fail(exc)
+            failure = outcome.result.get("failure")
+            policy = getattr(self.flow, "failures", None)
+            if failure and policy is not None and policy.hold(failure.get("by", ""),
+                                                               lambda: self._finish(idx, k, outcome)):
+                return  # journaled once its backend's failure streak is settled (persd.engine.failures)
+            self._finish(idx, k, outcome)
         finally:
             self._slots.release()
+
+    def _finish(self, idx: int, k: int, outcome: TaskOutcome) -> None:
+        """Journal a finished task (one write), count it, seal its shard when it was the last."""
+        assert self.store
+        try:
+            self.store.journal_done(k, idx, outcome.result, outcome.records)
+        except DiskError as exc:
+            self._fail(exc)
+            return
+        self.stats.add(outcome.result, outcome.records)
+        state = self.open_shards[k]
+        state.done.add(idx)
+        if state.complete:
+            try:
+                self._seal(k, state)
+            except PersdError as exc:
+                self._fail(exc)
 
     def _seal(self, k: int, state: ShardState) -> None:
         assert self.store

@@ -145,7 +145,7 @@ class Evaluator:
                 else:
                     await self._generate_refine(task, sample, step, prev)
             line = await self._score(task, sample, step, self.gens[key], prev)
-        self.journal.append("result", line)
+        self._journal("result", line, bool(line.get("failure") or line.get("refine_failure")))
         self.results[key] = line
         if step == 0 and line["status"] == "passed":
             self.stats.passed_step0 += 1
@@ -181,8 +181,15 @@ class Evaluator:
 
     def _keep_gen(self, task: Task, sample: int, step: int, entry: dict) -> None:
         entry = {"task_id": task.task_id, "sample": sample, "step": step, **entry}
-        self.journal.append("gen", entry)
+        self._journal("gen", entry, bool(entry.get("cause")))
         self.gens[(task.task_id, sample, step)] = entry
+
+    def _journal(self, kind: str, obj: dict, failed: bool) -> None:
+        """Append to the journal; a failed request's lines wait until the student's failure streak is settled
+        (persd.engine.failures: written once it answers again, dropped where the breaker trips)."""
+        if failed and self.failures.hold("student", lambda: self.journal.append(kind, obj)):
+            return
+        self.journal.append(kind, obj)
 
     async def _generate_direct(self, task: Task, samples: list[int]) -> None:
         if not samples:

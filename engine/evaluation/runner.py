@@ -72,6 +72,7 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
                 evaluator.stats.restart()  # the rate counts the work, not loading the model
                 async with EvalProgress(cfg.progress, evaluator.stats.snapshot, cfg.log_every):
                     await (evaluator.run_phased() if mode == "phased" else evaluator.run())
+                evaluator.failures.flush()  # samples failed by their own request, held while a streak was open
         except EvalFailure as exc:
             done = evaluator.stats.samples_done
             raise EvalFailure(f"{exc}\n{done} of {evaluator.stats.samples_total} samples are saved in {cfg.out}: "
