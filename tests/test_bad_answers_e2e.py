@@ -214,3 +214,16 @@ async def test_eval_records_bad_answers_per_sample_and_stops_resumably_when_the_
         rc, so, se = await persd(*eval_args(tasks, out, student, "--limit", "4"))
         assert rc == 0, se
         assert not any("failure" in ln for ln in read_jsonl(out / "results.jsonl"))
+
+        # every request refused (a broken deploy): the breaker stops eval too, and holds back what it saw
+        student.faults = FaultPlan(by_content={"def f_": "400"})
+        out = tmp_path / "refused"
+        args = eval_args(tasks, out, student, "--limit", "6", "--failure-breaker", "3", "--max-in-flight", "1")
+        rc, so, se = await persd(*args)
+        assert rc == 1 and "the last 3 student requests all failed" in se and "rerun" in se, se
+        journal = read_jsonl(out / "work" / "journal.jsonl")
+        assert not any(j.get("cause") or j.get("failure") for j in journal)
+        student.faults = FaultPlan()
+        rc, so, se = await persd(*args)
+        assert rc == 0, se
+        assert not any("failure" in ln for ln in read_jsonl(out / "results.jsonl"))
