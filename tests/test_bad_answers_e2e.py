@@ -50,7 +50,8 @@ def teacher_reply(body: dict) -> str:
 
 STUDENT_FAULTS = {"def f_3(x)": "nul", "def f_6(x)": "surrogate", "def f_9(x)": "bad_utf8", "def f_12(x)": "control",
                   "def f_7(x)": "context"}
-TEACHER_FAULTS = {"def f_2(x)": "context", "def f_4(x)": "content_filter", "def f_5(x)": "garbage"}
+TEACHER_FAULTS = {"def f_2(x)": "context", "def f_4(x)": "content_filter", "def f_5(x)": "garbage",
+                  "def f_14(x)": "surrogate"}
 
 
 def run_env(**extra: str) -> dict:
@@ -90,7 +91,7 @@ async def test_collect_records_every_bad_answer_with_its_cause_and_a_rerun_sends
     tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 16)
     out = tmp_path / "out"
     student = FakeOpenAIServer(reply=student_reply, model="scripted-student")
-    student.faults = FaultPlan(by_content=STUDENT_FAULTS)
+    student.faults = FaultPlan(by_content={**STUDENT_FAULTS, "def f_13(x)": "nul"})  # 13: a wrong attempt
     teacher = LocalOpenAIServer(teacher_reply, faults=FaultPlan(by_content=TEACHER_FAULTS), context_tokens=CONTEXT)
     async with student, teacher:
         args = collect_args(tasks, out, student, teacher, "--teacher-context-tokens", str(CONTEXT))
@@ -112,6 +113,9 @@ async def test_collect_records_every_bad_answer_with_its_cause_and_a_rerun_sends
         assert max(teacher.prompt_tokens_seen) <= CONTEXT
         for i in (1, 8, 11, 13, 14):
             assert res[i]["outcome"] == "refined", res[i]
+        assert res[13]["student_repaired"] == ["nul"] and res[14]["teacher_repaired"] == ["lone_surrogate"]
+        records = [r for f in sorted((out / "shards").glob("shard-*[0-9].jsonl")) for r in read_jsonl(f)]
+        assert {r["meta"].get("student_repaired") is not None for r in records if r["task_id"] == "double/13"} == {True}
         # each bad request went out once (the unreadable answer: once per retry), nothing twice
         per_task = Counter(task_of(b["messages"][1]["content"]) for b in teacher.received)
         assert per_task[2] == per_task[4] == 1 and per_task[5] == 3

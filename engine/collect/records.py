@@ -103,12 +103,16 @@ class Tally:
     executions: int = 0
     failure: dict | None = None  # a request that failed for its own content (persd.engine.failures.TaskFailed)
     context_cut_chars: int = 0  # characters of attempt and error text cut to fit the teacher's context
+    teacher_repaired: list[str] = field(default_factory=list)  # bad text replaced in the teacher's answers
 
     def add_teacher(self, resp) -> None:
         self.teacher_calls += 1
         self.teacher_tokens_in += int(getattr(resp, "prompt_tokens", 0) or 0)
         self.teacher_tokens_out += int(getattr(resp, "completion_tokens", 0) or 0)
         self.teacher_cached += bool(getattr(resp, "cached", False))
+        for kind in getattr(resp, "repaired", None) or ():
+            if kind not in self.teacher_repaired:
+                self.teacher_repaired.append(kind)
 
 
 @dataclass
@@ -180,5 +184,7 @@ def result_line(task: Task, outcome: str, status: str, feedback: str, tally: Tal
         line["failure"] = tally.failure
     if tally.context_cut_chars:
         line["teacher_context_cut_chars"] = tally.context_cut_chars
+    if tally.teacher_repaired:
+        line["teacher_repaired"] = tally.teacher_repaired
     line.update(more)
     return line
