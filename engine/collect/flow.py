@@ -153,6 +153,9 @@ class TaskFlow:
                                           first.feedback if student_failed else "")
         records.sort(key=lambda r: FORMAT_ORDER[r["format"]])
         records = await self._verify_recut(task, records, tally)
+        if attempt.get("repaired"):  # the attempt these records show had bad text replaced (U+FFFD)
+            for r in records:
+                r["meta"]["student_repaired"] = attempt["repaired"]
         if "generated_tests" in more and not more["generated_tests"]:
             more.pop("generated_tests")
         return TaskOutcome(result_line(task, outcome, first.status, first.feedback, tally, **more), records)
