@@ -231,3 +231,32 @@ async def test_eval_records_bad_answers_per_sample_and_stops_resumably_when_the_
         rc, so, se = await persd(*args)
         assert rc == 0, se
         assert not any("failure" in ln for ln in read_jsonl(out / "results.jsonl"))
+
+
+async def test_paper_protocol_collect_fails_one_task_by_its_cause(tmp_path):
+    """Paper mode has its own teacher chat and test checking: the same guard, the same line."""
+    from helpers import write_jsonl
+
+    def io_task(i: int) -> dict:
+        return {"task_id": f"io/{i}", "instruction": f"Print the sum of two numbers ({i}).", "entry_point": f"show_{i}",
+                "reference": f"def show_{i}(a, b):\n    print(a + b)\n",
+                "test_list": [{"input": f"show_{i}(1, 2)", "output": "3\n"}]}
+
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [io_task(i) for i in range(4)])
+    student = FakeOpenAIServer(reply=lambda payload, i: "    print(a - b)\n", model="scripted-student")
+    teacher = LocalOpenAIServer(lambda body: "```python\nprint('no')\n```", faults=FaultPlan(by_content={
+        "show_2(": "context", "show_3(": "content_filter"}))
+    async with student, teacher:
+        out = tmp_path / "out"
+        args = ["collect", "--preset", "paper", "--tasks", str(tasks), "--out", str(out), "--student-backend", "openai",
+                "--student-url", student.url, "--student-model", "scripted-student", "--teacher-url",
+                teacher.base_url, "--teacher-model", "scripted-teacher", "--sandbox-workers", "1", "--progress", "none",
+                "--teacher-retries", "2", "--teacher-retry-delay", "0.02"]
+        rc, so, se = await persd(*args)
+        assert rc == 0, se
+        res = results(out)
+        assert sorted(res) == [0, 1, 2, 3]
+        assert cause(res[2]) == "context_too_long" and cause(res[3]) == "content_filter"
+        assert res[2]["outcome"] == res[3]["outcome"] == "unresolved" and cause(res[0]) is None
+        sent = (student.posts, teacher.posts)
+        assert (await persd(*args))[0] == 0 and (student.posts, teacher.posts) == sent
