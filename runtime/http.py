@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
-from persd.runtime.errors import PersdError
+from persd.runtime.errors import PersdError, classify_status
 from persd.runtime.options import opt, positive_float, positive_int
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -136,11 +138,78 @@ class AdaptiveGate:
 
 
 class HTTPStatusError(PersdError):
-    """A non-retryable HTTP answer (400, 401, 403, 404, other 4xx)."""
+    """A non-retryable HTTP answer (400, 401, 403, 404, other 4xx). `cause` names a failure of this
+    request's content (`persd.runtime.errors.classify_status`), None for one about the whole run;
+    `code`, `param` and `message` are the OpenAI-style error body's fields where it has them."""
 
     def __init__(self, status: int, body: str, url: str):
         self.status, self.body, self.url = status, body, url
+        self.code, self.param, self.message = error_fields(body)
+        self.cause = classify_status(status, self.code, self.message)
         super().__init__(f"HTTP {status} from {url}: {body[:BODY_LIMIT]}")
+
+
+def error_fields(body: str) -> tuple[str, str, str]:
+    """(code, param, message) of an OpenAI-style error body `{"error": {...}}`; the body itself
+    (shortened) as the message where it is not one."""
+    try:
+        data = orjson.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            return (str(err.get("code") or err.get("type") or ""), str(err.get("param") or ""),
+                    str(err.get("message") or "")[:500])
+        if isinstance(err, str) and err:
+            return "", "", err[:500]
+    except (orjson.JSONDecodeError, TypeError):
+        pass
+    return "", "", body.strip()[:500] or "(empty body)"
+
+
+# -- lenient decoding ------------------------------------------------------------------------------
+
+REPAIRED_KEY = "persd_repaired"  # set on a decoded body whose text was repaired: the kinds of repair
+_ESCAPED_BAD = re.compile(rb"\\u(?:00[01][0-9a-fA-F]|[dD][89a-fA-F][0-9a-fA-F]{2})")
+_BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+
+def _kind(ch: str) -> str:
+    return "nul" if ch == "\x00" else "lone_surrogate" if "\ud800" <= ch <= "\udfff" else "control_char"
+
+
+def _scrub(obj, kinds: set[str]):
+    """Every string in `obj` with NULs, other control characters (tab, newline and CR kept) and lone
+    surrogates replaced by U+FFFD; `kinds` collects what was replaced."""
+    if isinstance(obj, str):
+        if _BAD_CHAR.search(obj) is None:
+            return obj
+        return _BAD_CHAR.sub(lambda m: kinds.add(_kind(m.group())) or "\ufffd", obj)
+    if isinstance(obj, dict):
+        return {k: _scrub(v, kinds) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_scrub(v, kinds) for v in obj]
+    return obj
+
+
+def decode_json(raw: bytes):
+    """A JSON body, read leniently: bytes that are not UTF-8, lone surrogate escapes, NULs and
+    control characters (raw or escaped) become U+FFFD and the rest of the text is kept, as some
+    OpenAI-compatible servers emit them mid-token. Returns (value, sorted repair kinds); raises
+    ValueError where even that cannot be read (a cut or non-JSON body)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:  # valid JSON; only escaped NULs, controls or surrogates need a look (rare: one regex scan)
+        if _ESCAPED_BAD.search(raw) is None:
+            return value, []
+        kinds: set[str] = set()
+        return _scrub(value, kinds), sorted(kinds)
+    kinds = set()
+    text = raw.decode("utf-8", "replace")
+    if "\ufffd" in text and "\ufffd".encode() not in raw:
+        kinds.add("invalid_utf8")
+    value = json.loads(text, strict=False)  # ValueError (JSONDecodeError) where it is not JSON at all
+    return _scrub(value, kinds), sorted(kinds)
 
 
 class RetriesExhausted(PersdError):
@@ -249,12 +318,14 @@ async def post_json(
                 raw = await resp.read()
             if 200 <= status < 300:
                 try:
-                    body = orjson.loads(raw)
-                except orjson.JSONDecodeError:
+                    body, repaired = decode_json(raw)
+                except ValueError:
                     cause, body_text = "malformed", raw[:BODY_LIMIT].decode("utf-8", "replace")
                 else:
                     problem = "malformed" if not isinstance(body, dict) else (validate(body) if validate else None)
                     if problem is None:
+                        if repaired:
+                            body[REPAIRED_KEY] = repaired
                         if after_attempt is not None:
                             after_attempt(AttemptOutcome(status, resp_headers, None, None, True,
                                                          time.monotonic() - t_send))

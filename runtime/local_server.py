@@ -4,19 +4,24 @@
     FakeOpenAIServer    the same server set up as a scripted student: no limits, `reply(payload, i)` per choice
     FaultPlan           which faults to inject;  json_response  an aiohttp JSON answer
 
-aiohttp on 127.0.0.1 and a random port. Answers come from a `responder(request_body) -> str`
-(sync or async). RPM/TPM limits are enforced over `window_s` seconds, either as token buckets
-(`limit_mode="bucket"`: capacity = one window's budget, refilled continuously, as providers do)
-or as a strict sliding window log (`"sliding"`). Faults are injected from a `FaultPlan`: 429
-with Retry-After, 408/409/500/503, malformed JSON, dropped connections, truncated bodies,
-empty choices, slow answers, non-retryable 400/401/403/404, and an overload burst (for a while,
-a share of all requests get 429). Every request is counted against the limits when it is
-admitted, before its injected fault, as providers count failed requests (`count_faults=False`:
-the old rule, injected 429s and error statuses decided first and never counted). With
-`ratelimit_headers`, every answer, 429s included, carries OpenAI's integer `x-ratelimit-*`
-headers: a 429 for the client's own limit shows no room left, an injected (overload) 429 shows
-the room the client really has. Everything received is
-recorded (`received`, `log`, `stats`), so tests can check what a client really sent.
+aiohttp on 127.0.0.1 and a random port. Answers come from a `responder(request_body) -> str` (sync or
+async). RPM/TPM limits are enforced over `window_s` seconds, either as token buckets
+(`limit_mode="bucket"`: capacity = one window's budget, refilled continuously, as providers do) or as a
+strict sliding window log (`"sliding"`). Faults are injected from a `FaultPlan`: 429 with Retry-After,
+408/409/500/503, malformed JSON, dropped connections, truncated bodies, empty choices, slow answers,
+non-retryable 400/401/403/404, and an overload burst (for a while, a share of all requests get 429).
+Every request is counted against the limits when it is admitted, before its injected fault, as providers
+count failed requests (`count_faults=False`: the old rule, injected 429s and error statuses decided
+first and never counted). Bad answers of one request (`FaultPlan.by_content`: a fault for every request
+whose text holds a marker, on every try): 400 context_length_exceeded, a content-filter finish reason,
+text with a raw NUL, a lone surrogate escape, bytes that are not UTF-8 or a control character (at
+`CORRUPT_HERE` in the reply, else at its end), a body that is not JSON. `context_tokens` answers 400
+context_length_exceeded to any request over that context, as providers do; `refuse_params` answers 400
+unsupported_parameter/unsupported_value to requests carrying those parameters, as reasoning models do.
+With `ratelimit_headers`, every answer, 429s included, carries OpenAI's integer `x-ratelimit-*` headers:
+a 429 for the client's own limit shows no room left, an injected (overload) 429 shows the room the
+client really has. Everything received is recorded (`received`, `log`, `stats`), so tests can check what
+a client really sent.
 
     async with LocalOpenAIServer(lambda body: "def f(): ...", rpm=600, window_s=1) as server:
         cfg = TeacherConfig(base_url=server.base_url, model="local")
@@ -45,7 +50,10 @@ Responder = Callable[[dict], "str | list[str] | Awaitable[str | list[str]]"]
 
 # Faults a plan may name; "ok" is none.
 FAULTS = ("ok", "429", "408", "409", "500", "502", "503", "malformed", "drop", "truncated",
-          "no_choices", "slow", "400", "401", "403", "404")
+          "no_choices", "slow", "400", "401", "403", "404",
+          "context", "content_filter", "nul", "surrogate", "bad_utf8", "control", "garbage")
+CORRUPT_HERE = "\ue000"  # where a reply's text gets the bad bytes of a corrupting fault
+_CORRUPT = {"nul": b"\x00", "surrogate": b"\\ud800", "bad_utf8": b"\xff\xfe", "control": b"\x01"}
 _STATUS_FAULTS = {"408", "409", "500", "502", "503", "400", "401", "403", "404"}
 
 
@@ -74,9 +82,11 @@ class FaultPlan:
     burst_retry_after_s: float = 1.0   # with this Retry-After
     exhausted_429: bool = False        # injected 429s say the client's budget is used up (remaining 0),
                                        # as when another process spends the same key's limit
+    by_content: dict[str, str] = field(default_factory=dict)  # marker in a request's text -> its fault, always
+    retry_after_5xx_s: float | None = None  # injected 5xx carry this Retry-After (a gateway in front of a dead server)
 
     def __post_init__(self) -> None:
-        bad = [f for f in self.script if f not in FAULTS]
+        bad = [f for f in [*self.script, *self.by_content.values()] if f not in FAULTS]
         if bad:
             raise ValueError(f"unknown faults {bad}; choose from {FAULTS}")
 
@@ -183,6 +193,7 @@ class LocalOpenAIServer:
                  overload_retry_after_s: float | None = 0.05, reply_per_choice: bool = False,
                  truncate: bool = True, barrier: int | None = None, barrier_timeout_s: float = 30.0,
                  record: bool = True, count_faults: bool = True, batch: BatchPlan | None = None,
+                 context_tokens: int | None = None, refuse_params: Sequence[str] = (),
                  host: str = "127.0.0.1", port: int = 0):
         if tpm_counts not in ("usage", "max_tokens"):
             raise ValueError("tpm_counts must be 'usage' or 'max_tokens'")
@@ -210,6 +221,8 @@ class LocalOpenAIServer:
         # held until `barrier` are in flight together (proves a client sends concurrently, without timing)
         self.reply_per_choice, self.truncate = reply_per_choice, truncate
         self.barrier, self.barrier_timeout_s, self.record = barrier, barrier_timeout_s, record
+        self.context_tokens, self.refuse_params = context_tokens, tuple(refuse_params)
+        self.prompt_tokens_seen: list[int] = []  # prompt + asked-for tokens of each request (with context_tokens)
         self._released = asyncio.Event()
         self.busy = self.peak_busy = 0
         self.received: list[dict] = []     # every request body, in arrival order (unless record=False)
@@ -354,9 +367,47 @@ class LocalOpenAIServer:
         finally:
             self.busy -= 1
 
+    def _content_fault(self, body: dict) -> str | None:
+        if not self.faults.by_content:
+            return None
+        text = orjson.dumps(body.get("messages") or body.get("prompt") or "").decode()
+        return next((f for marker, f in self.faults.by_content.items() if marker in text), None)
+
+    def _refused(self, arrival: Arrival, body: dict, chat: bool) -> web.Response | None:
+        """What a reasoning model or a provider's context check answers before any generation."""
+        for name in self.refuse_params:
+            if name in body:
+                arrival.fault = "refused_param"
+                self.stats["refused_param"] += 1
+                if name in ("max_tokens",):
+                    return self._status(arrival, 400, "unsupported_parameter",
+                                        f"Unsupported parameter: '{name}' is not supported with this model. "
+                                        f"Use 'max_completion_tokens' instead.", param=name)
+                return self._status(arrival, 400, "unsupported_value",
+                                    f"Unsupported value: '{name}' does not support {body[name]!r} with this model. "
+                                    f"Only the default (1) value is supported.", param=name)
+        if self.context_tokens is None:
+            return None
+        asked = int(body.get("max_tokens") or body.get("max_completion_tokens") or 0) * int(body.get("n") or 1)
+        prompt = (self.estimator.prompt_tokens(body.get("messages") or []) if chat
+                  else self.count_tokens(str(body.get("prompt", ""))))
+        self.prompt_tokens_seen.append(prompt + asked)
+        if prompt + asked > self.context_tokens:
+            arrival.fault = "context"
+            self.stats["context"] += 1
+            return self._status(arrival, 400, "context_length_exceeded",
+                                f"This model's maximum context length is {self.context_tokens} tokens. However, you "
+                                f"requested {prompt + asked} tokens ({prompt} in the messages, {asked} in the "
+                                f"completion). Please reduce the length of the messages or completion.",
+                                param="messages")
+        return None
+
     async def _serve_one(self, request: web.Request, arrival: Arrival, body: dict, model,
                          chat: bool) -> web.StreamResponse:
-        fault = self._next_fault(arrival.t)
+        refusal = self._refused(arrival, body, chat)
+        if refusal is not None:
+            return refusal
+        fault = self._content_fault(body) or self._next_fault(arrival.t)
         arrival.fault = fault
         self.stats[fault] += 1
         if self.count_faults and (fault in ("429", "burst") or fault in _STATUS_FAULTS):
@@ -365,6 +416,12 @@ class LocalOpenAIServer:
             refused = self._admit(arrival, fault, self._prompt_tokens(body, chat) + self._reserved(body))
             if refused is not None:
                 return refused
+        if fault == "context":
+            return self._status(arrival, 400, "context_length_exceeded",
+                                "This model's maximum context length is 4096 tokens. However, your messages "
+                                "resulted in more tokens. Please reduce the length of the messages.", param="messages")
+        if fault == "garbage":
+            return web.Response(body=b"<html>502 Bad Gateway</html>", content_type="application/json")
         if fault in ("429", "burst"):
             wait = self.faults.retry_after_s if fault == "429" else self.faults.burst_retry_after_s
             headers = self.limits.headers() if self.ratelimit_headers else {}
@@ -375,8 +432,11 @@ class LocalOpenAIServer:
                 headers.update({"retry-after-ms": str(round(wait * 1000)), "retry-after": str(math.ceil(wait))})
             return self._status(arrival, 429, "rate_limit_exceeded", "Rate limit reached (injected).", headers)
         if fault in _STATUS_FAULTS:
+            wait = self.faults.retry_after_5xx_s if int(fault) >= 500 else None
+            headers = None if wait is None else {"retry-after-ms": str(round(wait * 1000)),
+                                                 "retry-after": str(math.ceil(wait))}
             return self._status(arrival, int(fault), "server_error" if int(fault) >= 500 else "invalid_request_error",
-                                f"injected {fault}")
+                                f"injected {fault}", headers)
 
         n = int(body.get("n") or 1)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -390,6 +450,8 @@ class LocalOpenAIServer:
             reason = "stop"
             if self.truncate and max_tokens is not None and self.count_tokens(text) > int(max_tokens):
                 text, reason = text[: int(max_tokens) * 4], "length"
+            if fault == "content_filter":
+                text, reason = text[: len(text) // 3], "content_filter"
             texts.append(text)
             reasons.append(reason)
         completion_tokens = sum(self.count_tokens(t) for t in texts)
@@ -420,7 +482,16 @@ class LocalOpenAIServer:
                    "choices": [] if fault == "no_choices" else choices,
                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                              "total_tokens": prompt_tokens + completion_tokens}}
+        if fault in _CORRUPT:  # the bad bytes go where the reply marks, else at the end of each text
+            for c in choices:
+                slot = c["message"] if chat else c
+                text = slot["content" if chat else "text"]
+                slot["content" if chat else "text"] = text if CORRUPT_HERE in text else text + CORRUPT_HERE
         data = orjson.dumps(payload)
+        if fault in _CORRUPT:
+            data = data.replace(CORRUPT_HERE.encode(), _CORRUPT[fault])
+        elif CORRUPT_HERE in "".join(texts):
+            data = data.replace(CORRUPT_HERE.encode(), b"")
         if fault == "malformed":
             return web.Response(body=data[: len(data) // 2], content_type="application/json", headers=headers)
         if fault == "truncated":
@@ -476,9 +547,9 @@ class LocalOpenAIServer:
         return self._status(arrival, 429, "rate_limit_exceeded", "Rate limit reached.", headers)
 
     def _status(self, arrival: Arrival, status: int, code: str, message: str,
-                headers: dict | None = None) -> web.Response:
+                headers: dict | None = None, param: str | None = None) -> web.Response:
         arrival.status, arrival.done = status, time.monotonic()
-        body = orjson.dumps({"error": {"message": message, "type": code, "code": code}})
+        body = orjson.dumps({"error": {"message": message, "type": code, "code": code, "param": param}})
         return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 

@@ -22,10 +22,9 @@ import ast
 import re
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 TOP = ("engine", "runtime", "trainers", "bench")
-SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits"}
+SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits", "failures", "context_fit"}
 BY_NAME = {  # modules whose layer is not their folder's
     "persd.config": "config",  # the configuration pattern every command (and the trainers) use
     "persd.engine.collect.layout": "rundirs",  # the collect directory's owner; needs nothing of persd

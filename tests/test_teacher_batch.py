@@ -5,10 +5,10 @@ import asyncio
 
 import pytest
 from persd.runtime.errors import ConfigError
+from persd.runtime.local_server import LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
 from persd.runtime.teacher.batch import BatchTeacher
 from persd.runtime.teacher.local_batch import BatchPlan
-from persd.runtime.local_server import LocalOpenAIServer
 
 
 def ask(i: int) -> ChatRequest:

@@ -7,8 +7,8 @@ import asyncio
 
 import aiohttp
 import orjson
-from persd.runtime.teacher.local_batch import BatchPlan
 from persd.runtime.local_server import LocalOpenAIServer
+from persd.runtime.teacher.local_batch import BatchPlan
 
 
 def lines(n: int, url: str = "/v1/chat/completions") -> bytes:

@@ -9,8 +9,8 @@ import socket
 
 import pytest
 from persd.runtime.http import RetryPolicy
-from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig, TeacherError
 from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
+from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig, TeacherError
 
 
 def ask(text: str) -> ChatRequest:

@@ -106,9 +106,6 @@ async def open_teacher(cfg: CollectConfig, collector: RunLabels):
 
             server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit),
                                        batch=BatchPlan() if batch else None)
-
-            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit),
-                                       batch=BatchPlan() if cfg.teacher_mode == "batch" else None)
             await stack.enter_async_context(server)
             tcfg = replace(tcfg, base_url=server.base_url, model=standin.MODEL, api_key_env=STANDIN_KEY_ENV,
                            prices={standin.MODEL: (0.0, 0.0)}, price_in=None, price_out=None)

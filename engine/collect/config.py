@@ -144,6 +144,11 @@ class CollectTeacher(TeacherConfig):
                                  shown="the price table")
     price_out: float | None = opt(None, help="USD per 1M output tokens of the teacher model (with price_in)",
                                   changes_results=False, type=nonneg_float, shown="the price table")
+    context_tokens: int | None = opt(None, help="the teacher model's context in tokens: a refinement prompt over "
+                                     "it has the student's attempt and the error text cut (head and tail kept) to "
+                                     "fit; one that cannot fit fails its task before sending",
+                                     changes_results=False, type=positive_int,
+                                     shown="the price table's entry for the model, else no fitting")
     mode: str = opt("sync", help="sync: requests sent one by one, paced; batch: through the provider's Batch API "
                     "(half the price, answers within 24 h, resumable)", changes_results=False,
                     choices=("sync", "batch"))
@@ -229,6 +234,9 @@ class CollectConfig(TimeLimitFields):
                              group="flow")
     force: bool = opt(False, help="accept a rerun whose settings alter results", changes_results=False,
                       group="flow")
+    failure_breaker: int = opt(20, help="stop the run (resumably) once the last N student or teacher requests "
+                               "all failed for their own content: then it is the server or a setting, not one "
+                               "bad request (0: never)", changes_results=False, type=nonneg_int, group="flow")
     grace: float = opt(10.0, help="seconds in-flight tasks get to finish on SIGINT/SIGTERM",
                        changes_results=False, type=nonneg_float, group="flow")
     progress: str = opt("auto", help="progress display", changes_results=False, choices=PROGRESS_MODES,

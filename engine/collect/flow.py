@@ -16,10 +16,10 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from persd.engine import lessons
+from persd.engine import context_fit, lessons
 from persd.engine.collect import testgen
 from persd.engine.collect.config import FORMATS, CollectConfig
-from persd.engine.collect.guard import BackendFailure, TaskFailed
+from persd.engine.collect.guard import BackendFailure
 from persd.engine.collect.layout import CollectLayout, Record
 from persd.engine.collect.records import (
     Meta,
@@ -32,6 +32,7 @@ from persd.engine.collect.records import (
 )
 from persd.engine.collect.steps import Attempt, Backends, Limits, Steps, TeacherSampling
 from persd.engine.collect.studentio import extract, student_request
+from persd.engine.failures import FailurePolicy, TaskFailed
 from persd.engine.tasks import Task
 from persd.engine.timelimits import TimeLimits, config_from
 from persd.runtime.errors import PersdError
@@ -84,7 +85,9 @@ class FlowVariant:
         return Verdict.of(await self.steps.execute(run.task, run.task.program(program), run.tally))
 
     def refine_messages(self, run: TaskRun, code: str, verdict: Verdict) -> list[dict]:
-        return lessons.refine_messages(run.task, code, verdict.feedback)
+        """The teacher's first refinement prompt, the attempt and the error cut to fit its context."""
+        return self.steps.fit(lambda c, f: lessons.refine_messages(run.task, c, f), [code, verdict.feedback],
+                              run.tally)
 
     def parse_answer(self, run: TaskRun, text: str, code: str) -> str:
         return extract(run.task, text, True)
@@ -96,7 +99,7 @@ class FlowVariant:
         """The teacher's own solution (formats stand, and inpd for a failed task), or None."""
         formats = self.cfg.formats
         if "stand" in formats or ("inpd" in formats and student_failed):
-            return Turns(self, run, lessons.direct_messages(run.task))
+            return Turns(self, run, lambda: lessons.direct_messages(run.task))
         return None
 
     async def records(self, run: TaskRun, code: str, verdict: Verdict, refinement: Refinement | None,
@@ -162,11 +165,11 @@ class Turns:
 
     variant: FlowVariant
     run: TaskRun
-    first: list[dict]
+    first: Callable[[], list[dict]]  # built when the refinement starts (fitting it may fail the refinement)
     code: str = ""  # the student's attempt the answers refine
 
     def messages(self) -> list[dict]:
-        return self.first
+        return self.first()
 
     def parse(self, text: str) -> str:
         return self.variant.parse_answer(self.run, text, self.code)
@@ -197,11 +200,25 @@ def variant_for(protocol: str) -> type[FlowVariant]:
     return VARIANTS[protocol]
 
 
+def _context_budget(cfg: CollectConfig) -> int | None:
+    """Prompt tokens a teacher request may use: teacher.context_tokens, else the price table's context for
+    the model, less the answer's tokens; None where unknown or the teacher is the offline stand-in."""
+    from persd.runtime.teacher.pricing import context_tokens
+
+    if cfg.teacher.standin:
+        return None
+    context = cfg.teacher.context_tokens or context_tokens(cfg.teacher.model)
+    return context_fit.budget_for(context, cfg.teacher.max_tokens)
+
+
 class TaskFlow:
     def __init__(self, cfg: CollectConfig, backends: Backends, limits: Limits, meta: Meta):
         time_limits = TimeLimits(backends.sandbox, config_from(cfg), cache=CollectLayout(cfg.out_dir).time_limits_path)
-        sampling = TeacherSampling(cfg.teacher_temperature, cfg.teacher_top_p, cfg.teacher_max_tokens)
-        self.steps = Steps(backends, limits, time_limits, sampling)
+        t = cfg.teacher
+        sampling = TeacherSampling(t.temperature, t.top_p, t.max_tokens)
+        self.failures = FailurePolicy(cfg.failure_breaker)  # per-request failures: counted, held, the breaker
+        self.steps = Steps(backends, limits, time_limits, sampling, failures=self.failures,
+                           context_budget=_context_budget(cfg))
         self.variant = variant_for(cfg.protocol)(cfg, self.steps, meta)
         self.refine_turns = cfg.refine_turns
 
@@ -213,6 +230,7 @@ class TaskFlow:
         try:
             return await self._run(run, prior_attempt, on_attempt)
         except TaskFailed as exc:  # a request only this task makes can never be served
+            run.tally.failure = exc.record()
             return self._failed(run, exc.reason)
 
     def _failed(self, run: TaskRun, reason: str) -> TaskOutcome:
@@ -244,7 +262,7 @@ class TaskFlow:
         # refine (a failed attempt) and the teacher's direct solution, side by side
         jobs = []
         if failed:
-            jobs.append(steps.refine(Turns(v, run, v.refine_messages(run, code, verdict), code),
+            jobs.append(steps.refine(Turns(v, run, lambda: v.refine_messages(run, code, verdict), code),
                                      self.refine_turns, run.tally))
         direct_lesson = v.direct_lesson(run, failed)
         if direct_lesson is not None:
@@ -256,13 +274,17 @@ class TaskFlow:
         out = TaskOutcome(run.task.task_id, "student_passed", verdict.status, verdict.feedback, run.tally,
                           protocol=v.label, generated_tests=run.generated_tests or None, samples=len(programs),
                           samples_passed=len(passing), timeout=verdict if verdict.status == "timeout" else None,
-                          refinement=refinement, direct=direct.last if direct is not None else None)
+                          refinement=refinement, direct=direct.last if direct is not None else None,
+                          student_repaired=list(attempt.repaired) or None)
         if refinement is not None:
             out.outcome = "refined" if refinement.solution is not None else "unresolved"
             if out.outcome == "unresolved" and v.keeps_unresolved:
                 # no record keeps these: `persd report` shows them (a refined task's are in its records' meta)
                 out.attempt = code
         out.records = await v.records(run, code, verdict, refinement, direct)
+        if attempt.repaired:  # the attempt these records show had bad text replaced (U+FFFD)
+            for r in out.records:
+                r.meta["student_repaired"] = list(attempt.repaired)
         return out
 
 

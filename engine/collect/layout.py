@@ -212,6 +212,7 @@ class CollectManifest:
     shards: list[dict[str, Any]] = field(default_factory=list)  # index, span, tasks, state, done, ...
     totals: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    failure_breaker: dict[str, Any] = field(default_factory=dict)  # threshold, streaks, failed requests by cause
     error: str | None = None
     updated_at: str | None = None
     version: int = MANIFEST_VERSION  # as read

@@ -13,6 +13,7 @@ class RunStats:
     resumed: int = 0  # tasks already done when this run started (sealed or journaled)
     done: int = 0  # tasks finished by this run
     outcomes: Counter = field(default_factory=Counter)  # over this run and resumed shards
+    failures: Counter = field(default_factory=Counter)  # failed tasks by cause (persd.engine.failures), likewise
     records: Counter = field(default_factory=Counter)  # per format
     shards_sealed: int = 0
     shards_total: int = 0
@@ -22,6 +23,8 @@ class RunStats:
     def add(self, result: dict, records: list[dict]) -> None:
         self.done += 1
         self.outcomes[result.get("outcome", "?")] += 1
+        if isinstance(result.get("failure"), dict):
+            self.failures[str(result["failure"].get("cause") or "unknown")] += 1
         self.teacher_calls += int(result.get("teacher_calls", 0))
         for r in records:
             self.records[r["format"]] += 1
@@ -42,6 +45,7 @@ class RunStats:
             "tasks_done_this_run": self.done,
             "tasks_resumed": self.resumed,
             "outcomes": dict(sorted(self.outcomes.items())),
+            "failures": dict(sorted(self.failures.items())),
             "records": dict(sorted(self.records.items())),
             "student_pass_rate": (self.outcomes["student_passed"] / tried) if tried else None,
             "refined_rate": (self.outcomes["refined"] / failed) if failed else None,

@@ -172,6 +172,12 @@ def summary_table(snap: dict, out_dir: str, wall_s: float) -> Table:
     table.add_row("  done by this run", str(snap.get("tasks_done_this_run", 0)))
     for name in ("student_passed", "refined", "unresolved", "error"):
         table.add_row(f"  {name}", str(oc.get(name, 0)))
+    for cause, n in (snap.get("failures") or {}).items():
+        table.add_row(f"  failed: {cause}", str(n))
+    breaker = snap.get("failure_breaker")
+    if breaker:
+        table.add_row("failure breaker", f"stops after {breaker['threshold']} failed requests in a row"
+                      if breaker.get("threshold") else "off")
     table.add_row("student pass rate", _pct(snap.get("student_pass_rate")))
     table.add_row("refinements verified (of failures)", _pct(snap.get("refined_rate")))
     for fmt, n in (snap.get("records") or {}).items():

@@ -101,12 +101,18 @@ class Tally:
     student_tokens_in: int = 0
     student_tokens_out: int = 0
     executions: int = 0
+    failure: dict | None = None  # a request that failed for its own content (persd.engine.failures.TaskFailed)
+    context_cut_chars: int = 0  # characters of attempt and error text cut to fit the teacher's context
+    teacher_repaired: list[str] = field(default_factory=list)  # bad text replaced in the teacher's answers
 
     def add_teacher(self, resp) -> None:
         self.teacher_calls += 1
         self.teacher_tokens_in += int(getattr(resp, "prompt_tokens", 0) or 0)
         self.teacher_tokens_out += int(getattr(resp, "completion_tokens", 0) or 0)
         self.teacher_cached += bool(getattr(resp, "cached", False))
+        for kind in getattr(resp, "repaired", None) or ():
+            if kind not in self.teacher_repaired:
+                self.teacher_repaired.append(kind)
 
 
 @dataclass
@@ -194,7 +200,8 @@ class TaskOutcome:
     `to_json` (the shard journal's writer) turns them into the result line and record objects.
 
     The optional parts appear in the line only where set, in this order (the order the lines
-    always had): error, protocol, generated_tests, samples, samples_passed, limit, limit_s,
+    always had; failure, teacher_context_cut_chars, teacher_repaired first where set): error,
+    protocol, generated_tests, student_repaired, samples, samples_passed, limit, limit_s,
     refine_turns, refine_status, refine_feedback, attempt, refinement, direct_status."""
 
     task_id: str
@@ -212,6 +219,7 @@ class TaskOutcome:
     refinement: Refinement | None = None
     attempt: str | None = None  # an unresolved task's attempt: its line shows it and the teacher's last program
     direct: Verdict | None = None  # the teacher's direct solution's verdict (formats stand, inpd)
+    student_repaired: list[str] | None = None  # bad text in the student's answer, replaced (U+FFFD)
 
     @classmethod
     def failed(cls, task_id: str, reason: str, tally: Tally | None = None, **parts: Any) -> "TaskOutcome":
@@ -220,7 +228,7 @@ class TaskOutcome:
 
     def result_line(self, **where: Any) -> dict[str, Any]:
         line = result_line(self.task_id, self.outcome, self.status, self.feedback, self.tally)
-        for name in ("error", "protocol", "generated_tests", "samples", "samples_passed"):
+        for name in ("error", "protocol", "generated_tests", "student_repaired", "samples", "samples_passed"):
             if getattr(self, name) is not None:
                 line[name] = getattr(self, name)
         if self.timeout is not None:
@@ -252,4 +260,7 @@ def result_line(task_id: str, outcome: str, status: str, feedback: str, tally: T
         "teacher_tokens_out": tally.teacher_tokens_out,
         "teacher_tokens": tally.teacher_tokens_in + tally.teacher_tokens_out,
         "student_tokens_out": tally.student_tokens_out,
+        **({"failure": tally.failure} if tally.failure else {}),
+        **({"teacher_context_cut_chars": tally.context_cut_chars} if tally.context_cut_chars else {}),
+        **({"teacher_repaired": tally.teacher_repaired} if tally.teacher_repaired else {}),
     }

@@ -181,6 +181,7 @@ class Collector:
                 continue
             self.stats.resumed += len(state.done)
             self.stats.outcomes.update(state.outcomes)
+            self.stats.failures.update(state.failures)
             self.stats.records.update(state.records)
             if state.done or state.attempts:
                 self.open_shards[k] = state
@@ -219,6 +220,7 @@ class Collector:
         self.stats.resumed += shards.size(k)
         self.stats.shards_sealed += 1
         self.stats.outcomes.update(info["outcomes"])
+        self.stats.failures.update(info.get("failures") or {})
         self.stats.records.update(info["formats"])
 
     # ------------------------------------------------------------------ work
@@ -250,6 +252,11 @@ class Collector:
                 await self._admission
             while self._running:
                 await asyncio.gather(*list(self._running), return_exceptions=True)
+            # failed tasks held while their backend's failure streak was open (persd.engine.failures)
+            if self.fatal is None:
+                self.flow.failures.flush()  # the run ended well (or was interrupted): they failed for their content
+            else:
+                self.flow.failures.drop()  # the run stops on a broken server: a rerun redoes them
             self.work_ended = time.monotonic()
         finally:
             ticker.cancel()
@@ -300,21 +307,29 @@ class Collector:
             except Exception as exc:  # a task the flow could not handle: recorded, not fatal
                 outcome = TaskOutcome.failed(task.task_id, f"{type(exc).__name__}: {exc}")
             result, records = outcome.to_json(index=idx, shard=k)
-            try:
-                store.journal_done(k, idx, result, records)
-            except DiskError as exc:
-                self._fail(exc)
-                return
-            self.stats.add(result, records)
-            state = self.open_shards[k]
-            state.done.add(idx)
-            if state.complete:
-                try:
-                    self._seal(k, state)
-                except PersdError as exc:
-                    self._fail(exc)
+            failure = result.get("failure")
+            later = lambda: self._finish(idx, k, result, records)  # noqa: E731
+            if failure and self.flow.failures.hold(failure.get("by", ""), later):
+                return  # journaled once its backend's failure streak is settled (persd.engine.failures)
+            self._finish(idx, k, result, records)
         finally:
             self._slots.release()
+
+    def _finish(self, idx: int, k: int, result: dict, records: list[dict]) -> None:
+        """Journal a finished task (one write), count it, seal its shard when it was the last."""
+        try:
+            self.plan.store.journal_done(k, idx, result, records)
+        except DiskError as exc:
+            self._fail(exc)
+            return
+        self.stats.add(result, records)
+        state = self.open_shards[k]
+        state.done.add(idx)
+        if state.complete:
+            try:
+                self._seal(k, state)
+            except PersdError as exc:
+                self._fail(exc)
 
     def _seal(self, k: int, state: ShardState) -> None:
         info = self.plan.store.seal(k)
@@ -326,6 +341,7 @@ class Collector:
         else:  # sealed during recovery: its tasks count as resumed
             self.stats.resumed += info["tasks"]
             self.stats.outcomes.update(info["outcomes"])
+            self.stats.failures.update(info.get("failures") or {})
 
     # ------------------------------------------------------------------ stopping
 
@@ -381,6 +397,9 @@ class Collector:
         snap = self.stats.snapshot(self.limits, teacher, self.cfg.max_cost)
         if self.cfg.price_in is not None and "teacher" in snap:  # --price-in/--price-out: say which prices
             snap["teacher"]["price_per_1m_usd"] = [self.cfg.price_in, self.cfg.price_out]
+        flow = getattr(self, "flow", None)
+        snap["failure_breaker"] = (flow.failures.report() if flow is not None
+                                   else {"threshold": self.cfg.failure_breaker})
         return snap
 
     def manifest(self) -> CollectManifest:
@@ -418,7 +437,7 @@ class Collector:
             shard_size=self.cfg.shard_size,
             student={"model": self.student_label, "backend": self.cfg.resolved_student_backend()},
             teacher={"model": self.teacher_label, "url": self.cfg.teacher_url,
-                     "offline_stand_in": self.cfg.standin_teacher},
+                     "offline_stand_in": self.cfg.standin_teacher, **self._adapted_parameters()},
             shards=shards,
             totals={
                 "tasks": self.stats.total,
@@ -426,15 +445,22 @@ class Collector:
                 "shards": len(shards),
                 "shards_sealed": self.stats.shards_sealed,
                 "outcomes": snap["outcomes"],
+                "failures": snap["failures"],
                 "records_sealed": totals["records"],
                 "records": snap["records"],
                 "teacher_calls_sealed": totals["teacher_calls"],
                 "teacher_tokens_sealed": totals["teacher_tokens"],
             },
             notes=self.notes,
+            failure_breaker=snap["failure_breaker"],
             error=None if self.fatal is None else str(self.fatal),
         )
         return CollectManifest.from_json(mf.scrub(manifest.to_json(), self.secrets))
+
+    def _adapted_parameters(self) -> dict[str, Any]:
+        """Parameters the teacher model refused, adapted once for the run (runtime/teacher/params.py)."""
+        params = getattr(self.backends.teacher, "params", None) if self.backends else None
+        return {"adapted_parameters": params.record()} if params is not None and params.changes else {}
 
     def write_manifest(self) -> None:
         mf.write_manifest(self.layout.manifest_path(self.cfg.partition), self.manifest())

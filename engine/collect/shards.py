@@ -92,6 +92,7 @@ class ShardState:
     done: set[int] = field(default_factory=set)
     attempts: dict[int, dict] = field(default_factory=dict)
     outcomes: Counter = field(default_factory=Counter)  # of the finished tasks
+    failures: Counter = field(default_factory=Counter)  # of the finished tasks, by failure cause
     records: Counter = field(default_factory=Counter)  # per format, of the finished tasks
     skipped_lines: int = 0
 
@@ -181,6 +182,8 @@ class ShardStore:
                     state.done.add(i)
                     state.attempts.pop(i, None)
                     state.outcomes[ev["r"].get("outcome", "?")] += 1
+                    if isinstance(ev["r"].get("failure"), dict):
+                        state.failures[str(ev["r"]["failure"].get("cause") or "unknown")] += 1
                     for r in ev.get("R", ()):
                         state.records[r.get("format", "?")] += 1
                 elif ev.get("e") == "a" and i not in state.done:
@@ -304,12 +307,16 @@ class ShardStore:
 
 def shard_stats(results) -> dict:
     outcomes: Counter = Counter()
+    failures: Counter = Counter()
     calls = tokens = 0
     for r in results:
         outcomes[r.get("outcome", "?")] += 1
+        if isinstance(r.get("failure"), dict):
+            failures[str(r["failure"].get("cause") or "unknown")] += 1
         calls += int(r.get("teacher_calls", 0))
         tokens += int(r.get("teacher_tokens", 0))
     return {"tasks": sum(outcomes.values()), "outcomes": dict(sorted(outcomes.items())),
+            "failures": dict(sorted(failures.items())),
             "teacher_calls": calls, "teacher_tokens": tokens}
 
 

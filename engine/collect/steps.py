@@ -4,12 +4,15 @@
     attempt = await steps.attempt(request)                 # the student: Attempt
     result = await steps.execute(task, program, tally)     # the sandbox, under the task's time limit
     answer = await steps.teach(messages, tally)            # the teacher: ChatResponse
+    messages = steps.fit(build, [attempt, error], tally)   # a teacher prompt cut to the teacher's context
     refinement = await steps.refine(lesson, turns, tally)  # teacher turns until one answer passes
 
 Collect's flows (engine/collect/flow.py, paper mode's engine/paper/flow.py) and eval's pipeline
 (engine/evaluation/pipeline.py) compose these. Each call runs under its resource's limiter (when
 the run has limiters) and under the one guard (engine/collect/guard.py), so a backend's failure is
-judged in one place: `TaskFailed` (this request only) or `BackendFailure` (stop the run).
+judged in one place: `TaskFailed` (this request only) or `BackendFailure` (stop the run). A
+refinement whose request fails for its own content ends there (the task's tally keeps the failure;
+its outcome is `unresolved`), as does one whose prompt cannot fit the teacher's context.
 """
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from persd.engine.collect.guard import FailurePolicy, guard
+from persd.engine import context_fit
+from persd.engine.collect.guard import guard
 from persd.engine.collect.limiter import Limiter
 from persd.engine.collect.records import Refinement, Tally, Verdict
+from persd.engine.failures import FailurePolicy, TaskFailed
 from persd.engine.tasks import Task
 from persd.engine.timelimits import TimeLimits
 from persd.runtime.interfaces import Sandbox, Student, Teacher
@@ -75,15 +80,20 @@ class Attempt:
     finish_reasons: list[str]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    repaired: tuple[str, ...] = ()  # bad text the server sent (NUL, lone surrogate, not UTF-8), replaced by U+FFFD
 
     def to_journal(self) -> dict[str, Any]:
-        return {"texts": list(self.texts), "finish_reasons": list(self.finish_reasons),
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        entry = {"texts": list(self.texts), "finish_reasons": list(self.finish_reasons),
+                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        if self.repaired:
+            entry["repaired"] = list(self.repaired)
+        return entry
 
     @classmethod
     def from_journal(cls, entry: dict[str, Any]) -> "Attempt":
         return cls(list(entry.get("texts") or []), list(entry.get("finish_reasons") or []),
-                   int(entry.get("prompt_tokens", 0) or 0), int(entry.get("completion_tokens", 0) or 0))
+                   int(entry.get("prompt_tokens", 0) or 0), int(entry.get("completion_tokens", 0) or 0),
+                   tuple(entry.get("repaired") or ()))
 
 
 class Lesson(Protocol):
@@ -103,9 +113,10 @@ class Lesson(Protocol):
 class Steps:
     def __init__(self, backends: Backends, limits: Limits | None = None, time_limits: TimeLimits | None = None,
                  teacher_sampling: TeacherSampling = TeacherSampling(), exec_timeout: float | None = None,
-                 failures: FailurePolicy | None = None):
+                 failures: FailurePolicy | None = None, context_budget: int | None = None):
         self.b = backends
-        self.failures = failures  # counts the student's and the teacher's failed requests (guard.FailurePolicy)
+        self.failures = failures  # counts the student's and the teacher's failed requests, holds the breaker
+        self.context_budget = context_budget  # prompt tokens a teacher request may use (None: no fitting)
         self.limits = limits
         self.time_limits = time_limits
         self.teacher_sampling = teacher_sampling
@@ -121,7 +132,8 @@ class Steps:
         async with self._timed("student"), guard("student", task_id, failures=self.failures):
             out = await self.b.student.generate(request)
         return Attempt(list(out.texts), list(getattr(out, "finish_reasons", []) or []),
-                       int(getattr(out, "prompt_tokens", 0) or 0), int(getattr(out, "completion_tokens", 0) or 0))
+                       int(getattr(out, "prompt_tokens", 0) or 0), int(getattr(out, "completion_tokens", 0) or 0),
+                       tuple(getattr(out, "repaired", None) or ()))
 
     # ------------------------------------------------------------------ execute
 
@@ -156,16 +168,39 @@ class Steps:
         tally.add_teacher(resp)
         return resp
 
+    def fit(self, build, texts: list[str], tally: Tally) -> list[dict]:
+        """The messages `build(*texts)` makes, the texts cut (head and tail kept) so the prompt fits the
+        teacher's context, counted with the teacher client's own estimator. Raises TaskFailed
+        ("prompt_too_long") where even the fixed part cannot fit (persd.engine.context_fit)."""
+        if self.context_budget is None:
+            return build(*texts)
+        estimator = getattr(self.b.teacher, "estimator", None)
+        if estimator is None:
+            from persd.runtime.teacher.tokens import TokenEstimator
+
+            estimator = TokenEstimator()
+        messages, cut = context_fit.fit(build, texts, self.context_budget, estimator.prompt_tokens)
+        tally.context_cut_chars += cut
+        return messages
+
     async def refine(self, lesson: Lesson, turns: int, tally: Tally) -> Refinement:
-        """Up to `turns` teacher turns, each answer checked; stops at the first that passes."""
-        messages = lesson.messages()
-        last, answer = None, ""
-        for turn in range(1, turns + 1):
-            resp = await self.teach(messages, tally)
-            text = resp.texts[0] if resp.texts else ""
-            answer = lesson.parse(text)
-            last = await lesson.check(answer)
-            if last.passed:
-                return Refinement(turn, last, answer)
-            messages = messages + [{"role": "assistant", "content": text}, lesson.followup(answer, last)]
+        """Up to `turns` teacher turns, each answer checked; stops at the first that passes. A request that
+        fails for its own content (or a prompt that cannot fit) ends the refinement: `tally.failure`."""
+        last, answer, done = None, "", 0
+        try:
+            messages = lesson.messages()
+            for turn in range(1, turns + 1):
+                resp = await self.teach(messages, tally)
+                text = resp.texts[0] if resp.texts else ""
+                answer = lesson.parse(text)
+                last, done = await lesson.check(answer), turn
+                if last.passed:
+                    return Refinement(turn, last, answer)
+                if turn < turns:
+                    nxt = lesson.followup(answer, last)
+                    before = messages + [{"role": "assistant", "content": text}]
+                    messages = self.fit(lambda c, b=before, n=nxt: b + [{**n, "content": c}], [nxt["content"]], tally)
+        except TaskFailed as exc:
+            tally.failure = exc.record()
+            return Refinement(done, last, answer)  # the turns whose answer was checked
         return Refinement(turns, last, answer)

@@ -79,6 +79,9 @@ class EvalConfig(TimeLimitFields):
     # flow
     max_in_flight: int = opt(64, help="tasks alive at once", changes_results=False, type=positive_int,
                              group="flow")
+    failure_breaker: int = opt(20, help="stop the run (resumably) once the last N student requests all failed "
+                               "for their own content: then it is the server or a setting, not one bad request "
+                               "(0: never)", changes_results=False, type=nonneg_int, group="flow")
     force: bool = opt(False, help="discard earlier results in --out whose settings differ, and start over",
                       changes_results=False, group="flow")
     progress: str = opt("auto", help="progress display", changes_results=False, choices=PROGRESS_MODES,

@@ -7,8 +7,10 @@ its code unchanged. Every step of every sample is one result line, so pass@1 aft
 read straight off the lines of step t.
 
 Generation and execution are collect's steps (engine/collect/steps.py: `attempt`, `execute`, under
-the one guard): a request the student can never serve is a sample with status `error`; a backend
-that fails stops the run (`BackendFailure`, resumable). Generation and execution overlap: while one
+the one guard): a request that fails for its own content (persd.engine.failures) is a sample with
+status `error` and its `failure` cause, journaled once the student's failure streak is settled (the
+breaker stops the run when every recent request failed); a backend that fails stops the run
+(`BackendFailure`, resumable). Generation and execution overlap: while one
 task's samples run in the sandbox, others are being generated. `run_phased()` is the same work done
 the other way round (all generation, then all checking), kept for the benchmark that measures the
 difference.
@@ -25,6 +27,7 @@ from persd.engine.collect.steps import Attempt, Steps
 from persd.engine.evaluation import sampling
 from persd.engine.evaluation.journal import EvalJournal, Key
 from persd.engine.extract import extract_program
+from persd.engine.failures import FailurePolicy
 from persd.engine.tasks import Task
 
 EvalFailure = BackendFailure  # the name eval's callers know: a backend failed for good; rerun to resume
@@ -66,6 +69,7 @@ class Evaluator:
         self.results: dict[Key, dict] = results if results is not None else {}
         self.steps = cfg.refine_steps
         self.calls: Steps | None = None  # the student's and the sandbox's steps, once open (runner.evaluate)
+        self.failures = FailurePolicy(cfg.failure_breaker)  # per-request failures: counted, held, the breaker
         self.stats = EvalStats(samples_total=len(tasks) * cfg.n)
         self.stats.resumed = self.stats.samples_done = sum(
             1 for t in tasks for s in range(cfg.n) if (t.task_id, s, self.steps) in self.results)
@@ -142,7 +146,7 @@ class Evaluator:
                 else:
                     await self._generate_refine(task, sample, step, prev)
             line = await self._score(task, sample, step, self.gens[key], prev)
-        self.journal.append("result", line)
+        self._journal("result", line, bool(line.get("failure") or line.get("refine_failure")))
         self.results[key] = line
         if step == 0 and line["status"] == "passed":
             self.stats.passed_step0 += 1
@@ -152,42 +156,49 @@ class Evaluator:
 
     # ------------------------------------------------------------------ generation
 
-    async def _generate(self, request) -> Attempt | str:
-        """The student's answer, or the reason it refused this one request (recorded, not fatal)."""
+    async def _generate(self, request) -> Attempt | dict:
+        """The student's answer, or why this one request failed: {"error", "cause"} (recorded, not fatal)."""
         assert self.calls is not None
         self.stats.requests += 1
         try:
             attempt = await self.calls.attempt(request)
         except TaskFailed as exc:
-            return f"student: {exc.message}"
+            return {"error": f"student: {exc.message}", "cause": exc.cause}
         self.stats.generated += len(attempt.texts)
         return attempt
 
     def _keep_gen(self, task: Task, sample: int, step: int, entry: dict) -> None:
         entry = {"task_id": task.task_id, "sample": sample, "step": step, **entry}
-        self.journal.append("gen", entry)
+        self._journal("gen", entry, bool(entry.get("cause")))
         self.gens[(task.task_id, sample, step)] = entry
+
+    def _journal(self, kind: str, obj: dict, failed: bool) -> None:
+        """Append to the journal; a failed request's lines wait until the student's failure streak is settled
+        (persd.engine.failures: written once it answers again or the run ends, dropped where the breaker trips)."""
+        if failed and self.failures.hold("student", lambda: self.journal.append(kind, obj)):
+            return
+        self.journal.append(kind, obj)
 
     async def _generate_direct(self, task: Task, samples: list[int]) -> None:
         if not samples:
             return
         got = await self._generate(sampling.direct_request(task, self.cfg, samples))
         for i, s in enumerate(samples):
-            if isinstance(got, str):
-                self._keep_gen(task, s, 0, {"error": got})
+            if isinstance(got, dict):
+                self._keep_gen(task, s, 0, dict(got))
             else:
                 self._keep_gen(task, s, 0, {"completion": _nth(got.texts, i, ""),
-                                            "finish_reason": _nth(got.finish_reasons, i, "stop")})
+                                            "finish_reason": _nth(got.finish_reasons, i, "stop"), **_repairs(got)})
 
     async def _generate_refine(self, task: Task, sample: int, step: int, prev: dict) -> None:
         code = prev.get("visible_code", prev["code"])  # paper style: the cleaned sample the reference shows
         req = sampling.refine_request(task, self.cfg, sample, step, code, prev["visible_feedback"] or "")
         got = await self._generate(req)
-        if isinstance(got, str):
-            self._keep_gen(task, sample, step, {"error": got})
+        if isinstance(got, dict):
+            self._keep_gen(task, sample, step, dict(got))
         else:
             self._keep_gen(task, sample, step, {"completion": _nth(got.texts, 0, ""),
-                                                "finish_reason": _nth(got.finish_reasons, 0, "stop")})
+                                                "finish_reason": _nth(got.finish_reasons, 0, "stop"), **_repairs(got)})
 
     # ------------------------------------------------------------------ execution
 
@@ -200,12 +211,16 @@ class Evaluator:
     async def _score(self, task: Task, sample: int, step: int, gen: dict, prev: dict | None) -> dict:
         base = {"task_id": task.task_id, "sample": sample, "step": step}
         if "error" in gen:  # the student refused this request
+            failure = {"cause": gen["cause"], "by": "student", "message": gen["error"]} if gen.get("cause") else None
             if prev is None:
-                return {**base, "origin": "direct", "status": "error", "feedback": gen["error"], "code": "",
+                line = {**base, "origin": "direct", "status": "error", "feedback": gen["error"], "code": "",
                         "visible_status": None, "visible_feedback": None, "finish_reason": None}
-            return dict(prev, **base, origin="carried", student_error=gen["error"])
+                return dict(line, failure=failure) if failure else line
+            return dict(prev, **base, origin="carried", student_error=gen["error"],
+                        **({"refine_failure": failure} if failure else {}))
+        repaired = {"repaired": gen["repaired"]} if gen.get("repaired") else {}
         if self.cfg.style == "paper":
-            return await self._score_paper(task, step, gen, prev, base)
+            return dict(await self._score_paper(task, step, gen, prev, base), **repaired)
         code = extract_program(task, gen["completion"], self.cfg.student_chat)
         check_visible = step < self.steps and bool(task.visible_tests.strip())
         runs = [self._run(task, task.program(code))]
@@ -219,7 +234,7 @@ class Evaluator:
                 "visible_status": visible.status if visible else None,
                 "visible_feedback": visible.feedback if visible else None,
                 "finish_reason": gen.get("finish_reason"), "limit": getattr(hidden, "limit", None),
-                "limit_s": getattr(hidden, "limit_s", None)}
+                "limit_s": getattr(hidden, "limit_s", None), **repaired}
 
     async def _score_paper(self, task: Task, step: int, gen: dict, prev: dict | None, base: dict) -> dict:
         """The reference's sample, score and visible-test feedback (engine/paper/evaluation.py)."""
@@ -254,6 +269,11 @@ class Evaluator:
     def ordered_results(self) -> list[dict]:
         return [self.results[(t.task_id, s, step)] for t in self.tasks for s in range(self.cfg.n)
                 for step in range(self.steps + 1)]
+
+
+def _repairs(attempt: Attempt) -> dict:
+    """A generation's note of bad text the server sent, replaced (U+FFFD)."""
+    return {"repaired": list(attempt.repaired)} if attempt.repaired else {}
 
 
 def _nth(items: list[str], i: int, default: str) -> str:

@@ -34,6 +34,11 @@ def summarize(cfg, tasks, lines: list[dict], stats: dict[str, Any], extra: dict[
         summary["tasks_without_visible_tests"] = sum(1 for t in tasks if not t.visible_tests.strip())
         summary["final"] = {k: v for k, v in steps[-1].items() if k.startswith("pass@")}
     summary["samples"] = len(tasks) * cfg.n
+    # samples whose request failed for its own content (persd.engine.failures), by cause, and repaired answers
+    summary["failures"] = dict(sorted(Counter(
+        (ln.get("failure") or ln.get("refine_failure") or {}).get("cause") for ln in lines
+        if ln["step"] == cfg.refine_steps and (ln.get("failure") or ln.get("refine_failure"))).items()))
+    summary["repaired_samples"] = sum(1 for ln in lines if ln["step"] == cfg.refine_steps and ln.get("repaired"))
     summary["protocol"] = {
         "name": cfg.protocol, "tasks": cfg.tasks, "task_ids": cfg.task_ids, "limit": cfg.limit, "n": cfg.n,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "k": list(cfg.k),
@@ -85,6 +90,13 @@ def print_summary(summary: dict, out: str) -> None:
                       f"{run.get('wall_s', 0):.1f}s ({run.get('samples_per_s', 0):.2f} samples/s)"
                       + (f" after {run['startup_s']:.1f}s loading the student" if run.get("startup_s", 0) >= 1 else "")
                       + (f"; {run['resumed']} samples resumed" if run.get("resumed") else ""))
+    if summary.get("failures"):
+        console.print("failed samples by cause: " + ", ".join(f"{c} {n}" for c, n in summary["failures"].items())
+                      + " (each recorded in results.jsonl with the provider's message)")
+    breaker = summary.get("failure_breaker")
+    if breaker:
+        console.print(f"failure breaker: stops after {breaker['threshold']} failed requests in a row"
+                      if breaker.get("threshold") else "failure breaker: off")
     if summary.get("k_left_out"):
         console.print(f"pass@k left out for k > n: {', '.join(map(str, summary['k_left_out']))}")
     console.print(f"results: {out}/results.jsonl  summary: {out}/summary.json")

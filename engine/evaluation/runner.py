@@ -17,6 +17,7 @@ from persd.engine.evaluation.pipeline import EvalFailure, Evaluator
 from persd.engine.evaluation.progress import EvalProgress
 from persd.engine.evaluation.report import summarize
 from persd.engine.evaluation.selection import select_tasks, tasks_digest
+from persd.engine.failures import TooManyFailures
 from persd.engine.rundirs.eval import EvalLayout
 from persd.engine.timelimits import TimeLimits, config_from
 
@@ -57,11 +58,13 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
                 # model path, a bad flag) must not tie the directory to the settings it failed with
                 journal.save_settings(fingerprint)
                 time_limits = TimeLimits(backends.sandbox, config_from(cfg), cache=journal.layout.time_limits)
-                evaluator.calls = Steps(backends, time_limits=time_limits, exec_timeout=cfg.sandbox.timeout_s)
+                evaluator.calls = Steps(backends, time_limits=time_limits, exec_timeout=cfg.sandbox.timeout_s,
+                                        failures=evaluator.failures)
                 evaluator.stats.restart()  # the rate counts the work, not loading the model
                 async with EvalProgress(cfg.progress, evaluator.stats.snapshot, cfg.log_every):
                     await (evaluator.run_phased() if mode == "phased" else evaluator.run())
-        except EvalFailure as exc:
+                evaluator.failures.flush()  # samples failed by their own request, held while a streak was open
+        except (EvalFailure, TooManyFailures) as exc:
             done = evaluator.stats.samples_done
             raise EvalFailure(f"{exc}\n{done} of {evaluator.stats.samples_total} samples are saved in {cfg.out}: "
                               f"rerun the same command to resume") from exc
@@ -73,6 +76,6 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
     journal.write_results(lines)
     snap = evaluator.stats.snapshot()
     stats = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in snap.items()}
-    summary = summarize(cfg, tasks, lines, stats, {"mode": mode})
+    summary = summarize(cfg, tasks, lines, stats, {"mode": mode, "failure_breaker": evaluator.failures.report()})
     journal.write_summary(summary)
     return summary

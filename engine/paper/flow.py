@@ -64,7 +64,8 @@ class PaperVariant(FlowVariant):
     def refine_messages(self, run: TaskRun, code: str, verdict: Verdict) -> list[dict]:
         gold = prompts.gold(run.task)
         context = gold if (self.cfg.teacher_context or "gold") == "gold" and gold else None
-        return prompts.teacher_messages(run.prompt, code, verdict.feedback, context)
+        return self.steps.fit(lambda c, e: prompts.teacher_messages(run.prompt, c, e, context),
+                              [code, verdict.feedback], run.tally)
 
     def parse_answer(self, run: TaskRun, text: str, code: str) -> str:
         return cleaning.parse_teacher_output(text, code)[1]

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import orjson
 from persd.engine.collect.layout import CollectLayout, ManifestError, iter_lines
+from persd.engine.failures import cause_of
 from persd.engine.report.examples import Example, Reservoir, attach_prompts, examples_of
 
 OUTCOME_ORDER = ("student_passed", "refined", "unresolved", "error")
@@ -41,6 +42,8 @@ class CollectSummary:
     turns: dict[str, Counter] = field(default_factory=dict)  # outcome -> Counter(turns used)
     error_kinds: Counter = field(default_factory=Counter)  # of failing attempts and error outcomes
     refine_error_kinds: Counter = field(default_factory=Counter)  # why the teacher's last program failed
+    failures: Counter = field(default_factory=Counter)  # failed tasks by cause (persd.engine.failures)
+    repaired: int = 0  # tasks whose student answer had bad text replaced (lenient decoding)
     teacher_calls: int = 0
     teacher_tokens_in: int = 0
     teacher_tokens_out: int = 0
@@ -199,6 +202,10 @@ def read_collect(path: Path, per_outcome: int = 30, seed: int = 0, series_points
         if outcome != "student_passed":
             s.error_kinds[error_kind(r.get("error") or r.get("feedback", ""),
                                      status if outcome != "error" else "error")] += 1
+        cause = cause_of(r)
+        if cause is not None:
+            s.failures[cause] += 1
+        s.repaired += bool(r.get("student_repaired"))
         if outcome == "unresolved":
             s.refine_error_kinds[error_kind(r.get("refine_feedback", ""), str(r.get("refine_status") or ""))] += 1
         s.teacher_calls += int(r.get("teacher_calls", 0) or 0)

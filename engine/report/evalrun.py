@@ -34,6 +34,8 @@ class EvalSummary:
     flips_up: list[str] = field(default_factory=list)  # unsolved directly, solved after refinement
     flips_down: list[str] = field(default_factory=list)
     flip_examples: list[Flip] = field(default_factory=list)
+    failures: Counter = field(default_factory=Counter)  # samples (at their first step) failed by one request, by cause
+    failure_examples: list[dict] = field(default_factory=list)  # a few of their lines: task, cause, message
     finished: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -72,10 +74,14 @@ def read_eval(path: Path, flip_examples: int = 20) -> EvalSummary:
     samples: dict[int, Counter] = defaultdict(Counter)
     first_code: dict[str, tuple[str, str]] = {}
     fixed_code: dict[str, str] = {}
+    last_failure: dict[tuple, tuple[int, dict]] = {}
     for r in lines:
         step, tid, status = int(r.get("step", 0)), str(r.get("task_id")), str(r.get("status"))
         samples[step][tid] += 1
         s.statuses.setdefault(step, Counter())[status] += 1
+        failure = r.get("failure") or r.get("refine_failure")  # a carried line keeps its sample's failure
+        if isinstance(failure, dict):
+            last_failure[(tid, r.get("sample"))] = (step, failure)
         if status == "passed":
             passed[step][tid] += 1
             if step > 0 and tid not in fixed_code:
@@ -83,6 +89,11 @@ def read_eval(path: Path, flip_examples: int = 20) -> EvalSummary:
         elif step == 0 and tid not in first_code:
             first_code[tid] = (str(r.get("code", "")), str(r.get("feedback", "")))
     s.steps = sorted(samples)
+    for (tid, sample), (step, failure) in last_failure.items():  # as the summary counts: at the last step
+        if step == s.steps[-1]:
+            s.failures[str(failure.get("cause"))] += 1
+            if len(s.failure_examples) < flip_examples:
+                s.failure_examples.append({"task_id": tid, "sample": sample, "step": step, **failure})
     s.tasks = int(s.summary.get("tasks") or len(samples.get(0, ())))
     s.n = int(s.summary.get("n") or max(samples.get(0, Counter({"": 0})).values(), default=0))
     for step in s.steps:

@@ -58,6 +58,7 @@ class Example:
     error: str = ""
     teacher_tokens: int = 0
     shard: int | None = None
+    failure: dict | None = None  # a request that failed for its own content: cause, by, the provider's message
 
 
 class Reservoir:
@@ -110,7 +111,7 @@ def examples_of(path: Path, picked: list[tuple[dict, list[dict] | None]]) -> lis
             refine_feedback=str(r.get("refine_feedback") or ""), refine_turns=r.get("refine_turns"),
             prompt=(rec or {}).get("prompt") if (rec or {}).get("format") == "persd" else None,
             error=str(r.get("error") or ""), teacher_tokens=int(r.get("teacher_tokens", 0) or 0),
-            shard=r.get("shard")))
+            shard=r.get("shard"), failure=r.get("failure") if isinstance(r.get("failure"), dict) else None))
     return out
 
 

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from persd.engine.failures import CAUSES
 from persd.engine.report.collect import OUTCOME_ORDER, CollectSummary, error_kind
 from persd.engine.report.evalrun import EvalSummary
 from persd.engine.report.examples import Example, clip, diff_lines
@@ -173,6 +174,12 @@ def collect_body(s: CollectSummary, figs: dict[str, Figure]) -> str:
     if s.error_kinds:
         out.append(table(["error kind (student attempts)", "tasks"],
                          [[k, v] for k, v in s.error_kinds.most_common(20)]))
+    if s.failures:  # tasks failed by one request's own fault (persd.engine.failures): see docs/failures.md
+        out.append(table(["failed request's cause", "tasks", "what it means"],
+                         [[k, v, CAUSES.get(k, "")] for k, v in s.failures.most_common()]))
+    if s.repaired:
+        out.append(f'<p class="note">{s.repaired:,} student answer(s) carried bad text (NUL, lone surrogate, bytes '
+                   f'that are not UTF-8, control characters), replaced by U+FFFD and kept.</p>')
     out.append(settings_block("collect settings", s.config))
     return "".join(out)
 
@@ -209,12 +216,18 @@ def diff_block(before: str | None, after: str | None) -> str:
 
 def example_item(e: Example) -> str:
     kind = error_kind(e.error or e.feedback, e.status) if e.outcome != "student_passed" else ""
+    if e.failure:
+        kind = f"{e.failure.get('by', '')} request failed: {e.failure.get('cause', '')}"
     head = (f'<summary><b>{esc(e.task_id)}</b><span class="badge b-{esc(e.outcome)}">{esc(e.outcome)}</span>'
             f'{esc(kind)}' + (f" · {e.refine_turns} teacher turn(s)" if e.refine_turns else "")
             + (f" · {e.teacher_tokens:,} teacher tokens" if e.teacher_tokens else "") + "</summary>")
     parts = []
     if e.prompt:
         parts.append(f"<h3>task</h3>{pre(e.prompt)}")
+    if e.failure:
+        parts.append(f"<h3>failed request: {esc(e.failure.get('cause'))} ({esc(e.failure.get('by'))})</h3>"
+                     f'<p class="note">{esc(CAUSES.get(str(e.failure.get("cause")), ""))}; the provider said:</p>'
+                     f"{pre(e.failure.get('message'))}")
     if e.outcome == "error":
         parts.append(f"<h3>error</h3>{pre(e.error or e.feedback)}")
     elif e.outcome == "student_passed":
@@ -263,6 +276,13 @@ def eval_body(s: EvalSummary, figs: dict[str, Figure]) -> str:
            table(["step"] + [f"pass@{k}" for k in ks] + ["tasks solved", "passed", "failed", "timeout", "error"], rows)]
     if "passk" in figs:
         out.append(img(figs["passk"]))
+    if s.failures:  # samples whose request failed for its own content (persd.engine.failures)
+        out.append(table(["failed request's cause", "samples", "what it means"],
+                         [[k, v, CAUSES.get(k, "")] for k, v in s.failures.most_common()]))
+        for f in s.failure_examples:
+            out.append(f'<details class="ex"><summary><b>{esc(f["task_id"])}</b> sample {esc(f.get("sample"))} step '
+                       f'{esc(f["step"])}: {esc(f.get("cause"))}</summary><h3>the provider said</h3>'
+                       f'{pre(f.get("message"))}</details>')
     if len(s.steps) > 1:
         out.append(f"<h3>per task: {len(s.flips_up)} solved only after refinement, {len(s.flips_down)} solved "
                    f"directly but not after</h3>")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
-from persd.runtime.errors import ConfigError, PersdError, UsageError
+from persd.runtime.errors import ConfigError, PersdError, RequestFailed, UsageError
 from persd.runtime.options import BadValue, nonneg_float, opt, positive_float, positive_int
 
 BACKENDS = ("vllm", "openai", "hf")
@@ -40,9 +40,13 @@ class StudentStartError(PersdError):
     says what to change; exit 1). Settings the user can fix raise UsageError instead (exit 2)."""
 
 
-class RequestRejected(StudentError):
-    """This request can never succeed as it is (prompt too long, invalid parameters): the task
-    it belongs to fails, and the rest of the job goes on."""
+class RequestRejected(StudentError, RequestFailed):
+    """This request can never succeed as it is (prompt too long, invalid parameters, an answer that
+    cannot be read): the task it belongs to fails with `cause`, and the rest of the job goes on."""
+
+    def __init__(self, message: str, cause: str = "rejected", status: int | None = None):
+        self.cause, self.message, self.status = cause, message, status
+        PersdError.__init__(self, message)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class StudentOutput:
     finish_reasons: list[str]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    repaired: list[str] = field(default_factory=list)  # kinds of bad text replaced by U+FFFD (openai backend)
 
     @property
     def text(self) -> str:

@@ -21,9 +21,11 @@ from persd.runtime.errors import ConfigError, PersdError
 from persd.runtime.http import (
     AIMD,
     OVERLOAD_STATUS,
+    REPAIRED_KEY,
     AdaptiveGate,
     AttemptOutcome,
     HTTPStatusError,
+    RetriesExhausted,
     RetryPolicy,
     post_json,
 )
@@ -36,6 +38,7 @@ from persd.runtime.student.base import (
 )
 
 REQUEST_ERRORS = frozenset({400, 413, 422})  # this request is bad (too long, bad params); others may be fine
+UNDECODABLE = ("malformed",)  # a 200 that could not be read, even leniently, after the retries
 
 
 @dataclass
@@ -99,6 +102,7 @@ def parse_output(body: dict, chat: bool) -> StudentOutput:
         finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
+        repaired=list(body.get(REPAIRED_KEY) or []),
     )
 
 
@@ -188,8 +192,14 @@ class OpenAIStudent(BaseStudent):
         except HTTPStatusError as exc:
             if exc.status in REQUEST_ERRORS:
                 raise RequestRejected(
-                    f"the student server rejected the request: HTTP {exc.status}: {exc.body[:500]}"
-                ) from exc
+                    f"the student server rejected the request: HTTP {exc.status}: {exc.body[:500]}",
+                    exc.cause or "rejected", exc.status) from exc
+            raise
+        except RetriesExhausted as exc:
+            if exc.cause in UNDECODABLE and exc.status is None:
+                raise RequestRejected(
+                    f"the student server's answer could not be read ({exc.cause}) after {exc.attempts} "
+                    f"attempt(s): {exc.body[:200]!r}", "undecodable") from exc
             raise
         finally:
             if sent_at is not None:  # cancelled mid-attempt: give the slot back

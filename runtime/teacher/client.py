@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 
 import aiohttp
 import orjson
 from persd.runtime.errors import ConfigError
-from persd.runtime.http import AIMD, AttemptOutcome, HTTPStatusError, RetriesExhausted, post_json
+from persd.runtime.http import AIMD, REPAIRED_KEY, AttemptOutcome, HTTPStatusError, RetriesExhausted, post_json
 from persd.runtime.teacher.budget import Budget, Reservation
 from persd.runtime.teacher.config import TeacherConfig
-from persd.runtime.teacher.errors import BudgetExceeded, TeacherError
+from persd.runtime.teacher.errors import BudgetExceeded, TeacherError, TeacherRequestFailed
 from persd.runtime.teacher.journal import Journal
 from persd.runtime.teacher.limiter import Permit, RateLimiter
 from persd.runtime.teacher.metrics import TeacherMetrics
+from persd.runtime.teacher.params import ParamAdapter
 from persd.runtime.teacher.pricing import PriceTable
 from persd.runtime.teacher.tokens import TokenEstimator, heuristic_tokens, load_encoder_async
 from persd.runtime.teacher.types import ChatRequest, ChatResponse
 
 DEFAULT_MAX_TOKENS = 1024  # worst case assumed for a request that sets no max_tokens
 POSSIBLY_BILLED = ("timeout", "truncated", "malformed", "no_choices")
+UNDECODABLE = ("malformed", "no_choices")  # after the retries: this request's answer, not the server
+log = logging.getLogger("persd.teacher")
 
 
 class TeacherClient:
@@ -40,6 +44,8 @@ class TeacherClient:
         self.metrics = TeacherMetrics(config.rpm, config.tpm)
         self.journal = Journal(config.journal_path) if config.journal_path else None
         self.estimator = TokenEstimator()
+        self.params = ParamAdapter(config.model)  # parameters the model refuses, adapted once per run
+        self.notices: list[str] = []  # what was adapted, in order (the engine logs and records them)
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._same: dict[str, asyncio.Future] = {}
@@ -75,7 +81,19 @@ class TeacherClient:
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         """Answer from the journal if this exact request (and sample index) was paid for before;
-        else send it, journal the answer (fsync'd), and return it."""
+        else send it, journal the answer (fsync'd), and return it.
+
+        Raises TeacherRequestFailed where this request failed for its own content (context too long,
+        refused content, an answer the content filter stopped, an answer that could not be read after
+        the retries): its task fails, others may be fine. A filtered answer is journaled first, so a
+        rerun gets the same verdict without paying again."""
+        answer = await self._answer(request)
+        if answer.filtered:
+            raise TeacherRequestFailed("content_filter", "the provider's content filter stopped the answer "
+                                       f"(finish_reason content_filter); partial text: {answer.text[:200]!r}")
+        return answer
+
+    async def _answer(self, request: ChatRequest) -> ChatResponse:
         if self._session is None:
             raise RuntimeError("TeacherClient is not started: use 'async with TeacherClient(cfg)'")
         model = request.model or self.config.model
@@ -109,7 +127,7 @@ class TeacherClient:
 
     async def _call(self, request: ChatRequest, model: str, key: str) -> ChatResponse:
         self._check_price(model)
-        payload = request.payload(model)
+        payload = self.params.apply(request.payload(model))
         prompt_est = self.estimator.prompt_tokens(request.messages)
         out_est = (request.max_tokens or DEFAULT_MAX_TOKENS) * max(1, request.n)
         est_tokens = prompt_est + out_est
@@ -159,16 +177,36 @@ class TeacherClient:
         async with self._slots:
             self.metrics.in_flight += 1
             try:
-                body, _ = await post_json(
-                    self._session, self.config.chat_url, payload, headers=self._headers,
-                    policy=self.config.retry, on_retry=self.metrics.record_retry,
-                    before_attempt=before_attempt, after_attempt=after_attempt, validate=validate)
+                while True:
+                    try:
+                        body, _ = await post_json(
+                            self._session, self.config.chat_url, payload, headers=self._headers,
+                            policy=self.config.retry, on_retry=self.metrics.record_retry,
+                            before_attempt=before_attempt, after_attempt=after_attempt, validate=validate)
+                        break
+                    except HTTPStatusError as exc:
+                        note = (self.params.learn(exc.param, exc.message, payload)
+                                if exc.cause == "unsupported_parameter" else None)
+                        if note is None:
+                            raise
+                        if note:
+                            self._notice(note)
+                        payload = self.params.apply(request.payload(model))
                 ok = True
             except HTTPStatusError as exc:
                 self.metrics.failures += 1
+                if exc.cause is not None:
+                    raise TeacherRequestFailed(
+                        exc.cause, f"HTTP {exc.status} from the teacher (model '{model}'): "
+                        f"{self._redact(exc.message)}", status=exc.status, body=self._redact(exc.body),
+                        url=exc.url) from None
                 raise self._explain(exc, model) from None
             except RetriesExhausted as exc:
                 self.metrics.failures += 1
+                if exc.cause in UNDECODABLE and exc.status is None:
+                    raise TeacherRequestFailed(
+                        "undecodable", f"the teacher's answer could not be read ({exc.cause}) after "
+                        f"{exc.attempts} attempt(s): {self._redact(exc.body)[:200]!r}", url=exc.url) from None
                 raise TeacherError(
                     f"the teacher kept failing at {exc.url} (model '{model}'): {exc.attempts} attempt(s) "
                     f"in {exc.elapsed_s:.1f}s; last: " + (f"HTTP {exc.status}: {self._redact(exc.body)}"
@@ -181,6 +219,7 @@ class TeacherClient:
                 if not ok and permit is not None:
                     self.limiter.settle(permit)  # cancelled or failed mid-attempt: the charge stands
 
+        repaired = list(body.pop(REPAIRED_KEY, None) or [])
         choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
         texts = [_content(c["message"].get("content")) for c in choices]
         reasons = [str(c.get("finish_reason") or "unknown") for c in choices]
@@ -196,12 +235,16 @@ class TeacherClient:
         self.metrics.record_answer(prompt_tokens, completion_tokens, cost, reasons)
         answer = ChatResponse(texts=texts, finish_reasons=reasons, prompt_tokens=prompt_tokens,
                               completion_tokens=completion_tokens, cost_usd=cost, cached=False,
-                              model=str(body.get("model") or model), key=key)
+                              model=str(body.get("model") or model), key=key, repaired=repaired)
         if self.journal is not None:
             await self.journal.append(key, answer.to_record())
         return answer
 
     # -- errors --------------------------------------------------------------------------------
+
+    def _notice(self, note: str) -> None:
+        self.notices.append(note)
+        log.warning("persd: %s", note)
 
     def _check_price(self, model: str) -> None:
         if self.config.max_cost_usd is not None and self.prices.lookup(model) is None:

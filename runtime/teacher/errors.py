@@ -1,7 +1,7 @@
 """Teacher failures the engine can tell apart: a refused budget versus a teacher that cannot answer."""
 from __future__ import annotations
 
-from persd.runtime.errors import PersdError
+from persd.runtime.errors import PersdError, RequestFailed
 
 
 class TeacherError(PersdError):
@@ -10,6 +10,17 @@ class TeacherError(PersdError):
     def __init__(self, message: str, *, status: int | None = None, body: str = "", url: str = ""):
         self.status, self.body, self.url = status, body, url
         super().__init__(message)
+
+
+class TeacherRequestFailed(TeacherError, RequestFailed):
+    """One teacher request failed for good for its own content (`cause`: context too long, content
+    filter, undecodable answer, ...): that task fails, the run goes on. Still a TeacherError, so code
+    that stops on every teacher error keeps doing so."""
+
+    def __init__(self, cause: str, message: str, *, status: int | None = None, body: str = "", url: str = ""):
+        self.cause, self.message = cause, message
+        self.status, self.body, self.url = status, body, url
+        PersdError.__init__(self, f"{cause}: {message}")
 
 
 class BudgetExceeded(PersdError):

@@ -31,6 +31,26 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-5": (1.25, 10.00),
 }
 
+# model -> context window in tokens (prompt + answer), as published; where a request must fit
+DEFAULT_CONTEXT: dict[str, int] = {
+    "gpt-4o-mini": 128_000, "gpt-4o": 128_000, "gpt-4.1-nano": 1_047_576, "gpt-4.1-mini": 1_047_576,
+    "gpt-4.1": 1_047_576, "gpt-4-turbo": 128_000, "gpt-4": 8_192, "gpt-3.5-turbo": 16_385,
+    "gpt-3.5-turbo-0301": 4_096, "o4-mini": 200_000, "o3-mini": 200_000, "o3": 200_000, "o1-mini": 128_000,
+    "o1": 200_000, "gpt-5-nano": 400_000, "gpt-5-mini": 400_000, "gpt-5": 400_000,
+}
+
+
+def _longest_prefix(table: Mapping, model: str):
+    if model in table:
+        return table[model]
+    best = max((name for name in table if model.startswith(name)), key=len, default=None)
+    return table[best] if best else None
+
+
+def context_tokens(model: str) -> int | None:
+    """The model's context window from the table (exact name, then longest prefix), or None."""
+    return _longest_prefix(DEFAULT_CONTEXT, model)
+
 
 class PriceTable:
     """Looks up a model's price: overrides first, then the defaults; exact name, then longest prefix."""
@@ -41,10 +61,7 @@ class PriceTable:
             self.prices[model] = _as_pair(model, price)
 
     def lookup(self, model: str) -> tuple[float, float] | None:
-        if model in self.prices:
-            return self.prices[model]
-        best = max((name for name in self.prices if model.startswith(name)), key=len, default=None)
-        return self.prices[best] if best else None
+        return _longest_prefix(self.prices, model)
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         price = self.lookup(model)

@@ -57,6 +57,7 @@ class ChatResponse:
     cached: bool = False
     model: str = ""
     key: str = ""
+    repaired: list[str] = field(default_factory=list)  # kinds of bad text replaced by U+FFFD (http.decode_json)
 
     @property
     def text(self) -> str:
@@ -66,13 +67,22 @@ class ChatResponse:
     def incomplete(self) -> bool:
         return any(r in INCOMPLETE_REASONS for r in self.finish_reasons)
 
+    @property
+    def filtered(self) -> bool:
+        """Every choice was stopped by the provider's content filter: nothing usable came back."""
+        return bool(self.finish_reasons) and all(r == "content_filter" for r in self.finish_reasons)
+
     def to_record(self) -> dict:
-        return {"texts": self.texts, "finish_reasons": self.finish_reasons, "model": self.model,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "cost_usd": self.cost_usd}
+        record = {"texts": self.texts, "finish_reasons": self.finish_reasons, "model": self.model,
+                  "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                  "cost_usd": self.cost_usd}
+        if self.repaired:
+            record["repaired"] = self.repaired
+        return record
 
     @classmethod
     def from_record(cls, key: str, record: dict, cached: bool) -> "ChatResponse":
         return cls(texts=list(record["texts"]), finish_reasons=list(record["finish_reasons"]),
                    prompt_tokens=int(record["prompt_tokens"]), completion_tokens=int(record["completion_tokens"]),
-                   cost_usd=float(record["cost_usd"]), cached=cached, model=record.get("model", ""), key=key)
+                   cost_usd=float(record["cost_usd"]), cached=cached, model=record.get("model", ""), key=key,
+                   repaired=list(record.get("repaired") or []))

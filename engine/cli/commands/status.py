@@ -77,6 +77,8 @@ def partition_status(out: Path, manifest_file: Path) -> dict:
         "shards": len(shards),
         "shards_sealed": sealed,
         "outcomes": totals.get("outcomes", {}),
+        "failures": totals.get("failures", {}),  # failed tasks by cause (persd.engine.failures)
+        "failure_breaker": (m.failure_breaker or {}).get("threshold"),
         "records": totals.get("records", {}),
         "teacher": teacher.get("model"),
         "offline_stand_in": bool(teacher.get("offline_stand_in")),
@@ -100,13 +102,15 @@ def main(argv: list[str]) -> int:
                 rows.append(partition_status(out, f))
             except PersdError as exc:
                 rows.append({"dir": str(out), "manifest": f.name, "state": "unreadable", "error": str(exc),
-                             "tasks": 0, "done": 0, "shards": 0, "shards_sealed": 0, "outcomes": {}, "records": {}})
+                             "tasks": 0, "done": 0, "shards": 0, "shards_sealed": 0, "outcomes": {}, "records": {},
+                             "failures": {}})
     total = {
         "tasks": sum(r["tasks"] for r in rows),
         "done": sum(r["done"] for r in rows),
         "shards": sum(r["shards"] for r in rows),
         "shards_sealed": sum(r["shards_sealed"] for r in rows),
         "outcomes": dict(sum((Counter(r["outcomes"]) for r in rows), Counter())),
+        "failures": dict(sum((Counter(r.get("failures") or {}) for r in rows), Counter())),
         "records": dict(sum((Counter(r["records"]) for r in rows), Counter())),
         "complete": all(r["shards_sealed"] == r["shards"] and r["shards"] for r in rows),
     }
@@ -116,18 +120,19 @@ def main(argv: list[str]) -> int:
         print(orjson.dumps({"partitions": rows, "total": total}, option=orjson.OPT_INDENT_2).decode())
         return rc
     table = Table(title="persd collect status")
-    for col in ("dir", "partition", "state", "tasks done", "shards sealed", "outcomes", "records", "teacher",
-                "updated"):
+    for col in ("dir", "partition", "state", "tasks done", "shards sealed", "outcomes", "failed (cause)", "records",
+                "teacher", "updated"):
         table.add_column(col)
     for r in rows:
         teacher = str(r.get("teacher") or "-") + (" (offline stand-in)" if r.get("offline_stand_in") else "")
         table.add_row(r["dir"], r.get("partition", "?"), r["state"], f"{r['done']}/{r['tasks']}",
-                      f"{r['shards_sealed']}/{r['shards']}", _fmt(r["outcomes"]), _fmt(r["records"]), teacher,
+                      f"{r['shards_sealed']}/{r['shards']}", _fmt(r["outcomes"]), _fmt(r.get("failures") or {}),
+                      _fmt(r["records"]), teacher,
                       str(r.get("updated_at") or ""))
     if len(rows) > 1:
         table.add_row("total", "", "complete" if total["complete"] else "in progress",
                       f"{total['done']}/{total['tasks']}", f"{total['shards_sealed']}/{total['shards']}",
-                      _fmt(total["outcomes"]), _fmt(total["records"]), "", "")
+                      _fmt(total["outcomes"]), _fmt(total["failures"]), _fmt(total["records"]), "", "")
     console = Console(width=max(Console().width, 140))
     console.print(table)
     for r in rows:
