@@ -10,6 +10,7 @@ from persd.engine.evaluation.runner import evaluate
 from persd.engine.paper import evaluation as paper
 from persd.engine.paper import prompts
 from persd.engine.tasks import iter_tasks
+from persd.runtime.decoding import clean_up_tokenization as tidy
 from persd.runtime.student.fake_server import FakeOpenAIServer
 
 WRONG = "    return not numbers\n<|endoftext|>def garbage("
@@ -35,17 +36,20 @@ async def test_paper_humaneval_prompts_scores_and_refines_the_reference_way(tmp_
         direct, refine = server.requests[0], server.requests[1]
     prompt = prompts.humaneval_prompt(task.prompt)
     assert direct["prompt"] == prompt and not direct.get("stop") and direct["max_tokens"] == 1024
+    assert direct["top_k"] == 50  # Hugging Face generate's default, sent to the (vLLM-style) server
     lines = {(ln["sample"], ln["step"]): ln for ln in read_jsonl(tmp_path / "out" / "results.jsonl")}
-    assert lines[(0, 0)]["status"] == "passed" and lines[(0, 0)]["code"].startswith(prompt)
+    # the kept text is decoded as transformers 4.29.2 decoded it: the clean-up also rewrites the prompt part
+    assert "idx!= idx2" in lines[(0, 0)]["code"] and "idx != idx2" in body
+    assert lines[(0, 0)]["status"] == "passed" and lines[(0, 0)]["code"].startswith(tidy(prompt))
     wrong = lines[(1, 0)]
-    assert wrong["status"] == "failed" and wrong["code"] == prompt + "    return not numbers\n"  # cut at the end token
+    assert wrong["status"] == "failed" and wrong["code"] == tidy(prompt + "    return not numbers\n")  # cut at EOS
     assert wrong["visible_feedback"] == ("AssertionError\nINPUT: ([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)\n"
                                          "OUTPUT: False\nEXPECTED: True")
     assert refine["prompt"] == prompts.refine_inference_prompt(prompt, wrong["visible_code"], wrong["visible_feedback"])
     assert wrong["visible_code"] == paper.cleaned(task, wrong["code"])
     fixed = lines[(1, 1)]
     assert fixed["origin"] == "refined" and fixed["status"] == "passed"
-    assert fixed["code"] == prompt.split('"""')[-1] + "\n\n" + body  # header + "\n" + the answer
+    assert fixed["code"] == prompt.split('"""')[-1] + "\n\n" + tidy(body)  # header + "\n" + the answer
     assert lines[(0, 1)]["origin"] == "carried"
     assert summary["pass@1"] == 0.5 and summary["steps"][1]["pass@1"] == 1.0
     saved = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())

@@ -167,6 +167,13 @@ class CollectConfig(StudentFields, TimeLimitFields):
                        group="student")
     temperature: float = opt(0.3, help="student sampling temperature", changes_results=True, group="student")
     top_p: float = opt(0.95, help="student top_p", changes_results=True, group="student")
+    top_k: int | None = opt(None, help="student top_k (paper preset: 50, Hugging Face generate's default; sent "
+                                       "where the backend supports it)", changes_results=True, type=positive_int,
+                            group="student", shown="off")
+    clean_up_spaces: str = opt("off", help="paper protocol: decode attempts the way transformers 4.29.2 did, with "
+                                           "clean_up_tokenization_spaces; auto: on unless the student's "
+                                           "tokenizer_config.json turns it off", changes_results=True,
+                               choices=("off", "on", "auto"), group="student")
     max_tokens: int = opt(512, help="student max new tokens", changes_results=True, type=positive_int,
                           group="student")
     seed: int = opt(0, help="base sampling seed", changes_results=True, group="student")

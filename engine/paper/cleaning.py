@@ -25,6 +25,19 @@ def strip_eos(text: str) -> str:
     return text[:i] if i >= 0 else text
 
 
+def attempt_code(prompt: str, text: str, cleanup: bool = False) -> str:
+    """The code of one student attempt (generate_code_for_alpaca.py:86-87, :454-457): the decoded text is
+    prompt + continuation up to the end token (with `cleanup`, transformers 4.29.2's decode clean-up over
+    both), then `get_clean_completion`'s code where it is not blank, else the whole text."""
+    full = prompt + strip_eos(text)
+    if cleanup:
+        from persd.runtime.decoding import clean_up_tokenization
+
+        full = clean_up_tokenization(full)
+    clean = clean_completion(full, prompt)
+    return clean if clean.strip() else full
+
+
 def _cut_at_top_level(code: str) -> str:
     m = _EOF.search(code)
     return code[: m.start() + 1] if m is not None else code

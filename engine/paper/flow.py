@@ -73,16 +73,13 @@ class PaperTaskFlow(TaskFlow):
         from persd.runtime.student import SamplingParams, StudentRequest
 
         params = SamplingParams(n=self.cfg.samples, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                max_tokens=self.cfg.max_tokens, seed=self.cfg.seed)  # no stop strings
+                                max_tokens=self.cfg.max_tokens, seed=self.cfg.seed, top_k=self.cfg.top_k)  # no stops
         return StudentRequest(prompt=prompt, params=params, request_id=task.task_id)
 
-    @staticmethod
-    def _clean(prompt: str, text: str) -> str:
-        """The decoded text is prompt + continuation up to the end token; the cleaned code where it is
-        not blank, else the whole text (generate_code_for_alpaca.py:454-457)."""
-        full = prompt + cleaning.strip_eos(text)
-        clean = cleaning.clean_completion(full, prompt)
-        return clean if clean.strip() else full
+    def _clean(self, prompt: str, text: str) -> str:
+        from persd.runtime.decoding import resolve_cleanup
+
+        return cleaning.attempt_code(prompt, text, resolve_cleanup(self.cfg.clean_up_spaces, self.cfg.student_model))
 
     def _runner(self, tally: Tally):
         async def run(program: str, timeout: float):
