@@ -63,7 +63,11 @@ def test_paper_and_persd_protocols():
         persd_cfg = parse_args(["--protocol", f"persd-{name}", *base])
         assert ((paper_cfg.style, paper_cfg.max_tokens, persd_cfg.style, persd_cfg.max_tokens)
                 == ("paper", 1024, "persd", 512))
-        assert (paper_cfg.n, paper_cfg.temperature, paper_cfg.k) == (persd_cfg.n, persd_cfg.temperature, persd_cfg.k)
+        assert (paper_cfg.n, paper_cfg.temperature) == (persd_cfg.n, persd_cfg.temperature)
+        assert (paper_cfg.top_k, persd_cfg.top_k, paper_cfg.clean_up_spaces, persd_cfg.clean_up_spaces) == \
+            (50, None, "auto", "off")
+    # pass@k: the release's pipeline reports k = 1, 5, 10, 20 (tests/test_paper_schedule.py reads its script)
+    assert parse_args(["--protocol", "paper-humaneval-passk", *base]).k == (1, 5, 10, 20)
 
 
 def test_every_humaneval_and_mbpp_task_has_the_reference_tests():
