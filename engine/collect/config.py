@@ -35,7 +35,7 @@ from persd.runtime.teacher.config import TeacherConfig
 
 STUDENT_BACKENDS = ("vllm", "openai", "hf")
 PROGRESS_MODES = ("auto", "live", "plain", "none")
-FORMATS = ("persd", "persd-refine", "inpd", "stand")
+FORMATS = ("persd", "persd-refine", "inpd", "stand", "refine-gold")  # refine-gold: the paper protocol only
 PROTOCOLS = ("persd", "paper")  # paper: the reference implementation's protocol (engine/paper/, docs/fidelity.md)
 TEACHER_CONTEXTS = ("gold", "none")
 
@@ -309,6 +309,8 @@ class CollectConfig(StudentFields, TimeLimitFields):
         if backend == "openai" and not self.student_model:
             raise ConfigError("student_model", "the openai backend needs the model name the server serves")
         check_sampling(self.temperature, self.top_p)
+        if "refine-gold" in self.formats and self.protocol != "paper":
+            raise ConfigError("formats", "refine-gold (the release's refine prompt -> gold) needs --protocol paper")
         if self.teacher_top_p is not None and not 0 < self.teacher_top_p <= 1:
             raise ConfigError("teacher_top_p", f"{self.teacher_top_p}: expected a value in (0, 1]")
         if self.teacher_url and not self.teacher_url.startswith(("http://", "https://")):

@@ -10,6 +10,7 @@
 - `parse_teacher_output`: create_alpaca_finetuning_data_from_chatgpt_refinements.py:59-91 (the last
   fenced block; the student's code where the answer holds no code at all).
 - `remove_header`: the same file, :102-107 (cut at the first `:`; what training completions are).
+- `split_at_def_line`: the layout the released refine records have instead (docs/fidelity.md).
 """
 from __future__ import annotations
 
@@ -131,6 +132,21 @@ def parse_teacher_output(answer: str, student_code: str) -> tuple[str, str]:
     if len(lines) <= 1 and student_code:
         return feedback, student_code
     return feedback, "\n".join(lines)
+
+
+_DEF_LINE = re.compile(r"def .*:")
+
+
+def split_at_def_line(code: str) -> tuple[str, str]:
+    """(before, body): the text before the code's first `def` line, and what follows that line's newline.
+    The layout of the released refine records (models/CCG_ALP/finetuning_data_gold_rectification_nochatgpt.jsonl:
+    all 3,243 gold bodies), which the release's code (`remove_header_from_code`, cut at the first `:`) does
+    not produce. No def line: ("", code)."""
+    m = _DEF_LINE.search(code)
+    if m is None:
+        return "", code
+    nl = code.find("\n", m.end())
+    return code[: m.start()], (code[nl + 1:] if nl >= 0 else "")
 
 
 def remove_header(code: str) -> tuple[str, str]:
