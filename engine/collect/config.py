@@ -170,6 +170,10 @@ class CollectConfig(StudentFields, TimeLimitFields):
     top_k: int | None = opt(None, help="student top_k (paper preset: 50, Hugging Face generate's default; sent "
                                        "where the backend supports it)", changes_results=True, type=positive_int,
                             group="student", shown="off")
+    tests_from: str | None = opt(None, help="paper protocol: unit tests by task id from FILE (the PersDistill "
+                                            "release's code-alpaca_unittests_mbpp.json layout, docs/paper.md) "
+                                            "instead of a teacher's", changes_results=True, metavar="FILE",
+                                 group="input and output")
     clean_up_spaces: str = opt("off", help="paper protocol: decode attempts the way transformers 4.29.2 did, with "
                                            "clean_up_tokenization_spaces; auto: on unless the student's "
                                            "tokenizer_config.json turns it off", changes_results=True,
@@ -309,6 +313,12 @@ class CollectConfig(StudentFields, TimeLimitFields):
         if backend == "openai" and not self.student_model:
             raise ConfigError("student_model", "the openai backend needs the model name the server serves")
         check_sampling(self.temperature, self.top_p)
+        if self.tests_from is not None:
+            if self.protocol != "paper":
+                raise ConfigError("tests_from", "applies to the paper protocol (--preset paper)")
+            from persd.engine.paper import unittests
+
+            unittests.load(self.tests_from)  # a bad file: its line and field now, not mid-run
         if "refine-gold" in self.formats and self.protocol != "paper":
             raise ConfigError("formats", "refine-gold (the release's refine prompt -> gold) needs --protocol paper")
         if self.teacher_top_p is not None and not 0 < self.teacher_top_p <= 1:

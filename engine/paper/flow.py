@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from persd.engine.collect.flow import TaskFlow
 from persd.engine.collect.records import Tally, TaskOutcome, result_line
-from persd.engine.paper import checker, cleaning, formats, prompts
+from persd.engine.paper import checker, cleaning, formats, prompts, unittests
 from persd.engine.tasks import Task
 from persd.runtime.student.base import RequestRejected
 
@@ -23,6 +23,7 @@ class PaperTaskFlow(TaskFlow):
     async def run(self, task: Task, prior_attempt: dict | None = None, on_attempt=None) -> TaskOutcome:
         tally = Tally()
         more: dict = {"protocol": "paper"}
+        task = unittests.apply(task, self.cfg.tests_from)  # --tests-from: the release's unit tests
 
         def error(reason: str) -> TaskOutcome:
             return TaskOutcome(result_line(task, "error", "error", reason, tally, error=reason, **more))
