@@ -147,3 +147,17 @@ def test_split_at_def_line():
     assert cleaning.split_at_def_line("import re\r\n# a: b\ndef f(x):  \r\n  return x") == ("import re\r\n# a: b\n",
                                                                                             "  return x")
     assert cleaning.split_at_def_line("x = 1") == ("", "x = 1")
+
+
+def test_share_of_released_feedback_in_python_37_wording(released):
+    """The release's feedback was written by Python 3.7.13 (environment.yml): error messages that later
+    Pythons word differently, counted in the 3,244 released refine prompts (docs/fidelity.md quotes it)."""
+    import re
+
+    _, _, _, refine = released
+    only_37 = [r"EOF while scanning", r"EOL while scanning", r"unexpected EOF while parsing", r"can't assign to",
+               r"expected an indented block(?! after)", r"Did you mean print\((?!\.\.\.\))"]
+    errors = [_parse_refine_prompt(r["finetuning_prompt"])[2] for r in refine]
+    hits = [e for e in errors if any(re.search(p, e) for p in only_37)]
+    assert (len(hits), len(errors)) == (262, 3244)  # 8.1 %
+    assert sum("EOF while scanning triple-quoted string literal" in e for e in errors) == 147
