@@ -61,7 +61,8 @@ def test_function_name_choice_against_the_reference(released, shared_data):
     for row in gold:
         task = ours[f"CodeAlpaca/{row['task_id']}"]
         fn = prompts.task_prompt(task).rstrip("\n").split("\n")[-1].split("def ")[1].split("(")[0].strip()
-        want = ref.format_prompt(_task(tasks, row).instruction, [{"input": f"{fn}(1)"}], prompts.gold(_task(tasks, row)))
+        released_task = _task(tasks, row)
+        want = ref.format_prompt(released_task.instruction, [{"input": f"{fn}(1)"}], prompts.gold(released_task))
         assert want == row["finetuning_prompt"], row["task_id"]
 
 

@@ -58,8 +58,8 @@ def test_the_papers_two_runs():
 def test_any_record_count_and_batch_triple_matches_the_trainer_loop():
     rng = random.Random(7)
     cases = [(500, 20, 12, 20, 8), (1920, 20, 12, 20, 8), (1921, 3, 12, 40, 4), (1, 1, 1, 1, 1), (7, 5, 2, 3, 1)]
-    cases += [(rng.randint(1, 9000), rng.randint(1, 25), rng.randint(1, 16), rng.randint(1, 48), rng.choice((1, 2, 4, 8)))
-              for _ in range(300)]
+    cases += [(rng.randint(1, 9000), rng.randint(1, 25), rng.randint(1, 16), rng.randint(1, 48),
+               rng.choice((1, 2, 4, 8))) for _ in range(300)]
     for case in cases:
         run = trainer_run(*case)
         assert (run.steps, run.micro_processed) == trainer_loop(*case), case

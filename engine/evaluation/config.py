@@ -71,8 +71,9 @@ class EvalConfig(StudentFields, TimeLimitFields):
                      "refine-inference (engine/paper/; set by the paper-* protocols, persd-* keep persd's own)",
                      changes_results=True, choices=("persd", "paper"), group="sampling and scoring")
     clean_up_spaces: str = opt("off", help="paper style: decode the way transformers 4.29.2 did, with "
-                                           "clean_up_tokenization_spaces (`' '.join` -> `''.join`); auto: on unless the "
-                                           "student's tokenizer_config.json turns it off", changes_results=True,
+                                           "clean_up_tokenization_spaces (`' '.join` -> `''.join`); auto: on "
+                                           "unless the student's tokenizer_config.json turns it off",
+                               changes_results=True,
                                choices=("off", "on", "auto"), group="sampling and scoring")
     # flow
     max_in_flight: int = opt(64, help="tasks alive at once", changes_results=False, type=positive_int,
