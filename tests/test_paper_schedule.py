@@ -128,3 +128,35 @@ def test_eval_presets_from_the_reference_pipeline():
     assert list(passk.k) == [int(k) for k in ks[1].split(",")]  # 1, 5, 10, 20
     assert 1 in pass1.k and [int(k) for k in ks[0].split(",")] == [1]
     assert pass1.top_k == passk.top_k == 50  # Hugging Face generate's default, which the reference sampled with
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+def test_paper_training_run_takes_the_trainers_steps_and_lrs(tmp_path, tiny_model_dir):
+    """`persd train --preset paper` (shrunk to a CPU): as many optimizer steps as the Trainer's arithmetic
+    gives for these records and this batch triple, the second one at lr 0."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import PERSDISTILL_FIXTURE
+
+    with (PERSDISTILL_FIXTURE / "persd.jsonl").open() as fh:
+        rows = [json.loads(next(fh)) for _ in range(10)]
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "persd", "train", "--preset", "paper", "--data", str(data), "--model",
+           str(tiny_model_dir), "--out", str(out), "--deepspeed", "zero2", "--precision", "fp32", "--seq-len", "256",
+           "--micro-batch", "1", "--epochs", "3", "--reference-batch", "2,2,1", "--no-plan-check"]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    run = trainer_run(10, 3, 2, 2, 1)
+    assert run.steps == trainer_loop(10, 3, 2, 2, 1)[0] == 6 and run.micro_applied < 3 * run.micro_per_epoch
+    assert [m["step"] for m in metrics] == list(range(1, run.steps + 1))
+    assert [m["lr"] for m in metrics] == pytest.approx([5e-6, 0.0] + [5e-6] * (run.steps - 2), abs=1e-20)

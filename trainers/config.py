@@ -70,8 +70,9 @@ class TrainConfig:
     global_batch: int | None = opt(None, help="sequences per optimizer step (sets --grad-accum)",
                                    changes_results=True, group="batches")
     reference_batch: tuple[int, ...] | None = opt(
-        None, help="(examples per GPU, accumulation, GPUs) of a padded run whose optimizer-step count to take with "
-        "packed batches (the paper: 12,20,8); sets the accumulation and the step count from the data",
+        None, help="(examples per GPU, accumulation, GPUs) of a padded Hugging Face Trainer run whose optimizer "
+        "steps and share of the data to take with packed batches (the paper: 12,20,8; transformers 4.29.2's "
+        "arithmetic, trainers/reference.py); sets the accumulation and the step count from the data",
         changes_results=True, type=comma_list(int, "comma list of 3 ints: PER_GPU,ACCUM,GPUS"), group="batches",
         metavar="PER_GPU,ACCUM,GPUS")
     prompt_cleanup: str = opt("off", help="decode-style clean-up of prompts (the PERsD reference round-tripped its "
