@@ -160,3 +160,44 @@ def test_paper_training_run_takes_the_trainers_steps_and_lrs(tmp_path, tiny_mode
     assert run.steps == trainer_loop(10, 3, 2, 2, 1)[0] == 6 and run.micro_applied < 3 * run.micro_per_epoch
     assert [m["step"] for m in metrics] == list(range(1, run.steps + 1))
     assert [m["lr"] for m in metrics] == pytest.approx([5e-6, 0.0] + [5e-6] * (run.steps - 2), abs=1e-20)
+
+
+def test_training_prompts_cleaned_up_unless_the_tokenizer_says_no(tmp_path):
+    """finetune.py:495-501 decodes each prompt back (transformers 4.29.2: clean-up on by default, off where the
+    tokenizer_config.json says so); the completions are encoded as they are."""
+    import json
+
+    from persd.engine.collect.layout import Record
+    from persd.trainers.reference import clean_prompts
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    recs = [Record("a/persd", "a", "persd", "def f(x):\n    return ' '.join(x) , 1\n", "    return ' '.join(x)\n")]
+    tidy = PreTrainedTokenizerBase.clean_up_tokenization
+    want = tidy(None, recs[0].prompt) if "self" in tidy.__code__.co_varnames else tidy(recs[0].prompt)
+    assert want != recs[0].prompt
+    on = clean_prompts(recs, "auto", str(tmp_path))  # no tokenizer config: 4.29.2's default, on
+    assert on[0].prompt == want and on[0].completion == recs[0].completion
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"clean_up_tokenization_spaces": False}))
+    assert clean_prompts(recs, "auto", str(tmp_path)) == recs
+    assert clean_prompts(recs, "on", str(tmp_path))[0].prompt == want and clean_prompts(recs, "off", None) == recs
+
+
+def test_collect_preset_from_the_reference_scripts():
+    """--preset paper's collection sampling from the pipeline script and generate_code_for_alpaca.py."""
+    from persd.engine.collect.config import parse_args as collect_args
+    from persd.engine.evaluation.config import PAPER_REFINE_STEPS
+
+    ref = require_reference()
+    sh = _sh_values()
+    text = (ref / "code" / "chatgpt_ilf_pipeline_auto_feedback_alpaca.sh").read_text()
+    gen = (ref / "code" / "generate_code_for_alpaca.py").read_text()
+    ev = (ref / "code" / "eval_alpaca.py").read_text()
+    cfg = collect_args(["--tasks", "t.jsonl", "--out", "o", "--student-backend", "hf", "--preset", "paper"])
+    student = text[text.index('"gen_student_attempt"'):text.index('"eval_student_attempt"')]
+    assert cfg.samples == int(re.search(r"--num-samples=(\d+)", student).group(1))
+    assert cfg.temperature == float(sh["TEMP"])
+    assert cfg.top_p == float(re.search(r"top_p=([0-9.]+)", gen).group(1))
+    assert cfg.max_tokens == int(re.search(r"max_length=input_ids.shape\[1\] \+ (\d+)", gen).group(1))
+    assert "top_k" not in gen and cfg.top_k == 50  # none passed: generate's default
+    assert cfg.exec_timeout == float(re.search(r"p\.join\((\d+)\)", ev).group(1))
+    assert PAPER_REFINE_STEPS == int(re.search(r"--num-refine=(\d+)", text).group(1))

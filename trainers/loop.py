@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import signal
@@ -24,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from persd.runtime.decoding import clean_up_tokenization, resolve_cleanup
 from persd.runtime.errors import UsageError
 from persd.trainers import checkpoint
 from persd.trainers.config import TrainConfig, load_ds_config, offload, resolve_ds_config, zero_stage
@@ -34,6 +32,7 @@ from persd.trainers.launch import World, init_world
 from persd.trainers.metrics import RunLog, flops_per_token, guess_peak_tflops, require_tensorboard
 from persd.trainers.model import DTYPES, build_optimizer, check_model_dir, load_model, lr_lambda
 from persd.trainers.packing import collate, padding_waste, plan_epoch
+from persd.trainers.reference import clean_prompts
 
 
 @dataclass
@@ -292,9 +291,8 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
     # data: every rank reads and tokenises the same records, so every rank computes the same plans
     records, dstats = load_records(cfg.data, cfg.formats)
     train_recs, held_recs = split_by_task(records, cfg.eval_fraction, cfg.seed)
-    if resolve_cleanup(cfg.prompt_cleanup, str(model_dir)):  # the reference's decode round trip (finetune.py:495)
-        train_recs = [dataclasses.replace(r, prompt=clean_up_tokenization(r.prompt)) for r in train_recs]
-        held_recs = [dataclasses.replace(r, prompt=clean_up_tokenization(r.prompt)) for r in held_recs]
+    train_recs = clean_prompts(train_recs, cfg.prompt_cleanup, str(model_dir))  # the paper's decode round trip
+    held_recs = clean_prompts(held_recs, cfg.prompt_cleanup, str(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples, estats = encode_records(train_recs, tokenizer, cfg.seq_len)

@@ -63,6 +63,19 @@ def trainer_run(records: int, epochs: int, per_gpu: int, accum: int, gpus: int) 
     return TrainerRun(records, epochs, micro, max_steps, steps, total, steps * accum)
 
 
+def clean_prompts(records: list, setting: str, model: str | None) -> list:
+    """`--prompt-cleanup`: the reference's decode round trip of each training prompt (finetune.py:495-501,
+    clean-up on unless the tokenizer's config turns it off, as transformers 4.29.2 does); records as given
+    where it is off."""
+    import dataclasses
+
+    from persd.runtime.decoding import clean_up_tokenization, resolve_cleanup
+
+    if not resolve_cleanup(setting, model):
+        return records
+    return [dataclasses.replace(r, prompt=clean_up_tokenization(r.prompt)) for r in records]
+
+
 def warmuplr_multiplier(step: int, warmup_steps: int = 0) -> float:
     """The lr of optimizer step `step + 1`, as a multiple of the configured lr: DeepSpeed 0.9.2's WarmupLR
     (log warm-up from 0, `max(2, warmup_steps)` steps) stepped after each optimizer step, its first value
