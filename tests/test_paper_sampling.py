@@ -30,3 +30,12 @@ def test_top_k_in_requests_and_batching_keys():
     assert group_key(with_k.params) != group_key(without.params)
     with pytest.raises(ConfigError, match="top_k"):
         SamplingParams(top_k=0)
+
+
+def test_vllm_sampling_params_carry_top_k():
+    pytest.importorskip("vllm", reason="the vllm package is not installed")
+    from persd.runtime.student.vllm_backend import VLLMStudent
+
+    with_k = VLLMStudent._sampling(None, StudentRequest(prompt="p", params=SamplingParams(temperature=0.2, top_k=50)))
+    without = VLLMStudent._sampling(None, StudentRequest(prompt="p", params=SamplingParams(temperature=0.2)))
+    assert with_k.top_k == 50 and without.top_k in (0, -1)  # vLLM's "off"
