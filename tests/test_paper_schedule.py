@@ -201,3 +201,42 @@ def test_collect_preset_from_the_reference_scripts():
     assert "top_k" not in gen and cfg.top_k == 50  # none passed: generate's default
     assert cfg.exec_timeout == float(re.search(r"p\.join\((\d+)\)", ev).group(1))
     assert PAPER_REFINE_STEPS == int(re.search(r"--num-refine=(\d+)", text).group(1))
+
+
+def test_warmuplr_of_deepspeed_0_9_2_itself():
+    """The 0.9.2 class itself (its constructor differs from today's): run where its source is at hand,
+    `pip download --no-deps deepspeed==0.9.2` unpacked and PERSD_DEEPSPEED_092 pointing at it."""
+    import importlib.util
+    import logging
+    import os
+    import sys
+    import types
+    from pathlib import Path
+
+    import torch
+
+    src = Path(os.environ.get("PERSD_DEEPSPEED_092", "/nonexistent")) / "deepspeed" / "runtime" / "lr_schedules.py"
+    if not src.is_file():
+        pytest.skip("DeepSpeed 0.9.2's source is not here (set PERSD_DEEPSPEED_092 to an unpacked deepspeed-0.9.2)")
+    saved = {k: sys.modules.get(k) for k in ("deepspeed", "deepspeed.utils")}
+    stub, utils = types.ModuleType("deepspeed"), types.ModuleType("deepspeed.utils")
+    utils.logger = logging.getLogger("deepspeed-0.9.2")
+    sys.modules.update({"deepspeed": stub, "deepspeed.utils": utils})
+    try:
+        spec = importlib.util.spec_from_file_location("persd_test_lr_schedules_092", src)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=5e-6)
+    sched = mod.WarmupLR(opt, warmup_min_lr=0, warmup_max_lr=5e-6, warmup_num_steps=0)  # the Trainer's "auto"
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()  # the engine, after each optimizer step
+    fn = lr_lambda(schedule="warmuplr", total_steps=6, warmup_steps=0, min_lr_ratio=0.1)
+    assert lrs == pytest.approx([5e-6 * fn(i) for i in range(6)], abs=1e-20) and lrs[1] == 0.0
