@@ -160,6 +160,9 @@ def test_paper_training_run_takes_the_trainers_steps_and_lrs(tmp_path, tiny_mode
     assert run.steps == trainer_loop(10, 3, 2, 2, 1)[0] == 6 and run.micro_applied < 3 * run.micro_per_epoch
     assert [m["step"] for m in metrics] == list(range(1, run.steps + 1))
     assert [m["lr"] for m in metrics] == pytest.approx([5e-6, 0.0] + [5e-6] * (run.steps - 2), abs=1e-20)
+    ref = json.loads((out / "train.json").read_text())["reference"]
+    assert ref["steps"] == run.steps and ref["batch"] == [2, 2, 1]
+    assert ref["micro_batches_taken"] == round(ref["micro_batches"] * run.share_of_stream)  # 12 of 15 per epoch
 
 
 def test_training_prompts_cleaned_up_unless_the_tokenizer_says_no(tmp_path):

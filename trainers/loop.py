@@ -244,6 +244,7 @@ class TrainState:
     n_params: int
     flops_per_token: float
     peak_tflops: float | None
+    reference: dict[str, Any] | None = None  # --reference-batch: the reference's steps and the data they saw
 
     @property
     def dtype(self) -> torch.dtype:
@@ -265,11 +266,13 @@ class TrainResult:
     world_size: int
     params: int
     eval_loss: float | None = None
+    reference: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "history"}
-        if self.eval_loss is None:
-            out.pop("eval_loss")
+        for optional in ("eval_loss", "reference"):
+            if out[optional] is None:
+                out.pop(optional)
         return out
 
 
@@ -369,7 +372,11 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
                       examples=examples, held=held, sched=sched, total_steps=total_steps, grad_accum=grad_accum,
                       stage=stage, precision=precision, pad_id=pad_id, identity=identity, ckpt_dir=ckpt_dir, log=log,
                       start=start, waste=waste, n_params=n_params, flops_per_token=fpt,
-                      peak_tflops=cfg.peak_tflops or guess_peak_tflops())
+                      peak_tflops=cfg.peak_tflops or guess_peak_tflops(),
+                      reference=None if take is None else {
+                          "batch": list(cfg.reference_batch), "steps": stream_steps, "micro_batches_taken": take,
+                          "micro_batches": sum(len(p) for p in plans),
+                          "epochs_seen": round(cfg.epochs * take / max(1, sum(len(p) for p in plans)), 3)})
 
 
 def train_step(st: TrainState, step: int, stop: StopSignal) -> dict[str, Any]:
@@ -434,7 +441,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> tup
     stop.restore()
     result = TrainResult(steps=st.total_steps, steps_per_epoch=st.sched.steps_per_epoch[0], resumed_at=st.start,
                          history=history, padding=st.waste, examples=len(st.examples), zero_stage=st.stage,
-                         precision=st.precision, world_size=st.world.size, params=st.n_params)
+                         precision=st.precision, world_size=st.world.size, params=st.n_params, reference=st.reference)
     if st.held:
         result.eval_loss = evaluate(st.engine, st.held, cfg, st.world, st.pad_id)
         st.log.eval(st.total_steps, result.eval_loss)
