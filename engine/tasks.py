@@ -239,6 +239,8 @@ def _persdistill_release(obj: dict, path: str, lineno: int) -> dict:
     generic task with the release's own bytes (CRLF kept), its gold being the code up to that `:` plus the
     completion, so paper mode's prompts, teacher turns and gold records equal the released ones."""
     prompt, completion = obj.get("finetuning_prompt"), obj.get("finetuning_completion")
+    if "task_id" not in obj:
+        raise InputError(path, lineno, "missing", field="task_id")
     if not isinstance(prompt, str) or not isinstance(completion, str):
         raise InputError(path, lineno, "expected strings", field="finetuning_prompt")
     head, sep, prefix = prompt[4:].partition('\n"""\n\n')

@@ -162,3 +162,19 @@ def test_share_of_released_feedback_in_python_37_wording(released):
     hits = [e for e in errors if any(re.search(p, e) for p in only_37)]
     assert (len(hits), len(errors)) == (262, 3244)  # 8.1 %
     assert sum("EOF while scanning triple-quoted string literal" in e for e in errors) == 147
+
+
+def test_a_release_line_becomes_a_task_and_a_bad_one_is_named(tmp_path):
+    from persd.runtime.errors import UsageError
+
+    row = {"finetuning_prompt": '"""\nAdd.\n"""\n\nimport math\r\ndef add(a, b):\n',
+           "finetuning_completion": "\r\n    return a + b", "task_id": 12}
+    path = tmp_path / "gold.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (task,) = iter_tasks(str(path))
+    assert (task.task_id, task.entry_point, prompts.gold(task)) == \
+        ("CodeAlpaca/12", "add", "import math\r\ndef add(a, b):\r\n    return a + b")
+    assert prompts.task_prompt(task) == row["finetuning_prompt"]
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "finetuning_prompt": "Rectify ..."}) + "\n")
+    with pytest.raises(UsageError, match=r"gold.jsonl:2: field 'finetuning_prompt'"):
+        list(iter_tasks(str(path)))
