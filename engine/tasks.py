@@ -132,6 +132,8 @@ def parse_task_line(raw: bytes | str, path: str, lineno: int) -> Task:
     where = f"{path}:{lineno}"
     if "task_id" not in obj and "instruction" in obj and "output" in obj:
         obj = _code_alpaca(obj, lineno)
+    if "finetuning_prompt" in obj and "finetuning_completion" in obj and "instruction" not in obj:
+        obj = _persdistill_release(obj, path, lineno)
     if "task_id" not in obj:
         raise InputError(path, lineno, "missing", field="task_id")
     if "canonical_solution" in obj:
@@ -228,6 +230,29 @@ def _code_alpaca(obj: dict, lineno: int) -> dict:
     row = {"task_id": f"CodeAlpaca/{lineno - 1}", "instruction": obj["instruction"], "reference": out}
     if first and first.group(1).strip():
         row["entry_point"] = first.group(1).strip()
+    return row
+
+
+def _persdistill_release(obj: dict, path: str, lineno: int) -> dict:
+    """A line of the PersDistill release's gold training file (models/CCG_ALP/finetuning_data_chatgpt_gold.jsonl:
+    the reference's task prompt, ending with the code up to the def line, -> the code after its first `:`): a
+    generic task with the release's own bytes (CRLF kept), its gold being the code up to that `:` plus the
+    completion, so paper mode's prompts, teacher turns and gold records equal the released ones."""
+    prompt, completion = obj.get("finetuning_prompt"), obj.get("finetuning_completion")
+    if "task_id" not in obj:
+        raise InputError(path, lineno, "missing", field="task_id")
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        raise InputError(path, lineno, "expected strings", field="finetuning_prompt")
+    head, sep, prefix = prompt[4:].partition('\n"""\n\n')
+    if not prompt.startswith('"""\n') or not sep or not prefix.endswith("\n") or ":" not in prefix:
+        raise InputError(path, lineno, 'expected """\\n<task>\\n"""\\n\\n<code up to the def line>\\n',
+                         field="finetuning_prompt")
+    prefix = prefix[:-1]
+    row = {"task_id": f"CodeAlpaca/{obj.get('task_id')}", "instruction": head, "header": prefix + "\n",
+           "reference": prefix[: prefix.find(":") + 1] + completion}
+    entry = last_function(prefix)
+    if entry:
+        row["entry_point"] = entry
     return row
 
 

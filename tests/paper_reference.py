@@ -23,6 +23,8 @@ def reference_dir() -> Path | None:
     if os.environ.get("PERSD_REFERENCE_DIR"):
         cand = Path(os.environ["PERSD_REFERENCE_DIR"])
         return cand if (cand / "code").is_dir() else None
+    if os.environ.get("PERSD_TESTS_NO_SHARED", "") not in ("", "0"):  # a fresh clone with nothing beside it
+        return None
     for base in (REPO.parent, REPO.parent.parent):
         cand = base / "shared" / "reference" / "persdistill"
         if (cand / "code").is_dir():
@@ -33,7 +35,8 @@ def reference_dir() -> Path | None:
 def require_reference() -> Path:
     ref = reference_dir()
     if ref is None:
-        pytest.skip("the PersDistill reference is not available (set PERSD_REFERENCE_DIR to its folder)")
+        pytest.skip("the PersDistill reference is not beside the checkout (../shared/reference/persdistill; "
+                    "PERSD_TESTS_NO_SHARED hides it) and PERSD_REFERENCE_DIR is not set")
     return ref
 
 

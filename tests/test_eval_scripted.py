@@ -237,7 +237,7 @@ def test_protocol_presets_fill_in_what_flags_leave_out():
     cfg = parse_args(["--protocol", "paper-humaneval", "--out", "x", "--student-model", "m", "--n", "5"])
     assert (cfg.tasks, cfg.n, cfg.temperature, cfg.top_p, cfg.k) == ("humaneval", 5, 0.2, 0.95, (1, 5, 10))
     cfg = parse_args(["--protocol", "paper-humaneval-passk", "--out", "x", "--student-model", "m"])
-    assert (cfg.n, cfg.temperature, cfg.k) == (100, 0.8, (1, 10, 100))
+    assert (cfg.n, cfg.temperature, cfg.k) == (100, 0.8, (1, 5, 10, 20))  # the release pipeline's k
     cfg = parse_args(["--protocol", "paper-mbpp", "--out", "x", "--student-model", "m", "--temperature", "0"])
     assert (cfg.tasks, cfg.task_ids, cfg.temperature, cfg.n) == ("mbpp", "@mbpp-307", 0.0, 20)
     # the design's `--refine` is the paper's refine-inference (two steps); --refine-steps sets any number

@@ -64,6 +64,8 @@ def test_alpaca_prompt_matches_reference_and_release_on_all_tasks():
     crlf = 0
     for task in tasks:
         ours = prompts.task_prompt(task)
+        # the name as persd chose it; that the choice is the reference's is checked against the released
+        # prompts in tests/test_paper_release.py (test_function_name_choice_against_the_reference)
         fn = ours.rstrip("\n").split("\n")[-1].split("def ")[1].split("(")[0].strip()
         raw = task.extra["raw"]
         assert ours == ref.format_prompt(raw["instruction"], [{"input": f"{fn}(1)"}], raw["reference"]), task.task_id

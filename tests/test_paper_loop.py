@@ -21,6 +21,10 @@ def alpaca_task(i: int) -> dict:
             "reference": "import math\r\ndef sort_double(nums):\r\n    return [2 * x for x in sorted(nums)]\r\n"}
 
 
+def refine_prompt_of(by: dict) -> str:
+    return by[("io/1", "persd-refine")]["prompt"]
+
+
 def io_task(i: int) -> dict:
     """A task in the reference's dataset layout: tests as {"input", "output"} pairs."""
     return {"task_id": f"io/{i}", "instruction": "Print the sum of two numbers.", "entry_point": "show_sum",
@@ -55,7 +59,9 @@ def test_loop_with_the_paper_preset(tmp_path):
     assert results["io/1"]["feedback"].endswith(" : ") or results["io/1"]["feedback"].startswith("AssertionError")
     records = read_jsonl(next((collect / "shards").glob("shard-*[0-9].jsonl")))
     by = {(r["task_id"], r["format"]): r for r in records}
-    assert {f for _, f in by} == {"persd", "persd-refine", "inpd", "stand"}
+    assert {f for _, f in by} == {"persd", "persd-refine", "refine-gold", "inpd", "stand"}
+    gold_body = by[("io/1", "refine-gold")]["completion"]
+    assert gold_body == "    print(a + b)\n" and by[("io/1", "refine-gold")]["prompt"] == refine_prompt_of(by)
     persd = by[("CodeAlpaca/0", "persd")]
     assert persd["prompt"] == ('"""\nReturn the list sorted, then doubled (0).\n"""\n\n'
                                "import math\r\ndef sort_double(nums):\n")  # the reference's prompt, \r\n kept
@@ -65,6 +71,7 @@ def test_loop_with_the_paper_preset(tmp_path):
     assert by[("io/1", "inpd")]["completion"] == "\n    print(a + b)\n"
     train = orjson.loads((run / "round-1" / "train" / "train.json").read_bytes())
     assert train["config"]["reference_batch"] == [12, 20, 8] and train["config"]["lr"] == 5e-6
+    assert train["config"]["schedule"] == "warmuplr" and train["config"]["prompt_cleanup"] == "auto"
     summary = orjson.loads((run / "round-1" / "eval" / "summary.json").read_bytes())
     assert summary["tasks"] == 1
 
@@ -77,6 +84,8 @@ def test_collect_preset_and_flags():
     cfg = parse_args([*base, "--preset", "paper"])
     assert (cfg.protocol, cfg.samples, cfg.temperature, cfg.top_p, cfg.max_tokens) == ("paper", 1, 0.3, 0.95, 1024)
     assert (cfg.teacher_temperature, cfg.teacher_max_tokens, cfg.teacher_context) == (None, None, "gold")
+    assert (cfg.top_k, cfg.clean_up_spaces, cfg.tests_from) == (50, "auto", None)
+    assert "refine-gold" in cfg.formats
     assert cfg.teacher_model == "gpt-3.5-turbo-0301" and cfg.exec_timeout == 3.0
     assert cfg.fingerprint()["protocol"] == "paper"
     flags_win = parse_args([*base, "--preset", "paper", "--teacher-temperature", "0.7", "--teacher-context", "none"])
@@ -91,6 +100,14 @@ def test_collect_preset_and_flags():
     assert parse_args([*base, "--price-in", "2", "--price-out", "2"]).price_out == 2.0
     with pytest.raises(UsageError, match="--preset"):
         parse_args([*base, "--preset", "nonesuch"])
+    with pytest.raises(UsageError, match="--tests-from"):
+        parse_args([*base, "--tests-from", "t.json"])  # the paper protocol only
+    import persd.engine.paper.flow  # noqa: F401  (registers the paper flow variant, as persd collect does)
+    from persd.engine.collect.flow import variant_for
+
+    paper = parse_args([*base, "--preset", "paper", "--tests-from", "/nonexistent/t.json"])
+    with pytest.raises(UsageError, match="no such file"):  # checked before the run starts (persd collect)
+        variant_for(paper.protocol).check_config(paper)
 
 
 def test_paper_teacher_price_is_the_2023_one():

@@ -50,7 +50,8 @@ def test_preset_then_flags_override():
     assert cfg.lr == 5e-6 and cfg.precision == "bf16" and cfg.deepspeed == "zero3-offload" and cfg.seq_len == 2048
     assert cfg.epochs == 2  # the flag wins over the preset
     assert cfg.reference_batch == (12, 20, 8) and cfg.betas == (0.9, 0.999) and cfg.eps == 1e-8
-    assert cfg.schedule == "constant" and cfg.warmup_steps == 0 and cfg.weight_decay == 0.0 and cfg.clip == 1.0
+    assert cfg.schedule == "warmuplr" and cfg.warmup_steps == 0 and cfg.weight_decay == 0.0 and cfg.clip == 1.0
+    assert cfg.prompt_cleanup == "auto"  # the values themselves: tests/test_paper_schedule.py, against the reference
     assert cfg_of("--formats", "persd, persd-refine").formats == ["persd", "persd-refine"]
 
 
@@ -113,27 +114,21 @@ def test_tensorboard_missing_is_a_clear_error():
         assert require_tensorboard() is not None
 
 
-def test_reference_step_count_as_the_trainer_counted_it():
-    """finetune.py under Hugging Face's Trainer: ceil(N / 96) micro-batches per rank and epoch, a step every 20,
-    the remainder carried over: 3,248 examples for 20 epochs are 34 steps (not 20 x ceil(3248 / 1920) = 40)."""
-    from persd.trainers.config import reference_steps
-
-    assert reference_steps(3248, 20, 12, 20, 8) == 34
-    assert reference_steps(1920, 20, 12, 20, 8) == 20  # exactly one step an epoch
-    assert reference_steps(500, 20, 12, 20, 8) == 20  # an epoch shorter than one accumulation still steps
-
-
 def test_packed_run_takes_the_reference_number_of_steps():
-    from persd.trainers.config import reference_steps
+    """The reference's steps over the reference's share of the stream (trainers/reference.py; the counts
+    themselves are checked against the Trainer's loop in tests/test_paper_schedule.py)."""
     from persd.trainers.loop import Schedule, match_reference_steps
+    from persd.trainers.reference import trainer_run
 
+    run = trainer_run(3248, 20, 12, 20, 8)
     plans = [[[[i]] for i in range(37)] for _ in range(20)]  # 37 packed micro-batches an epoch, 20 epochs
     for world in (1, 2, 8):
         cfg = TrainConfig(epochs=20, reference_batch=(12, 20, 8))
-        steps = match_reference_steps(cfg, plans, 3248, world)
-        assert steps == cfg.max_steps == reference_steps(3248, 20, 12, 20, 8) == 34
-        sched = Schedule(plans, world * cfg.grad_accum, steps=steps)
-        assert sched.total == 34
+        steps, take = match_reference_steps(cfg, plans, 3248, world)
+        assert steps == cfg.max_steps == run.steps
+        assert take == round(740 * run.share_of_stream) < 740  # the Trainer stopped before the 20th epoch
+        sched = Schedule(plans, world * cfg.grad_accum, steps=steps, take=take)
+        assert sched.total == run.steps
         seen = [mb for step in range(sched.total) for rank in range(world)
                 for mb in sched.window(step, rank, world, cfg.grad_accum)[1] if mb]
-        assert len(seen) == 740  # every epoch's every micro-batch, once, across epoch ends
+        assert len(seen) == take  # the stream's first `take` micro-batches, once each, across epoch ends

@@ -84,6 +84,11 @@ def resume(engine, ckpt_dir: Path, *, identity: dict[str, Any]) -> int:
         raise UsageError(f"--resume: {ckpt_dir / tag} is not a complete persd checkpoint")
     state = client["persd"]
     saved = state["identity"]
+    from persd.trainers.config import TrainConfig
+
+    for k in identity:  # an option added since the checkpoint was made counts as its default then
+        if k not in saved and hasattr(TrainConfig, k):
+            saved = {**saved, k: getattr(TrainConfig(), k)}
     diffs = [f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}" for k in identity if saved.get(k) != identity.get(k)]
     if diffs:
         raise UsageError(f"{ckpt_dir}: the checkpoint was made with different settings (" + "; ".join(diffs)

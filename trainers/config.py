@@ -23,7 +23,7 @@ from persd.runtime.errors import ConfigError, UsageError
 
 SHIPPED_DS_CONFIGS = ("zero2", "zero3", "zero3-offload")
 BATCHING = ("pack", "group", "pad")
-SCHEDULES = ("cosine", "constant", "linear")
+SCHEDULES = ("cosine", "constant", "linear", "warmuplr")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -70,16 +70,22 @@ class TrainConfig:
     global_batch: int | None = opt(None, help="sequences per optimizer step (sets --grad-accum)",
                                    changes_results=True, group="batches")
     reference_batch: tuple[int, ...] | None = opt(
-        None, help="(examples per GPU, accumulation, GPUs) of a padded run whose optimizer-step count to take with "
-        "packed batches (the paper: 12,20,8); sets the accumulation and the step count from the data",
+        None, help="(examples per GPU, accumulation, GPUs) of a padded Hugging Face Trainer run whose optimizer "
+        "steps and share of the data to take with packed batches (the paper: 12,20,8; transformers 4.29.2's "
+        "arithmetic, trainers/reference.py); sets the accumulation and the step count from the data",
         changes_results=True, type=comma_list(int, "comma list of 3 ints: PER_GPU,ACCUM,GPUS"), group="batches",
         metavar="PER_GPU,ACCUM,GPUS")
+    prompt_cleanup: str = opt("off", help="decode-style clean-up of prompts (the PERsD reference round-tripped its "
+                                          "training prompts through transformers 4.29.2's decode: `' '.join` -> "
+                                          "`''.join`); auto: on unless the tokenizer's config turns it off",
+                              changes_results=True, choices=("off", "on", "auto"), group="batches")
     # optimisation
     epochs: int = opt(3, help="passes over the data", changes_results=True, group="optimisation")
     max_steps: int | None = opt(None, help="stop after this many optimizer steps", changes_results=True,
                                 group="optimisation", shown="the epochs' steps")
     lr: float = opt(1e-5, help="peak learning rate", changes_results=True, group="optimisation")
-    schedule: str = opt("cosine", help="learning-rate schedule after warmup", changes_results=True,
+    schedule: str = opt("cosine", help="learning-rate schedule after warmup (warmuplr: DeepSpeed 0.9.2's WarmupLR as "
+                                       "the PERsD reference ran it, its second step at lr 0)", changes_results=True,
                         choices=SCHEDULES, group="optimisation")
     warmup_ratio: float = opt(0.03, help="fraction of the steps spent warming up", changes_results=True,
                               group="optimisation")
@@ -121,6 +127,8 @@ class TrainConfig:
             raise bad("precision", f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.init not in ("pretrained", "random"):
             raise bad("init", f"expected pretrained or random, got {self.init!r}")
+        if self.prompt_cleanup not in ("off", "on", "auto"):
+            raise bad("prompt_cleanup", f"expected off, on or auto, got {self.prompt_cleanup!r}")
         if self.optimizer not in ("auto", "adamw", "cpu-adam"):
             raise bad("optimizer", f"expected auto, adamw or cpu-adam, got {self.optimizer!r}")
         for name in ("seq_len", "micro_batch", "grad_accum", "epochs", "log_every", "keep_checkpoints"):
@@ -169,14 +177,11 @@ TrainConfig.RESUME_KEYS = result_fields(TrainConfig)
 
 
 def reference_steps(examples: int, epochs: int, per_gpu: int, accum: int, gpus: int) -> int:
-    """Optimizer steps of the reference's padded run (Hugging Face Trainer as finetune.py used it):
-    each epoch has ceil(examples / (per_gpu x gpus)) micro-batches per rank, a step every `accum` of
-    them, and an epoch's remainder carried into the next epoch's first step (the Trainer neither
-    steps nor zeroes it). 3,248 examples at 12 x 20 x 8 for 20 epochs: 34 steps."""
-    micro = math.ceil(examples / (per_gpu * gpus))
-    if micro <= accum:  # the Trainer steps at the end of an epoch shorter than one accumulation
-        return epochs
-    return max(1, (epochs * micro) // accum)
+    """Optimizer steps of the reference's padded run (transformers 4.29.2's Trainer with DeepSpeed 0.9.2, as
+    finetune.py used it: trainers/reference.py). 3,248 examples at 12 x 20 x 8 for 20 epochs: 20 steps."""
+    from persd.trainers.reference import trainer_run
+
+    return trainer_run(examples, epochs, per_gpu, accum, gpus).steps
 
 
 def _read_named_json(name_or_path: str, package: str, shipped: tuple[str, ...], flag: str) -> str:

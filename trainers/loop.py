@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from persd.engine.rundirs.train import TrainLayout
 from persd.runtime.errors import UsageError
 from persd.trainers import checkpoint
-from persd.trainers.config import TrainConfig, load_ds_config, offload, reference_steps, resolve_ds_config, zero_stage
+from persd.trainers.config import TrainConfig, load_ds_config, offload, resolve_ds_config, zero_stage
 from persd.trainers.data import load_records, split_by_task
 from persd.trainers.encode import Example, encode_records
 from persd.trainers.launch import World, init_world
 from persd.trainers.metrics import RunLog, flops_per_token, guess_peak_tflops, require_tensorboard
 from persd.trainers.model import DTYPES, build_optimizer, check_model_dir, load_model, lr_lambda
 from persd.trainers.packing import collate, padding_waste, plan_epoch
+from persd.trainers.reference import clean_prompts
 
 
 @dataclass
@@ -41,16 +42,19 @@ class Schedule:
 
     `steps`: the epochs are one stream cut into exactly this many optimizer steps of (nearly) equal
     size, a step may span an epoch's end (what the reference's Trainer did with an epoch's remainder);
-    --reference-batch uses it to take the reference's step count. per_step is then the largest step."""
+    --reference-batch uses it to take the reference's step count. per_step is then the largest step.
+    `take`: only the stream's first `take` micro-batches are used (the reference's Trainer stopped
+    mid-epoch at its max_steps)."""
     plans: list[list[list[list[int]]]]  # per epoch: micro-batches of rows of example indices
     per_step: int  # micro-batches per optimizer step (world x grad_accum)
     steps: int | None = None
+    take: int | None = None
     steps_per_epoch: list[int] = field(init=False)
 
     def __post_init__(self):
         self.steps_per_epoch = [math.ceil(len(p) / self.per_step) for p in self.plans]
         if self.steps is not None:
-            self._flat = [(e, mb) for e, p in enumerate(self.plans) for mb in p]
+            self._flat = [(e, mb) for e, p in enumerate(self.plans) for mb in p][: self.take]
             if math.ceil(len(self._flat) / self.steps) > self.per_step:
                 raise ValueError("a step holds more micro-batches than world x grad_accum")
 
@@ -197,16 +201,22 @@ def evaluate(engine, examples: list[Example], cfg: TrainConfig, world: World, pa
     return total / max(count, 1.0)
 
 
-def match_reference_steps(cfg: TrainConfig, plans, examples: int, world: int) -> int:
-    """--reference-batch: as many optimizer steps as the reference's padded run takes on the same number
-    of examples (config.reference_steps), however many examples a packed sequence holds. The epochs are
-    one stream (Schedule.steps) cut into that many steps of nearly equal size; a rank with nothing left in
-    a step's last accumulation slot runs a filler. Returns the step count."""
-    wanted = min(reference_steps(examples, cfg.epochs, *cfg.reference_batch), sum(len(p) for p in plans))
-    largest = math.ceil(sum(len(p) for p in plans) / wanted)  # micro-batches in the largest step
+def match_reference_steps(cfg: TrainConfig, plans, examples: int, world: int) -> tuple[int, int]:
+    """--reference-batch: as many optimizer steps as the reference's padded run took on the same number of
+    examples, over the same share of the data (trainers/reference.py: its Trainer stopped at max_steps,
+    usually mid-epoch), however many examples a packed sequence holds. That share of the epochs' stream
+    (Schedule.take) is cut into that many steps of nearly equal size (Schedule.steps); a rank with nothing
+    left in a step's last accumulation slot runs a filler. Returns (steps, micro-batches taken)."""
+    from persd.trainers.reference import trainer_run
+
+    run = trainer_run(examples, cfg.epochs, *cfg.reference_batch)
+    stream = sum(len(p) for p in plans)
+    take = max(1, min(stream, round(stream * run.share_of_stream)))
+    wanted = max(1, min(run.steps, take))
+    largest = math.ceil(take / wanted)  # micro-batches in the largest step
     cfg.grad_accum, cfg.global_batch = max(1, math.ceil(largest / world)), None
     cfg.max_steps = min(cfg.max_steps, wanted) if cfg.max_steps else wanted
-    return wanted
+    return wanted, take
 
 
 @dataclass
@@ -235,6 +245,7 @@ class TrainState:
     n_params: int
     flops_per_token: float
     peak_tflops: float | None
+    reference: dict[str, Any] | None = None  # --reference-batch: the reference's steps and the data they saw
 
     @property
     def dtype(self) -> torch.dtype:
@@ -256,11 +267,13 @@ class TrainResult:
     world_size: int
     params: int
     eval_loss: float | None = None
+    reference: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "history"}
-        if self.eval_loss is None:
-            out.pop("eval_loss")
+        for optional in ("eval_loss", "reference"):
+            if out[optional] is None:
+                out.pop(optional)
         return out
 
 
@@ -283,6 +296,8 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
     # data: every rank reads and tokenises the same records, so every rank computes the same plans
     records, dstats = load_records(cfg.data, cfg.formats)
     train_recs, held_recs = split_by_task(records, cfg.eval_fraction, cfg.seed)
+    train_recs = clean_prompts(train_recs, cfg.prompt_cleanup, str(model_dir))  # the paper's decode round trip
+    held_recs = clean_prompts(held_recs, cfg.prompt_cleanup, str(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples, estats = encode_records(train_recs, tokenizer, cfg.seq_len)
@@ -294,7 +309,8 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
     lengths = [len(e) for e in examples]
     plans = [plan_epoch(lengths, seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, batching=cfg.batching,
                         seed=cfg.seed, epoch=e) for e in range(cfg.epochs)]
-    stream_steps = match_reference_steps(cfg, plans, len(examples), world.size) if cfg.reference_batch else None
+    stream_steps, take = match_reference_steps(cfg, plans, len(examples), world.size) if cfg.reference_batch \
+        else (None, None)
     ds = resolve_ds_config(cfg, ds_file, world_size=world.size, precision=precision)
     grad_accum = ds["gradient_accumulation_steps"]
     stage = zero_stage(ds)
@@ -302,7 +318,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
     if cfg.plan_check:
         _check_plan(cfg, stage, opt_off, par_off, world)
 
-    sched = Schedule(plans, world.size * grad_accum, steps=stream_steps)
+    sched = Schedule(plans, world.size * grad_accum, steps=stream_steps, take=take)
     total_steps = min(sched.total, cfg.max_steps or sched.total)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
     waste = padding_waste(plans[0], lengths, seq_len=cfg.seq_len, batching=cfg.batching)
@@ -316,6 +332,10 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
     log.info(f"batches: {cfg.batching}, {len(plans[0])} micro-batches of {cfg.micro_batch} x {cfg.seq_len} per epoch, "
              f"padding {waste:.1%}; {world.size} rank(s) x {grad_accum} accumulation -> {total_steps} steps; "
              f"ZeRO-{stage}, {precision}")
+    if take is not None:
+        log.info(f"--reference-batch {','.join(map(str, cfg.reference_batch))}: the reference's Trainer takes "
+                 f"{stream_steps} optimizer steps over {take} of the {sum(len(p) for p in plans)} packed "
+                 f"micro-batches of {cfg.epochs} epochs (it stops at max_steps)")
 
     # model, optimizer, schedule, engine
     if world.rank != 0:
@@ -354,7 +374,11 @@ def setup(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> Tra
                       examples=examples, held=held, sched=sched, total_steps=total_steps, grad_accum=grad_accum,
                       stage=stage, precision=precision, pad_id=pad_id, identity=identity, ckpt_dir=ckpt_dir, log=log,
                       start=start, waste=waste, n_params=n_params, flops_per_token=fpt,
-                      peak_tflops=cfg.peak_tflops or guess_peak_tflops())
+                      peak_tflops=cfg.peak_tflops or guess_peak_tflops(),
+                      reference=None if take is None else {
+                          "batch": list(cfg.reference_batch), "steps": stream_steps, "micro_batches_taken": take,
+                          "micro_batches": sum(len(p) for p in plans),
+                          "epochs_seen": round(cfg.epochs * take / max(1, sum(len(p) for p in plans)), 3)})
 
 
 def train_step(st: TrainState, step: int, stop: StopSignal) -> dict[str, Any]:
@@ -419,7 +443,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, quiet: bool = False) -> tup
     stop.restore()
     result = TrainResult(steps=st.total_steps, steps_per_epoch=st.sched.steps_per_epoch[0], resumed_at=st.start,
                          history=history, padding=st.waste, examples=len(st.examples), zero_stage=st.stage,
-                         precision=st.precision, world_size=st.world.size, params=st.n_params)
+                         precision=st.precision, world_size=st.world.size, params=st.n_params, reference=st.reference)
     if st.held:
         result.eval_loss = evaluate(st.engine, st.held, cfg, st.world, st.pad_id)
         st.log.eval(st.total_steps, result.eval_loss)

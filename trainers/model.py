@@ -139,7 +139,12 @@ def build_optimizer(model: torch.nn.Module, *, kind: str, lr: float, betas: tupl
 
 
 def lr_lambda(*, schedule: str, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
-    """Multiplier of the peak lr after `step` optimizer steps: linear warmup, then cosine/linear/constant."""
+    """Multiplier of the peak lr after `step` optimizer steps: linear warmup, then cosine/linear/constant;
+    `warmuplr`: the PERsD reference's DeepSpeed 0.9.2 WarmupLR (trainers/reference.py: step 2 at lr 0)."""
+    if schedule == "warmuplr":
+        from persd.trainers.reference import warmuplr_multiplier
+
+        return lambda step: warmuplr_multiplier(step, warmup_steps)
 
     def fn(step: int) -> float:
         if warmup_steps and step < warmup_steps:

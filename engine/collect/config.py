@@ -37,7 +37,7 @@ from persd.runtime.student.base import StudentConfig, resolve_backend
 from persd.runtime.teacher.config import TeacherConfig
 
 PROGRESS_MODES = ("auto", "live", "plain", "none")
-FORMATS = ("persd", "persd-refine", "inpd", "stand")
+FORMATS = ("persd", "persd-refine", "inpd", "stand", "refine-gold")  # refine-gold: the paper protocol only
 PROTOCOLS = ("persd", "paper")  # paper: the reference implementation's protocol (engine/paper/, docs/fidelity.md)
 TEACHER_CONTEXTS = ("gold", "none")
 
@@ -219,6 +219,17 @@ class CollectConfig(TimeLimitFields):
                        group="student")
     temperature: float = opt(0.3, help="student sampling temperature", changes_results=True, group="student")
     top_p: float = opt(0.95, help="student top_p", changes_results=True, group="student")
+    top_k: int | None = opt(None, help="student top_k (paper preset: 50, Hugging Face generate's default; sent "
+                                       "where the backend supports it)", changes_results=True, type=positive_int,
+                            group="student", shown="off")
+    tests_from: str | None = opt(None, help="paper protocol: unit tests by task id from FILE (the PersDistill "
+                                            "release's code-alpaca_unittests_mbpp.json layout, docs/paper.md) "
+                                            "instead of a teacher's", changes_results=True, metavar="FILE",
+                                 group="input and output")
+    clean_up_spaces: str = opt("off", help="paper protocol: decode attempts the way transformers 4.29.2 did, with "
+                                           "clean_up_tokenization_spaces; auto: on unless the student's "
+                                           "tokenizer_config.json turns it off", changes_results=True,
+                               choices=("off", "on", "auto"), group="student")
     max_tokens: int = opt(512, help="student max new tokens", changes_results=True, type=positive_int,
                           group="student")
     seed: int = opt(0, help="base sampling seed", changes_results=True, group="student")
@@ -295,6 +306,10 @@ class CollectConfig(TimeLimitFields):
         if self.student.resolved_backend() == "openai" and not self.student.model:
             raise ConfigError("student.model", "the openai backend needs the model name the server serves")
         check_sampling(self.temperature, self.top_p)
+        if self.tests_from is not None and self.protocol != "paper":
+            raise ConfigError("tests_from", "applies to the paper protocol (--preset paper)")
+        if "refine-gold" in self.formats and self.protocol != "paper":
+            raise ConfigError("formats", "refine-gold (the release's refine prompt -> gold) needs --protocol paper")
         if self.teacher.context is not None and self.protocol != "paper":
             raise ConfigError("teacher.context", "applies to the paper protocol (--preset paper)")
         if self.teacher.max_cost_usd is not None and not self.teacher.standin:

@@ -62,6 +62,11 @@ class FlowVariant:
     def __init__(self, cfg: CollectConfig, steps: Steps, meta: Meta):
         self.cfg, self.steps, self.meta = cfg, steps, meta
 
+    @classmethod
+    def check_config(cls, cfg: CollectConfig) -> None:
+        """Check the variant's own inputs before the run starts (a bad file: its line and field now, not
+        mid-run). Raises UsageError or InputError."""
+
     async def prepare(self, run: TaskRun) -> str | None:
         """Tests (made by the teacher for a task without any) and the prompt; the reason the task
         cannot be attempted, or None."""

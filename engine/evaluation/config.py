@@ -64,6 +64,9 @@ class EvalConfig(TimeLimitFields):
     temperature: float = opt(0.0, help="sampling temperature (0: greedy)", changes_results=True,
                              group="sampling and scoring")
     top_p: float = opt(0.95, help="top_p", changes_results=True, group="sampling and scoring")
+    top_k: int | None = opt(None, help="sample from the K most likely tokens only (paper-*: 50, Hugging Face "
+                                       "generate's default; sent where the backend supports it)",
+                            changes_results=True, type=positive_int, group="sampling and scoring", shown="off")
     max_tokens: int = opt(512, help="max new tokens per sample", changes_results=True, type=positive_int,
                           group="sampling and scoring")
     k: tuple[int, ...] = opt((1,), help="comma list of k for pass@k (k above n is left out)",
@@ -76,6 +79,11 @@ class EvalConfig(TimeLimitFields):
     style: str = opt("persd", help="paper: the reference implementation's prompts, cleaning, scoring and "
                      "refine-inference (engine/paper/; set by the paper-* protocols, persd-* keep persd's own)",
                      changes_results=True, choices=("persd", "paper"), group="sampling and scoring")
+    clean_up_spaces: str = opt("off", help="paper style: decode the way transformers 4.29.2 did, with "
+                                           "clean_up_tokenization_spaces (`' '.join` -> `''.join`); auto: on "
+                                           "unless the student's tokenizer_config.json turns it off",
+                               changes_results=True,
+                               choices=("off", "on", "auto"), group="sampling and scoring")
     # flow
     max_in_flight: int = opt(64, help="tasks alive at once", changes_results=False, type=positive_int,
                              group="flow")
@@ -99,6 +107,13 @@ class EvalConfig(TimeLimitFields):
         data = public_view(self)
         data["k"] = list(self.k)
         return data
+
+    @property
+    def paper_cleanup(self) -> bool:
+        """--clean-up-spaces resolved (auto: the student's tokenizer config, else transformers 4.29.2's True)."""
+        from persd.runtime.decoding import resolve_cleanup
+
+        return self.style == "paper" and resolve_cleanup(self.clean_up_spaces, self.student_model)
 
     def fingerprint(self) -> dict[str, Any]:
         """What alters results (every field marked changes_results): a rerun in the same directory must

@@ -243,9 +243,11 @@ class Evaluator:
 
         origin = "direct" if step == 0 else "refined"
         if step == 0:
-            completion = paper.direct_completion(task, gen["completion"])
+            completion = paper.direct_completion(task, gen["completion"], self.cfg.paper_cleanup)
         else:
-            completion = paper.refined_completion(task, gen["completion"], prev["code"])
+            completion = paper.refined_completion(task, gen["completion"], prev["code"], self.cfg.paper_cleanup,
+                                                  prev.get("visible_code", prev["code"]),
+                                                  prev.get("visible_feedback") or "")
             if completion is None:  # a "none" or too short answer: the sample stays as it was
                 completion, origin = prev["code"], "kept"
         marks = [checker.new_marker(), checker.new_marker()]

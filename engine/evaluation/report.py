@@ -41,7 +41,8 @@ def summarize(cfg, tasks, lines: list[dict], stats: dict[str, Any], extra: dict[
     summary["repaired_samples"] = sum(1 for ln in lines if ln["step"] == cfg.refine_steps and ln.get("repaired"))
     summary["protocol"] = {
         "name": cfg.protocol, "tasks": cfg.tasks, "task_ids": cfg.task_ids, "limit": cfg.limit, "n": cfg.n,
-        "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "k": list(cfg.k),
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k, "max_tokens": cfg.max_tokens,
+        "k": list(cfg.k),
         "seed": cfg.seed, "refine_steps": cfg.refine_steps, "refine_feedback": "visible tests",
         "refine_prompt": "persd-refine record layout (engine/lessons.refine_record_prompt)",
         "student_model": cfg.student.model, "student_backend": cfg.student.resolved_backend(),

@@ -29,7 +29,8 @@ def request_seed(base: int, task_id: str, sample: int, step: int) -> int:
 def sampling_params(cfg: "EvalConfig", n: int, seed: int) -> "SamplingParams":
     from persd.runtime.student import SamplingParams
 
-    return SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+    return SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed,
+                          top_k=cfg.top_k)
 
 
 def direct_request(task: Task, cfg: "EvalConfig", samples: list[int]) -> "StudentRequest":

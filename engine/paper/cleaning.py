@@ -10,6 +10,7 @@
 - `parse_teacher_output`: create_alpaca_finetuning_data_from_chatgpt_refinements.py:59-91 (the last
   fenced block; the student's code where the answer holds no code at all).
 - `remove_header`: the same file, :102-107 (cut at the first `:`; what training completions are).
+- `split_at_def_line`: the layout the released refine records have instead (docs/fidelity.md).
 """
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ def strip_eos(text: str) -> str:
     """Text up to the first end-of-text token (the reference decodes with special tokens kept)."""
     i = text.find(EOS)
     return text[:i] if i >= 0 else text
+
+
+def attempt_code(prompt: str, text: str, cleanup: bool = False) -> str:
+    """The code of one student attempt (generate_code_for_alpaca.py:86-87, :454-457): the decoded text is
+    prompt + continuation up to the end token (with `cleanup`, transformers 4.29.2's decode clean-up over
+    both), then `get_clean_completion`'s code where it is not blank, else the whole text."""
+    full = prompt + strip_eos(text)
+    if cleanup:
+        from persd.runtime.decoding import clean_up_tokenization
+
+        full = clean_up_tokenization(full)
+    clean = clean_completion(full, prompt)
+    return clean if clean.strip() else full
 
 
 def _cut_at_top_level(code: str) -> str:
@@ -118,6 +132,21 @@ def parse_teacher_output(answer: str, student_code: str) -> tuple[str, str]:
     if len(lines) <= 1 and student_code:
         return feedback, student_code
     return feedback, "\n".join(lines)
+
+
+_DEF_LINE = re.compile(r"def .*:")
+
+
+def split_at_def_line(code: str) -> tuple[str, str]:
+    """(before, body): the text before the code's first `def` line, and what follows that line's newline.
+    The layout of the released refine records (models/CCG_ALP/finetuning_data_gold_rectification_nochatgpt.jsonl:
+    all 3,243 gold bodies), which the release's code (`remove_header_from_code`, cut at the first `:`) does
+    not produce. No def line: ("", code)."""
+    m = _DEF_LINE.search(code)
+    if m is None:
+        return "", code
+    nl = code.find("\n", m.end())
+    return code[: m.start()], (code[nl + 1:] if nl >= 0 else "")
 
 
 def remove_header(code: str) -> tuple[str, str]:

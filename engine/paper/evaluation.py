@@ -25,6 +25,7 @@ from importlib import resources
 import orjson
 from persd.engine.paper import checker, cleaning, prompts
 from persd.engine.tasks import Task
+from persd.runtime.decoding import clean_up_tokenization
 
 STANDARD_IMPORT = "from typing import List, Tuple, Any, Dict, Iterator, Callable"
 MAX_TOKENS = 1024
@@ -91,15 +92,24 @@ def refine_request(task: Task, params, code: str, error: str, request_id: str):
 # ------------------------------------------------------------------ what a sample is
 
 
-def direct_completion(task: Task, text: str) -> str:
-    """The sample as the reference keeps it: the decoded prompt and continuation, up to the end token."""
-    return prompts.task_prompt(task) + cleaning.strip_eos(text)
+def direct_completion(task: Task, text: str, cleanup: bool = False) -> str:
+    """The sample as the reference keeps it: the decoded prompt and continuation, up to the end token;
+    `cleanup`: decoded with clean_up_tokenization_spaces, which rewrites the prompt part too."""
+    full = prompts.task_prompt(task) + cleaning.strip_eos(text)
+    return clean_up_tokenization(full) if cleanup else full
 
 
-def refined_completion(task: Task, text: str, previous: str) -> str | None:
-    """`header + "\\n" + answer`, or None (keep the previous sample) for a "none" or under-3-line answer."""
+def refined_completion(task: Task, text: str, previous: str, cleanup: bool = False, code: str | None = None,
+                       error: str | None = None) -> str | None:
+    """`header + "\\n" + answer`, or None (keep the previous sample) for a "none" or under-3-line answer.
+    `cleanup` (with the refine prompt's `code` and `error`): the reference decoded refine prompt and answer
+    together, cleaned up, and cut the answer at the uncleaned prompt's length (generate_code_for_humaneval.py:478)."""
     header = prompts.task_prompt(task).split('"""')[-1] + "\n"
-    refinement = header + "\n" + cleaning.strip_eos(text)
+    answer = cleaning.strip_eos(text)
+    if cleanup and code is not None and error is not None:
+        refine_prompt = prompts.refine_inference_prompt(prompts.task_prompt(task), code, error)
+        answer = clean_up_tokenization(refine_prompt + answer)[len(refine_prompt):]
+    refinement = header + "\n" + answer
     if refinement.lower().strip() == "none" or len(refinement.split("\n")) < 3:
         return None
     return refinement

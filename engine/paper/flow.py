@@ -15,7 +15,7 @@ from __future__ import annotations
 from persd.engine.collect.flow import FlowVariant, TaskRun, Turns, register
 from persd.engine.collect.layout import Record
 from persd.engine.collect.records import Refinement, Verdict
-from persd.engine.paper import checker, cleaning, formats, prompts
+from persd.engine.paper import checker, cleaning, formats, prompts, unittests
 
 NO_FUNCTION = "no `def <name>(...):` line found for the task's function (the reference skips it)"
 
@@ -25,8 +25,13 @@ class PaperVariant(FlowVariant):
     label = "paper"
     keeps_unresolved = False
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.tests_from is not None:
+            unittests.load(cfg.tests_from)  # --tests-from: the release's unit tests, every line checked
+
     async def prepare(self, run: TaskRun) -> str | None:
-        task = run.task
+        run.task = task = unittests.apply(run.task, self.cfg.tests_from)  # --tests-from: the release's unit tests
         tests = list(task.extra.get("io_tests") or [])
         if not tests:
             if prompts.task_prompt(task) is None:  # nothing to attempt: no teacher call either
@@ -45,17 +50,19 @@ class PaperVariant(FlowVariant):
         from persd.runtime.student import SamplingParams, StudentRequest
 
         params = SamplingParams(n=self.cfg.samples, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                max_tokens=self.cfg.max_tokens, seed=self.cfg.seed)  # no stop strings
+                                max_tokens=self.cfg.max_tokens, seed=self.cfg.seed, top_k=self.cfg.top_k)  # no stops
         return StudentRequest(prompt=run.prompt, params=params, request_id=run.task.task_id)
 
     def program(self, run: TaskRun, text: str | None) -> str:
-        """The decoded text is prompt + continuation up to the end token; the cleaned code where it is
-        not blank, else the whole text (generate_code_for_alpaca.py:454-457)."""
+        """The decoded text is prompt + continuation up to the end token (with transformers 4.29.2's
+        decode clean-up where set); the cleaned code where it is not blank, else the whole text
+        (generate_code_for_alpaca.py:86-87, :454-457)."""
+        from persd.runtime.decoding import resolve_cleanup
+
         if text is None:
             return run.prompt
-        full = run.prompt + cleaning.strip_eos(text)
-        clean = cleaning.clean_completion(full, run.prompt)
-        return clean if clean.strip() else full
+        return cleaning.attempt_code(run.prompt, text, resolve_cleanup(self.cfg.clean_up_spaces,
+                                                                       self.cfg.student.model))
 
     async def check(self, run: TaskRun, program: str) -> Verdict:
         verdict = await checker.check_alpaca(self._runner(run), program, run.tests or [], self.cfg.exec_timeout)

@@ -6,8 +6,11 @@ chatgpt_ilf_pipeline_auto_feedback_alpaca.sh:158-165) builds, for each failed ta
 
 - `persd`        task prompt -> verified refinement without its header (newgold_rectification_only:
                  create_refinement_as_new_gold_data.py:56-66, the gold file's prompt, :60)
-- `persd-refine` ft_error_rectify prompt (task, the student's cleaned attempt, its error, the
-                 refinement's own signature) -> the same body (create_alpaca...:269-300)
+- `persd-refine` ft_error_rectify prompt (task, the student's cleaned attempt, its error, and as HEADER the
+                 refinement's text before its `def` line, as the released records have it: the release's
+                 code puts the signature there) -> the same body as `persd` (create_alpaca...:269-300)
+- `refine-gold`  the same prompt -> the dataset's gold after its first `def` line (the released
+                 finetuning_data_gold_rectification_nochatgpt.jsonl, for the tasks with a verified refinement)
 - `inpd`         task prompt -> the dataset's gold without its header, for exactly the tasks with a
                  verified refinement (create_chatgpt_only_refinement_data.py:57-60, file
                  finetuning_data_chatgpt_gold.jsonl)
@@ -26,7 +29,7 @@ from persd.engine.collect.records import Meta
 from persd.engine.paper import cleaning, prompts
 from persd.engine.tasks import Task
 
-PAPER_FORMATS = ("persd", "persd-refine", "inpd", "stand")
+PAPER_FORMATS = ("persd", "persd-refine", "refine-gold", "inpd", "stand")
 COMBINED = ("persd-refine", "inpd")  # the reference's PersD-combined training file
 
 
@@ -42,13 +45,17 @@ def _record(task: Task, fmt: str, prompt: str, completion: str, solution: str, m
 def refinement_records(task: Task, formats: tuple[str, ...], prompt: str, rectified: str, ran: str, attempt: str,
                        error: str, meta: Meta, turn: int) -> list[dict]:
     """`persd` / `persd-refine` for a verified refinement (`rectified`: the parsed answer; `ran`: what passed)."""
-    body, sig = cleaning.remove_header(rectified)
+    body, _ = cleaning.remove_header(rectified)
+    refine = prompts.refine_train_prompt(prompt, attempt, error, cleaning.split_at_def_line(rectified)[0])
     out = []
     if "persd" in formats:
         out.append(_record(task, "persd", prompt, body, ran, meta, attempt, error, turn=turn))
     if "persd-refine" in formats:
-        refine = prompts.refine_train_prompt(prompt, attempt, error, sig)
         out.append(_record(task, "persd-refine", refine, body, ran, meta, attempt, error, turn=turn))
+    gold = prompts.gold(task)
+    if "refine-gold" in formats and gold:
+        out.append(_record(task, "refine-gold", refine, cleaning.split_at_def_line(gold)[1], gold, meta, attempt,
+                           error, turn=turn, verified=False))
     return out
 
 

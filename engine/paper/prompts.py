@@ -132,7 +132,8 @@ def refine_inference_prompt(prompt: str, code: str, error_text: str) -> str:
 
 def refine_train_prompt(prompt: str, attempt: str, error_text: str, func_sig: str, feedback: str = "") -> str:
     """The persd-refine training prompt: the task docstring (twice, as the template has it), the
-    student's attempt, its error, and the refinement's own signature as the header."""
+    student's attempt, its error, and `func_sig` as the header (the release's code passes the refinement's
+    signature; its released records hold the refinement's text before its def line: formats.py)."""
     task = '"""'.join(prompt.split('"""')[:-1]) + '"""'
     return fill(template(REFINE_TEMPLATE), [("<<TASK>>", task), ("<<CODE>>", attempt), ("<<HEADER>>", func_sig),
                                             ("<<FEEDBACK>>", feedback), ("<<ERROR>>", error_text)])

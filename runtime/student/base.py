@@ -63,6 +63,7 @@ class SamplingParams:
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_k: int | None = None  # keep only the k most likely tokens (None: off); servers that ignore it: docs
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -75,6 +76,8 @@ class SamplingParams:
             raise ConfigError("temperature", f"must be >= 0, got {self.temperature}", "sampling")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p}", "sampling")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError("top_k", f"must be at least 1, got {self.top_k}", "sampling")
 
     @property
     def greedy(self) -> bool:

@@ -54,8 +54,8 @@ class _Pending:
 def group_key(params: SamplingParams) -> tuple:
     """Requests with equal keys can share one `generate` call (n is handled by repeating rows)."""
     if params.greedy:
-        return (0.0, 1.0, params.max_tokens, params.stop, None)
-    return (params.temperature, params.top_p, params.max_tokens, params.stop, params.seed)
+        return (0.0, 1.0, params.max_tokens, params.stop, None, None)
+    return (params.temperature, params.top_p, params.max_tokens, params.stop, params.seed, params.top_k)
 
 
 class HFStudent(BaseStudent):
@@ -273,7 +273,7 @@ class HFStudent(BaseStudent):
         processors = None
         if not params.greedy:
             seeds = [row_seed(params.seed, ids, j) for ids, r in zip(encoded, requests) for j in range(r.params.n)]
-            processors = LogitsProcessorList([RowSampler(seeds, params.temperature, params.top_p)])
+            processors = LogitsProcessorList([RowSampler(seeds, params.temperature, params.top_p, params.top_k)])
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,
@@ -328,19 +328,24 @@ def row_seed(seed: int | None, prompt_ids: list[int], sample: int) -> int:
 
 class RowSampler:
     """A logits processor that samples every row with its own torch.Generator (temperature,
-    nucleus top_p) and leaves only the chosen token finite."""
+    top_k then nucleus top_p, in generate's order) and leaves only the chosen token finite."""
 
-    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, top_k: int | None = None):
         import torch
 
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.temperature = temperature
         self.top_p = top_p
+        self.top_k = top_k
 
     def __call__(self, input_ids, scores):
         import torch
 
-        probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
+        scores = scores.float().cpu() / self.temperature
+        if self.top_k is not None and self.top_k < scores.shape[-1]:
+            kth = scores.topk(self.top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
         if self.top_p < 1.0:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             outside = sorted_probs.cumsum(dim=-1) - sorted_probs > self.top_p  # keeps at least the top token

@@ -70,6 +70,8 @@ def payload_for(model: str, request: StudentRequest) -> dict[str, Any]:
         payload["prompt"] = request.prompt
     if p.stop:
         payload["stop"] = list(p.stop)
+    if p.top_k is not None:  # not an OpenAI parameter: vLLM's server honours it (docs/fidelity.md)
+        payload["top_k"] = p.top_k
     if p.seed is not None:
         payload["seed"] = p.seed
     return payload

@@ -207,6 +207,7 @@ class VLLMStudent(BaseStudent):
             stop=list(p.stop) or None,
             seed=p.seed,
             output_kind=RequestOutputKind.FINAL_ONLY,
+            **({"top_k": p.top_k} if p.top_k else {}),
         )
 
     async def generate(self, request: StudentRequest) -> StudentOutput:

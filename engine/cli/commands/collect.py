@@ -5,6 +5,7 @@ import persd.engine.paper.flow  # noqa: F401  (registers --protocol paper's flow
 from persd.config import runtime_errors_named
 from persd.engine.aio import run_async
 from persd.engine.collect.config import check_student_model, parse_args
+from persd.engine.collect.flow import variant_for
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.runner import Collector
 from persd.engine.ownership import refuse_foreign
@@ -14,6 +15,7 @@ from persd.engine.runlock import run_lock
 def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     check_student_model(cfg)
+    variant_for(cfg.protocol).check_config(cfg)
     refuse_foreign(cfg.out, "collect")
     # one lock per partition: machines sharing DIR (--num-shards) work side by side, a second copy is refused
     with run_lock(cfg.out, "collect", CollectLayout(cfg.out).lock_name(cfg.partition)):
