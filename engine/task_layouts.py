@@ -307,7 +307,8 @@ def first_test(test: str) -> str:
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             keep += lines[node.lineno - 1:node.end_lineno]
-        elif isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
+        elif (isinstance(node, ast.FunctionDef) and node.name.startswith("test")) or \
+                (isinstance(node, ast.ClassDef) and node.name.startswith("Test")):
             start = min([d.lineno for d in node.decorator_list] + [node.lineno])
             keep += [""] + lines[start - 1:node.end_lineno]
             break

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import orjson
+from persd.config import opt
 from persd.runtime.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -22,6 +23,35 @@ if TYPE_CHECKING:
 BUILTIN_SETS = ("humaneval", "mbpp")
 DEFAULT_COMPARE = "float:1e-6"  # stdin/stdout tasks: tokens, with this tolerance where a float is expected
 MBPP_ENV = "PERSD_DATA_DIR"  # a directory holding mbpp.jsonl (or set PERSD_MBPP to the file)
+
+
+@dataclass
+class TaskSourceFields:
+    """How collect, eval and check read --tasks beyond its shape detection (docs/tasks.md)."""
+
+    task_fields: str | None = opt(None, help="map a data set's columns onto persd's task fields: key=column,... "
+                                  "(e.g. task_id=id,instruction=statement,stdio_tests=tests; a dotted column "
+                                  "reaches into a struct)", changes_results=True, group="task source",
+                                  metavar="KEY=COLUMN,...", shown="recognised layouts only")
+    compare: str = opt("", help="stdin/stdout tasks that name no rule of their own: compare outputs by exact, "
+                       "lines, tokens or float[:TOL] (tokens; floats within TOL, absolute or relative)",
+                       changes_results=True, group="task source", metavar="RULE", shown=DEFAULT_COMPARE)
+
+
+def task_reading(cfg: Any) -> dict[str, str] | None:
+    """The --task-fields mapping of a command's config, with --compare as the reserved key '@compare'."""
+    from persd.engine.task_layouts import parse_fields
+    from persd.runtime.sandbox.judge import parse_rule
+
+    mapping = parse_fields(getattr(cfg, "task_fields", None))
+    rule = getattr(cfg, "compare", "") or ""
+    if rule:
+        try:
+            parse_rule(rule)
+        except ValueError as exc:
+            raise UsageError(f"--compare: {exc}") from None
+        mapping["@compare"] = rule
+    return mapping or None
 
 
 @dataclass(frozen=True)
@@ -196,7 +226,11 @@ def parse_task_obj(obj: dict, path: str, lineno: int, fields: dict[str, str] | N
     from persd.engine import task_layouts
 
     if fields:
-        obj = task_layouts.map_fields(obj, fields, path, lineno)
+        default_rule = fields.get("@compare")
+        columns = {k: v for k, v in fields.items() if k != "@compare"}
+        obj = task_layouts.map_fields(obj, columns, path, lineno) if columns else obj
+        if default_rule and not obj.get("compare"):
+            obj = dict(obj, compare=default_rule)
     where = f"{path}:{lineno}"
     if "task_id" not in obj and "instruction" in obj and "output" in obj:
         obj = _code_alpaca(obj, lineno)

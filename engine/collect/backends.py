@@ -12,6 +12,7 @@ from persd.engine.collect import standin
 from persd.engine.collect.config import CollectConfig, StudentFields
 from persd.engine.collect.flow import Backends
 from persd.engine.collect.layout import CollectLayout
+from persd.engine.tasks import task_reading
 from persd.engine.timelimits import workers_per_core
 
 
@@ -91,7 +92,7 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
         if cfg.standin_teacher:
             from persd.runtime.teacher.local_server import LocalOpenAIServer
 
-            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit))
+            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit, task_reading(cfg)))
             await stack.enter_async_context(server)
             base_url, model, key_env = server.base_url, standin.MODEL, STANDIN_KEY_ENV
             prices = {standin.MODEL: (0.0, 0.0)}

@@ -28,6 +28,7 @@ from persd.config import (
     positive_int,
 )
 from persd.engine.collect.layout import partition_name
+from persd.engine.tasks import TaskSourceFields
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
 from persd.runtime.http import RetryPolicy
@@ -139,9 +140,10 @@ class StudentFields:
 
 
 @dataclass
-class CollectConfig(StudentFields, TimeLimitFields):
+class CollectConfig(StudentFields, TimeLimitFields, TaskSourceFields):
     # input and output
-    tasks: str = opt("", help="JSONL task file or a built-in set (humaneval, mbpp)", changes_results=True,
+    tasks: str = opt("", help="tasks: a JSONL file, a parquet file or folder, a saved dataset folder[@SPLIT], "
+                     "hf:NAME[:CONFIG][@SPLIT] or a built-in set (humaneval, mbpp)", changes_results=True,
                      group="input and output", shown="required")
     out: str = opt("", help="output directory (rerun with the same one to resume)", changes_results=False,
                    group="input and output", shown="required")

@@ -29,7 +29,7 @@ from persd.engine.collect.progress import Progress, print_summary
 from persd.engine.collect.records import Meta, Tally, TaskOutcome, result_line
 from persd.engine.collect.shards import DiskError, ShardPlan, ShardState, ShardStore
 from persd.engine.collect.source import SourceInfo, scan_source
-from persd.engine.tasks import Task, iter_tasks
+from persd.engine.tasks import Task, iter_tasks, task_reading
 from persd.runtime.errors import PersdError, UsageError
 from persd.runtime.student.base import StudentStartError
 
@@ -84,7 +84,7 @@ class Collector:
         """Everything before any backend starts: input check, layout, compatibility, recovery.
         Returns the number of tasks left for this partition."""
         cfg = self.cfg
-        self.source = scan_source(cfg.tasks, cfg.limit)
+        self.source = scan_source(cfg.tasks, cfg.limit, task_reading(cfg))
         self.plan = ShardPlan(self.source.count, cfg.shard_size, cfg.num_shards, cfg.shard_index)
         fp = self.fingerprint()
         if self.out.exists():
@@ -252,7 +252,8 @@ class Collector:
         plan, slots = self.plan, self._slots
         total = plan.total
         sealed = {k for k in plan.owned() if k in self.shard_info}
-        for idx, task in enumerate(itertools.islice(iter_tasks(self.cfg.tasks), total)):  # nothing past --limit
+        tasks = iter_tasks(self.cfg.tasks, task_reading(self.cfg))
+        for idx, task in enumerate(itertools.islice(tasks, total)):  # nothing past --limit
             k = idx // plan.shard_size
             if not plan.owns(k) or k in sealed:
                 continue

@@ -13,6 +13,7 @@ from typing import Any
 from persd import config
 from persd.config import Command, build, fingerprint, gather, nonneg_int, opt, positive_float, positive_int
 from persd.engine.collect.config import PROGRESS_MODES, StudentFields, check_sampling, check_student_url
+from persd.engine.tasks import TaskSourceFields
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
 
@@ -32,12 +33,13 @@ def _ks(v: str | list | tuple) -> tuple[int, ...]:
 
 
 @dataclass
-class EvalConfig(StudentFields, TimeLimitFields):
+class EvalConfig(StudentFields, TimeLimitFields, TaskSourceFields):
     # the student's other options: StudentFields
     student_concurrency: int = opt(256, help="student requests in flight", changes_results=False,
                                    type=positive_int, group="student")
     # tasks and output
-    tasks: str = opt("", help="JSONL task file or a built-in set (humaneval, mbpp)", changes_results=True,
+    tasks: str = opt("", help="tasks: a JSONL file, a parquet file or folder, a saved dataset folder[@SPLIT], "
+                     "hf:NAME[:CONFIG][@SPLIT] or a built-in set (humaneval, mbpp)", changes_results=True,
                      group="tasks and output", shown="required, or from --protocol")
     out: str = opt("", help="output directory (rerun with the same one to resume)", changes_results=False,
                    group="tasks and output", shown="required")

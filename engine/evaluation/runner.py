@@ -16,6 +16,7 @@ from persd.engine.evaluation.pipeline import EvalFailure, Evaluator
 from persd.engine.evaluation.progress import EvalProgress
 from persd.engine.evaluation.report import summarize
 from persd.engine.evaluation.selection import select_tasks, tasks_digest
+from persd.engine.tasks import task_reading
 from persd.engine.timelimits import TimeLimits, config_from, workers_per_core
 
 
@@ -43,7 +44,7 @@ async def open_backends(cfg: EvalConfig, student=None, sandbox=None):
 
 
 async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pipelined") -> dict[str, Any]:
-    tasks = select_tasks(cfg.tasks, cfg.task_ids, cfg.limit)
+    tasks = select_tasks(cfg.tasks, cfg.task_ids, cfg.limit, task_reading(cfg))
     if cfg.style == "paper":
         from persd.engine.paper import evaluation as paper
         from persd.runtime.errors import UsageError
