@@ -139,7 +139,7 @@ def _error_text(exc, source_lines, filename="<solution>"):
             lineno = tb.tb_lineno
         tb = tb.tb_next
     if isinstance(exc, SyntaxError) and exc.filename == filename:
-        return last
+        return f"{last} (line {exc.lineno})" if exc.lineno else last
     if lineno and 0 < lineno <= len(source_lines):
         return f"{last}\n  at line {lineno}: {source_lines[lineno - 1].strip()}"
     return last
@@ -202,7 +202,7 @@ def _run_tests_child(code, inputs, out_fd, source_lines):
                 error = "Runtime error: " + _error_text(exc, source_lines)
             except BaseException:
                 error = f"Runtime error: {type(exc).__name__}"
-        for stream in (sys.stdout, own_stdout):
+        for stream in (sys.stdout, own_stdout, sys.stderr):
             try:
                 stream.flush()
             except BaseException:
