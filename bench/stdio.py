@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import orjson
-from persd.bench.sandbox import cpu_seconds
 from persd.config import parser_for
 from persd.engine.aio import run_async
 from persd.runtime.sandbox import Sandbox, SandboxConfig
@@ -44,6 +44,12 @@ KINDS = [
      lambda k: ("".join(f"w{j} x{j} y{k}\n" for j in range(k + 1)),
                 "".join(f"y{k} x{j} w{j}\n" for j in range(k + 1)))),
 ]
+
+
+def cpu_seconds() -> float:
+    """CPU of this process and every reaped descendant (a pool's workers count once it is closed)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @dataclass

@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 from persd.runtime.errors import InputError, UsageError
-from persd.runtime.sandbox.judge import parse_rule
 
 # persd's task fields, the keys --task-fields may map
 TASK_FIELDS = ("task_id", "instruction", "prompt", "entry_point", "header", "reference", "tests", "test",
@@ -203,43 +202,6 @@ def example_block(cases: list[tuple[str, str]] | tuple) -> str:
     return "\n\n".join(parts)
 
 
-def stdio_task(obj: dict, path: str, lineno: int, where: str):
-    from persd.engine.tasks import Task, _raw_fields, _str_field
-
-    instruction = _str_field(obj, "instruction", path, lineno, required=False) or \
-        _str_field(obj, "prompt", path, lineno, required=False)
-    if not instruction.strip():
-        raise InputError(path, lineno, "missing (a stdin/stdout task needs its statement)", field="instruction")
-    reference = _str_field(obj, "reference", path, lineno, required=False) or None
-    compare = _str_field(obj, "compare", path, lineno, required=False)
-    if compare:
-        try:
-            parse_rule(compare)
-        except ValueError as exc:
-            raise InputError(path, lineno, str(exc), field="compare") from None
-    cases = io_cases(obj, path, lineno)
-    visible = obj.get("visible_cases")
-    visible = visible if isinstance(visible, int) and 0 < visible <= len(cases) else 1
-    shown = example_block(cases[:visible][:3])
-    prompt = f'"""\n{instruction.strip()}\n\n{STDIO_NOTE}\n\n{shown}\n"""\n\n'
-    return Task(
-        task_id=str(obj["task_id"]),
-        shape="stdio",
-        instruction=f"{instruction.strip()}\n\n{STDIO_NOTE}",
-        prompt=prompt,
-        header="",
-        entry_point=None,
-        test_program=orjson.dumps(cases).decode(),
-        visible_tests=example_block(cases[:visible]),
-        reference=reference,
-        source=where,
-        io_cases=tuple(cases),
-        compare=compare,
-        visible_cases=visible,
-        extra={"raw": _raw_fields(obj, ("instruction",))},
-    )
-
-
 # ------------------------------------------------------------------ pytest-style tasks
 
 _TEST_DEF = re.compile(r"^(?:def test\w*\s*\(|class Test\w*)", re.M)
@@ -261,39 +223,6 @@ def solution_imports(test: str) -> list[str]:
         if isinstance(node, ast.ImportFrom) and node.module == "solution":
             names += [a.name for a in node.names if a.name != "*"]
     return names
-
-
-def pytest_task(obj: dict, path: str, lineno: int, where: str):
-    from persd.engine.tasks import Task, _raw_fields, _str_field, function_header, last_function
-
-    test = _str_field(obj, "test", path, lineno)
-    try:
-        ast.parse(test)
-    except SyntaxError as exc:
-        raise InputError(path, lineno, f"the test module does not parse: {exc.msg} (line {exc.lineno})",
-                         field="test") from None
-    instruction = _str_field(obj, "instruction", path, lineno, required=False) or \
-        _str_field(obj, "prompt", path, lineno, required=False)
-    reference = _str_field(obj, "reference", path, lineno, required=False) or None
-    entry = _str_field(obj, "entry_point", path, lineno, required=False) or None
-    names = solution_imports(test)
-    entry = entry or (names[0] if names else None) or (last_function(reference) if reference else None)
-    header = _str_field(obj, "header", path, lineno, required=False)
-    if not header and reference and entry:
-        header = function_header(reference, entry)
-    return Task(
-        task_id=str(obj["task_id"]),
-        shape="pytest",
-        instruction=instruction.strip(),
-        prompt=f'"""\n{instruction.strip()}\n"""\n\n{header}',
-        header=header,
-        entry_point=entry,
-        test_program=test if test.endswith("\n") else test + "\n",
-        visible_tests=first_test(test),
-        reference=reference,
-        source=where,
-        extra={"raw": _raw_fields(obj, ("instruction", "reference"))},
-    )
 
 
 def first_test(test: str) -> str:

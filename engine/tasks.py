@@ -242,9 +242,9 @@ def parse_task_obj(obj: dict, path: str, lineno: int, fields: dict[str, str] | N
     if "text" in obj and "test_list" in obj:
         return _mbpp(obj, path, lineno, where)
     if "stdio_tests" in obj or ("inputs" in obj and "outputs" in obj):
-        return task_layouts.stdio_task(obj, path, lineno, where)
+        return _stdio(obj, path, lineno, where)
     if ("instruction" in obj or "prompt" in obj) and task_layouts.is_pytest_module(obj.get("test")):
-        return task_layouts.pytest_task(obj, path, lineno, where)
+        return _pytest(obj, path, lineno, where)
     if "instruction" in obj or "prompt" in obj:
         return _generic(obj, path, lineno, where)
     raise InputError(
@@ -381,6 +381,79 @@ def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
         source=where,
         extra={"raw": _raw_fields(obj, ("instruction", "header", "reference")),
                "io_tests": _io_tests(obj, path, lineno)},
+    )
+
+
+def _stdio(obj: dict, path: str, lineno: int, where: str) -> Task:
+    """A stdin/stdout task (engine/task_layouts.py reads the data sets' layouts into these fields)."""
+    from persd.engine import task_layouts
+    from persd.runtime.sandbox.judge import parse_rule
+
+    instruction = _str_field(obj, "instruction", path, lineno, required=False) or \
+        _str_field(obj, "prompt", path, lineno, required=False)
+    if not instruction.strip():
+        raise InputError(path, lineno, "missing (a stdin/stdout task needs its statement)", field="instruction")
+    reference = _str_field(obj, "reference", path, lineno, required=False) or None
+    compare = _str_field(obj, "compare", path, lineno, required=False)
+    if compare:
+        try:
+            parse_rule(compare)
+        except ValueError as exc:
+            raise InputError(path, lineno, str(exc), field="compare") from None
+    cases = task_layouts.io_cases(obj, path, lineno)
+    visible = obj.get("visible_cases")
+    visible = visible if isinstance(visible, int) and 0 < visible <= len(cases) else 1
+    shown = task_layouts.example_block(cases[:visible][:3])
+    prompt = f'"""\n{instruction.strip()}\n\n{task_layouts.STDIO_NOTE}\n\n{shown}\n"""\n\n'
+    return Task(
+        task_id=str(obj["task_id"]),
+        shape="stdio",
+        instruction=f"{instruction.strip()}\n\n{task_layouts.STDIO_NOTE}",
+        prompt=prompt,
+        header="",
+        entry_point=None,
+        test_program=orjson.dumps(cases).decode(),
+        visible_tests=task_layouts.example_block(cases[:visible]),
+        reference=reference,
+        source=where,
+        io_cases=tuple(cases),
+        compare=compare,
+        visible_cases=visible,
+        extra={"raw": _raw_fields(obj, ("instruction",))},
+    )
+
+
+def _pytest(obj: dict, path: str, lineno: int, where: str) -> Task:
+    """A pytest-style task: a test module importing the solution as `solution`."""
+    from persd.engine import task_layouts
+
+    test = _str_field(obj, "test", path, lineno)
+    try:
+        ast.parse(test)
+    except SyntaxError as exc:
+        raise InputError(path, lineno, f"the test module does not parse: {exc.msg} (line {exc.lineno})",
+                         field="test") from None
+    instruction = _str_field(obj, "instruction", path, lineno, required=False) or \
+        _str_field(obj, "prompt", path, lineno, required=False)
+    reference = _str_field(obj, "reference", path, lineno, required=False) or None
+    entry = _str_field(obj, "entry_point", path, lineno, required=False) or None
+    names = task_layouts.solution_imports(test)
+    entry = entry or (names[0] if names else None) or (last_function(reference) if reference else None)
+    header = _str_field(obj, "header", path, lineno, required=False)
+    if not header and reference and entry:
+        header = function_header(reference, entry)
+    return Task(
+        task_id=str(obj["task_id"]),
+        shape="pytest",
+        instruction=instruction.strip(),
+        prompt=f'"""\n{instruction.strip()}\n"""\n\n{header}',
+        header=header,
+        entry_point=entry,
+        test_program=test if test.endswith("\n") else test + "\n",
+        visible_tests=task_layouts.first_test(test),
+        reference=reference,
+        source=where,
+        extra={"raw": _raw_fields(obj, ("instruction", "reference"))},
     )
 
 

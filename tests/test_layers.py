@@ -12,7 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = ("engine", "runtime", "trainers", "bench")
-SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits", "runlock", "ownership"}
+SHARED = {"tasks", "task_layouts", "task_sources", "prompts", "extract", "lessons", "aio", "timelimits", "runlock",
+          "ownership"}
 RUN_DIR_GUARDS = {"persd.engine.runlock", "persd.engine.ownership"}  # one run per directory, every command
 
 
@@ -80,7 +81,10 @@ ALLOWED = {  # layer -> the layers it may import (besides its own)
                       "trainers"},
     "trainers": {"config", "runtime"},  # and engine.collect.layout, below
     "engine.cli": {"engine.report", "engine.rounds", "engine.evaluation", "engine.collect", "engine.paper",
-                   "engine-shared", "config", "runtime", "trainers"},
+                   "engine.export", "engine.export_card", "engine-shared", "config", "runtime", "trainers"},
+    # `persd export`: reads collect directories through their layout module
+    "engine.export": {"engine.export_card", "engine.collect", "engine-shared", "config", "runtime"},
+    "engine.export_card": set(),
     "engine.report": {"engine.collect", "engine.evaluation", "engine.paper", "engine-shared", "config", "runtime"},
     "engine": {"engine.cli"},  # persd/engine/__init__.py
     "bench": {"engine.cli", "engine.report", "engine.rounds", "engine.evaluation", "engine.collect", "engine.paper",

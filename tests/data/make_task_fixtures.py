@@ -50,7 +50,8 @@ PYTEST = [
                     "when lo > hi.",
         "solution": "def clamp(x, lo, hi):\n    if lo > hi:\n        raise ValueError('lo > hi')\n"
                     "    return max(lo, min(x, hi))\n",
-        "test": "import pytest\nfrom solution import clamp\n\n\ndef test_inside():\n    assert clamp(5, 0, 10) == 5\n\n\n"
+        "test": "import pytest\nfrom solution import clamp\n\n\n"
+                "def test_inside():\n    assert clamp(5, 0, 10) == 5\n\n\n"
                 "def test_below():\n    assert clamp(-3, 0, 10) == 0\n\n\n"
                 "@pytest.mark.parametrize('x, expected', [(11, 10), (10, 10), (0.5, 0.5)])\n"
                 "def test_param(x, expected):\n    assert clamp(x, 0, 10) == expected\n\n\n"
