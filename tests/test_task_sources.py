@@ -142,3 +142,40 @@ def test_bad_rows_exit_2_naming_file_split_row_field(tmp_path, make, where):
     import re
 
     assert re.search(where, proc.stderr), proc.stderr
+
+
+MAKE_CACHE = """
+import glob, os, shutil, sys
+import datasets
+datasets.load_dataset("parquet", data_files={"test": sys.argv[1]})
+built = glob.glob(os.path.join(datasets.config.HF_DATASETS_CACHE, "parquet", "*", "*", "*", "dataset_info.json"))[0]
+src = os.path.dirname(built)
+dst = os.path.join(datasets.config.HF_DATASETS_CACHE, "someone___tiny", "default", "0.0.0", os.path.basename(src))
+os.makedirs(dst)
+shutil.copy(built, dst)
+shutil.copy(os.path.join(src, "parquet-test.arrow"), os.path.join(dst, "tiny-test.arrow"))
+"""
+
+
+@pytest.mark.slow
+def test_hf_name_loads_from_the_local_cache_offline(tmp_path):
+    """hf:NAME with the hub unreachable: `datasets.load_dataset` reads what a former load left in HF_HOME (here a
+    cache entry laid out as a hub download leaves it, made from a local parquet file)."""
+    import os
+
+    rows = [STDIO_ROW, dict(STDIO_ROW, task_id="t/2")]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", MAKE_CACHE, str(write_parquet(tmp_path / "t.parquet", rows))], env=env,
+                   check=True, capture_output=True, timeout=300)
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "persd", "check", "--tasks", "hf:someone/tiny@test", "--references",
+                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import orjson
+
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert [(x["task_id"], x["status"]) for x in lines] == [("t/1", "passed"), ("t/2", "passed")]
+    proc = subprocess.run([sys.executable, "-m", "persd", "check", "--tasks", "hf:someone/other@test", "--references",
+                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "hf:someone/other@test: cannot load" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
