@@ -91,7 +91,7 @@ async def collected(tmp_path_factory):
         await srv.start()
         try:
             runs = {}
-            for name in ("stdio-parquet", "pytest-saved"):
+            for name in ("stdio-parquet", "pytest-saved", "stdio-jsonl"):
                 out = tmp / name
                 rc, so, se = await run_persd(*collect_args(SOURCES[name], out, stu.url, srv.base_url))
                 assert rc == 0, se
@@ -126,6 +126,12 @@ async def test_collect_stdio_from_parquet(collected):
     assert refine["meta"]["solution"].startswith("import sys")
 
 
+async def test_collect_stdio_from_jsonl(collected):
+    res = results(collected["runs"]["stdio-jsonl"])
+    assert {k: r["outcome"] for k, r in res.items()} == {"stdio/sum": "student_passed", "stdio/mean": "student_passed",
+                                                        "stdio/reverse-words": "refined"}
+
+
 async def test_collect_pytest_from_saved_dataset(collected):
     res = results(collected["runs"]["pytest-saved"])
     assert res["pytest/word-count"]["outcome"] == "student_passed"
@@ -138,8 +144,9 @@ async def test_collect_pytest_from_saved_dataset(collected):
     assert mean["outcome"] == "refined" and mean["feedback"].startswith("TestMean.test_ints failed")
 
 
-async def test_eval_stdio_jsonl_and_hf_offline(tmp_path):
-    """eval on JSONL (in a subprocess, like a user) and on hf:<a local dataset folder> with the hub off."""
+async def test_eval_every_source_kind(tmp_path):
+    """eval (in a subprocess, like a user) on JSONL, on hf:<a local dataset folder> with the hub off, on parquet
+    (stdin/stdout) and on a saved dataset (pytest-style)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -161,6 +168,12 @@ async def test_eval_stdio_jsonl_and_hf_offline(tmp_path):
             lines = {r["task_id"]: r for r in read_jsonl(out / "results.jsonl")}
             assert lines["stdio/reverse-words"]["status"] == "failed"
             assert "Wrong answer on test 1 of 3" in lines["stdio/reverse-words"]["feedback"]
+        for name, tasks_n, passed in (("stdio-parquet", 2, 1), ("pytest-saved", 3, 1)):
+            out = tmp_path / f"eval-{name}"
+            rc, so, se = await run_persd("eval", "--tasks", str(SOURCES[name]), "--out", str(out), *base, env=offline)
+            assert rc == 0, se
+            summary = orjson.loads((out / "summary.json").read_bytes())
+            assert summary["tasks"] == tasks_n and summary["pass@1"] == pytest.approx(passed / tasks_n), name
         rc, so, se = await run_persd("eval", "--tasks", "hf:nobody/no-such-set", "--out", str(tmp_path / "x"),
                                      *base, env=offline)
         assert rc == 2 and "hf:nobody/no-such-set" in se and "Traceback" not in se, se
