@@ -22,7 +22,6 @@ A rerun skips finished stages (judged by their output files) and resumes the int
 """
 from __future__ import annotations
 
-import gzip
 import os
 import shlex
 import signal
@@ -40,7 +39,7 @@ from persd.engine.collect.layout import CollectLayout
 from persd.engine.evaluation.config import EvalConfig
 from persd.engine.evaluation.journal import atomic_write
 from persd.engine.report import hint
-from persd.engine.tasks import parse_task_line, resolve_source
+from persd.engine.tasks import resolve_source
 from persd.runtime.errors import ConfigError, PersdError, UsageError
 from persd.trainers.cli import TrainCommand
 
@@ -505,13 +504,11 @@ def _count(lines: list[dict], key: str) -> dict[str, int]:
 
 
 def _task_lines(src: str):
-    """(raw line, task id) of every task in a source, lazily."""
-    path = resolve_source(src)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if raw.strip():
-                yield raw, parse_task_line(raw, str(path), lineno).task_id
+    """(JSONL line, task id) of every task in a source, lazily (a dataset's row as a JSON line)."""
+    from persd.engine.tasks import iter_rows, task_of
+
+    for row in iter_rows(src):
+        yield row.raw, task_of(row).task_id
 
 
 def _has_checkpoint(ckpt_dir: Path) -> bool:
