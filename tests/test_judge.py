@@ -56,11 +56,11 @@ def test_bad_rules_are_refused():
 
 async def test_reference_passes_and_all_tests_run_in_one_process(sandbox):
     before = sandbox.executions
-    probe = ADD + "import os, sys\nprint(os.getpid(), file=sys.stderr)\n"
+    probe = ADD + "import os, sys\nprint(f'pid={os.getpid()}', file=sys.stderr)\n"
     r = await sandbox.run(stdio_program(probe, CASES))
     assert r.status == "passed", r.feedback
     assert sandbox.executions - before == 1  # one sandbox execution ...
-    pids = r.stderr.split()
+    pids = [w for w in r.stderr.split() if w.startswith("pid=")]
     assert len(pids) == 10 and len(set(pids)) == 1  # ... and one process ran every test
 
 
@@ -129,6 +129,7 @@ async def test_hostile_stdio_programs_never_pass(sandbox, name, program):
 async def test_infinite_loop_is_a_timeout(sandbox):
     r = await sandbox.run(stdio_program(ADD + "while a == 2:\n    pass\n", CASES), cpu_limit=1.0)
     assert r.status == "timeout"
+    assert r.feedback.endswith("CPU time, running test 3 of 10"), r.feedback  # the input with a == 2
 
 
 # ------------------------------------------------------------------ pytest-style modules
