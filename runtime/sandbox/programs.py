@@ -14,11 +14,14 @@ from pathlib import Path
 from persd.runtime.sandbox.judge import DEFAULT_RULE, parse_rule
 
 JUDGE = Path(__file__).with_name("judge.py")
+JUDGE_PYTEST = Path(__file__).with_name("judge_pytest.py")
 
 
-@lru_cache(maxsize=1)
-def judge_source() -> str:
-    return JUDGE.read_text(encoding="utf-8")
+@lru_cache(maxsize=2)
+def judge_source(pytest: bool = False) -> str:
+    """judge.py's source (and judge_pytest.py's after it): what a program compiles before its data."""
+    text = JUDGE.read_text(encoding="utf-8")
+    return text + "\n\n" + JUDGE_PYTEST.read_text(encoding="utf-8") if pytest else text
 
 
 def stdio_program(solution: str, cases: list[tuple[str, str]] | tuple, rule: str = DEFAULT_RULE) -> str:
@@ -30,7 +33,7 @@ def stdio_program(solution: str, cases: list[tuple[str, str]] | tuple, rule: str
 
 def pytest_program(solution: str, tests: str) -> str:
     """The program running the pytest-style test module `tests` against `solution` (imported as `solution`)."""
-    return f"{judge_source()}\n\nrun_pytest({solution!r}, {tests!r})\n"
+    return f"{judge_source(pytest=True)}\n\nrun_pytest({solution!r}, {tests!r})\n"
 
 
 __all__ = ["stdio_program", "pytest_program", "judge_source", "DEFAULT_RULE", "parse_rule"]
