@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "eval": "persd.bench.eval",
     "timeouts": "persd.bench.timeouts",
     "report": "persd.bench.report",
+    "export": "persd.bench.export",
     "vllm-startup": "persd.bench.vllm_startup",
 }
 

@@ -1,8 +1,12 @@
 """`persd bench sandbox`: executions/s and CPU per check, persd's sandbox against a naive baseline.
 
-Both run the same programs (HumanEval's references, and a wrong set: every task with
-the next task's body) at the same concurrency. The baseline starts a fresh
-`python` subprocess per check, as many harnesses do.
+--kind python (default): both run the same programs (HumanEval's references, and a wrong set: every task
+with the next task's body) at the same concurrency. The baseline starts a fresh `python` subprocess per
+check, as many harnesses do.
+
+--kind stdio: stdin/stdout tasks of 10 tests each (bench/stdio.py): every test of a task in one sandbox
+execution (the judge, first failure reported) against one sandbox execution per test, and against a fresh
+`python` per test fed the input on stdin; the same tasks, the same concurrency.
 """
 from __future__ import annotations
 
@@ -105,7 +109,13 @@ async def bench(args: argparse.Namespace) -> list[Row]:
 
 
 def main(argv: list[str]) -> int:
+    if "--kind" in argv and argv[argv.index("--kind") + 1:][:1] == ["stdio"] or "--kind=stdio" in argv:
+        from persd.bench import stdio
+
+        return stdio.main([a for a in argv if a not in ("--kind", "stdio", "--kind=stdio")])
     p = parser_for("bench sandbox", description=__doc__)
+    p.add_argument("--kind", choices=("python", "stdio"), default="python",
+                   help="python: assert-style programs; stdio: stdin/stdout tasks, batched vs one process per test")
     p.add_argument("--workers", type=int, default=0, help="concurrency for both (default: one per core)")
     p.add_argument("--repeat", type=int, default=3, help="times the persd sandbox runs each set (default 3)")
     p.add_argument("--timeout", type=float, default=10.0)

@@ -24,6 +24,10 @@ ANSWER = (
 )
 
 
+ANSWER_PROGRAM = ("Answer with exactly one ```python fenced block holding the complete program, reading standard "
+                  "input and printing to standard output.")
+
+
 def student_prompt(task: Task) -> str:
     """The text a base model continues."""
     return task.prompt
@@ -33,6 +37,8 @@ def stop_sequences(task: Task) -> tuple[str, ...]:
     """Stops for a base model on this task. Where the prompt does not end inside a function
     (a generic task with no header), the model writes the `def` itself and may need helpers,
     so new `def`/`class` lines do not stop it."""
+    if task.shape == "stdio":  # a whole program: top-level prints and `if __name__` are part of it
+        return ()
     if task.header.strip() and task.prompt.rstrip().endswith(task.header.rstrip()):
         return STOP_SEQUENCES
     return tuple(s for s in STOP_SEQUENCES if s not in ("\ndef ", "\nclass "))
@@ -49,6 +55,11 @@ def student_user_message(task: Task) -> str:
             f"{_fence(task.prompt)}\n\n{ANSWER}"
         )
     parts = [task.instruction.strip()]
+    if task.shape == "stdio":  # examples of input and output, not Python
+        if task.visible_tests.strip():
+            parts.append(f"For example:\n```\n{task.visible_tests.rstrip()}\n```")
+        parts.append(ANSWER_PROGRAM)
+        return "\n\n".join(parts)
     if task.header.strip():
         parts.append(f"Start your solution with this header:\n{_fence(task.header)}")
     if task.visible_tests.strip():

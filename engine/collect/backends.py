@@ -13,6 +13,7 @@ from persd.engine.collect import standin
 from persd.engine.collect.config import CollectConfig
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.steps import Backends
+from persd.engine.tasks import task_reading
 from persd.engine.timelimits import workers_per_core
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ async def open_teacher(cfg: CollectConfig, collector: RunLabels):
             from persd.runtime.local_server import LocalOpenAIServer
             from persd.runtime.teacher.local_batch import BatchPlan
 
-            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit),
+            server = LocalOpenAIServer(standin.StandinResponder(cfg.tasks, cfg.limit, task_reading(cfg)),
                                        batch=BatchPlan() if batch else None)
             await stack.enter_async_context(server)
             tcfg = replace(tcfg, base_url=server.base_url, model=standin.MODEL, api_key_env=STANDIN_KEY_ENV,

@@ -29,6 +29,7 @@ from persd.config import (
 )
 from persd.engine.collect.layout import partition_name
 from persd.engine.rundirs.settings import describe_difference  # its older home
+from persd.engine.tasks import TaskSourceFields
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
 from persd.runtime.sandbox.config import SandboxConfig
@@ -189,11 +190,12 @@ class CollectTeacher(TeacherConfig):
 
 @old_names_as_attributes
 @dataclass
-class CollectConfig(TimeLimitFields):
+class CollectConfig(TimeLimitFields, TaskSourceFields):
     RENAMED: ClassVar[dict[str, str]] = {**STUDENT_RENAMED, **TEACHER_RENAMED, **SANDBOX_RENAMED}
 
     # input and output
-    tasks: str = opt("", help="JSONL task file or a built-in set (humaneval, mbpp)", changes_results=True,
+    tasks: str = opt("", help="tasks: a JSONL file, a parquet file or folder, a saved dataset folder[@SPLIT], "
+                     "hf:NAME[:CONFIG][@SPLIT] or a built-in set (humaneval, mbpp)", changes_results=True,
                      group="input and output", shown="required")
     out: str = opt("", help="output directory (rerun with the same one to resume)", changes_results=False,
                    group="input and output", shown="required")

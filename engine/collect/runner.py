@@ -32,7 +32,7 @@ from persd.engine.collect.records import Meta, TaskOutcome
 from persd.engine.collect.shards import DiskError, ShardPlan, ShardState, ShardStore
 from persd.engine.collect.source import SourceInfo, scan_source
 from persd.engine.rundirs.files import atomic_write_json
-from persd.engine.tasks import Task, iter_tasks
+from persd.engine.tasks import Task, iter_tasks, task_reading
 from persd.runtime.errors import PersdError, UsageError
 from persd.runtime.student.base import StudentStartError
 
@@ -62,7 +62,7 @@ class CollectPlan:
 def plan_collect(cfg: CollectConfig) -> CollectPlan:
     """Read the task source (every line checked), split it into shards, hold this run to the directory's
     settings (refused unless --force) and make its folders."""
-    source = scan_source(cfg.tasks, cfg.limit)
+    source = scan_source(cfg.tasks, cfg.limit, task_reading(cfg))
     shards = ShardPlan(source.count, cfg.shard_size, cfg.num_shards, cfg.shard_index)
     fingerprint = dict(cfg.fingerprint(), tasks_count=source.count, tasks_sha256=source.sha256)
     out = Path(cfg.out)
@@ -272,7 +272,8 @@ class Collector:
         plan, slots = self.plan.shards, self._slots
         total = plan.total
         sealed = {k for k in plan.owned() if k in self.shard_info}
-        for idx, task in enumerate(itertools.islice(iter_tasks(self.cfg.tasks), total)):  # nothing past --limit
+        tasks = iter_tasks(self.cfg.tasks, task_reading(self.cfg))
+        for idx, task in enumerate(itertools.islice(tasks, total)):  # nothing past --limit
             k = idx // plan.shard_size
             if not plan.owns(k) or k in sealed:
                 continue

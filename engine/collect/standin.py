@@ -30,9 +30,9 @@ _TASK = re.compile(re.escape(lessons.TASK) + r"\n(.*?)(?:\n\n### |\Z)", re.S)
 class StandinResponder:
     """`responder(body) -> str` for LocalOpenAIServer. Holds one reference per task in scope."""
 
-    def __init__(self, tasks_src: str, limit: int | None = None):
+    def __init__(self, tasks_src: str, limit: int | None = None, fields: dict[str, str] | None = None):
         self.references: dict[str, tuple[str, str]] = {}
-        for task in itertools.islice(iter_tasks(tasks_src), limit):  # never parses a line past --limit
+        for task in itertools.islice(iter_tasks(tasks_src, fields), limit):  # never parses a line past --limit
             self.references[_key(task.instruction)] = (task.reference or "", _calls(task))
 
     def __call__(self, body: dict) -> str:

@@ -20,6 +20,7 @@ from persd.engine.collect.config import (
     old_names_as_attributes,
     public_view,
 )
+from persd.engine.tasks import TaskSourceFields
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
 from persd.runtime.sandbox.config import SandboxConfig
@@ -42,11 +43,12 @@ def _ks(v: str | list | tuple) -> tuple[int, ...]:
 
 @old_names_as_attributes
 @dataclass
-class EvalConfig(TimeLimitFields):
+class EvalConfig(TimeLimitFields, TaskSourceFields):
     RENAMED: ClassVar[dict[str, str]] = {**STUDENT_RENAMED, **SANDBOX_RENAMED}
 
     # tasks and output
-    tasks: str = opt("", help="JSONL task file or a built-in set (humaneval, mbpp)", changes_results=True,
+    tasks: str = opt("", help="tasks: a JSONL file, a parquet file or folder, a saved dataset folder[@SPLIT], "
+                     "hf:NAME[:CONFIG][@SPLIT] or a built-in set (humaneval, mbpp)", changes_results=True,
                      group="tasks and output", shown="required, or from --protocol")
     out: str = opt("", help="output directory (rerun with the same one to resume)", changes_results=False,
                    group="tasks and output", shown="required")

@@ -19,6 +19,7 @@ from persd.engine.evaluation.report import summarize
 from persd.engine.evaluation.selection import select_tasks, tasks_digest
 from persd.engine.failures import TooManyFailures
 from persd.engine.rundirs.eval import EvalLayout
+from persd.engine.tasks import task_reading
 from persd.engine.timelimits import TimeLimits, config_from
 
 
@@ -32,7 +33,7 @@ def student_config(cfg: EvalConfig):
 
 
 async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pipelined") -> dict[str, Any]:
-    tasks = select_tasks(cfg.tasks, cfg.task_ids, cfg.limit)
+    tasks = select_tasks(cfg.tasks, cfg.task_ids, cfg.limit, task_reading(cfg))
     if cfg.style == "paper":
         from persd.engine.paper import evaluation as paper
         from persd.runtime.errors import UsageError

@@ -31,14 +31,15 @@ def _matches(wanted: str) -> tuple[str, ...]:
     return (wanted, f"MBPP/{wanted}") if wanted.isdigit() else (wanted,)
 
 
-def select_tasks(src: str, task_ids: str | None = None, limit: int | None = None) -> list[Task]:
-    """The tasks to evaluate, in the source's order."""
+def select_tasks(src: str, task_ids: str | None = None, limit: int | None = None,
+                 fields: dict[str, str] | None = None) -> list[Task]:
+    """The tasks to evaluate, in the source's order (`fields`: --task-fields, engine.tasks.task_reading)."""
     wanted: dict[str, str] | None = None
     if task_ids:
         wanted = {alias: w for w in read_task_ids(task_ids) for alias in _matches(w)}
     tasks: list[Task] = []
     found: set[str] = set()
-    for task in iter_tasks(src):
+    for task in iter_tasks(src, fields):
         if wanted is not None:
             if task.task_id not in wanted:
                 continue

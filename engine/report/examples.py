@@ -153,6 +153,18 @@ def attach_prompts(examples: list[Example], src: str | None, notes: list[str]) -
 
     pattern = re.compile(b"|".join(re.escape(orjson.dumps(tid)) for tid in want))  # one C-level scan a line
     try:
+        from persd.engine.task_sources import is_dataset_source
+
+        if str(src) not in ("humaneval", "mbpp") and is_dataset_source(str(src)):  # parquet, saved, hf:
+            from persd.engine.tasks import iter_tasks
+
+            for task in iter_tasks(str(src)):
+                e = want.pop(task.task_id, None)
+                if e is not None:
+                    e.prompt = task.prompt
+                if not want:
+                    break
+            return
         path = resolve_source(str(src))
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as fh:

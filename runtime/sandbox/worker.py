@@ -28,6 +28,7 @@ import heapq  # noqa: E401,F401
 import json
 import math
 import os
+import re
 import resource
 import select
 import signal
@@ -218,6 +219,9 @@ def assert_feedback(line: str, frame) -> str | None:
 
 
 def exception_feedback(exc: BaseException, program_lines: list[str]) -> str:
+    judged = getattr(exc, "persd_feedback", None)  # a judge's own report (judge.py): already written for a reader
+    if isinstance(judged, str) and isinstance(exc, AssertionError):
+        return judged
     last = traceback.format_exception_only(type(exc), exc)[-1].strip()
     frame, lineno = None, None
     tb = exc.__traceback__
@@ -581,11 +585,16 @@ class Worker:
             tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
             msg = f"the program exited (status {exit_code}) before its tests finished"
             result.update(status="failed", feedback=msg + (f": {tail[0][:300]}" if tail else ""))
+        if result.get("status") == "timeout" and not outcome["dropped"]["err"]:
+            running = JUDGE_PROGRESS.findall(stderr)  # a stdin/stdout judge's last "running test i of n"
+            if running:
+                result["feedback"] += f", running test {running[-1][0]} of {running[-1][1]}"
         result["feedback"] = _clip(result["feedback"], int(self.cfg["feedback_chars"]))
         return result
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+JUDGE_PROGRESS = re.compile(r"^\[persd judge\] running test (\d+) of (\d+)$", re.M)  # judge.py's PROGRESS
 STARVED_FACTOR = 10  # a CPU-limited program's wall backstop stretches at most this far under load (pool.py too)
 
 

@@ -14,7 +14,7 @@ from persd import config
 from persd.config import Command, load, nonneg_int, opt, positive_float, positive_int
 from persd.engine.aio import run_async
 from persd.engine.rundirs.files import atomic_write
-from persd.engine.tasks import Task, iter_tasks, json_problem
+from persd.engine.tasks import Task, TaskSourceFields, iter_tasks, json_problem, task_reading
 from persd.engine.timelimits import (
     TimeLimitConfig,
     TimeLimitFields,
@@ -41,8 +41,9 @@ NO_TESTS = "the task has no tests: nothing can be checked (never a pass)"
 
 
 @dataclass
-class CheckConfig(TimeLimitFields):
-    tasks: str = opt("", help="task JSONL path or built-in set (humaneval, mbpp)", changes_results=True,
+class CheckConfig(TimeLimitFields, TaskSourceFields):
+    tasks: str = opt("", help="tasks: JSONL, parquet, a saved dataset, hf:NAME or a built-in set (humaneval, mbpp)",
+                     changes_results=True,
                      shown="required")
     samples: str | None = opt(None, help="JSONL of task_id + completion (appended to the prompt) or solution "
                                          "(whole program)", changes_results=True, metavar="FILE")
@@ -210,7 +211,7 @@ def check_out_path(out: str) -> None:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     check_out_path(args.out)
-    tasks = {t.task_id: t for t in iter_tasks(args.tasks)}
+    tasks = {t.task_id: t for t in iter_tasks(args.tasks, task_reading(args))}
     samples_iter = reference_samples(tasks) if args.references else file_samples(args.samples, tasks)
     samples = []
     for sample in samples_iter:
