@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import AsyncIterator, Protocol
 
 from persd.engine.collect import standin
+from persd.engine.collect.cluster import open_cluster, sandbox_for, student_for
 from persd.engine.collect.config import CollectConfig, StudentFields
 from persd.engine.collect.flow import Backends
 from persd.engine.collect.layout import CollectLayout
@@ -79,14 +80,13 @@ def vllm_log_path(cfg: StudentFields) -> str | None:
 
 @contextlib.asynccontextmanager
 async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterator[Backends]:
-    from persd.runtime.sandbox import Sandbox, SandboxConfig
-    from persd.runtime.student import create_student
+    from persd.runtime.sandbox import SandboxConfig
     from persd.runtime.teacher import RetryPolicy, TeacherClient, TeacherConfig
 
     async with contextlib.AsyncExitStack() as stack:
-        sandbox = await stack.enter_async_context(
-            Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
-                                  per_core=workers_per_core(cfg.time_limits))))
+        cluster = await stack.enter_async_context(open_cluster(cfg))  # None without --ray
+        sandbox = await stack.enter_async_context(sandbox_for(cluster, SandboxConfig(
+            workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout, per_core=workers_per_core(cfg.time_limits))))
 
         if cfg.standin_teacher:
             from persd.runtime.teacher.local_server import LocalOpenAIServer
@@ -127,5 +127,6 @@ async def open_backends(cfg: CollectConfig, collector: RunLabels) -> AsyncIterat
         if not model_path:
             model_path = str(default_student_model(cfg))
             collector.notes.append(f"student: the tiny random-weight local model at {model_path} ({backend} backend)")
-        student = await stack.enter_async_context(create_student(student_config(cfg, cfg.seed, model_path)))
+        student = await stack.enter_async_context(
+            student_for(cluster, student_config(cfg, cfg.seed, model_path), cfg.student_concurrency))
         yield Backends(student=student, sandbox=sandbox, teacher=teacher)

@@ -27,6 +27,7 @@ from persd.config import (
     positive_float,
     positive_int,
 )
+from persd.engine.collect.cluster import RayFields
 from persd.engine.collect.layout import partition_name
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
@@ -139,7 +140,7 @@ class StudentFields:
 
 
 @dataclass
-class CollectConfig(StudentFields, TimeLimitFields):
+class CollectConfig(StudentFields, TimeLimitFields, RayFields):
     # input and output
     tasks: str = opt("", help="JSONL task file or a built-in set (humaneval, mbpp)", changes_results=True,
                      group="input and output", shown="required")
@@ -319,6 +320,10 @@ class CollectConfig(StudentFields, TimeLimitFields):
                                   f"not in the built-in table: give --price-in and --price-out (USD per 1M tokens)")
         if not 0 < self.teacher_headroom <= 1:
             raise ConfigError("teacher_headroom", f"{self.teacher_headroom}: expected a fraction in (0, 1]")
+        self.check_ray()
+        if self.ray_address() and self.num_shards > 1:
+            raise ConfigError("ray", "one driver runs the whole task set on the cluster: drop --num-shards "
+                              "(static partitions are for clusters without Ray, docs/cluster.md)")
 
 
 
@@ -327,7 +332,7 @@ COLLECT = Command(
     description="Personalised-distillation collection: student attempt -> sandbox -> teacher refinement -> "
                 "verified training records, written as sealed shards. Rerun the same command to resume.",
     preset_field="preset", preset_package="persd.engine.collect.presets",
-    groups=("input and output", "student", "teacher", "flow"))
+    groups=("input and output", "student", "teacher", "flow", "ray cluster"))
 
 
 

@@ -22,6 +22,7 @@ from typing import Any, AsyncContextManager, Callable
 
 import orjson
 from persd.engine.collect import manifest as mf
+from persd.engine.collect.cluster import replica_rows, utilisation
 from persd.engine.collect.config import CollectConfig
 from persd.engine.collect.flow import BackendFailure, Backends, Limits, TaskFlow
 from persd.engine.collect.metrics import RunStats, timeline_row
@@ -373,6 +374,7 @@ class Collector:
         snap = self.stats.snapshot(self.limits, teacher, self.cfg.max_cost)
         if self.cfg.price_in is not None and "teacher" in snap:  # --price-in/--price-out: say which prices
             snap["teacher"]["price_per_1m_usd"] = [self.cfg.price_in, self.cfg.price_out]
+        snap.update(replica_rows(self.backends))  # --ray: one row per student replica and sandbox actor
         return snap
 
     def manifest(self) -> dict:
@@ -428,6 +430,9 @@ class Collector:
             },
             "notes": self.notes,
         }
+        if "replicas" in snap:
+            data["cluster"] = {"address": self.cfg.ray_address(), "replicas": snap["replicas"],
+                               "utilisation": utilisation(snap["replicas"])}
         if self.fatal is not None:
             data["error"] = str(self.fatal)
         return mf.scrub(data, self.secrets)

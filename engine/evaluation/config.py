@@ -12,6 +12,7 @@ from typing import Any
 
 from persd import config
 from persd.config import Command, build, fingerprint, gather, nonneg_int, opt, positive_float, positive_int
+from persd.engine.collect.cluster import RayFields
 from persd.engine.collect.config import PROGRESS_MODES, StudentFields, check_sampling, check_student_url
 from persd.engine.timelimits import TimeLimitFields
 from persd.runtime.errors import ConfigError, UsageError
@@ -32,7 +33,7 @@ def _ks(v: str | list | tuple) -> tuple[int, ...]:
 
 
 @dataclass
-class EvalConfig(StudentFields, TimeLimitFields):
+class EvalConfig(StudentFields, TimeLimitFields, RayFields):
     # the student's other options: StudentFields
     student_concurrency: int = opt(256, help="student requests in flight", changes_results=False,
                                    type=positive_int, group="student")
@@ -105,6 +106,7 @@ class EvalConfig(StudentFields, TimeLimitFields):
         if self.style == "paper" and self.student_chat:
             raise ConfigError("student_chat", "the paper style (the paper-* protocols) drives a base model: "
                               "leave out --student-chat")
+        self.check_ray()
 
 
 def _refine_alias(p: argparse.ArgumentParser) -> None:
@@ -115,7 +117,7 @@ def _refine_alias(p: argparse.ArgumentParser) -> None:
 EVAL = Command(EvalConfig, "eval", description="pass@k of a student on HumanEval, MBPP or any task file, with "
                "optional refine-inference. Writes DIR/results.jsonl and DIR/summary.json; rerun to resume.",
                preset_field="protocol", preset_package="persd.engine.evaluation.presets", extra=_refine_alias,
-               groups=("tasks and output", "student", "sampling and scoring", "flow"))
+               groups=("tasks and output", "student", "sampling and scoring", "flow", "ray cluster"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,16 +29,17 @@ def student_config(cfg: EvalConfig):
 @contextlib.asynccontextmanager
 async def open_backends(cfg: EvalConfig, student=None, sandbox=None):
     """The sandbox first (its small workers fork before a model is loaded), then the student."""
-    from persd.runtime.sandbox import Sandbox, SandboxConfig
-    from persd.runtime.student import create_student
+    from persd.engine.collect.cluster import open_cluster, sandbox_for, student_for
+    from persd.runtime.sandbox import SandboxConfig
 
     async with contextlib.AsyncExitStack() as stack:
+        cluster = await stack.enter_async_context(open_cluster(cfg)) if student is None else None
         if sandbox is None:
-            sandbox = await stack.enter_async_context(
-                Sandbox(SandboxConfig(workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout,
-                                      per_core=workers_per_core(cfg.time_limits))))
+            sandbox = await stack.enter_async_context(sandbox_for(cluster, SandboxConfig(
+                workers=cfg.sandbox_workers, timeout_s=cfg.exec_timeout, per_core=workers_per_core(cfg.time_limits))))
         if student is None:
-            student = await stack.enter_async_context(create_student(student_config(cfg)))
+            student = await stack.enter_async_context(
+                student_for(cluster, student_config(cfg), cfg.student_concurrency))
         yield student, sandbox
 
 
