@@ -51,7 +51,14 @@ class ClusterInfo:
 
 
 def ray_installed() -> bool:
-    return importlib.util.find_spec("ray") is not None
+    """Whether Ray can be imported here (imported, not only found: a broken install counts as none)."""
+    if importlib.util.find_spec("ray") is None:
+        return False
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _check_listener(address: str) -> None:

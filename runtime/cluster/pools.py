@@ -7,6 +7,8 @@ a dead actor held.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any, Callable
 from persd.runtime.cluster.connect import ClusterError, ClusterInfo, live_nodes
 from persd.runtime.cluster.router import Replica, Router
 
+NODE_WATCH_S = 5.0  # how often the sandbox pool looks for nodes that joined
 START_WAIT_S = 600.0  # longest the start waits for every replica (a vLLM replica loads its model first)
 
 
@@ -77,17 +80,19 @@ class _Pool:
     def __init__(self) -> None:
         self.router: Router | None = None
         self._handles: list[Any] = []
+        self._remote: Any = None
+
+    def _spawn(self, name: str, options: dict, make: Callable[[], Any], bound: int) -> Replica:
+        handle = self._remote.options(**options).remote(make)
+        self._handles.append(handle)
+        return Replica(name, handle, bound)
 
     async def _open(self, actor_cls: type, specs: list[tuple[str, dict, Callable[[], Any], int]],
                     wait_s: float, start_wait_s: float) -> None:
         import ray
 
-        remote = ray.remote(actor_cls)
-        replicas = []
-        for name, options, make, bound in specs:
-            handle = remote.options(**options).remote(make)
-            self._handles.append(handle)
-            replicas.append(Replica(name, handle, bound))
+        self._remote = ray.remote(actor_cls)
+        replicas = [self._spawn(*spec) for spec in specs]
         self.router = Router(self.kind, replicas, wait_s)
         await self.router.start(start_wait_s)
 
@@ -176,36 +181,63 @@ class RaySandbox(_Pool):
         self.info = info
         self.config = _SandboxCapacity(0, config.timeout_s)
 
-    def plan(self) -> list[tuple[str, int]]:
-        """(node id, workers) of each sandbox actor."""
+    def plan(self, skip: set[str] = frozenset()) -> list[tuple[str, int]]:
+        """(node id, workers) of each sandbox actor, for the live nodes with CPUs not in `skip`."""
         plan = []
         for n in live_nodes():
-            if n.cpus <= 0 or not _has(n.resources, self.spec.resources):
+            if n.cpus <= 0 or n.node_id in skip or not _has(n.resources, self.spec.resources):
                 continue
             workers = self.spec.workers or max(1, int(n.cpus) * max(1, self.local_config.per_core))
             plan += [(n.node_id, workers)] * self.spec.per_node
         return plan
 
-    async def start(self) -> "RaySandbox":
+    def _spec(self, i: int, node: str, workers: int) -> tuple[str, dict, Callable[[], Any], int]:
+        """A sandbox pinned to its node (a hard affinity: Ray places an actor that asks for no resources
+        anywhere otherwise); it dies with its node, and a node that joins gets one of its own."""
         from dataclasses import replace
 
-        from persd.runtime.cluster.actors import SandboxNode
         from persd.runtime.sandbox import Sandbox
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options = {"num_cpus": 0, "max_restarts": self.spec.max_restarts, "max_task_retries": 0,
+                   "max_concurrency": max(1000, 4 * workers),
+                   "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+        return (f"sandbox-{i}", options, functools.partial(Sandbox, replace(self.local_config, workers=workers)),
+                workers)
+
+    async def start(self) -> "RaySandbox":
+        from persd.runtime.cluster.actors import SandboxNode
 
         plan = self.plan()
         if not plan:
             raise ClusterError(f"the {self.info.describe()} has no node with CPUs for the sandboxes")
-        specs = []
-        for i, (node, workers) in enumerate(plan):
-            options = {"num_cpus": 0, "max_restarts": self.spec.max_restarts, "max_task_retries": 0,
-                       "max_concurrency": max(1000, 4 * workers),
-                       "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
-            make = functools.partial(Sandbox, replace(self.local_config, workers=workers))
-            specs.append((f"sandbox-{i}", options, make, workers))
+        self._nodes = {node for node, _ in plan}
         self.config = _SandboxCapacity(sum(w for _, w in plan), self.local_config.timeout_s)
-        await self._open(SandboxNode, specs, self.spec.wait_s, self.spec.start_wait_s)
+        await self._open(SandboxNode, [self._spec(i, *p) for i, p in enumerate(plan)], self.spec.wait_s,
+                         self.spec.start_wait_s)
+        self._watch = asyncio.create_task(self._watch_nodes())
         return self
+
+    async def _watch_nodes(self) -> None:
+        """Every few seconds: a node that joined the cluster gets a sandbox, which takes work once up."""
+        assert self.router is not None
+        while True:
+            await asyncio.sleep(NODE_WATCH_S)
+            try:
+                plan = await asyncio.to_thread(self.plan, self._nodes)
+            except Exception:  # the cluster is going away: the calls will say so
+                continue
+            for node, workers in plan:
+                self._nodes.add(node)
+                self.router.add(self._spawn(*self._spec(len(self.router.replicas), node, workers)))
+
+    async def close(self) -> None:
+        watch = getattr(self, "_watch", None)
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        await super().close()
 
     async def run(self, program: str, timeout: float | None = None, cpu_limit: float | None = None) -> Any:
         assert self.router is not None, "RaySandbox.run() before start()"

@@ -41,6 +41,7 @@ class ReplicaStats:
     done: int = 0
     resent: int = 0  # calls it lost (it died under them), sent again elsewhere
     restarts: int = 0
+    done_since_up: int = 0  # since it last came up (a restarted replica taking work again)
     busy_slot_s: float = 0.0  # integral of in_flight over time
     up_s: float = 0.0  # time spent up
     _since: float = field(default_factory=time.monotonic)
@@ -65,7 +66,8 @@ class ReplicaStats:
         util = self.busy_slot_s / (self.bound * self.up_s) if self.up_s > 0 else 0.0
         return {"name": self.name, "node": self.node, "state": self.state, "in_flight": self.in_flight,
                 "bound": self.bound, "done": self.done, "per_s": round(self.rate(), 2), "restarts": self.restarts,
-                "resent": self.resent, "busy_slot_s": round(self.busy_slot_s, 3), "up_s": round(self.up_s, 3),
+                "done_since_up": self.done_since_up, "resent": self.resent,
+                "busy_slot_s": round(self.busy_slot_s, 3), "up_s": round(self.up_s, 3),
                 "utilisation": round(min(1.0, util), 4)}
 
 
@@ -114,6 +116,11 @@ class Router:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), max(0.05, left))
 
+    def add(self, replica: Replica) -> None:
+        """A replica started mid-run (a node joined): it takes work once it answers its first ping."""
+        self.replicas.append(replica)
+        replica.probe = asyncio.create_task(self._probe(replica, first=False, new=True))
+
     async def close(self) -> None:
         for r in self.replicas:
             if r.probe is not None:
@@ -143,6 +150,7 @@ class Router:
                 st.in_flight -= 1
                 await self._notify()
             st.done += 1
+            st.done_since_up += 1
             st._recent.append(time.monotonic())
             return result
 
@@ -185,7 +193,7 @@ class Router:
             self._none_up_since = time.monotonic()
         r.probe = asyncio.create_task(self._probe(r, first=False))
 
-    async def _probe(self, r: Replica, first: bool) -> None:
+    async def _probe(self, r: Replica, first: bool, new: bool = False) -> None:
         """Ping until the replica answers (then it is up), or until Ray says it is gone for good."""
         import ray
 
@@ -208,9 +216,10 @@ class Router:
             except ray.exceptions.RayActorError:  # restarting: ask again shortly
                 pass
             else:
-                if not first:
+                if not first and not new:
                     r.stats.restarts += 1
                 r.stats.node = str(node)
+                r.stats.done_since_up = 0
                 r.set_state("up")
                 self._none_up_since = None
                 await self._notify()

@@ -1,6 +1,8 @@
 """`persd collect --tasks SRC --out DIR [options]`: the main job. Rerun the same command to resume."""
 from __future__ import annotations
 
+import contextlib
+
 from persd.config import runtime_fields_as_flags
 from persd.engine.aio import run_async
 from persd.engine.collect.backends import RUNTIME_FIELDS
@@ -15,7 +17,11 @@ def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     check_student_model(cfg)
     refuse_foreign(cfg.out, "collect")
-    # one lock per partition: machines sharing DIR (--num-shards) work side by side, a second copy is refused
-    with run_lock(cfg.out, "collect", CollectLayout(cfg.out).lock_name(cfg.partition)):
+    # partitions (--num-shards) share DIR/.lock and hold one lock each: machines sharing DIR work side by
+    # side, a second copy of a partition is refused, and so is a single-machine run while any partition runs
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(run_lock(cfg.out, "collect", shared=bool(cfg.partition)))
+        if cfg.partition:
+            locks.enter_context(run_lock(cfg.out, "collect", CollectLayout(cfg.out).lock_name(cfg.partition)))
         with runtime_fields_as_flags(RUNTIME_FIELDS):
             return run_async(Collector(cfg).run())
