@@ -16,6 +16,7 @@ BENCHES: dict[str, str] = {
     "timeouts": "persd.bench.timeouts",
     "report": "persd.bench.report",
     "vllm-startup": "persd.bench.vllm_startup",
+    "cluster": "persd.bench.cluster",
 }
 
 

@@ -103,6 +103,9 @@ def test_a_node_lost_mid_run_loses_nothing_and_pays_nothing_twice(scenario):
     restarted = [r for r in students if r["restarts"]]
     assert restarted and sum(r["resent"] for r in students) >= 2  # the lost node's requests were sent again
     assert all(r["done_since_up"] > 0 for r in restarted)  # ... and the restarted replica took work
+    page = scenario / "report.html"
+    assert _persd(["report", str(out), "--out", str(page)]).returncode == 0
+    assert "Ray replica utilisation" in page.read_text()
 
 
 @pytest.mark.slow

@@ -25,20 +25,20 @@ class RayFields:
     """The cluster options collect and eval share (none changes results: a replica runs the same backend)."""
 
     ray: str | None = opt("", help="run the student replicas and the sandboxes on a Ray cluster: auto joins the "
-                          "cluster this node belongs to, HOST:PORT a head node's address; --ray alone joins this "
+                          "cluster this node belongs to, HOST:PORT a head node's address; given alone, it joins this "
                           "machine's cluster or starts one (docs/cluster.md)", changes_results=False, nargs="?",
                           metavar="ADDRESS", group="ray cluster", shown="off: everything on this machine")
     ray_student_replicas: int = opt(0, help="student replicas on the cluster", changes_results=False,
                                     type=nonneg_int, group="ray cluster",
-                                    shown="vllm: the cluster's GPUs / --ray-student-gpus; else one per node")
+                                    shown="vllm: the cluster's GPUs / GPUs per replica; else one per node")
     ray_student_gpus: float | None = opt(None, help="GPUs per student replica", changes_results=False,
                                          type=nonneg_float, group="ray cluster",
-                                         shown="vllm: --tensor-parallel-size; else 0")
+                                         shown="vllm: its tensor parallel size; else 0")
     ray_student_cpus: float = opt(1.0, help="CPUs per student replica", changes_results=False, type=nonneg_float,
                                   group="ray cluster")
     ray_replica_in_flight: int = opt(0, help="student requests in flight per replica", changes_results=False,
                                      type=nonneg_int, group="ray cluster",
-                                     shown="--student-concurrency / replicas")
+                                     shown="the student concurrency / replicas")
     ray_wait: float = opt(60.0, help="seconds the run goes on with no student or sandbox replica up (Ray restarting "
                           "them) before it stops; rerun to resume", changes_results=False, type=positive_float,
                           group="ray cluster")

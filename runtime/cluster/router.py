@@ -141,7 +141,7 @@ class Router:
                 result = await getattr(r.handle, method).remote(*args)
             except ray.exceptions.RayTaskError as exc:  # the method itself raised: the caller's error
                 raise _cause(exc) from None
-            except ray.exceptions.RayActorError as exc:  # the actor (or its node) died under the call
+            except ray.exceptions.RayError as exc:  # the actor (or its node) died under the call, or cannot be placed
                 st.resent += 1
                 self._went_down(r, exc)
                 continue
@@ -188,10 +188,12 @@ class Router:
         if r.stats.state != "up":
             return
         log.warning("%s replica %s went down: %s", self.kind, r.stats.name, str(exc).splitlines()[0][:200])
-        r.set_state("down")
+        gone = _gone_for_good(exc)
+        r.set_state("dead" if gone else "down")
         if not self._any_up():
             self._none_up_since = time.monotonic()
-        r.probe = asyncio.create_task(self._probe(r, first=False))
+        if not gone:
+            r.probe = asyncio.create_task(self._probe(r, first=False))
 
     async def _probe(self, r: Replica, first: bool, new: bool = False) -> None:
         """Ping until the replica answers (then it is up), or until Ray says it is gone for good."""
@@ -206,14 +208,14 @@ class Router:
                     await self._notify()
                     return
                 log.warning("%s replica %s failed to restart: %s", self.kind, r.stats.name, exc)
-            except ray.exceptions.ActorDiedError as exc:
+            except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnschedulableError) as exc:
                 if first and self.start_error is None and "max_restarts" not in str(exc):
                     self.start_error = PersdError(f"a Ray {self.kind} replica died while starting: "
                                                   f"{str(exc).splitlines()[0][:300]}")
                 r.set_state("dead")
                 await self._notify()
                 return
-            except ray.exceptions.RayActorError:  # restarting: ask again shortly
+            except ray.exceptions.RayError:  # restarting: ask again shortly
                 pass
             else:
                 if not first and not new:
@@ -228,6 +230,14 @@ class Router:
 
     def rows(self) -> list[dict[str, Any]]:
         return [r.stats.row() for r in self.replicas]
+
+
+def _gone_for_good(exc: BaseException) -> bool:
+    """Ray will not bring this actor back: it is pinned to a node that is gone. (A died actor is probed:
+    the probe's answer says whether Ray restarts it.)"""
+    import ray
+
+    return isinstance(exc, ray.exceptions.ActorUnschedulableError)
 
 
 def _cause(exc: BaseException) -> BaseException:
