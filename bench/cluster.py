@@ -136,13 +136,16 @@ def partition_opener(teacher_url: str, capacity: int, latency: float, slow: bool
 
 
 def _config(tasks: Path, out: Path, capacity_total: int, *extra: str):
+    """16 equal shards, so 4 static partitions hold the same number of tasks each."""
     from persd.engine.collect.config import parse_args
+
+    n = sum(1 for _ in open(tasks, "rb"))
 
     return parse_args(["--tasks", str(tasks), "--out", str(out), "--student-backend", "openai", "--student-url",
                        "http://unused.invalid/v1", "--student-model", "scripted", "--teacher-url", "http://unused",
                        "--teacher-model", "bench-teacher", "--progress", "none", "--max-in-flight", "1024",
                        "--student-concurrency", str(capacity_total), "--teacher-max-in-flight", "256",
-                       "--shard-size", "100", *extra], environ={})
+                       "--shard-size", str(max(1, n // 16)), *extra], environ={})
 
 
 def _cpu() -> float:
@@ -169,7 +172,7 @@ async def run_ray(args, work: Path, name: str, nodes: int, n_tasks: int, slow: b
     from persd.runtime.cluster.local import LocalCluster
 
     tasks = write_tasks(work / f"{name}.jsonl", n_tasks)
-    cluster = await asyncio.to_thread(LocalCluster([{"num_cpus": 1} for _ in range(nodes)]).start)
+    cluster = LocalCluster([{"num_cpus": 1} for _ in range(nodes)]).start()  # Ray: in the main thread
     try:
         info = connect(cluster.address)
         slow_node = cluster.nodes[-1].node_id if slow else None
@@ -203,7 +206,7 @@ async def run_ray(args, work: Path, name: str, nodes: int, n_tasks: int, slow: b
                 "removed_after": removed, "replicas": snap.get("replicas", {}).get("student", [])}
     finally:
         ray.shutdown()
-        await asyncio.to_thread(cluster.shutdown)
+        cluster.shutdown()
 
 
 async def run_partitions(args, work: Path, n_tasks: int) -> dict:
