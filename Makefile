@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,ray]'
 	if command -v nvidia-smi >/dev/null 2>&1; then \
 	  $(PIP) -e '.[vllm]'; \
 	else \

@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "report": "persd.bench.report",
     "export": "persd.bench.export",
     "vllm-startup": "persd.bench.vllm_startup",
+    "cluster": "persd.bench.cluster",
 }
 
 

@@ -6,7 +6,8 @@
 The kernel drops the lock when its holder exits in any way (kill -9 included), so a crashed
 run never leaves a stale lock behind; the file itself stays (it holds only the last holder's
 pid and command, for the message a refused run prints). Partitions of one collect directory
-(--num-shards) take one lock each, so machines that share a directory keep working together.
+(--num-shards) share DIR/.lock and take one lock each besides, so machines that share a directory keep
+working together while a single-machine (or --ray) run of the same directory is refused, and the reverse.
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(out: Path | str, command: str, name: str = LOCK_NAME) -> Iterator[Path]:
-    """Hold DIR/name for the duration; refuse at once (exit 2) when another run holds it."""
+def run_lock(out: Path | str, command: str, name: str = LOCK_NAME, shared: bool = False) -> Iterator[Path]:
+    """Hold DIR/name for the duration; refuse at once (exit 2) when another run holds it. `shared`: runs
+    that work side by side (the partitions of one collect directory) share it, and exclude a run that
+    takes it alone (a single-machine or Ray run of the same directory)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
@@ -43,7 +46,7 @@ def run_lock(out: Path | str, command: str, name: str = LOCK_NAME) -> Iterator[P
         raise UsageError(f"--out {out}: cannot use it ({exc.strerror or exc})") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(f"{out} is in use by another run{_holder(path)}: wait for it to finish, or use "
                              f"another --out") from None
@@ -62,7 +65,7 @@ def is_locked(out: Path | str, name: str = LOCK_NAME) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while any run holds it, shared or alone
     except BlockingIOError:
         return True
     finally:

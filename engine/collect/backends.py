@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 
 from persd.engine.collect import standin
+from persd.engine.collect.cluster import open_cluster, sandbox_for, student_for
 from persd.engine.collect.config import CollectConfig
 from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.steps import Backends
@@ -69,25 +70,25 @@ async def open_backends(cfg: Any, labels: RunLabels | None, *, teacher: bool = T
     """The sandbox, the teacher (collect; eval passes teacher=False), the student, each unless given
     already open (eval's benchmarks pass theirs; `Collector(cfg, open_backends=...)` takes fakes in
     place of this function). `cfg` is a command's config with `student` and `sandbox` sections (collect's
-    or eval's). The student is opened from `student_cfg` where given (eval's), else from cfg's student
-    section; without a student model, collect's is the offline demo's tiny model."""
-    from persd.runtime.sandbox import Sandbox as SandboxPool
-    from persd.runtime.student import create_student
-
+    or eval's). With --ray the student is a set of replicas and the sandbox one actor per node
+    (engine/collect/cluster.py). The student is opened from `student_cfg` where given (eval's), else from
+    cfg's student section; without a student model, collect's is the offline demo's tiny model."""
     async with contextlib.AsyncExitStack() as stack:
+        cluster = await stack.enter_async_context(open_cluster(cfg))  # None without --ray
         if sandbox is None:
             sandbox = await stack.enter_async_context(
-                SandboxPool(replace(cfg.sandbox, per_core=workers_per_core(cfg.time_limits))))
+                sandbox_for(cluster, replace(cfg.sandbox, per_core=workers_per_core(cfg.time_limits))))
         chat = await stack.enter_async_context(open_teacher(cfg, labels)) if teacher else None
-        if student is None and student_cfg is not None:
-            student = await stack.enter_async_context(create_student(student_cfg))
         if student is None:
-            model_path = cfg.student.model
-            if not model_path:  # the offline demo
-                model_path = str(default_student_model(cfg))
-                labels.notes.append(f"student: the tiny random-weight local model at {model_path} "
-                                    f"({cfg.student.resolved_backend()} backend)")
-            student = await stack.enter_async_context(create_student(student_config(cfg, cfg.seed, model_path)))
+            scfg = student_cfg
+            if scfg is None:
+                model_path = cfg.student.model
+                if not model_path:  # the offline demo
+                    model_path = str(default_student_model(cfg))
+                    labels.notes.append(f"student: the tiny random-weight local model at {model_path} "
+                                        f"({cfg.student.resolved_backend()} backend)")
+                scfg = student_config(cfg, cfg.seed, model_path)
+            student = await stack.enter_async_context(student_for(cluster, scfg, cfg.student.max_concurrency))
         yield Backends(student=student, sandbox=sandbox, teacher=chat)
 
 

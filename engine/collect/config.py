@@ -27,6 +27,7 @@ from persd.config import (
     section,
     value_at,
 )
+from persd.engine.collect.cluster import RayFields
 from persd.engine.collect.layout import partition_name
 from persd.engine.rundirs.settings import describe_difference  # its older home
 from persd.engine.tasks import TaskSourceFields
@@ -190,7 +191,7 @@ class CollectTeacher(TeacherConfig):
 
 @old_names_as_attributes
 @dataclass
-class CollectConfig(TimeLimitFields, TaskSourceFields):
+class CollectConfig(TimeLimitFields, TaskSourceFields, RayFields):
     RENAMED: ClassVar[dict[str, str]] = {**STUDENT_RENAMED, **TEACHER_RENAMED, **SANDBOX_RENAMED}
 
     # input and output
@@ -321,6 +322,10 @@ class CollectConfig(TimeLimitFields, TaskSourceFields):
                 raise ConfigError("teacher.max_cost_usd", f"needs the price of {{teacher.model}} "
                                   f"{self.teacher.model!r}, which is not in the built-in table: give "
                                   f"{{teacher.price_in}} and {{teacher.price_out}} (USD per 1M tokens)")
+        self.check_ray()
+        if self.ray_address() and self.num_shards > 1:
+            raise ConfigError("ray", "one driver runs the whole task set on the cluster: drop --num-shards "
+                              "(static partitions are for clusters without Ray, docs/cluster.md)")
 
 
 COLLECT = Command(
@@ -328,7 +333,7 @@ COLLECT = Command(
     description="Personalised-distillation collection: student attempt -> sandbox -> teacher refinement -> "
                 "verified training records, written as sealed shards. Rerun the same command to resume.",
     preset_field="preset", preset_package="persd.engine.collect.presets",
-    groups=("input and output", "student", "teacher", "flow"))
+    groups=("input and output", "student", "teacher", "flow", "ray cluster"))
 
 
 def build_parser() -> argparse.ArgumentParser:

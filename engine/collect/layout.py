@@ -213,6 +213,7 @@ class CollectManifest:
     totals: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     failure_breaker: dict[str, Any] = field(default_factory=dict)  # threshold, streaks, failed requests by cause
+    cluster: dict[str, Any] | None = None  # --ray: the address, each replica's figures, utilisation per pool
     error: str | None = None
     updated_at: str | None = None
     version: int = MANIFEST_VERSION  # as read
@@ -221,7 +222,7 @@ class CollectManifest:
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         data["version"] = MANIFEST_VERSION  # written as the current version, whatever it was read as
-        for key in ("error", "updated_at"):
+        for key in ("cluster", "error", "updated_at"):
             if data[key] is None:
                 del data[key]
         return {**self.extra, **data}

@@ -63,7 +63,18 @@ def status_line(snap: dict) -> str:
         f" | sandbox {sandbox.get('per_s', 0):.1f}/s"
         f" | shards {snap.get('shards_sealed', 0)}/{snap.get('shards_total', 0)}"
         f" | ETA {_dur(snap.get('eta_s'))}"
+        + _replica_summary(snap)
     )
+
+
+def _replica_summary(snap: dict) -> str:
+    """--ray: per pool, replicas up of all, and each replica's done count and restarts."""
+    parts = []
+    for kind, rows in (snap.get("replicas") or {}).items():
+        up = sum(r["state"] == "up" for r in rows)
+        each = " ".join(f"{r['done']}" + (f"(r{r['restarts']})" if r["restarts"] else "") for r in rows)
+        parts.append(f"{kind} replicas {up}/{len(rows)} up, done {each}")
+    return "".join(f" | {p}" for p in parts)
 
 
 def live_table(snap: dict, title: str) -> Table:
@@ -90,7 +101,17 @@ def live_table(snap: dict, title: str) -> Table:
                   f"{sandbox.get('per_s', 0):.1f} executions/s, {sandbox.get('done', 0)} total" + _slots(sandbox))
     table.add_row("shards", f"{snap.get('shards_sealed', 0)}/{snap.get('shards_total', 0)} sealed, "
                   f"{snap.get('tasks_per_s', 0):.1f} tasks/s")
+    for rows in (snap.get("replicas") or {}).values():  # --ray: one row per replica
+        for r in rows:
+            table.add_row(f"  {r['name']}", replica_line(r))
     return table
+
+
+def replica_line(r: dict) -> str:
+    """One Ray replica: state, node, in flight of its bound, done, rate, restarts."""
+    return (f"{r['state']:<8} {r['in_flight']}/{r['bound']} in flight, {r['done']} done, {r['per_s']:.1f}/s, "
+            f"{r['restarts']} restart(s)" + (f", {r['resent']} resent" if r.get("resent") else "")
+            + (f"  [{r['node']}]" if r.get("node") else ""))
 
 
 def _teacher_queue(snap: dict) -> str:
@@ -195,6 +216,9 @@ def summary_table(snap: dict, out_dir: str, wall_s: float) -> Table:
     sandbox = snap.get("sandbox") or {}
     table.add_row("sandbox executions", str(sandbox.get("done", 0)))
     table.add_row("shards sealed", f"{snap.get('shards_sealed', 0)}/{snap.get('shards_total', 0)}")
+    for rows in (snap.get("replicas") or {}).values():
+        for r in rows:
+            table.add_row(f"{r['name']} (done, restarts)", f"{r['done']}, {r['restarts']}")
     table.add_row("wall time", f"{wall_s:.1f}s")
     return table
 

@@ -23,6 +23,7 @@ from typing import Any, AsyncContextManager, Callable
 
 import orjson
 from persd.engine.collect import manifest as mf
+from persd.engine.collect.cluster import replica_rows, utilisation
 from persd.engine.collect.config import CollectConfig
 from persd.engine.collect.flow import BackendFailure, Backends, Limits, TaskFlow
 from persd.engine.collect.layout import CollectLayout, CollectManifest
@@ -401,6 +402,7 @@ class Collector:
         flow = getattr(self, "flow", None)
         snap["failure_breaker"] = (flow.failures.report() if flow is not None
                                    else {"threshold": self.cfg.failure_breaker})
+        snap.update(replica_rows(self.backends))  # --ray: one row per student replica and sandbox actor
         return snap
 
     def manifest(self) -> CollectManifest:
@@ -454,6 +456,8 @@ class Collector:
             },
             notes=self.notes,
             failure_breaker=snap["failure_breaker"],
+            cluster=({"address": self.cfg.ray_address(), "replicas": snap["replicas"],
+                      "utilisation": utilisation(snap["replicas"])} if "replicas" in snap else None),
             error=None if self.fatal is None else str(self.fatal),
         )
         return CollectManifest.from_json(mf.scrub(manifest.to_json(), self.secrets))

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from persd import config
 from persd.config import Command, build, fingerprint, gather, nonneg_int, opt, positive_float, positive_int, section
+from persd.engine.collect.cluster import RayFields
 from persd.engine.collect.config import (
     PROGRESS_MODES,
     SANDBOX_RENAMED,
@@ -43,7 +44,7 @@ def _ks(v: str | list | tuple) -> tuple[int, ...]:
 
 @old_names_as_attributes
 @dataclass
-class EvalConfig(TimeLimitFields, TaskSourceFields):
+class EvalConfig(TimeLimitFields, TaskSourceFields, RayFields):
     RENAMED: ClassVar[dict[str, str]] = {**STUDENT_RENAMED, **SANDBOX_RENAMED}
 
     # tasks and output
@@ -134,6 +135,7 @@ class EvalConfig(TimeLimitFields, TaskSourceFields):
         if self.style == "paper" and self.student.chat:
             raise ConfigError("student.chat", "the paper style (the paper-* protocols) drives a base model: "
                               "leave out {student.chat}")
+        self.check_ray()
 
 
 def _refine_alias(p: argparse.ArgumentParser) -> None:
@@ -144,7 +146,7 @@ def _refine_alias(p: argparse.ArgumentParser) -> None:
 EVAL = Command(EvalConfig, "eval", description="pass@k of a student on HumanEval, MBPP or any task file, with "
                "optional refine-inference. Writes DIR/results.jsonl and DIR/summary.json; rerun to resume.",
                preset_field="protocol", preset_package="persd.engine.evaluation.presets", extra=_refine_alias,
-               groups=("tasks and output", "student", "sampling and scoring", "flow"))
+               groups=("tasks and output", "student", "sampling and scoring", "flow", "ray cluster"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,7 +66,8 @@ class Builder:
         figs = self.figs(a, {"share": ("outcomes", plots.outcome_share(s)), "funnel": ("funnel", plots.funnel(s)),
                              "turns": ("outcome per teacher turn", plots.turns(s)),
                              "errors": ("error kinds", plots.error_kinds(s)),
-                             "time": ("tokens, cost, rate limits and throughput over time", plots.over_time(s))})
+                             "time": ("tokens, cost, rate limits and throughput over time", plots.over_time(s)),
+                             "replicas": ("Ray replicas", plots.replicas(s))})
         self.sections.append(Section(a, "collect", f"collect: {label}", page.collect_body(s, figs),
                                      list(figs.values())))
         total = {o: s.outcomes[o] for o in OUTCOME_ORDER}

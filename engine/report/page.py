@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from persd.engine.collect.cluster import utilisation
 from persd.engine.failures import CAUSES
 from persd.engine.report.collect import OUTCOME_ORDER, CollectSummary, error_kind
 from persd.engine.report.evalrun import EvalSummary
@@ -166,11 +167,16 @@ def collect_body(s: CollectSummary, figs: dict[str, Figure]) -> str:
         ("teacher finish reasons", Raw(esc(_pairs(t.get("finish_reasons"))))),
         ("wall time (s, last run)", s.metrics.get("wall_s")),
     ]
+    if s.metrics.get("replicas"):  # --ray: how full the cluster's replicas were kept
+        use = utilisation(s.metrics["replicas"])
+        rows.append(("Ray replica utilisation", Raw(esc(", ".join(f"{k} {pct(v)}" for k, v in use.items())))))
     side = "".join(img(figs[k]) for k in ("share", "funnel") if k in figs)
     out = [f'<div class="top"><div>{kv_table(rows)}</div><div>{side}</div></div>', notes(s.notes)]
     out.append('<div class="figs">' + "".join(img(figs[k]) for k in ("turns", "errors") if k in figs) + "</div>")
     if "time" in figs:
         out.append(img(figs["time"]))
+    if "replicas" in figs:
+        out.append(img(figs["replicas"]))
     if s.error_kinds:
         out.append(table(["error kind (student attempts)", "tasks"],
                          [[k, v] for k, v in s.error_kinds.most_common(20)]))

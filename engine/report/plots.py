@@ -66,6 +66,19 @@ def funnel(s: CollectSummary) -> bytes | None:
     return png(fig)
 
 
+def replicas(s: CollectSummary) -> bytes | None:
+    """--ray: each replica's utilisation (request slots kept busy over slots offered while up), in percent."""
+    rows = [r for pool in (s.metrics.get("replicas") or {}).values() for r in pool]
+    if not rows:
+        return None
+    labels = [f"{r['name']} ({r['done']:,} done, {r['restarts']} restarts)" for r in rows]
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 0.9))
+    _barh(ax, labels, [100 * r.get("utilisation", 0.0) for r in rows],
+          ["#1565c0" if r["name"].startswith("student") else "#2e7d32" for r in rows])
+    ax.set_title("Ray replicas: utilisation (% of their request slots busy while up)")
+    return png(fig)
+
+
 def turns(s: CollectSummary) -> bytes | None:
     if not s.turns:
         return None
