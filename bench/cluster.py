@@ -141,10 +141,10 @@ def _config(tasks: Path, out: Path, capacity_total: int, *extra: str):
 
     n = sum(1 for _ in open(tasks, "rb"))
 
-    return parse_args(["--tasks", str(tasks), "--out", str(out), "--student-backend", "openai", "--student-url",
-                       "http://unused.invalid/v1", "--student-model", "scripted", "--teacher-url", "http://unused",
-                       "--teacher-model", "bench-teacher", "--progress", "none", "--max-in-flight", "1024",
-                       "--student-concurrency", str(capacity_total), "--teacher-max-in-flight", "256",
+    return parse_args(["--tasks", str(tasks), "--out", str(out), "--student.backend", "openai", "--student.url",
+                       "http://unused.invalid/v1", "--student.model", "scripted", "--teacher.base-url", "http://unused",
+                       "--teacher.model", "bench-teacher", "--progress", "none", "--max-in-flight", "1024",
+                       "--student.max-concurrency", str(capacity_total), "--teacher.max-in-flight", "256",
                        "--shard-size", str(max(1, n // 16)), *extra], environ={})
 
 
