@@ -102,7 +102,7 @@ def ray_opener(info, teacher_url: str, nodes: int, capacity: int, latency: float
         from persd.runtime.sandbox import SandboxConfig
 
         make = _Factory(capacity, latency, slow_node)  # picklable by reference: the replicas import this module
-        sandbox = RaySandbox(SandboxConfig(timeout_s=cfg.exec_timeout, per_core=2), SandboxSpec(), info)
+        sandbox = RaySandbox(SandboxConfig(timeout_s=cfg.sandbox.timeout_s, per_core=2), SandboxSpec(), info)
         student = RayStudent(None, ReplicaSpec(replicas=nodes, cpus=1, in_flight=capacity), info,
                              nodes * capacity, make=make)
         async with sandbox, _teacher(cfg, teacher_url) as teacher, student:
@@ -125,7 +125,7 @@ def partition_opener(teacher_url: str, capacity: int, latency: float, slow: bool
         from persd.engine.collect.flow import Backends
         from persd.runtime.sandbox import Sandbox, SandboxConfig
 
-        async with Sandbox(SandboxConfig(workers=2, timeout_s=cfg.exec_timeout)) as sandbox, \
+        async with Sandbox(SandboxConfig(workers=2, timeout_s=cfg.sandbox.timeout_s)) as sandbox, \
                 _teacher(cfg, teacher_url) as teacher, _Factory(capacity, latency, None, slow)() as student:
             yield Backends(student=student, sandbox=sandbox, teacher=teacher)
 

@@ -72,7 +72,7 @@ def replica_spec(cfg: Any) -> Any:
     backend = cfg.resolved_student_backend()
     gpus = cfg.ray_student_gpus
     if gpus is None:
-        gpus = float(cfg.tensor_parallel_size) if backend == "vllm" else 0.0
+        gpus = float(cfg.student.tensor_parallel_size) if backend == "vllm" else 0.0
     return ReplicaSpec(replicas=cfg.ray_student_replicas, cpus=cfg.ray_student_cpus, gpus=gpus,
                        in_flight=cfg.ray_replica_in_flight, wait_s=cfg.ray_wait)
 
@@ -99,7 +99,7 @@ async def open_cluster(cfg: Any) -> AsyncIterator[Cluster | None]:
         except ClusterError as exc:
             flag = "--ray-student-gpus" if spec.gpus > 0 and info.gpus < spec.gpus else "--ray-student-cpus"
             raise UsageError(f"{flag}: {exc}") from None
-        cluster = Cluster(address, info, spec, SandboxSpec(workers=cfg.sandbox_workers, wait_s=cfg.ray_wait))
+        cluster = Cluster(address, info, spec, SandboxSpec(workers=cfg.sandbox.workers, wait_s=cfg.ray_wait))
         print(f"persd: {info.describe()}: {spec.count(info)} student replica(s) of {spec.cpus:g} CPU and "
               f"{spec.gpus:g} GPU each", file=sys.stderr, flush=True)
         yield cluster

@@ -84,7 +84,7 @@ class FlowVariant:
 
     def program(self, run: TaskRun, text: str | None) -> str:
         """The program one of the student's texts stands for (None: the student gave no text)."""
-        return "" if text is None else extract(run.task, text, self.cfg.student_chat)
+        return "" if text is None else extract(run.task, text, self.cfg.student.chat)
 
     async def check(self, run: TaskRun, program: str) -> Verdict:
         return Verdict.of(await self.steps.execute(run.task, run.task.program(program), run.tally))

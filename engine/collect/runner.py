@@ -75,7 +75,7 @@ def plan_collect(cfg: CollectConfig) -> CollectPlan:
 
 def _sandbox_workers(backends: Backends, cfg: CollectConfig) -> int:
     workers = getattr(getattr(backends.sandbox, "config", None), "worker_count", None)
-    return workers() if callable(workers) else (cfg.sandbox_workers or 1)
+    return workers() if callable(workers) else (cfg.sandbox.workers or 1)
 
 
 class Collector:
@@ -107,8 +107,8 @@ class Collector:
         self.work_started: float | None = None
         self._had_manifest = False
         self.work_ended: float | None = None
-        self.student_label = cfg.student_model or "tiny-local"
-        self.teacher_label = cfg.teacher_model if cfg.teacher_url else "offline-stand-in"
+        self.student_label = cfg.student.model or "tiny-local"
+        self.teacher_label = cfg.teacher.model if cfg.teacher.base_url else "offline-stand-in"
 
     # ------------------------------------------------------------------ run
 
@@ -396,9 +396,9 @@ class Collector:
 
     def snapshot(self) -> dict:
         teacher = self.backends.teacher if self.backends else None
-        snap = self.stats.snapshot(self.limits, teacher, self.cfg.max_cost)
-        if self.cfg.price_in is not None and "teacher" in snap:  # --price-in/--price-out: say which prices
-            snap["teacher"]["price_per_1m_usd"] = [self.cfg.price_in, self.cfg.price_out]
+        snap = self.stats.snapshot(self.limits, teacher, self.cfg.teacher.max_cost_usd)
+        if self.cfg.teacher.price_in is not None and "teacher" in snap:  # --price-in/--price-out: say which prices
+            snap["teacher"]["price_per_1m_usd"] = [self.cfg.teacher.price_in, self.cfg.teacher.price_out]
         flow = getattr(self, "flow", None)
         snap["failure_breaker"] = (flow.failures.report() if flow is not None
                                    else {"threshold": self.cfg.failure_breaker})
@@ -439,8 +439,8 @@ class Collector:
             partition={"index": self.cfg.shard_index, "count": self.cfg.num_shards},
             shard_size=self.cfg.shard_size,
             student={"model": self.student_label, "backend": self.cfg.resolved_student_backend()},
-            teacher={"model": self.teacher_label, "url": self.cfg.teacher_url,
-                     "offline_stand_in": self.cfg.standin_teacher, **self._adapted_parameters()},
+            teacher={"model": self.teacher_label, "url": self.cfg.teacher.base_url,
+                     "offline_stand_in": self.cfg.teacher.standin, **self._adapted_parameters()},
             shards=shards,
             totals={
                 "tasks": self.stats.total,

@@ -57,9 +57,9 @@ class Limits:
     @classmethod
     def from_config(cls, cfg: CollectConfig, sandbox_workers: int) -> "Limits":
         return cls(
-            student=Limiter("student", cfg.student_concurrency),
+            student=Limiter("student", cfg.student.max_concurrency),
             sandbox=Limiter("sandbox", max(1, sandbox_workers)),
-            teacher=Limiter("teacher", cfg.teacher_max_in_flight),
+            teacher=Limiter("teacher", cfg.teacher.max_in_flight),
         )
 
 

@@ -16,7 +16,7 @@ def student_request(task: Task, cfg: CollectConfig, seed: int | None):
 
     params = SamplingParams(n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_tokens=cfg.max_tokens, seed=seed, top_k=cfg.top_k)
-    return _prompts.student_request(task, params, cfg.student_chat)
+    return _prompts.student_request(task, params, cfg.student.chat)
 
 
 def extract(task: Task, completion: str, chat: bool) -> str:

@@ -221,7 +221,7 @@ class Evaluator:
         repaired = {"repaired": gen["repaired"]} if gen.get("repaired") else {}
         if self.cfg.style == "paper":
             return dict(await self._score_paper(task, step, gen, prev, base), **repaired)
-        code = extract_program(task, gen["completion"], self.cfg.student_chat)
+        code = extract_program(task, gen["completion"], self.cfg.student.chat)
         check_visible = step < self.steps and bool(task.visible_tests.strip())
         runs = [self._run(task, task.program(code))]
         if check_visible:

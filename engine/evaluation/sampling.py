@@ -42,7 +42,7 @@ def direct_request(task: Task, cfg: "EvalConfig", samples: list[int]) -> "Studen
         from persd.engine.paper import evaluation as paper
 
         return paper.direct_request(task, params, task.task_id)
-    return prompts.student_request(task, params, cfg.student_chat)
+    return prompts.student_request(task, params, cfg.student.chat)
 
 
 def refine_prompt(task: Task, attempt: str, feedback: str) -> str:
@@ -59,7 +59,7 @@ def refine_request(task: Task, cfg: "EvalConfig", sample: int, step: int, attemp
 
         return paper.refine_request(task, params, attempt, feedback, f"{task.task_id}#{sample}/{step}")
     text = refine_prompt(task, attempt, feedback)
-    if cfg.student_chat:
+    if cfg.student.chat:
         messages = [{"role": "system", "content": prompts.SYSTEM},
                     {"role": "user", "content": f"{text.rstrip()}\n\n{prompts.ANSWER}"}]
         return StudentRequest(messages=messages, params=params, request_id=f"{task.task_id}#{sample}/{step}")

@@ -65,12 +65,12 @@ class PaperVariant(FlowVariant):
                                                                        self.cfg.student.model))
 
     async def check(self, run: TaskRun, program: str) -> Verdict:
-        verdict = await checker.check_alpaca(self._runner(run), program, run.tests or [], self.cfg.exec_timeout)
+        verdict = await checker.check_alpaca(self._runner(run), program, run.tests or [], self.cfg.sandbox.timeout_s)
         return Verdict("passed" if verdict.passed else "failed", verdict.error)
 
     def refine_messages(self, run: TaskRun, code: str, verdict: Verdict) -> list[dict]:
         gold = prompts.gold(run.task)
-        context = gold if (self.cfg.teacher_context or "gold") == "gold" and gold else None
+        context = gold if (self.cfg.teacher.context or "gold") == "gold" and gold else None
         return self.steps.fit(lambda c, e: prompts.teacher_messages(run.prompt, c, e, context),
                               [code, verdict.feedback], run.tally)
 
@@ -117,5 +117,5 @@ class PaperVariant(FlowVariant):
         resp = await self.steps.teach(prompts.unittest_messages(prompts.raw(task, "instruction", task.instruction),
                                                                 code), run.tally)
         tests = await checker.expected_outputs(self._runner(run), code, entry, resp.texts[0] if resp.texts else "",
-                                               self.cfg.exec_timeout)
+                                               self.cfg.sandbox.timeout_s)
         return tests, "" if tests else "none of the teacher's proposed inputs ran on the reference solution"
