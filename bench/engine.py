@@ -1,8 +1,8 @@
 """`persd bench engine`: is collect as fast as its slowest resource, and what does it cost by itself?
 
 1. Capacity run. Backends of known capacity: a student server answering each request after
-   `--student-latency` seconds with at most `--student.max-concurrency` requests at once, a teacher
-   server enforcing `--teacher.rpm` (the client paces at the same RPM), and the real sandbox. The same
+   `--student-latency` seconds with at most `--student-concurrency` requests at once, a teacher
+   server enforcing `--rpm` (the client paces at the same RPM), and the real sandbox. The same
    work is done twice: by `persd collect` (one streaming engine) and phase by phase (all student
    attempts, then all executions, then all teacher calls, then all verifications, as the
    reference implementation does). Both are compared with the theoretical bound: the slowest
@@ -240,8 +240,8 @@ def main(argv: list[str]) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=240, help="tasks in the capacity run (default 240)")
     p.add_argument("--student-latency", type=float, default=0.25, help="seconds per student request (default 0.25)")
-    p.add_argument("--student.max-concurrency", type=int, default=8, help="student requests at once (default 8)")
-    p.add_argument("--teacher.rpm", type=float, default=0,
+    p.add_argument("--student-concurrency", type=int, default=8, help="student requests at once (default 8)")
+    p.add_argument("--rpm", type=float, default=0,
                    help="teacher RPM (default: so the teacher's time equals the student's)")
     p.add_argument("--window", type=float, default=1.0, help="the teacher server's limit window in seconds (default 1)")
     p.add_argument("--workers", type=int, default=0, help="sandbox workers (default: one per core)")

@@ -1,4 +1,4 @@
-"""`persd collect` and `persd eval` with --student-backend vllm, through the command line, at the default
+"""`persd collect` and `persd eval` with --student.backend vllm, through the command line, at the default
 memory settings (persd sizes vLLM's CPU KV cache), with an impossible memory setting, and on Ctrl-C.
 
 Each run carries a unique marker in its environment; a thread watches /proc while it runs, noting
@@ -108,7 +108,7 @@ def tasks(tmp_path_factory) -> Path:
 
 
 def student(model: Path) -> list[str]:
-    return ["--student-backend", "vllm", "--student-model", str(model), "--progress", "none", "--sandbox-workers", "1"]
+    return ["--student.backend", "vllm", "--student.model", str(model), "--progress", "none", "--sandbox.workers", "1"]
 
 
 def test_collect_at_default_memory_settings(tmp_path, tasks, tiny_model_dir):
@@ -137,16 +137,17 @@ def test_eval_at_default_memory_settings(tmp_path, tasks, tiny_model_dir):
 
 
 def test_a_kv_cache_too_small_for_one_sequence_is_a_usage_error(tmp_path, tasks, tiny_model_dir):
-    # 0.0001 GiB holds about 400 tokens of the tiny model; --max-model-len 2048 needs one whole sequence.
+    # 0.0001 GiB holds about 400 tokens of the tiny model; --student.max-model-len 2048 needs one whole sequence.
     # persd cannot know vLLM's block rounding, so vLLM starts and refuses: its root cause, one flag, exit 2.
     out = tmp_path / "small"
     rc, _, err, watch = run(["collect", "--tasks", str(tasks), "--out", str(out), "--max-tokens", "16",
-                             "--kv-cache-gib", "0.0001", "--max-model-len", "2048", *student(tiny_model_dir)])
+                             "--student.kv-cache-gib", "0.0001", "--student.max-model-len", "2048",
+                             *student(tiny_model_dir)])
     assert rc == 2, err
     lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert lines[0].startswith("persd: error: --kv-cache-gib: vLLM could not start the student"), err
+    assert lines[0].startswith("persd: error: --student.kv-cache-gib: vLLM could not start the student"), err
     assert len(lines) <= 2, err
-    assert "--kv-cache-gib" in err and str(out / "work" / "vllm.log") in err
+    assert "--student.kv-cache-gib" in err and str(out / "work" / "vllm.log") in err
     assert "rerun" not in err and "Traceback" not in err
     assert "Traceback" in (out / "work" / "vllm.log").read_text()  # the details are kept for whoever wants them
     watch.assert_clean()
@@ -154,10 +155,10 @@ def test_a_kv_cache_too_small_for_one_sequence_is_a_usage_error(tmp_path, tasks,
 
 def test_a_kv_cache_larger_than_the_machine_fails_before_vllm_starts(tmp_path, tasks, tiny_model_dir):
     out = tmp_path / "huge"
-    rc, _, err, watch = run(["collect", "--tasks", str(tasks), "--out", str(out), "--kv-cache-gib", "100000",
+    rc, _, err, watch = run(["collect", "--tasks", str(tasks), "--out", str(out), "--student.kv-cache-gib", "100000",
                              *student(tiny_model_dir)])
     assert rc == 2, err
-    assert err.startswith("persd: error: --kv-cache-gib: 100000: NUMA node") and err.count("\n") == 1, err
+    assert err.startswith("persd: error: --student.kv-cache-gib: 100000: NUMA node") and err.count("\n") == 1, err
     assert "rerun" not in err
     watch.assert_clean(saw_engine=False)
 
@@ -215,7 +216,8 @@ def test_ctrl_c_while_vllm_starts_stops_everything(tmp_path, tasks, tiny_model_d
 
 def test_settings_vllm_refuses_name_the_flag(tmp_path, tasks, tiny_model_dir):
     rc, _, err, watch = run(["collect", "--tasks", str(tasks), "--out", str(tmp_path / "long"),
-                             "--max-model-len", "99999", *student(tiny_model_dir)])
-    assert rc == 2 and err.startswith("persd: error: --max-model-len: vLLM refused") and err.count("\n") == 1, err
+                             "--student.max-model-len", "99999", *student(tiny_model_dir)])
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith("persd: error: --student.max-model-len: vLLM refused"), err
     assert "99999" in err and "rerun" not in err
     watch.assert_clean(saw_engine=False)
