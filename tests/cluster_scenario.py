@@ -99,9 +99,14 @@ class CountingTeacher:
 
 
 async def persd(*args: str) -> tuple[int, str]:
+    """A persd command's exit code and output; one still running after WAIT_S is killed (exit -9: a hang)."""
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "persd", *args, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), WAIT_S)
+    except asyncio.TimeoutError:
+        proc.kill()
+        out, _ = await proc.communicate()
     return proc.returncode, out.decode(errors="replace")
 
 
@@ -183,6 +188,24 @@ async def main(work: Path, tiny: str) -> dict:
             await proc.wait()
             await student.open()
             report["killed_rerun"] = await persd(*args)
+
+            # 6. every worker node lost with requests in flight: the run stops once no replica has been up for
+            # --ray-wait (exit 1, saying how to resume); with a node back, the same command finishes the work
+            out = work / "all-lost"
+            args = ["collect", *scripted, "--out", str(out), "--ray", addr, "--ray-wait", "3"]
+            mark = len(teacher_answers.requests)
+            student.close_after(4)
+            run = asyncio.create_task(persd(*args))
+            await student.wait_held(2 * PER_REPLICA)
+            for i in cluster.live_workers():
+                cluster.remove_worker(i)
+            report["all_lost"] = await run
+            report["done_when_all_lost"] = done_in_journal(out)
+            cluster.add_worker({"num_cpus": 1})
+            await asyncio.to_thread(cluster.wait_for_nodes, WAIT_S)  # Ray has declared the lost nodes dead
+            await student.open()
+            report["all_lost_rerun"] = await persd(*args)
+            report["teacher_all_lost"] = teacher_answers.requests[mark:]
         finally:
             cluster.shutdown()
     return report

@@ -118,6 +118,22 @@ def test_kill_9_of_the_driver_then_rerun_resumes_exactly(scenario):
     assert len(ids) == len(set(ids)) == 16
 
 
+@pytest.mark.slow
+def test_every_node_lost_stops_the_run_saying_how_to_resume_and_the_rerun_finishes(scenario):
+    rep = _report(scenario)
+    rc, text = rep["all_lost"]
+    assert rc == 1, (rc, text[-3000:])  # not a hang (killed: -9), not a finished run
+    assert "no Ray student replica has been up for 3 s" in text or "no Ray sandbox replica has been up" in text, text
+    assert "rerun the same command to resume" in text and "Traceback" not in text
+    assert rep["all_lost_rerun"][0] == 0, rep["all_lost_rerun"][1][-3000:]
+    out = scenario / "all-lost"
+    assert _records(out) == _records(scenario / "scripted-local")
+    ids = [r["task_id"] for r in _results(out)]
+    assert len(ids) == len(set(ids)) == 16 and rep["done_when_all_lost"] < 16
+    teacher = rep["teacher_all_lost"]
+    assert len(teacher) == len(set(teacher))  # no refinement paid twice across the stop and the rerun
+
+
 # ------------------------------------------------------------------ bad input: no cluster needed
 
 

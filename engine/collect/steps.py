@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from persd.engine import context_fit
 from persd.engine.collect.guard import guard
@@ -140,16 +140,17 @@ class Steps:
     async def execute(self, task: Task, program: str, tally: Tally | None = None) -> ExecResult:
         """A whole program of `task`'s in the sandbox, under the task's time limit."""
         if self.time_limits is not None:
-            return await self._in_sandbox(self.time_limits.run(task, program), tally)
-        return await self._in_sandbox(self.b.sandbox.run(program, timeout=self.exec_timeout), tally)
+            return await self._in_sandbox(lambda: self.time_limits.run(task, program), tally)
+        return await self._in_sandbox(lambda: self.b.sandbox.run(program, timeout=self.exec_timeout), tally)
 
     async def run(self, program: str, timeout: float, tally: Tally | None = None) -> ExecResult:
         """A program under a wall-clock limit of its own (paper mode's checker)."""
-        return await self._in_sandbox(self.b.sandbox.run(program, timeout=timeout), tally)
+        return await self._in_sandbox(lambda: self.b.sandbox.run(program, timeout=timeout), tally)
 
-    async def _in_sandbox(self, execution, tally: Tally | None):
+    async def _in_sandbox(self, execution: Callable[[], Awaitable[ExecResult]], tally: Tally | None) -> ExecResult:
+        # a callable, not a coroutine: a run stopped while this waits for a sandbox slot leaves none unawaited
         async with self._timed("sandbox"), guard("sandbox"):
-            result = await execution
+            result = await execution()
         if tally is not None:
             tally.executions += 1
         return result

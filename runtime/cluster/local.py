@@ -33,6 +33,7 @@ class LocalCluster:
         self.store_mb = store_mb
         self.cluster: Any = None
         self.nodes: list[Any] = []
+        self.removed: set[int] = set()
 
     @property
     def address(self) -> str:
@@ -59,6 +60,16 @@ class LocalCluster:
     def remove_worker(self, index: int) -> None:
         """Kill worker `index`'s raylet and everything on it (a node lost mid-run)."""
         self.cluster.remove_node(self.nodes[index], allow_graceful=False)
+        self.removed.add(index)
+
+    def wait_for_nodes(self, timeout_s: float = 120.0) -> None:
+        """Until Ray's node table lists exactly the nodes not removed (a removed node is declared dead once
+        it misses its health checks)."""
+        self.cluster.wait_for_nodes(timeout_s)
+
+    def live_workers(self) -> list[int]:
+        """The indices of the worker nodes not removed."""
+        return [i for i in range(len(self.nodes)) if i not in self.removed]
 
     def shutdown(self) -> None:
         if self.cluster is not None:

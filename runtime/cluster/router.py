@@ -89,43 +89,49 @@ class Router:
         self.kind = kind
         self.replicas = replicas
         self.wait_s = wait_s
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()  # set (and replaced) on every change of state; see _wait_change
         self._none_up_since: float | None = time.monotonic()
         self.start_error: BaseException | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, wait_all_s: float) -> None:
-        """Ping every replica (each loads its backend on its first ping); return once all are up, or once
-        `wait_all_s` passed with at least one up (the others join when they answer). A replica whose
+        """Ping every replica (each loads its backend on its first ping); return once all are up (or gone
+        with their node), or once `wait_all_s` passed with at least one up (the others join when they answer). A replica whose
         start raises an error of its own (a wrong model path) fails the start with that error."""
         for r in self.replicas:
             r.probe = asyncio.create_task(self._probe(r, first=True))
         deadline = time.monotonic() + wait_all_s
-        async with self._changed:
-            while True:
-                if self.start_error is not None:
-                    raise self.start_error
-                up = sum(r.stats.state == "up" for r in self.replicas)
-                left = deadline - time.monotonic()
-                if up == len(self.replicas) or (up and left <= 0):
-                    return
-                if left <= 0 and not up:
-                    raise NoReplicaLeft(f"no Ray {self.kind} replica started within {wait_all_s:g} s (the cluster "
-                                        f"may lack the resources asked for each: see `ray status`)")
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), max(0.05, left))
+        while True:
+            if self.start_error is not None:
+                raise self.start_error
+            up = sum(r.stats.state == "up" for r in self.replicas)
+            dead = sum(r.stats.state == "dead" for r in self.replicas)
+            left = deadline - time.monotonic()
+            if up and (up + dead == len(self.replicas) or left <= 0):
+                return
+            if dead == len(self.replicas):
+                raise NoReplicaLeft(f"no Ray {self.kind} replica could start: the node(s) each was placed on are "
+                                    f"gone (see `ray status`)")
+            if left <= 0 and not up:
+                raise NoReplicaLeft(f"no Ray {self.kind} replica started within {wait_all_s:g} s (the cluster "
+                                    f"may lack the resources asked for each: see `ray status`)")
+            await self._wait_change(max(0.05, left))
 
     def add(self, replica: Replica) -> None:
         """A replica started mid-run (a node joined): it takes work once it answers its first ping."""
         self.replicas.append(replica)
-        replica.probe = asyncio.create_task(self._probe(replica, first=False, new=True))
+        if not self._closed:
+            replica.probe = asyncio.create_task(self._probe(replica, first=False, new=True))
 
     async def close(self) -> None:
-        for r in self.replicas:
-            if r.probe is not None:
-                r.probe.cancel()
-        await asyncio.gather(*(r.probe for r in self.replicas if r.probe), return_exceptions=True)
+        """Stop every probe; a call failing after this starts none (the run is ending)."""
+        self._closed = True
+        probes = [r.probe for r in self.replicas if r.probe is not None and not r.probe.done()]
+        for p in probes:
+            p.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
 
     # ------------------------------------------------------------------ calls
 
@@ -142,34 +148,33 @@ class Router:
             except ray.exceptions.RayTaskError as exc:  # the method itself raised: the caller's error
                 raise _cause(exc) from None
             except ray.exceptions.RayError as exc:  # the actor (or its node) died under the call, or cannot be placed
+                _raise_if_cancelled()
                 st.resent += 1
                 self._went_down(r, exc)
                 continue
             finally:
                 st._advance()
                 st.in_flight -= 1
-                await self._notify()
+                self._notify()
             st.done += 1
             st.done_since_up += 1
             st._recent.append(time.monotonic())
             return result
 
     async def _pick(self) -> Replica:
-        async with self._changed:
-            while True:
-                up = [r for r in self.replicas if r.stats.state == "up"]
-                free = [r for r in up if r.stats.in_flight < r.stats.bound]
-                if free:
-                    return min(free, key=lambda r: (r.stats.in_flight / r.stats.bound, r.stats.in_flight))
-                if up:
-                    await self._changed.wait()
-                    continue
-                since = self._none_up_since or time.monotonic()
-                left = self.wait_s - (time.monotonic() - since)
-                if left <= 0:
-                    raise NoReplicaLeft(self._lost_message())
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), left)
+        while True:
+            up = [r for r in self.replicas if r.stats.state == "up"]
+            free = [r for r in up if r.stats.in_flight < r.stats.bound]
+            if free:
+                return min(free, key=lambda r: (r.stats.in_flight / r.stats.bound, r.stats.in_flight))
+            if up:
+                await self._wait_change(None)
+                continue
+            since = self._none_up_since or time.monotonic()
+            left = self.wait_s - (time.monotonic() - since)
+            if left <= 0:
+                raise NoReplicaLeft(self._lost_message())
+            await self._wait_change(left)
 
     def _lost_message(self) -> str:
         dead = sum(r.stats.state == "dead" for r in self.replicas)
@@ -177,9 +182,20 @@ class Router:
         return (f"no Ray {self.kind} replica has been up for {self.wait_s:g} s ({down} waiting for Ray to restart "
                 f"them where the cluster has room, {dead} gone for good)")
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _wait_change(self, timeout: float | None) -> None:
+        """Until the next change of state, or `timeout` seconds. An event per change, not a Condition: the
+        loop is the only thread, so nothing changes between a check and this wait, and a waiter cancelled
+        here has no lock to take back (Python 3.11's Condition.wait can hang a cancelled waiter on it)."""
+        changed = self._changed
+        if timeout is None:
+            await changed.wait()
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
 
     def _any_up(self) -> bool:
         return any(r.stats.state == "up" for r in self.replicas)
@@ -192,31 +208,36 @@ class Router:
         r.set_state("dead" if gone else "down")
         if not self._any_up():
             self._none_up_since = time.monotonic()
-        if not gone:
+        if not gone and not self._closed:
             r.probe = asyncio.create_task(self._probe(r, first=False))
 
     async def _probe(self, r: Replica, first: bool, new: bool = False) -> None:
         """Ping until the replica answers (then it is up), or until Ray says it is gone for good."""
         import ray
 
-        while True:
+        while not self._closed:
             try:
                 node = await r.handle.ping.remote()
             except ray.exceptions.RayTaskError as exc:  # its backend would not start
+                _raise_if_cancelled()
                 if first and self.start_error is None:
                     self.start_error = _cause(exc)
-                    await self._notify()
+                    self._notify()
                     return
                 log.warning("%s replica %s failed to restart: %s", self.kind, r.stats.name, exc)
-            except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnschedulableError) as exc:
+            except ray.exceptions.ActorUnschedulableError:  # pinned to a node that is gone: the others serve
+                r.set_state("dead")
+                self._notify()
+                return
+            except ray.exceptions.ActorDiedError as exc:
                 if first and self.start_error is None and "max_restarts" not in str(exc):
                     self.start_error = PersdError(f"a Ray {self.kind} replica died while starting: "
                                                   f"{str(exc).splitlines()[0][:300]}")
                 r.set_state("dead")
-                await self._notify()
+                self._notify()
                 return
             except ray.exceptions.RayError:  # restarting: ask again shortly
-                pass
+                _raise_if_cancelled()
             else:
                 if not first and not new:
                     r.stats.restarts += 1
@@ -224,12 +245,20 @@ class Router:
                 r.stats.done_since_up = 0
                 r.set_state("up")
                 self._none_up_since = None
-                await self._notify()
+                self._notify()
                 return
             await asyncio.sleep(PROBE_EVERY_S)
 
     def rows(self) -> list[dict[str, Any]]:
         return [r.stats.row() for r in self.replicas]
+
+
+def _raise_if_cancelled() -> None:
+    """Ray may report a cancelled await of an actor call as one of its own errors (the call was cancelled):
+    a task asked to stop stops, rather than taking it for a replica gone down and trying again forever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _gone_for_good(exc: BaseException) -> bool:
