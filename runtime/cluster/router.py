@@ -98,8 +98,9 @@ class Router:
 
     async def start(self, wait_all_s: float) -> None:
         """Ping every replica (each loads its backend on its first ping); return once all are up (or gone
-        with their node), or once `wait_all_s` passed with at least one up (the others join when they answer). A replica whose
-        start raises an error of its own (a wrong model path) fails the start with that error."""
+        with their node), or once `wait_all_s` passed with at least one up (the others join when they
+        answer). A replica whose start raises an error of its own (a wrong model path) fails the start
+        with that error."""
         for r in self.replicas:
             r.probe = asyncio.create_task(self._probe(r, first=True))
         deadline = time.monotonic() + wait_all_s
