@@ -10,9 +10,16 @@ command the tests start.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background of a non-interactive shell (`make test &`) inherits SIGINT ignored,
+# and so would every persd it starts (an ignored signal survives exec): the Ctrl-C tests need the
+# terminal's default. A handler here becomes the default in the children.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ENV = ("PERSD_DATA_DIR", "PERSD_MBPP", "PERSD_MBPP_EVAL_IDS")
