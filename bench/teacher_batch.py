@@ -9,14 +9,18 @@ answers from the same table (`--model`'s entry) and journal them as the engine d
 Reported: teacher cost batch/sync (from each client's metrics), lines the server received across
 all uploaded batch files per task and the number of files and batches, batch wall time minus the
 server's delay (the client's own overhead: collecting, uploading, polling, reading, journaling),
-the sync wall time, and the process's RSS while the N requests wait on their batch (the server
-runs in this process too: its copy of the uploaded file is counted and subtracted per request).
+the sync wall time, and this process's RSS while the N requests wait on their batch. The server runs
+in a child process (as in `--peer curator`), so the RSS is the client's own and the two do not share an
+event loop; its counters come back over a pipe, its timestamps on the same monotonic clock.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
 import random
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +31,7 @@ import psutil
 from persd.engine import lessons
 from persd.engine.aio import run_async
 from persd.engine.tasks import Task
+from persd.runtime.errors import PersdError
 from persd.runtime.http import RetryPolicy
 from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
@@ -120,40 +125,90 @@ async def sample_until(memory: Memory, done: asyncio.Future, waiting=None, every
         await asyncio.sleep(every_s)
 
 
-# ------------------------------------------------------------------ the two phases
+# ------------------------------------------------------------------ the server, in a child process
+
+SERVER_FLAGS = ("rpm", "tpm", "window", "limit_mode", "p_429", "p_5xx", "retry_after_ms", "latency", "seed",
+                "batch_delay")
 
 
-def server_for(args: argparse.Namespace, watch: Watch) -> LocalOpenAIServer:
-    half = args.p_5xx / 2
-    plan = FaultPlan(p_429=args.p_429, p_500=half, p_503=half, retry_after_s=args.retry_after_ms / 1000,
-                     seed=args.seed)
-    return LocalOpenAIServer(watch, rpm=args.rpm, tpm=args.tpm, window_s=args.window, limit_mode=args.limit_mode,
-                             faults=plan, latency_s=args.latency, record=False,
-                             batch=BatchPlan(delay_s=args.batch_delay))
+def server_for(spec: dict, watch: Watch) -> LocalOpenAIServer:
+    half = spec["p_5xx"] / 2
+    plan = FaultPlan(p_429=spec["p_429"], p_500=half, p_503=half, retry_after_s=spec["retry_after_ms"] / 1000,
+                     seed=spec["seed"])
+    return LocalOpenAIServer(watch, rpm=spec["rpm"], tpm=spec["tpm"], window_s=spec["window"],
+                             limit_mode=spec["limit_mode"], faults=plan, latency_s=spec["latency"], record=False,
+                             batch=BatchPlan(delay_s=spec["batch_delay"]))
 
 
-def teacher_config(args: argparse.Namespace, server: LocalOpenAIServer, journal: Path) -> TeacherConfig:
-    # unlimited sync: a pace far above what the server can answer (the server then has no limits either)
-    return TeacherConfig(base_url=server.base_url, model=args.model, rpm=args.rpm or 1e9, tpm=args.tpm,
-                         max_in_flight=args.max_in_flight, limit_window_s=args.window, journal_path=journal,
-                         retry=RetryPolicy(base_delay_s=0.05))
-
-
-def uploaded_lines(server: LocalOpenAIServer) -> tuple[int, int]:
-    """(input files uploaded, lines in them): every file the server holds that no batch wrote."""
+def server_stats(server: LocalOpenAIServer, watch: Watch) -> dict:
+    """What the server received: input files (every file no batch wrote), their lines, batches, chat posts."""
     api = server.batch
     assert api is not None
     written = {f for b in api.batches.values() for f in (b.output_file_id, b.error_file_id) if f}
     inputs = [data for fid, data in api.files.items() if fid not in written]
-    return len(inputs), sum(1 for data in inputs for line in data.splitlines() if line.strip())
+    return {"files_uploaded": len(inputs), "upload_bytes": sum(map(len, inputs)),
+            "lines_uploaded": sum(1 for data in inputs for line in data.splitlines() if line.strip()),
+            "lines_accepted": sum(api.lines_received.values()), "batches": len(api.batches),
+            "posts": len(server.log), "first_line_at": watch.first, "last_line_at": watch.last}
 
 
-async def run_batch(args: argparse.Namespace, server: LocalOpenAIServer, watch: Watch,
-                    requests: list[ChatRequest], work: Path) -> dict:
+class Served:
+    """The bench's server in a child process: `url` to send to, `stats()` for its counters."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.spec = {k: getattr(args, k) for k in SERVER_FLAGS}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> "Served":
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "persd.bench.teacher_batch", "serve", json.dumps(self.spec),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = (await self.proc.stdout.readline()).decode().strip()
+        if not line.startswith("http"):
+            raise PersdError(f"the bench server did not start: {line!r}")
+        self.url = line
+        return self
+
+    async def stats(self) -> dict:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"stats\n")
+        await self.proc.stdin.drain()
+        return json.loads(await self.proc.stdout.readline())
+
+    async def __aexit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            await self.proc.wait()
+
+
+async def serve(spec: dict) -> None:
+    """Child side of `Served`: print the URL, then one line of counters per line read, until stdin closes."""
+    watch = Watch()
+    async with server_for(spec, watch) as server:
+        print(server.base_url, flush=True)
+        reader = asyncio.StreamReader()
+        await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while await reader.readline():
+            print(json.dumps(server_stats(server, watch)), flush=True)
+
+
+# ------------------------------------------------------------------ the two phases
+
+
+def teacher_config(args: argparse.Namespace, url: str, journal: Path) -> TeacherConfig:
+    # unlimited sync: a pace far above what the server can answer (the server then has no limits either)
+    return TeacherConfig(base_url=url, model=args.model, rpm=args.rpm or 1e9, tpm=args.tpm,
+                         max_in_flight=args.max_in_flight, limit_window_s=args.window, journal_path=journal,
+                         retry=RetryPolicy(base_delay_s=0.05))
+
+
+async def run_batch(args: argparse.Namespace, server: Served, requests: list[ChatRequest], work: Path) -> dict:
     memory = Memory()
-    api = server.batch
-    assert api is not None
-    async with BatchTeacher(teacher_config(args, server, work / "batch.journal.jsonl"), work / "batches.jsonl",
+    files = math.ceil(len(requests) / args.batch_max_requests)
+    async with BatchTeacher(teacher_config(args, server.url, work / "batch.journal.jsonl"), work / "batches.jsonl",
                             max_requests=args.batch_max_requests, flush_s=args.batch_flush_s) as teacher:
         memory.before = memory.sample()
         t0 = time.monotonic()
@@ -166,46 +221,41 @@ async def run_batch(args: argparse.Namespace, server: LocalOpenAIServer, watch: 
             teacher.flush()  # every task waits on the teacher: close the file now (the engine's rule)
         everything = asyncio.gather(*calls, return_exceptions=True)
         sampler = asyncio.ensure_future(sample_until(
-            memory, everything, waiting=lambda: sum(api.lines_received.values()) >= len(requests)
-            and watch.first is None))
+            memory, everything, waiting=lambda: len(teacher.submitted) >= files and not answered_at))
         results = await everything
         wall = time.monotonic() - t0
         await sampler
         metrics = teacher.metrics
-        files, lines = uploaded_lines(server)
+    seen = await server.stats()
     failed = sum(isinstance(r, BaseException) for r in results)
-    upload_bytes = sum(len(api.files[b.input_file_id]) for b in api.batches.values())
-    first = (watch.first - t0) if watch.first is not None else None
-    lag = round(min(answered_at) - watch.last, 3) if answered_at and watch.last is not None else None
+    first, last = seen["first_line_at"], seen["last_line_at"]
     row = {
         "client": "batch", "requests": len(requests), "answered": len(results) - failed, "failed": failed,
         "wall_s": round(wall, 3), "server_delay_s": args.batch_delay,
         "overhead_s": round(wall - args.batch_delay, 3),
         # the breakdown: until the server began answering (less its delay), the server answering, after it
-        "submit_s": round(first - args.batch_delay, 3) if first is not None else None,
-        "server_answering_s": round(watch.last - watch.first, 3) if watch.first is not None else None,
-        "after_last_answer_s": round(t0 + wall - watch.last, 3) if watch.last is not None else None,
+        "submit_s": round(first - t0 - args.batch_delay, 3) if first is not None else None,
+        "server_answering_s": round(last - first, 3) if first is not None else None,
+        "after_last_answer_s": round(t0 + wall - last, 3) if last is not None else None,
         # of which: until the client's first caller had its answer (the poll's lag, the download), then the rest
-        "until_first_caller_s": lag,
+        "until_first_caller_s": round(min(answered_at) - last, 3) if answered_at and last is not None else None,
         "first_to_last_caller_s": round(max(answered_at) - min(answered_at), 3) if answered_at else None,
-        "files_uploaded": files, "batches": len(api.batches), "lines_uploaded": lines,
-        "lines_accepted": sum(api.lines_received.values()),
-        "requests_per_task": round(lines / len(requests), 6),
+        "files_uploaded": seen["files_uploaded"], "batches": seen["batches"],
+        "lines_uploaded": seen["lines_uploaded"], "lines_accepted": seen["lines_accepted"],
+        "requests_per_task": round(seen["lines_uploaded"] / len(requests), 6),
         "tokens_in": metrics.tokens_in, "tokens_out": metrics.tokens_out, "cost_usd": metrics.cost_usd,
         "rss_before_mb": _mb(memory.before), "rss_waiting_mb": _mb(memory.waiting or 0),
-        "rss_peak_mb": _mb(memory.peak), "uploaded_mb": _mb(upload_bytes),
+        "rss_peak_mb": _mb(memory.peak), "uploaded_mb": _mb(seen["upload_bytes"]),
     }
-    if memory.waiting is not None:
-        # what each waiting request holds beyond the server's copy of its uploaded line
-        row["client_bytes_per_request"] = round((memory.waiting - memory.before - upload_bytes) / len(requests))
+    if memory.waiting is not None:  # what each waiting request holds in the client (its request built before)
+        row["client_bytes_per_request"] = round((memory.waiting - memory.before) / len(requests))
     return row
 
 
-async def run_sync(args: argparse.Namespace, server: LocalOpenAIServer, requests: list[ChatRequest],
-                   work: Path) -> dict:
+async def run_sync(args: argparse.Namespace, server: Served, requests: list[ChatRequest], work: Path) -> dict:
     memory = Memory()
-    posts = len(server.log)
-    async with TeacherClient(teacher_config(args, server, work / "sync.journal.jsonl")) as teacher:
+    posts = (await server.stats())["posts"]
+    async with TeacherClient(teacher_config(args, server.url, work / "sync.journal.jsonl")) as teacher:
         memory.before = memory.sample()
         t0 = time.monotonic()
         everything = asyncio.gather(*(teacher.chat(r) for r in requests), return_exceptions=True)
@@ -215,7 +265,7 @@ async def run_sync(args: argparse.Namespace, server: LocalOpenAIServer, requests
         await sampler
         metrics = teacher.metrics
     failed = sum(isinstance(r, BaseException) for r in results)
-    sent = len(server.log) - posts
+    sent = (await server.stats())["posts"] - posts
     return {
         "client": "sync", "requests": len(requests), "answered": len(results) - failed, "failed": failed,
         "wall_s": round(wall, 3), "attempts": sent, "requests_per_task": round(sent / len(requests), 6),
@@ -230,10 +280,9 @@ def _mb(n: int) -> float:
 
 async def run(args: argparse.Namespace) -> tuple[dict, dict]:
     requests = make_requests(args.n, args.seed)
-    watch = Watch()
     with tempfile.TemporaryDirectory(prefix="persd-bench-batch-") as tmp:
-        async with server_for(args, watch) as server:
-            batch = await run_batch(args, server, watch, requests, Path(tmp))  # first: its peak RSS is its own
+        async with Served(args) as server:
+            batch = await run_batch(args, server, requests, Path(tmp))  # first: its peak RSS is its own
             sync = await run_sync(args, server, requests, Path(tmp))
     return batch, sync
 
@@ -288,3 +337,8 @@ def main(args: argparse.Namespace) -> int:
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(f"wrote {out}")
     return 0
+
+
+if __name__ == "__main__":  # the server child: python -m persd.bench.teacher_batch serve SPEC_JSON
+    if len(sys.argv) == 3 and sys.argv[1] == "serve":
+        run_async(serve(json.loads(sys.argv[2])))
