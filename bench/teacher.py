@@ -83,6 +83,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.tpm = 240_000 if args.tpm is None else args.tpm
     args.p_429 = (0.0 if batch else 0.05) if args.p_429 is None else args.p_429
     args.p_5xx = (0.0 if batch else 0.03) if args.p_5xx is None else args.p_5xx
+    if batch:
+        from persd.runtime.teacher.pricing import PriceTable
+        if PriceTable().lookup(args.model) is None:
+            p.error(f"--model {args.model}: not in the price table, so both costs would be 0 (give a priced model)")
     if batch and (args.batch_delay < 0 or args.batch_max_requests < 1 or args.batch_flush_s <= 0):
         p.error("--batch-delay must not be negative, --batch-max-requests and --batch-flush-s must be positive")
     if (args.n is not None and args.n < 1) or (args.rpm is not None and args.rpm <= 0) \

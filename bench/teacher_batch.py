@@ -23,7 +23,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -107,12 +107,10 @@ class Memory:
     before: int = 0
     peak: int = 0
     waiting: int | None = None  # once every request of the batch phase is at the server, waiting
-    samples: list[int] = field(default_factory=list)
 
     def sample(self) -> int:
         rss = psutil.Process().memory_info().rss
         self.peak = max(self.peak, rss)
-        self.samples.append(rss)
         return rss
 
 
@@ -244,11 +242,13 @@ async def run_batch(args: argparse.Namespace, server: Served, requests: list[Cha
         "lines_uploaded": seen["lines_uploaded"], "lines_accepted": seen["lines_accepted"],
         "requests_per_task": round(seen["lines_uploaded"] / len(requests), 6),
         "tokens_in": metrics.tokens_in, "tokens_out": metrics.tokens_out, "cost_usd": metrics.cost_usd,
-        "rss_before_mb": _mb(memory.before), "rss_waiting_mb": _mb(memory.waiting or 0),
-        "rss_peak_mb": _mb(memory.peak), "uploaded_mb": _mb(seen["upload_bytes"]),
+        "rss_before_mb": _mb(memory.before), "uploaded_mb": _mb(seen["upload_bytes"]),
+        "rss_waiting_mb": _mb(memory.waiting) if memory.waiting is not None else None,
+        "rss_peak_mb": _mb(memory.peak),
+        # what each waiting request holds in the client (the requests themselves were built before)
+        "client_bytes_per_request": round((memory.waiting - memory.before) / len(requests))
+        if memory.waiting is not None else None,
     }
-    if memory.waiting is not None:  # what each waiting request holds in the client (its request built before)
-        row["client_bytes_per_request"] = round((memory.waiting - memory.before) / len(requests))
     return row
 
 
@@ -278,6 +278,10 @@ def _mb(n: int) -> float:
     return round(n / 2**20, 2)
 
 
+def _or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 async def run(args: argparse.Namespace) -> tuple[dict, dict]:
     requests = make_requests(args.n, args.seed)
     with tempfile.TemporaryDirectory(prefix="persd-bench-batch-") as tmp:
@@ -300,8 +304,8 @@ def show(batch: dict, sync: dict, targets: dict, args: argparse.Namespace) -> No
     table.add_row("batch", f"{batch['cost_usd']:.4f}", f"{targets['cost_ratio']:.4f}",
                   f"{batch['requests_per_task']:g}", str(batch["files_uploaded"]), str(batch["batches"]),
                   f"{batch['wall_s']:.2f}", f"{batch['overhead_s']:.2f}", f"{batch['rss_peak_mb']:.1f}",
-                  f"{batch['rss_waiting_mb']:.1f}",
-                  str(batch.get("client_bytes_per_request", "-")), str(batch["answered"]), str(batch["failed"]))
+                  _or_dash(batch["rss_waiting_mb"]), _or_dash(batch["client_bytes_per_request"]),
+                  str(batch["answered"]), str(batch["failed"]))
     table.add_row("sync", f"{sync['cost_usd']:.4f}", "1", f"{sync['requests_per_task']:g}", "-", "-",
                   f"{sync['wall_s']:.2f}", "-", f"{sync['rss_peak_mb']:.1f}", "-", "-", str(sync["answered"]),
                   str(sync["failed"]))

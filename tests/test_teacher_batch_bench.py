@@ -40,3 +40,10 @@ def test_batch_mode_defaults_leave_sync_mode_as_it_was():
     batch, sync = parse_args(["--mode", "batch"]), parse_args([])
     assert (batch.n, batch.rpm, batch.tpm, batch.p_429, batch.p_5xx, batch.batch_delay) == (1000, None, None, 0, 0, 5)
     assert (sync.mode, sync.n, sync.rpm, sync.tpm, sync.p_429, sync.p_5xx) == ("sync", 600, 1200, 240_000, 0.05, 0.03)
+
+
+def test_an_unpriced_model_is_one_sentence_and_exit_2():
+    done = subprocess.run([sys.executable, "-m", "persd", "bench", "teacher", "--mode", "batch", "--model", "nope"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--model nope: not in the price table" in done.stderr
+    assert "Traceback" not in done.stderr
