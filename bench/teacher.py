@@ -6,7 +6,8 @@ N requests against a local OpenAI-compatible server limited to R RPM and T TPM (
 provoked itself (the server's real limit refusals, not the injected ones), for persd's client
 and, in the same run, a naive client (an asyncio.Semaphore with fixed-delay retries).
 With `--peer curator`, a fixed set of scenarios against bespokelabs-curator instead
-(`persd.bench.teacher_peer`).
+(`persd.bench.teacher_peer`). With `--mode batch`, the Batch API teacher against the sync client
+(`persd.bench.teacher_batch`).
 """
 from __future__ import annotations
 
@@ -32,13 +33,19 @@ WORDS = "def return for while list dict sorted value index result check assert r
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = parser_for("bench teacher", description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, help="requests per client (default 600; with --peer, each scenario's own)")
-    p.add_argument("--rpm", type=float, default=1200, help="server limit, requests per minute")
-    p.add_argument("--tpm", type=float, default=240_000, help="server limit, tokens per minute")
+    p.add_argument("--mode", choices=("sync", "batch"), default="sync",
+                   help="sync: persd's client against a naive one; batch: the Batch API teacher against the sync "
+                        "client, same requests and server (persd.bench.teacher_batch)")
+    p.add_argument("--n", type=int, help="requests per client (default 600, batch mode 1000; with --peer, "
+                                         "each scenario's own)")
+    p.add_argument("--rpm", type=float, help="server limit, requests per minute (default 1200; batch mode: "
+                                             "unlimited)")
+    p.add_argument("--tpm", type=float, help="server limit, tokens per minute (default 240000; batch mode: "
+                                             "unlimited)")
     p.add_argument("--window", type=float, default=1.0, help="seconds over which the server enforces limits")
     p.add_argument("--limit-mode", choices=("bucket", "sliding"), default="bucket")
-    p.add_argument("--p-429", type=float, default=0.05, help="injected 429 rate")
-    p.add_argument("--p-5xx", type=float, default=0.03, help="injected 500/503 rate")
+    p.add_argument("--p-429", type=float, help="injected 429 rate (default 0.05; batch mode 0)")
+    p.add_argument("--p-5xx", type=float, help="injected 500/503 rate (default 0.03; batch mode 0)")
     p.add_argument("--retry-after-ms", type=float, default=20, help="Retry-After of injected 429s")
     p.add_argument("--latency", type=float, default=0.05, help="server seconds per answer")
     p.add_argument("--max-in-flight", type=int, default=_DEFAULTS.max_in_flight)
@@ -55,12 +62,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "created once under --peer-dir) against the same server, and print one table")
     p.add_argument("--scenarios", default="all", help="with --peer: comma list of ra0.1,ra0.5,ra2,burst,tpm,headers")
     p.add_argument("--peer-dir", type=Path, default=Path("runs/peers"), help="where peer virtualenvs are cached")
+    p.add_argument("--model", default="gpt-4o-mini", help="batch mode: the teacher model, priced from the table")
+    p.add_argument("--batch-delay", type=float, default=5.0,
+                   help="batch mode: seconds the server takes to complete a batch")
+    p.add_argument("--batch-max-requests", type=int, default=50_000, help="batch mode: requests per batch file")
+    p.add_argument("--batch-flush-s", type=float, default=5.0, help="batch mode: seconds a file stays open")
+    p.add_argument("--batch-flush", choices=("all-waiting", "timer"), default="all-waiting",
+                   help="batch mode: close the file once every request waits (the engine's rule), or only by "
+                        "size and --batch-flush-s")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench/teacher.json"))
     args = p.parse_args(argv)
+    batch = args.mode == "batch"
+    if batch and args.peer:
+        p.error("--mode batch and --peer are separate benches: give one")
     if args.n is None and not args.peer:
-        args.n = 600
-    if (args.n is not None and args.n < 1) or args.rpm <= 0 or args.tpm <= 0 or args.window <= 0:
+        args.n = 1000 if batch else 600
+    if not batch:  # sync mode's defaults (the batch bench's sync baseline runs unlimited and fault-free)
+        args.rpm = 1200 if args.rpm is None else args.rpm
+        args.tpm = 240_000 if args.tpm is None else args.tpm
+    args.p_429 = (0.0 if batch else 0.05) if args.p_429 is None else args.p_429
+    args.p_5xx = (0.0 if batch else 0.03) if args.p_5xx is None else args.p_5xx
+    if batch:
+        from persd.runtime.teacher.pricing import PriceTable
+        if PriceTable().lookup(args.model) is None:
+            p.error(f"--model {args.model}: not in the price table, so both costs would be 0 (give a priced model)")
+    if batch and (args.batch_delay < 0 or args.batch_max_requests < 1 or args.batch_flush_s <= 0):
+        p.error("--batch-delay must not be negative, --batch-max-requests and --batch-flush-s must be positive")
+    if (args.n is not None and args.n < 1) or (args.rpm is not None and args.rpm <= 0) \
+            or (args.tpm is not None and args.tpm <= 0) or args.window <= 0:
         p.error("--n, --rpm, --tpm and --window must be positive")
     if args.peer:
         from persd.bench.teacher_peer import parse_scenarios
@@ -191,6 +221,9 @@ def main(argv: list[str]) -> int:
     if args.peer:
         from persd.bench import teacher_peer
         return teacher_peer.main(args)
+    if args.mode == "batch":
+        from persd.bench import teacher_batch
+        return teacher_batch.main(args)
     rows = run_async(run(args))
     show(rows, args)
     persd = rows[0]

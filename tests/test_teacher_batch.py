@@ -224,3 +224,54 @@ async def test_max_cost_reserves_each_lines_worst_case_at_batch_prices(tmp_path)
     assert [type(g).__name__ for g in got] == ["ChatResponse", "ChatResponse", "BudgetExceeded"]
     assert isinstance(got[2], BudgetExceeded) and len(server.batch.lines_received) == 2
     assert spent == pytest.approx(sum(g.cost_usd for g in got[:2]))
+
+
+PAPER_TASKS = [  # one task whose tests the teacher writes (a second teacher call), one with its tests given
+    {"task_id": "CodeAlpaca/0", "instruction": "Sort a list of numbers and double each.", "entry_point": "sort_double",
+     "header": "import math\r\ndef sort_double(nums):\n",
+     "reference": "import math\r\ndef sort_double(nums):\r\n    return [2 * x for x in sorted(nums)]\r\n"},
+    {"task_id": "io/1", "instruction": "Print the sum of two numbers.", "entry_point": "show_sum",
+     "reference": "def show_sum(a, b):\n    print(a + b)\n",
+     "test_list": [{"input": "show_sum(1, 2)", "output": "3\n"}, {"input": "show_sum(2, 2)", "output": "4\n"}]},
+]
+
+
+@pytest.mark.slow
+async def test_paper_mode_in_batch_mode_writes_sync_modes_records_without_waiting_for_the_flush_timer(tmp_path):
+    import sys
+
+    import orjson
+
+    tasks = tmp_path / "paper.jsonl"
+    tasks.write_bytes(b"".join(orjson.dumps(t) + b"\n" for t in PAPER_TASKS))
+
+    async def collect(out: str, *extra: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "persd", "collect", "--preset", "paper", "--tasks", str(tasks), "--out",
+            str(tmp_path / out), "--max-tokens", "16", "--sandbox.workers", "1", "--progress", "none", *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 600)
+        return proc.returncode, err.decode()
+
+    assert (await collect("sync"))[0] == 0
+    # an hour's flush timer and room for 50,000 lines: each file is closed because every task waits on it
+    code, err = await collect("batch", "--teacher.mode", "batch", "--teacher.batch-flush-s", "3600")
+    assert code == 0, err[-2000:]
+    shard = "shards/shard-00000.jsonl"
+    assert (tmp_path / "batch" / shard).read_bytes() == (tmp_path / "sync" / shard).read_bytes() != b""
+    results = [orjson.loads(x) for x in (tmp_path / "batch/shards/shard-00000.results.jsonl").read_bytes().splitlines()]
+    assert any(r.get("generated_tests") for r in results)  # the teacher-written tests went through a batch too
+    metrics = orjson.loads((tmp_path / "batch/metrics.json").read_bytes())["teacher"]
+    assert metrics["mode"] == "batch" and metrics["batch_files"] >= 2 and metrics["cost_usd_sync"] == 0
+    # persd status lists the run's batches (as the run last saw them); persd report shows the spend apart
+    import subprocess
+
+    status = subprocess.run([sys.executable, "-m", "persd", "status", str(tmp_path / "batch"), "--json"],
+                            capture_output=True, text=True, timeout=120)
+    batches = orjson.loads(status.stdout)["partitions"][0]["batches"]
+    assert status.returncode == 0 and len(batches) == metrics["batch_files"]
+    assert all(b["ended"] and b["status"] == "completed" and b["requests"] >= 1 for b in batches)
+    assert sum(b["counts"]["completed"] for b in batches) == metrics["batch_submitted"]
+    table = subprocess.run([sys.executable, "-m", "persd", "status", str(tmp_path / "batch")],
+                           capture_output=True, text=True, timeout=120)
+    assert "teacher batches" in table.stdout and batches[0]["id"] in table.stdout

@@ -119,7 +119,7 @@ async def open_teacher(cfg: CollectConfig, collector: RunLabels):
         if batch:
             from persd.runtime.teacher.batch import BatchTeacher
 
-            state = teacher_journal_path(cfg).with_suffix(".batches.jsonl")
+            state = CollectLayout(cfg.out).teacher_batches_path(cfg.partition)
             yield await stack.enter_async_context(BatchTeacher(
                 tcfg, state, max_requests=cfg.teacher.batch_max_requests, flush_s=cfg.teacher.batch_flush_s))
         else:

@@ -12,6 +12,7 @@ never the pipeline: it depends on nothing but the standard library and orjson).
     DIR/work/sealed/shard-00007.journal.jsonl   the journal of a sealed shard, kept to rebuild a damaged one
     DIR/.lock (.lock.part-000I-of-000N)     held by the run writing here (flock: freed when it dies)
     DIR/work/teacher.journal.jsonl          every teacher answer (teacher.part-....journal.jsonl per partition)
+    DIR/work/teacher.journal.batches.jsonl  --teacher.mode batch: files uploaded, batches created, their status
     DIR/work/tiny-student/                  the offline demo's student, when no --student-model is given
     DIR/work/time-limits.jsonl              the measured per-task time limits (reused on a rerun)
     DIR/work/vllm.log                       vLLM's own output, when the student is vllm
@@ -113,6 +114,10 @@ class CollectLayout:
     def teacher_journal_path(self, partition: str = "") -> Path:
         """Every teacher answer, durable before anything depends on it (one per partition)."""
         return self.work_dir / (f"teacher.{partition}.journal.jsonl" if partition else "teacher.journal.jsonl")
+
+    def teacher_batches_path(self, partition: str = "") -> Path:
+        """--teacher.mode batch: files uploaded, batches created, their last status (runtime/teacher/batch.py)."""
+        return self.teacher_journal_path(partition).with_suffix(".batches.jsonl")
 
     @property
     def tiny_student_dir(self) -> Path:

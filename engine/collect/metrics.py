@@ -69,7 +69,8 @@ class RunStats:
         return snap
 
 
-TIMELINE_TEACHER = ("requests", "http_429", "retries", "failures", "tokens_in", "tokens_out", "cost_usd", "cached_hits")
+TIMELINE_TEACHER = ("requests", "http_429", "retries", "failures", "tokens_in", "tokens_out", "cost_usd", "cached_hits",
+                    "batch_submitted")
 
 
 def timeline_row(snap: dict[str, Any]) -> dict[str, Any]:

@@ -119,6 +119,9 @@ def _teacher_queue(snap: dict) -> str:
     accepts connections and never answers shows as a growing 'in flight' with no new requests."""
     t = snap.get("teacher") or {}
     waiting = (snap.get("teacher_slots") or {}).get("waiting", 0)
+    if t.get("mode") == "batch":  # --teacher.mode batch: tasks wait on batches, not on connections
+        return (f" ({t.get('in_flight', 0)} tasks waiting on {t.get('batches_open', 0)} open batches, "
+                f"{t.get('batch_submitted', 0)} lines submitted)")
     return f" ({t.get('in_flight', 0)} in flight, {waiting} waiting)"
 
 
@@ -207,6 +210,10 @@ def summary_table(snap: dict, out_dir: str, wall_s: float) -> Table:
     table.add_row("teacher requests (this run)", str(t.get("requests", 0)))
     table.add_row("teacher tokens in/out (this run)", f"{t.get('tokens_in', 0)}/{t.get('tokens_out', 0)}")
     table.add_row("teacher cost (this run)", f"${t.get('cost_usd', 0) or 0:.4f}")
+    if t.get("mode") == "batch":
+        table.add_row("  through the Batch API (batch prices)",
+                      f"${t.get('cost_usd_batch', 0) or 0:.4f} ({t.get('batch_submitted', 0)} lines in "
+                      f"{t.get('batch_files', 0)} files)")
     if t.get("price_per_1m_usd"):
         p_in, p_out = t["price_per_1m_usd"]
         table.add_row("  at --teacher.price-in/-out", f"${p_in:g} / ${p_out:g} per 1M tokens")

@@ -93,6 +93,7 @@ class Collector:
         self.shard_info: dict[int, dict] = {}
         self.limits: Limits | None = None  # set once the backends are up (the snapshot shows them)
         self.backends: Backends | None = None
+        self.flow: TaskFlow | None = None
         self.fatal: BaseException | None = None
         self.stopping: str | None = None
         self.state = "starting"
@@ -230,6 +231,7 @@ class Collector:
         cfg = self.cfg
         # the protocol's flow variant: persd's, or one registered by its package (paper mode: engine/paper/flow.py)
         self.flow = TaskFlow(cfg, backends, limits, Meta(self.student_label, self.teacher_label, cfg.round))
+        self.flow.steps.on_teacher_wait = self._flush_if_all_wait
         self.work_started = time.monotonic()  # backends are up: what follows is the work itself
         title = f"persd collect -> {self.out}" + (f" [{cfg.partition}]" if cfg.partition else "")
         if self.notes:
@@ -249,6 +251,7 @@ class Collector:
         ticker = asyncio.create_task(self._tick())
         try:
             self._admission = asyncio.create_task(self._admit())
+            self._admission.add_done_callback(lambda _: self._flush_if_all_wait())
             with contextlib.suppress(asyncio.CancelledError):
                 await self._admission
             while self._running:
@@ -291,6 +294,18 @@ class Collector:
             t = asyncio.create_task(self._one(idx, k, task, prior))
             self._running.add(t)
             t.add_done_callback(self._running.discard)
+            t.add_done_callback(lambda _: self._flush_if_all_wait())
+
+    def _flush_if_all_wait(self) -> None:
+        """Every unfinished task waits on the teacher and no more can be admitted: nothing else can make
+        progress, so a Batch API teacher closes its file now rather than after --teacher.batch-flush-s."""
+        flush = getattr(self.backends.teacher, "flush", None) if self.backends is not None else None
+        if flush is None or self.flow is None:
+            return
+        waiting = self.flow.steps.teacher_waits
+        admitting = self._admission is not None and not self._admission.done() and not self._slots.locked()
+        if waiting and waiting >= len(self._running) and not admitting:
+            flush()
 
     async def _one(self, idx: int, k: int, task: Task, prior: dict | None) -> None:
         store = self.plan.store

@@ -16,6 +16,7 @@ its outcome is `unresolved`), as does one whose prompt cannot fit the teacher's 
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
@@ -121,6 +122,8 @@ class Steps:
         self.time_limits = time_limits
         self.teacher_sampling = teacher_sampling
         self.exec_timeout = exec_timeout  # without time limits: each program's wall-clock limit
+        self.teacher_waits = 0  # tasks waiting on a teacher answer now
+        self.on_teacher_wait: Callable[[], None] | None = None  # called as one more starts waiting
 
     def _timed(self, name: str):
         return getattr(self.limits, name).timed() if self.limits is not None else contextlib.nullcontext()
@@ -164,8 +167,15 @@ class Steps:
         req = ChatRequest(messages=messages, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                           n=1, sample_index=0)
         assert self.b.teacher is not None, "this run has no teacher"
-        async with self._timed("teacher"), guard("teacher", journal="the teacher journal", failures=self.failures):
-            resp = await self.b.teacher.chat(req)
+        self.teacher_waits += 1
+        try:
+            if self.on_teacher_wait is not None:  # once this request is with the teacher (queued, for a batch)
+                asyncio.get_running_loop().call_soon(self.on_teacher_wait)
+            async with self._timed("teacher"), guard("teacher", journal="the teacher journal",
+                                                     failures=self.failures):
+                resp = await self.b.teacher.chat(req)
+        finally:
+            self.teacher_waits -= 1
         tally.add_teacher(resp)
         return resp
 

@@ -161,6 +161,9 @@ def collect_body(s: CollectSummary, figs: dict[str, Figure]) -> str:
         ("teacher tokens per refined task", (s.teacher_tokens_in + s.teacher_tokens_out) / s.outcomes["refined"]
          if s.outcomes["refined"] else None),
         ("teacher cost (USD)", cost),
+        *([("  sync / through the Batch API (USD)", Raw(f"{t.get('cost_usd_sync', 0):.4f} / "
+                                                         f"{t.get('cost_usd_batch', 0):.4f}"))]
+          if t.get("batch_submitted") else []),
         ("cost per record (USD)", cost / n_records if cost is not None and n_records else None),
         ("HTTP 429 / retries", Raw(f"{t.get('http_429', '-')} / {t.get('retries', '-')}")),
         ("retries by cause", Raw(esc(_pairs(t.get("retries_by_cause"))))),

@@ -156,10 +156,16 @@ def over_time(s: CollectSummary) -> bytes | None:
     a.set_title("teacher cost, USD (cumulative)")
     a.set_xlabel(unit)
     a = axes[1][1]
-    a.plot(t, [x.get("http_429", 0) for x in teacher], color="#c62828", label="HTTP 429")
-    a.plot(t, [x.get("retries", 0) for x in teacher], color="#e65100", label="retries")
-    a.plot(t, [x.get("failures", 0) for x in teacher], color="#757575", label="failures")
-    a.set_title("rate limits and retries (cumulative)")
+    if any(x.get("batch_submitted") for x in teacher):  # --teacher.mode batch: what waits on the provider
+        a.plot(t, [x.get("batch_submitted", 0) for x in teacher], color="#1565c0", label="lines submitted")
+        a.plot(t, [x.get("requests", 0) for x in teacher], color="#2e7d32", label="answered")
+        a.plot(t, [x.get("failures", 0) for x in teacher], color="#757575", label="failures")
+        a.set_title("Batch API requests (cumulative)")
+    else:
+        a.plot(t, [x.get("http_429", 0) for x in teacher], color="#c62828", label="HTTP 429")
+        a.plot(t, [x.get("retries", 0) for x in teacher], color="#e65100", label="retries")
+        a.plot(t, [x.get("failures", 0) for x in teacher], color="#757575", label="failures")
+        a.set_title("rate limits and retries (cumulative)")
     a.set_xlabel(unit)
     a.legend(fontsize=8)
     for a in (axes[0][0], axes[0][1], axes[1][0], axes[1][1], b):

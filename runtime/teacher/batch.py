@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -57,6 +59,7 @@ class BatchTeacher:
         self.price_factor = price_factor  # batch prices: half the table's by default (OpenAI's discount)
         self.journal = Journal(config.journal_path) if config.journal_path else None
         self.metrics = TeacherMetrics(config.rpm, config.tpm)
+        self.metrics.mode = "batch"
         self.budget = Budget(config.max_cost_usd)  # each line's worst case at batch prices, reserved when enqueued
         self._reserved: dict[str, Reservation] = {}
         self._estimator = TokenEstimator()
@@ -125,12 +128,18 @@ class BatchTeacher:
             self._bodies[key] = request.payload(model)
             if not any(key in keys for keys in self._attached.values()):
                 self._enqueue(key)
-        return await asyncio.shield(self._waiting[key])
+        self.metrics.in_flight += 1  # waiting on a batch
+        try:
+            return await asyncio.shield(self._waiting[key])
+        finally:
+            self.metrics.in_flight -= 1
 
     def flush(self) -> None:
-        """Close the current file now (the engine calls it when every unfinished task waits on the teacher)."""
-        self._flush_now = True
-        self._wake.set()
+        """Close the current file now (the engine calls it when every unfinished task waits on the teacher);
+        nothing queued, nothing to do (a request queued later waits for its file as usual)."""
+        if self._queue:
+            self._flush_now = True
+            self._wake.set()
 
     def _enqueue(self, key: str) -> None:
         if key in self._queue:
@@ -167,6 +176,8 @@ class BatchTeacher:
         form.add_field("file", data, filename="persd-batch.jsonl", content_type="application/jsonl")
         file_id = (await self._call("POST", "/files", data=form))["id"]
         await asyncio.to_thread(self._record, {"file": file_id, "keys": keys})  # before the batch exists
+        self.metrics.batch_files += 1
+        self.metrics.batch_submitted += len(keys)
         await self._create(file_id, keys)
 
     async def _create(self, file_id: str, keys: list[str]) -> None:
@@ -191,9 +202,21 @@ class BatchTeacher:
                 await self._create(file_id, keys)
 
     async def _follow(self, batch_id: str, keys: list[str]) -> None:
+        self.metrics.batches_open += 1
+        try:
+            await self._follow_until_ended(batch_id, keys)
+        finally:
+            self.metrics.batches_open -= 1
+
+    async def _follow_until_ended(self, batch_id: str, keys: list[str]) -> None:
         delay = self.poll_s
+        status = None
         while True:
             batch = await self._call("GET", f"/batches/{batch_id}")
+            if batch["status"] != status:  # each change of status on disk (`persd status` shows the last)
+                status = batch["status"]
+                await asyncio.to_thread(self._record, {"status": batch_id, "s": status,
+                                                       "counts": batch.get("request_counts") or {}})
             if batch["status"] in TERMINAL:
                 break
             await asyncio.sleep(delay)
@@ -318,7 +341,42 @@ class BatchTeacher:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.state_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, orjson.dumps(item) + b"\n")
+            os.write(fd, orjson.dumps({**item, "t": round(time.time(), 3)}) + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@dataclass
+class BatchInfo:
+    """One batch as a run's state file tells it (what `persd status` lists; no call to the provider)."""
+
+    batch_id: str
+    requests: int = 0
+    status: str = "submitted"  # the last status seen: validating, in_progress, finalizing, completed, ...
+    counts: dict = field(default_factory=dict)  # the provider's request_counts at that status
+    created_at: float | None = None  # unix time
+    ended: bool = False
+
+
+def read_batches(state_path: Path) -> list[BatchInfo]:
+    """Every batch recorded in a BatchTeacher state file, in the order they were created."""
+    if not Path(state_path).exists():
+        return []
+    sizes: dict[str, int] = {}
+    out: dict[str, BatchInfo] = {}
+    for line in Path(state_path).read_bytes().splitlines():
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a torn last line
+        if "keys" in item:
+            sizes[item["file"]] = len(item["keys"])
+        elif "batch" in item:
+            out[item["batch"]] = BatchInfo(item["batch"], sizes.get(item["file"], 0), created_at=item.get("t"))
+        elif "status" in item and item["status"] in out:
+            info = out[item["status"]]
+            info.status, info.counts = str(item.get("s") or info.status), dict(item.get("counts") or {})
+        elif "done" in item and item["done"] in out:
+            out[item["done"]].ended = True
+    return list(out.values())

@@ -24,6 +24,10 @@ class TeacherMetrics:
         self.failures = 0
         self.budget_refusals = 0
         self.finish_reasons: Counter[str] = Counter()
+        self.mode = "sync"  # "batch": answers through the Batch API, at batch prices
+        self.batch_submitted = 0  # batch mode: request lines in uploaded batch files (each resubmission counted)
+        self.batch_files = 0
+        self.batches_open = 0  # batches submitted (or re-attached) and not yet ended
         self.rpm_limit, self.tpm_limit = rpm_limit, tpm_limit
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) per answered request
         self.started = time.monotonic()
@@ -59,6 +63,10 @@ class TeacherMetrics:
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "cost_usd": round(self.cost_usd, 6),
+            "mode": self.mode,
+            # spend apart by how it was bought (one of them is 0 in a run; partitions and runs add up)
+            "cost_usd_sync": round(self.cost_usd, 6) if self.mode == "sync" else 0.0,
+            "cost_usd_batch": round(self.cost_usd, 6) if self.mode == "batch" else 0.0,
             "cost_unconfirmed_usd": round(self.cost_unconfirmed_usd, 6),
             "rpm_now": round(len(self._recent) * scale, 1),
             "rpm_limit": self.rpm_limit,
@@ -69,4 +77,6 @@ class TeacherMetrics:
             "failures": self.failures,
             "budget_refusals": self.budget_refusals,
             "finish_reasons": dict(self.finish_reasons),
+            **({"batch_submitted": self.batch_submitted, "batch_files": self.batch_files,
+                "batches_open": self.batches_open} if self.mode == "batch" else {}),
         }

@@ -6,6 +6,7 @@ sealed shard files and finished tasks in the shards' journals.
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from persd.engine.collect.layout import CollectLayout
 from persd.engine.collect.manifest import find_manifests, read_manifest
 from persd.engine.runlock import is_locked
 from persd.runtime.errors import ConfigError, PersdError, UsageError
+from persd.runtime.teacher.batch import read_batches
 from rich.console import Console
 from rich.table import Table
 
@@ -61,6 +63,7 @@ def partition_status(out: Path, manifest_file: Path) -> dict:
         else:
             done += min(s["tasks"], _journal_done(lay.journal_path(k)))
     totals, part, teacher, state = m.totals, m.partition, m.teacher, m.state
+    batches = [_batch_row(b) for b in read_batches(lay.teacher_batches_path(m.partition_suffix))]
     if state in ("starting", "running"):
         if not is_locked(out, lay.lock_name(m.partition_suffix)):  # says running, but no process holds DIR
             state = "stopped"
@@ -84,7 +87,21 @@ def partition_status(out: Path, manifest_file: Path) -> dict:
         "offline_stand_in": bool(teacher.get("offline_stand_in")),
         "updated_at": m.updated_at,
         "error": m.error,
+        "batches": batches,  # --teacher.mode batch: each batch's last status as the run saw it
     }
+
+
+def _batch_row(b) -> dict:
+    return {"id": b.batch_id, "requests": b.requests, "status": b.status, "counts": b.counts, "ended": b.ended,
+            "age_s": round(time.time() - b.created_at, 1) if b.created_at else None}
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
 
 def main(argv: list[str]) -> int:
@@ -125,6 +142,8 @@ def main(argv: list[str]) -> int:
         table.add_column(col)
     for r in rows:
         teacher = str(r.get("teacher") or "-") + (" (offline stand-in)" if r.get("offline_stand_in") else "")
+        if r.get("batches"):
+            teacher += f", {sum(not b['ended'] for b in r['batches'])} of {len(r['batches'])} batches open"
         table.add_row(r["dir"], r.get("partition", "?"), r["state"], f"{r['done']}/{r['tasks']}",
                       f"{r['shards_sealed']}/{r['shards']}", _fmt(r["outcomes"]), _fmt(r.get("failures") or {}),
                       _fmt(r["records"]), teacher,
@@ -135,6 +154,7 @@ def main(argv: list[str]) -> int:
                       _fmt(total["outcomes"]), _fmt(total["failures"]), _fmt(total["records"]), "", "")
     console = Console(width=max(Console().width, 140))
     console.print(table)
+    _print_batches(console, rows)
     for r in rows:
         if r.get("error"):
             console.print(f"{r['dir']} ({r['manifest']}): {r['error']}", markup=False)
@@ -145,6 +165,21 @@ def main(argv: list[str]) -> int:
             console.print(f"damaged: {problem}; rerun the same `persd collect` command to rebuild it from its "
                           f"journal", markup=False)
     return rc
+
+
+def _print_batches(console: Console, rows: list[dict]) -> None:
+    """The teacher's batches (--teacher.mode batch), as each run last saw them: id, status, counts, age."""
+    listed = [(r, b) for r in rows for b in r.get("batches") or ()]
+    if not listed:
+        return
+    table = Table(title="teacher batches (as the run last saw them)")
+    for col in ("dir", "batch", "requests", "status", "completed", "failed", "age"):
+        table.add_column(col)
+    for r, b in listed:
+        c = b["counts"]
+        table.add_row(r["dir"], b["id"], str(b["requests"]), b["status"] + ("" if b["ended"] else " (open)"),
+                      str(c.get("completed", "-")), str(c.get("failed", "-")), _age(b["age_s"]))
+    console.print(table)
 
 
 def _fmt(counts: dict) -> str:
