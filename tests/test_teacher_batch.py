@@ -275,3 +275,21 @@ async def test_paper_mode_in_batch_mode_writes_sync_modes_records_without_waitin
     table = subprocess.run([sys.executable, "-m", "persd", "status", str(tmp_path / "batch")],
                            capture_output=True, text=True, timeout=120)
     assert "teacher batches" in table.stdout and batches[0]["id"] in table.stdout
+
+
+async def test_the_batch_price_factor_reaches_the_batch_teacher_and_above_one_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from helpers import write_doubling_tasks
+    from persd.engine.collect.backends import open_teacher
+    from persd.engine.collect.config import parse_args
+    from persd.runtime.errors import UsageError
+
+    tasks = write_doubling_tasks(tmp_path / "tasks.jsonl", 2)
+    base = ["--tasks", str(tasks), "--out", str(tmp_path / "o"), "--teacher.mode", "batch", "--progress", "none"]
+    cfg = parse_args([*base, "--teacher.batch-price-factor", "0.6"], environ={})
+    async with open_teacher(cfg, SimpleNamespace(notes=[], secrets=[])) as teacher:
+        assert isinstance(teacher, BatchTeacher) and teacher.price_factor == 0.6
+    assert parse_args(base, environ={}).teacher.batch_price_factor == 0.5  # OpenAI's discount by default
+    with pytest.raises((UsageError, ConfigError), match="batch-price-factor"):
+        parse_args([*base, "--teacher.batch-price-factor", "2"], environ={})

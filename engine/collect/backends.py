@@ -121,6 +121,7 @@ async def open_teacher(cfg: CollectConfig, collector: RunLabels):
 
             state = CollectLayout(cfg.out).teacher_batches_path(cfg.partition)
             yield await stack.enter_async_context(BatchTeacher(
-                tcfg, state, max_requests=cfg.teacher.batch_max_requests, flush_s=cfg.teacher.batch_flush_s))
+                tcfg, state, max_requests=cfg.teacher.batch_max_requests, flush_s=cfg.teacher.batch_flush_s,
+                price_factor=cfg.teacher.batch_price_factor))
         else:
             yield await stack.enter_async_context(TeacherClient(tcfg))

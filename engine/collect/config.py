@@ -158,6 +158,8 @@ class CollectTeacher(TeacherConfig):
                                   "50,000)", changes_results=False, type=positive_int)
     batch_flush_s: float = opt(5.0, help="batch mode: seconds a batch file stays open for more requests",
                                changes_results=False, type=positive_float)
+    batch_price_factor: float = opt(0.5, help="batch mode: batch prices as a fraction of the price table's (the "
+                                    "Batch API's discount)", changes_results=False, type=positive_float)
 
     def check_url(self) -> None:
         if self.base_url is not None:
@@ -170,6 +172,9 @@ class CollectTeacher(TeacherConfig):
         if (self.price_in is None) != (self.price_out is None):
             raise ConfigError("price_in", "{price_in} and {price_out} go together (USD per 1M input and output "
                               "tokens)", "teacher")
+        if self.batch_price_factor > 1:
+            raise ConfigError("batch_price_factor", f"{self.batch_price_factor:g}: a fraction of the sync prices "
+                              "(0.5 is half), at most 1", "teacher")
         if self.batch_max_requests > 50_000:
             raise ConfigError("batch_max_requests", f"{self.batch_max_requests}: the Batch API takes at most "
                               "50,000 requests a file", "teacher")
