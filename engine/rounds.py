@@ -279,7 +279,11 @@ class Loop:
     def round_one_count(self) -> int:
         from persd.engine.collect.source import scan_source
 
-        return scan_source(self.cfg.tasks, self.cfg.limit).count
+        return scan_source(self.cfg.tasks, self.cfg.limit, self.task_fields()).count
+
+    def task_fields(self) -> str | None:
+        """The collect stage's --task-fields: how the task source's columns name a task (its id included)."""
+        return self.cfg.collect.get("task_fields") or None
 
     def round_tasks(self, r: int) -> Path | str | None:
         """Round 1: the task source. Round r > 1: a file of the tasks no earlier round's student passed
@@ -292,7 +296,7 @@ class Loop:
         solved = {line["task_id"] for k in range(1, r) for line in collect_results(self.lay.collect(k))
                   if line.get("outcome") == "student_passed"}
         kept = []
-        for i, (raw, task_id) in enumerate(_task_lines(self.cfg.tasks)):
+        for i, (raw, task_id) in enumerate(_task_lines(self.cfg.tasks, self.task_fields())):
             if self.cfg.limit is not None and i >= self.cfg.limit:
                 break
             if task_id not in solved:
@@ -458,12 +462,14 @@ def _count(lines: list[dict], key: str) -> dict[str, int]:
     return out
 
 
-def _task_lines(src: str):
-    """(JSONL line, task id) of every task in a source, lazily (a dataset's row as a JSON line)."""
-    from persd.engine.tasks import iter_rows, task_of
+def _task_lines(src: str, fields: str | None = None):
+    """(JSONL line, task id) of every task in a source, lazily (a dataset's row as a JSON line); `fields`:
+    --task-fields, so a row whose id is in another column is named as the collect stage names it."""
+    from persd.engine.tasks import _fields, iter_rows, task_of
 
+    mapping = _fields(fields)
     for row in iter_rows(src):
-        yield row.raw, task_of(row).task_id
+        yield row.raw, task_of(row, mapping).task_id
 
 
 def _has_checkpoint(ckpt_dir: Path) -> bool:

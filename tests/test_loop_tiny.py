@@ -120,3 +120,26 @@ def test_later_rounds_attempt_only_unsolved_tasks(tmp_path):
     path = lp.round_tasks(2)
     assert [t["task_id"] for t in read_jsonl(path)] == ["b/1", "c/2"]
     assert read_jsonl(path)[0] == read_jsonl(tasks)[1]  # the original lines, unchanged
+
+
+def test_later_rounds_name_dataset_rows_by_the_collect_stages_task_fields(tmp_path):
+    """A parquet source whose id lives in another column (--collect.task-fields task_id=id): round 1's count
+    and round 2's unsolved tasks read the ids as the collect stage does, not from a task_id column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"p/{i}", "statement": "Add.", "tests": {"inputs": ["1 2\n"], "outputs": ["3\n"]}}
+            for i in range(3)]
+    src = tmp_path / "tasks.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src)
+    shards = tmp_path / "run" / "round-1" / "collect" / "shards"
+    shards.mkdir(parents=True)
+    shards.joinpath("shard-00000.results.jsonl").write_bytes(b"".join(
+        orjson.dumps({"task_id": t, "outcome": o}) + b"\n"
+        for t, o in [("p/0", "refined"), ("p/1", "student_passed"), ("p/2", "unresolved")]))
+    fields = {"task_fields": "task_id=id,instruction=statement,stdio_tests=tests"}
+    lp = Loop(LoopConfig(rounds=2, tasks=str(src), collect=fields, eval={"tasks": str(src)},
+                         out=str(tmp_path / "run")))
+    assert lp.round_one_count() == 3
+    path = lp.round_tasks(2)
+    assert [t["id"] for t in read_jsonl(path)] == ["p/0", "p/2"]
