@@ -210,10 +210,11 @@ class Loop:
         from persd.engine.tasks import iter_tasks
 
         cfg = self.cfg
-        for src, limit in ((cfg.tasks, cfg.limit), (cfg.eval.get("tasks"), cfg.eval.get("limit"))):
+        for src, limit, fields in ((cfg.tasks, cfg.limit, self.task_fields()),
+                                   (cfg.eval.get("tasks"), cfg.eval.get("limit"), cfg.eval.get("task_fields"))):
             if src:
                 resolve_source(src)
-                for i, _ in enumerate(iter_tasks(src)):  # InputError names the file and line
+                for i, _ in enumerate(iter_tasks(src, fields)):  # InputError names the file and line
                     if limit is not None and i + 1 >= limit:
                         break
         if cfg.student_model:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import tomllib
 from helpers import doubling_task, read_jsonl, write_jsonl
-from persd.engine.rounds import Loop, LoopConfig
+from persd.engine.rounds import Loop, LoopConfig, collect_results
 
 pytestmark = [pytest.mark.e2e, pytest.mark.deepspeed, pytest.mark.slow]
 
@@ -143,3 +143,34 @@ def test_later_rounds_name_dataset_rows_by_the_collect_stages_task_fields(tmp_pa
     assert lp.round_one_count() == 3
     path = lp.round_tasks(2)
     assert [t["id"] for t in read_jsonl(path)] == ["p/0", "p/2"]
+
+
+def test_loops_collect_stage_in_batch_mode_on_a_mapped_parquet(tmp_path):
+    """The loop's collect stage with --collect.teacher.mode batch and --collect.task-fields on a parquet
+    source: the stage's TOML carries both, the real `persd collect` child runs through the stand-in's Batch
+    API, and every task gets its result line under the source's own ids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"p/{i}", **{k: v for k, v in doubling_task(i).items() if k != "task_id"}} for i in range(4)]
+    src = tmp_path / "tasks.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src)
+    fields = "task_id=id"
+    lp = Loop(LoopConfig(rounds=1, tasks=str(src), out=str(tmp_path / "run"), sandbox_workers=1,
+                         collect={"task_fields": fields, "max_tokens": 16, "teacher": {"mode": "batch"}},
+                         eval={"tasks": str(src), "task_fields": fields}, progress="none"))
+    lp.prepare()  # checks every row of both sources through their --task-fields
+    lp.stage_collect(1, lp.round_tasks(1), lp.base_model)
+    stage = tomllib.loads(lp.lay.stage_config(1, "collect").read_text())
+    assert (stage["teacher"]["mode"], stage["task_fields"]) == ("batch", fields)
+    out = lp.lay.collect(1)
+    results = collect_results(out)
+    assert sorted(r["task_id"] for r in results) == [f"p/{i}" for i in range(4)]
+    teacher = orjson.loads((out / "metrics.json").read_bytes())["teacher"]
+    failed = sum(r["outcome"] != "student_passed" for r in results)  # the tiny random student fails them
+    assert failed
+    assert (teacher["mode"], teacher["batch_submitted"], teacher["requests"]) == ("batch", failed, failed)
+    from persd.runtime.teacher.batch import read_batches
+
+    batches = read_batches(out / "work" / "teacher.journal.batches.jsonl")
+    assert sum(b.requests for b in batches) == failed and all(b.ended for b in batches)
