@@ -51,7 +51,8 @@ class LoopConfig:
 
     rounds: int = opt(1, help="collect -> train -> eval rounds (rerun with more to add rounds)",
                       changes_results=False, type=positive_int, group="rounds, tasks and output")
-    tasks: str = opt("", help="tasks to distil on: JSONL file or built-in set", changes_results=True,
+    tasks: str = opt("", help="tasks to distil on: any source persd collect reads (JSONL, parquet, a saved dataset, "
+                     "hf:NAME, a built-in set)", changes_results=True,
                      group="rounds, tasks and output", shown="required")
     out: str = opt("", help="run directory (rerun with it to resume)", changes_results=False,
                    group="rounds, tasks and output", shown="required")
