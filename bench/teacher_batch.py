@@ -28,10 +28,10 @@ from pathlib import Path
 
 import orjson
 import psutil
+from persd.bench.served import ServedChild, stdin_lines
 from persd.engine import lessons
 from persd.engine.aio import run_async
 from persd.engine.tasks import Task
-from persd.runtime.errors import PersdError
 from persd.runtime.http import RetryPolicy
 from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
@@ -150,46 +150,17 @@ def server_stats(server: LocalOpenAIServer, watch: Watch) -> dict:
             "posts": len(server.log), "first_line_at": watch.first, "last_line_at": watch.last}
 
 
-class Served:
-    """The bench's server in a child process: `url` to send to, `stats()` for its counters."""
-
-    def __init__(self, args: argparse.Namespace):
-        self.spec = {k: getattr(args, k) for k in SERVER_FLAGS}
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> "Served":
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "persd.bench.teacher_batch", "serve", json.dumps(self.spec),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        assert self.proc.stdout is not None
-        line = (await self.proc.stdout.readline()).decode().strip()
-        if not line.startswith("http"):
-            raise PersdError(f"the bench server did not start: {line!r}")
-        self.url = line
-        return self
-
-    async def stats(self) -> dict:
-        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(b"stats\n")
-        await self.proc.stdin.drain()
-        return json.loads(await self.proc.stdout.readline())
-
-    async def __aexit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            await self.proc.wait()
+def served(args: argparse.Namespace) -> ServedChild:
+    """The bench's server in a child process (bench/served.py); `ask("stats")` reads its counters."""
+    return ServedChild("persd.bench.teacher_batch", "serve", json.dumps({k: getattr(args, k) for k in SERVER_FLAGS}))
 
 
 async def serve(spec: dict) -> None:
-    """Child side of `Served`: print the URL, then one line of counters per line read, until stdin closes."""
+    """Child side of `served`: print the URL, then one line of counters per line read, until stdin closes."""
     watch = Watch()
     async with server_for(spec, watch) as server:
         print(server.base_url, flush=True)
-        reader = asyncio.StreamReader()
-        await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while await reader.readline():
+        async for _ in stdin_lines():
             print(json.dumps(server_stats(server, watch)), flush=True)
 
 
@@ -203,7 +174,7 @@ def teacher_config(args: argparse.Namespace, url: str, journal: Path) -> Teacher
                          retry=RetryPolicy(base_delay_s=0.05))
 
 
-async def run_batch(args: argparse.Namespace, server: Served, requests: list[ChatRequest], work: Path) -> dict:
+async def run_batch(args: argparse.Namespace, server: ServedChild, requests: list[ChatRequest], work: Path) -> dict:
     memory = Memory()
     files = math.ceil(len(requests) / args.batch_max_requests)
     async with BatchTeacher(teacher_config(args, server.url, work / "batch.journal.jsonl"), work / "batches.jsonl",
@@ -224,7 +195,7 @@ async def run_batch(args: argparse.Namespace, server: Served, requests: list[Cha
         wall = time.monotonic() - t0
         await sampler
         metrics = teacher.metrics
-    seen = await server.stats()
+    seen = await server.ask("stats")
     failed = sum(isinstance(r, BaseException) for r in results)
     first, last = seen["first_line_at"], seen["last_line_at"]
     row = {
@@ -252,9 +223,9 @@ async def run_batch(args: argparse.Namespace, server: Served, requests: list[Cha
     return row
 
 
-async def run_sync(args: argparse.Namespace, server: Served, requests: list[ChatRequest], work: Path) -> dict:
+async def run_sync(args: argparse.Namespace, server: ServedChild, requests: list[ChatRequest], work: Path) -> dict:
     memory = Memory()
-    posts = (await server.stats())["posts"]
+    posts = (await server.ask("stats"))["posts"]
     async with TeacherClient(teacher_config(args, server.url, work / "sync.journal.jsonl")) as teacher:
         memory.before = memory.sample()
         t0 = time.monotonic()
@@ -265,7 +236,7 @@ async def run_sync(args: argparse.Namespace, server: Served, requests: list[Chat
         await sampler
         metrics = teacher.metrics
     failed = sum(isinstance(r, BaseException) for r in results)
-    sent = (await server.stats())["posts"] - posts
+    sent = (await server.ask("stats"))["posts"] - posts
     return {
         "client": "sync", "requests": len(requests), "answered": len(results) - failed, "failed": failed,
         "wall_s": round(wall, 3), "attempts": sent, "requests_per_task": round(sent / len(requests), 6),
@@ -285,7 +256,7 @@ def _or_dash(value: float | None) -> str:
 async def run(args: argparse.Namespace) -> tuple[dict, dict]:
     requests = make_requests(args.n, args.seed)
     with tempfile.TemporaryDirectory(prefix="persd-bench-batch-") as tmp:
-        async with Served(args) as server:
+        async with served(args) as server:
             batch = await run_batch(args, server, requests, Path(tmp))  # first: its peak RSS is its own
             sync = await run_sync(args, server, requests, Path(tmp))
     return batch, sync

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from persd.bench.served import ServedChild, stdin_lines
 from persd.runtime.errors import PersdError
 from persd.runtime.local_server import FaultPlan, LocalOpenAIServer
 from persd.runtime.teacher import ChatRequest, TeacherClient, TeacherConfig
@@ -125,39 +126,13 @@ def curator_env(python: Path, cache: Path) -> dict[str, str]:
 
 # -- the runs ----------------------------------------------------------------------------------
 
-class Served:
-    """The scenario's server in a child process: `url` to send to, `finish()` for its figures."""
-
-    def __init__(self, sc: Scenario, seed: int):
-        self.sc, self.seed = sc, seed
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> "Served":
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "persd.bench.teacher_peer", "serve", self.sc.name, str(self.seed),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        assert self.proc.stdout is not None
-        line = (await self.proc.stdout.readline()).decode().strip()
-        if not line.startswith("http"):
-            raise PersdError(f"the bench server did not start: {line!r}")
-        self.url = line
-        return self
-
-    async def finish(self, client: str) -> dict:
-        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(client.encode() + b"\n")
-        await self.proc.stdin.drain()
-        return json.loads(await self.proc.stdout.readline())
-
-    async def __aexit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.stdin.close()
-            await self.proc.wait()
+def served(sc: Scenario, seed: int) -> ServedChild:
+    """The scenario's server in a child process (bench/served.py); `ask(client)` returns its figures."""
+    return ServedChild("persd.bench.teacher_peer", "serve", sc.name, str(seed))
 
 
 async def serve(name: str, seed: int) -> None:
-    """Child side of `Served`: print the URL, wait for the client's name, print the figures."""
+    """Child side of `served`: print the URL, wait for the client's name, print the figures."""
     import aiohttp
 
     sc = SCENARIOS[name]
@@ -166,17 +141,14 @@ async def serve(name: str, seed: int) -> None:
             async with warm.get(server.base_url + "/models") as resp:
                 await resp.read()
         print(server.base_url, flush=True)
-        reader = asyncio.StreamReader()
-        loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        client = (await reader.readline()).decode().strip()
-        if client:
+        async for client in stdin_lines():
             print(json.dumps(summarise(client, sc, server)), flush=True)
+            break
 
 
 async def run_persd(sc: Scenario, prompts: list[str], seed: int, max_in_flight: int, jitter_s: float,
                     headroom: float) -> dict:
-    async with Served(sc, seed) as server:
+    async with served(sc, seed) as server:
         # persd's defaults (retries included); the flags' defaults are TeacherConfig's
         cfg = TeacherConfig(base_url=server.url, model=MODEL, rpm=sc.rpm * sc.told, tpm=sc.tpm * sc.told,
                             max_in_flight=max_in_flight, limit_window_s=sc.window_s, jitter_s=jitter_s,
@@ -186,7 +158,7 @@ async def run_persd(sc: Scenario, prompts: list[str], seed: int, max_in_flight: 
                                                                       max_tokens=MAX_TOKENS)) for p in prompts),
                                            return_exceptions=True)
             snap = teacher.metrics.snapshot()
-        row = await server.finish("persd")
+        row = await server.ask("persd")
     row["requests"] = sc.n
     row.update(failed_client=sum(isinstance(r, BaseException) for r in results),
                own_429=snap["http_429_own"], aimd_cuts=teacher.limiter.aimd.cuts)
@@ -194,7 +166,7 @@ async def run_persd(sc: Scenario, prompts: list[str], seed: int, max_in_flight: 
 
 
 async def run_curator(sc: Scenario, prompts: list[str], seed: int, python: Path) -> dict:
-    async with Served(sc, seed) as server:
+    async with served(sc, seed) as server:
         with tempfile.TemporaryDirectory(prefix="persd-curator-") as tmp:
             job = {"base_url": server.url, "model": MODEL, "prompts": prompts, "rpm": sc.rpm * sc.told,
                    "tpm": sc.tpm * sc.told, "max_tokens": MAX_TOKENS, "cache_dir": tmp}
@@ -206,7 +178,7 @@ async def run_curator(sc: Scenario, prompts: list[str], seed: int, python: Path)
             out, err = await proc.communicate()
         if proc.returncode != 0:
             raise PersdError(f"the curator peer failed (exit {proc.returncode}): {err.decode()[-1500:]}")
-        row = await server.finish("curator")
+        row = await server.ask("curator")
     row["requests"] = sc.n
     told = json.loads(out.decode().strip().splitlines()[-1])
     row.update(failed_client=told["failed"], client_wall_s=round(told["wall_s"], 2))
