@@ -5,7 +5,8 @@ Recognised without options (one row at a time, like every shape in engine/tasks.
 
 - stdin/stdout (persd's own): task_id, instruction or prompt, stdio_tests ([{input, output}] or
   {inputs, outputs}, or that as JSON text), optional reference and compare (the comparison rule);
-- APPS, TACO: problem_id, question, input_output (JSON), solutions (JSON list): stdin/stdout;
+- APPS, TACO: problem_id, question, input_output (JSON), solutions (JSON list): stdin/stdout, or
+  call-based (fn_name, starter_code): one assert per test, compared as their harness compares;
 - CodeContests: name, description, public/private/generated_tests, solutions: stdin/stdout;
 - pytest-style, KodCode: task_id or question_id, instruction or question, test (a module of
   `def test_...` functions importing from `solution`), optional solution;
@@ -117,9 +118,102 @@ def _apps(obj: dict, path: str, lineno: int) -> dict:
     if not isinstance(io, dict):
         raise InputError(path, lineno, "expected a JSON object with inputs and outputs", field="input_output")
     if io.get("fn_name"):
-        raise InputError(path, lineno, "call-based tests (fn_name) are not stdin/stdout tests; persd reads the "
-                         "stdin/stdout problems of APPS/TACO: filter the others out", field="input_output")
+        return _apps_call_based(obj, io, path, lineno)
     out = dict(obj, instruction=obj["question"], inputs=io.get("inputs") or [], outputs=io.get("outputs") or [])
+    if "task_id" not in out and obj.get("problem_id") is not None:
+        out["task_id"] = str(obj["problem_id"])
+    solutions = _json_value(obj.get("solutions"), path, lineno, "solutions")
+    if "reference" not in out and isinstance(solutions, list) and solutions and isinstance(solutions[0], str):
+        out["reference"] = solutions[0]
+    return out
+
+
+# What APPS's and TACO's harness has imported before a call-based solution runs (their starter code uses
+# `List[int]` without importing it), and their comparison: the answer equals the expected value or, where
+# that is a non-empty list, its first element; a tuple answer counts as a list.
+CALL_BASED_SETUP = """\
+import collections, functools, heapq, itertools, math, random, string, sys
+from collections import Counter, OrderedDict, defaultdict, deque
+from functools import lru_cache, reduce
+from heapq import heapify, heappop, heappush
+from itertools import accumulate, combinations, permutations, product
+from math import ceil, floor, gcd, inf, log, log2, sqrt
+from typing import Dict, List, Optional, Set, Tuple
+
+
+class _persd_expected:
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, answer):
+        if isinstance(answer, tuple):
+            answer = list(answer)
+        if answer == self.value:
+            return True
+        if not (isinstance(self.value, list) and self.value):
+            return False
+        if isinstance(answer, list) and answer and isinstance(answer[0], tuple):
+            answer = [list(x) for x in answer]
+        return answer == self.value[0]
+
+    __hash__ = None
+
+    def __repr__(self):
+        if isinstance(self.value, list) and len(self.value) == 1:
+            return f"{self.value[0]!r} (or {self.value!r})"
+        return repr(self.value)
+"""
+
+
+def _int_keys(value: Any) -> Any:
+    """JSON made a dict's int keys strings: turned back where every key is one (as APPS's harness does)."""
+    if isinstance(value, dict) and value:
+        try:
+            return {int(k): v for k, v in value.items()}
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+def call_assert(call: str, args: Any, expected: Any) -> str:
+    """One call-based test as one assert line: `assert f(1, [2]) == 3` (the sandbox's feedback then shows
+    the input, the output and the expected value); a non-empty list expected goes through APPS's rule."""
+    args = list(args) if isinstance(args, list) else [args]
+    if args:
+        args[0] = _int_keys(args[0])
+    expected = _int_keys(expected)
+    if isinstance(expected, list) and expected:
+        expected = [_int_keys(expected[0]), *expected[1:]]
+    shown = f"_persd_expected({expected!r})" if isinstance(expected, list) and expected else repr(expected)
+    return f"assert {call}({', '.join(repr(a) for a in args)}) == {shown}"
+
+
+def _apps_call_based(obj: dict, io: dict, path: str, lineno: int) -> dict:
+    """A call-based APPS/TACO problem (`fn_name`): a generic task with one assert per test. A `def` starter is
+    the header and `fn_name` the entry point; a `class Solution` starter (LeetCode's) is shown in the
+    statement and the solver writes the class (the tests call `Solution().fn_name(...)`)."""
+    fn = io["fn_name"]
+    if not isinstance(fn, str) or not fn.isidentifier():
+        raise InputError(path, lineno, f"fn_name {fn!r} is not a Python name", field="input_output")
+    ins, outs = io.get("inputs") or [], io.get("outputs") or []
+    if not isinstance(ins, list) or not isinstance(outs, list) or len(ins) != len(outs):
+        raise InputError(path, lineno, "expected lists of inputs and outputs of the same length", field="input_output")
+    if not ins:
+        raise InputError(path, lineno, "no tests", field="input_output")
+    starter = obj.get("starter_code")
+    starter = starter.replace("\r\n", "\n").expandtabs(4).rstrip() if isinstance(starter, str) else ""
+    in_class = bool(re.search(r"^class\s+Solution\b", starter, re.M))
+    call = f"Solution().{fn}" if in_class else fn
+    out = {k: v for k, v in obj.items() if k not in ("input_output", "starter_code")}
+    instruction = obj["question"]
+    if in_class:
+        instruction = f"{instruction.rstrip()}\n\nComplete this code:\n{starter}\n"
+    out.update(instruction=instruction, tests=[call_assert(call, a, e) for a, e in zip(ins, outs)],
+               test_setup_code=CALL_BASED_SETUP)
+    if not in_class:
+        out["entry_point"] = fn
+        if re.search(rf"^def\s+{re.escape(fn)}\s*\(", starter, re.M):
+            out["header"] = starter + "\n"
     if "task_id" not in out and obj.get("problem_id") is not None:
         out["task_id"] = str(obj["problem_id"])
     solutions = _json_value(obj.get("solutions"), path, lineno, "solutions")

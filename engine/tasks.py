@@ -403,6 +403,7 @@ def _generic(obj: dict, path: str, lineno: int, where: str) -> Task:
         tests=tuple(tests),
         visible_tests=visible,
         reference=reference,
+        setup_code=_str_field(obj, "test_setup_code", path, lineno, required=False),
         source=where,
         extra={"raw": _raw_fields(obj, ("instruction", "header", "reference")),
                "io_tests": _io_tests(obj, path, lineno)},

@@ -1,6 +1,7 @@
 """The task kinds and sources of issue 24 end to end: `persd collect` on a parquet file (CodeContests layout,
-stdin/stdout) and on a saved dataset (KodCode layout, pytest-style), `persd eval` on JSONL and on `hf:` (a local
-dataset folder, offline), then `persd export` of the collected records, loaded back with `datasets`.
+stdin/stdout), on a saved dataset (KodCode layout, pytest-style) and on call-based problems in APPS's layout,
+`persd eval` on JSONL and on `hf:` (a local dataset folder, offline), then `persd export` of the collected
+records, loaded back with `datasets`.
 
 The student (the `openai` backend on FakeOpenAIServer) answers right for some tasks and wrong for the others;
 the teacher (LocalOpenAIServer) answers with the task's reference, so every failed task is refined.
@@ -23,12 +24,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 TASKS = FIXTURES / "tasks"
 SOURCES = {"stdio-jsonl": TASKS / "stdio.jsonl", "stdio-parquet": TASKS / "stdio-codecontests.parquet",
-           "pytest-jsonl": TASKS / "pytest.jsonl", "pytest-saved": f"{TASKS / 'pytest-kodcode-saved'}@test"}
-RIGHT = {"stdio/sum", "pytest/word-count", "stdio/mean"}  # the student's right answers; the rest are wrong
+           "pytest-jsonl": TASKS / "pytest.jsonl", "pytest-saved": f"{TASKS / 'pytest-kodcode-saved'}@test",
+           "call-jsonl": TASKS / "apps-call-based.jsonl"}
+RIGHT = {"stdio/sum", "pytest/word-count", "stdio/mean", "9001"}  # the student's right answers; the rest are wrong
 WRONG = {"stdio": "import sys\nprint(len(sys.stdin.read()))\n",
          "pytest/clamp": "def clamp(x, lo, hi):\n    return x\n",
          "pytest/mean": "def mean(xs):\n    return sum(xs) // len(xs)\n",
-         "pytest/word-count": "def word_count(text):\n    return {}\n"}
+         "pytest/word-count": "def word_count(text):\n    return {}\n",
+         "9002": "class Solution:\n    def twoSum(self, nums, target):\n        return (0, 1)\n",
+         "9003": "def min_max(xs):\n    return [max(xs), min(xs)]\n",
+         "9004": "def length_counts(words):\n    return {str(len(w)): 1 for w in words}\n"}
 
 
 def all_tasks():
@@ -90,7 +95,7 @@ async def collected(tmp_path_factory):
         await srv.start()
         try:
             runs = {}
-            for name in ("stdio-parquet", "pytest-saved", "stdio-jsonl"):
+            for name in ("stdio-parquet", "pytest-saved", "stdio-jsonl", "call-jsonl"):
                 out = tmp / name
                 rc, so, se = await run_persd(*collect_args(SOURCES[name], out, stu.url, srv.base_url))
                 assert rc == 0, se
@@ -143,6 +148,23 @@ async def test_collect_pytest_from_saved_dataset(collected):
     assert mean["outcome"] == "refined" and mean["feedback"].startswith("TestMean.test_ints failed")
 
 
+async def test_collect_call_based_from_apps_layout(collected):
+    """APPS's call-based problems: outputs stored wrapped in a list pass unwrapped, a tuple answer counts as a
+    list, JSON's string keys are ints again, `class Solution` is called as LeetCode's harness calls it; a wrong
+    answer's feedback names the input, the output and the expected value, and its refinement is a record."""
+    res = results(collected["runs"]["call-jsonl"])
+    assert {k: r["outcome"] for k, r in res.items()} == {"9001": "student_passed", "9002": "refined",
+                                                        "9003": "refined", "9004": "refined"}
+    assert res["9002"]["feedback"] == ("AssertionError: assert Solution().twoSum([3, 2, 4], 6) == _persd_expected"
+                                       "([1, 2])\nINPUT: [3, 2, 4], 6\nOUTPUT: (0, 1)\nEXPECTED: [1, 2]")
+    assert "INPUT: [3, 1, 5]\nOUTPUT: [5, 1]\nEXPECTED: [1, 5] (or [[1, 5]])" in res["9003"]["feedback"]
+    assert "OUTPUT: {'2': 1, '3': 1}\nEXPECTED: {2: 2, 3: 1}" in res["9004"]["feedback"]
+    by_format = {(r["task_id"], r["format"]): r for r in recs(collected["runs"]["call-jsonl"])}
+    assert by_format[("9003", "persd")]["completion"] == "    return min(xs), max(xs)\n"
+    assert "Complete this code:\nclass Solution:" in by_format[("9002", "persd")]["prompt"]
+    assert by_format[("9002", "persd")]["completion"].startswith("class Solution:")
+
+
 async def test_eval_every_source_kind(tmp_path):
     """eval (in a subprocess, like a user) on JSONL, on hf:<a local dataset folder> with the hub off, on parquet
     (stdin/stdout) and on a saved dataset (pytest-style)."""
@@ -167,7 +189,7 @@ async def test_eval_every_source_kind(tmp_path):
             lines = {r["task_id"]: r for r in read_jsonl(out / "results.jsonl")}
             assert lines["stdio/reverse-words"]["status"] == "failed"
             assert "Wrong answer on test 1 of 3" in lines["stdio/reverse-words"]["feedback"]
-        for name, tasks_n, passed in (("stdio-parquet", 2, 1), ("pytest-saved", 3, 1)):
+        for name, tasks_n, passed in (("stdio-parquet", 2, 1), ("pytest-saved", 3, 1), ("call-jsonl", 4, 1)):
             out = tmp_path / f"eval-{name}"
             rc, so, se = await run_persd("eval", "--tasks", str(SOURCES[name]), "--out", str(out), *base, env=offline)
             assert rc == 0, se

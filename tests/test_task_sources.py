@@ -74,8 +74,15 @@ def test_layouts_of_known_data_sets():
             "input_output": '{"inputs": ["1 2\\n"], "outputs": [["3"]]}'}
     t = parse_task_obj(apps, "apps", 0)
     assert (t.task_id, t.shape, t.io_cases, t.reference) == ("7", "stdio", (("1 2\n", "3"),), "print(3)")
-    with pytest.raises(InputError, match="apps:0: field 'input_output': call-based"):
-        parse_task_obj(dict(apps, input_output='{"fn_name": "f", "inputs": [], "outputs": []}'), "apps", 0)
+    call = parse_task_obj(dict(apps, input_output='{"fn_name": "f", "inputs": [[1, {"2": 3}]], "outputs": [[4]]}',
+                               starter_code="def f(a, b):\n\t"), "apps", 0)
+    assert (call.shape, call.entry_point, call.header) == ("generic", "f", "def f(a, b):\n")
+    assert call.tests == ("assert f(1, {'2': 3}) == _persd_expected([4])",)  # only a first dict argument's keys
+    for bad, said in (('{"fn_name": "no good", "inputs": [[1]], "outputs": [1]}', "fn_name 'no good' is not"),
+                      ('{"fn_name": "f", "inputs": [[1]], "outputs": []}', "expected lists of inputs and outputs"),
+                      ('{"fn_name": "f", "inputs": [], "outputs": []}', "no tests")):
+        with pytest.raises(InputError, match=f"apps:0: field 'input_output': {said}"):
+            parse_task_obj(dict(apps, input_output=bad), "apps", 0)
     cc = {"name": "cc/1", "description": "Echo.", "public_tests": {"input": ["a\n"], "output": ["a\n"]},
           "private_tests": {"input": ["b\n"], "output": ["b\n"]}, "generated_tests": {"input": [], "output": []},
           "solutions": {"language": [1, 3], "solution": ["print raw_input()", "print(input())"]}}
@@ -90,6 +97,29 @@ def test_layouts_of_known_data_sets():
                  "test_list": ["assert f(1) == 1"], "test_imports": ["import math"]}
     t = parse_task_obj(sanitized, "mbpp", 0)
     assert (t.shape, t.setup_code, t.entry_point) == ("mbpp", "import math", "f")
+
+
+def test_call_based_comparison_is_apps_rule():
+    """APPS's harness: equal, or (a non-empty list stored) equal to its first element; a tuple counts as a list
+    (also inside a list); nothing else."""
+    from persd.engine.task_layouts import CALL_BASED_SETUP, call_assert
+
+    env: dict = {}
+    exec(CALL_BASED_SETUP, env)
+    cases = [(15, [15], True), ([15], [15], True), ((1, 5), [1, 5], True), ((1, 5), [[1, 5]], True),
+             ([(1, 2), (3, 4)], [[[1, 2], [3, 4]]], True), ([1, 5], [5, 1], False), ([], [], True),
+             ("a", ["a"], True), (None, [None], True), (1, [1, 2], True), (2, [1, 2], False), ("a", "ab", False)]
+    for answer, stored, equal in cases:
+        env["f"] = lambda answer=answer: answer
+        line = call_assert("f", [], stored)
+        try:
+            exec(line, env)
+            passed = True
+        except AssertionError:
+            passed = False
+        assert passed is equal, (line, answer)
+    assert call_assert("g", [{"1": "a"}, {"2": "b"}], {"3": 4}) == "assert g({1: 'a'}, {'2': 'b'}) == {3: 4}"
+    assert call_assert("g", "x", [{"5": 1}]) == "assert g('x') == _persd_expected([{5: 1}])"
 
 
 def test_task_fields_and_compare():

@@ -4,7 +4,8 @@
 
 Written for persd's tests (no outside data, same licence as persd): three stdin/stdout problems and three
 pytest-style tasks, each with a correct reference, as JSONL (persd's own layouts), as a parquet file in
-CodeContests' layout, and as a dataset saved with `datasets.save_to_disk` in KodCode's layout.
+CodeContests' layout, and as a dataset saved with `datasets.save_to_disk` in KodCode's layout; four call-based
+problems in APPS's layout (`apps-call-based.jsonl`).
 """
 from __future__ import annotations
 
@@ -77,6 +78,43 @@ PYTEST = [
     },
 ]
 
+# call-based problems in APPS's and TACO's layout (input_output and solutions as JSON text): a Codewars-style
+# function (outputs wrapped in a list, as APPS stores them), a LeetCode-style `class Solution`, a tuple answer
+# and a dict answer whose int keys JSON turned into strings
+CALL_BASED = [
+    {"problem_id": 9001, "question": "Return the sum of the decimal digits of the non-negative integer n.",
+     "starter_code": "def digit_sum(n):\n\t",
+     "input_output": {"fn_name": "digit_sum", "inputs": [[0], [12345], [909]], "outputs": [[0], [15], [18]]},
+     "solutions": ["def digit_sum(n):\n    return sum(int(c) for c in str(n))\n"]},
+    {"problem_id": 9002, "question": "Given an array of integers nums and an integer target, return the indices "
+     "of the two numbers that add up to target, smaller index first.",
+     "starter_code": "class Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n        ",
+     "input_output": {"fn_name": "twoSum", "inputs": [[[2, 7, 11, 15], 9], [[3, 2, 4], 6]],
+                      "outputs": [[0, 1], [1, 2]]},
+     "solutions": ["class Solution:\n    def twoSum(self, nums: List[int], target: int) -> List[int]:\n"
+                   "        seen = {}\n        for i, x in enumerate(nums):\n            if target - x in seen:\n"
+                   "                return [seen[target - x], i]\n            seen[x] = i\n"]},
+    {"problem_id": 9003, "question": "Return the smallest and the largest element of a non-empty list.",
+     "starter_code": "def min_max(xs):\n    ",
+     "input_output": {"fn_name": "min_max", "inputs": [[[3, 1, 5]], [[7]]], "outputs": [[[1, 5]], [[7, 7]]]},
+     "solutions": ["def min_max(xs):\n    return min(xs), max(xs)\n"]},
+    {"problem_id": 9004, "question": "Map each word length to the number of words of that length.",
+     "starter_code": "def length_counts(words):\n    ",
+     "input_output": {"fn_name": "length_counts", "inputs": [[["ab", "cd", "xyz"]], [[]]],
+                      "outputs": [{"2": 2, "3": 1}, {}]},
+     "solutions": ["def length_counts(words):\n    out = {}\n    for w in words:\n"
+                   "        out[len(w)] = out.get(len(w), 0) + 1\n    return out\n"]},
+]
+
+
+def apps_row(task: dict) -> dict:
+    return dict(task, input_output=orjson.dumps(task["input_output"]).decode(),
+                solutions=orjson.dumps(task["solutions"]).decode(), difficulty="introductory")
+
+
+def write_call_based() -> None:
+    (HERE / "apps-call-based.jsonl").write_bytes(b"".join(orjson.dumps(apps_row(t)) + b"\n" for t in CALL_BASED))
+
 
 def codecontests_row(task: dict) -> dict:
     tests = task["stdio_tests"]
@@ -102,6 +140,7 @@ def main() -> None:
     saved = HERE / "pytest-kodcode-saved"
     shutil.rmtree(saved, ignore_errors=True)
     datasets.DatasetDict({"test": datasets.Dataset.from_list(PYTEST)}).save_to_disk(str(saved))
+    write_call_based()
 
 
 if __name__ == "__main__":
