@@ -54,26 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class ScriptedGPU:
-    """A FakeOpenAIServer whose answers take `latency_s`, at most `slots` at a time."""
+    """A FakeOpenAIServer whose answers take `latency_s`, at most `slots` at a time: each request holds one of
+    `slots` for `latency_s` before its choices are written (the server awaits an async reply)."""
 
     def __init__(self, tasks, latency_s: float, slots: int):
         from persd.runtime.local_server import FakeOpenAIServer
 
         bodies = {t.prompt: (t.reference or "")[len(t.prompt):] for t in tasks}
         gate = asyncio.Semaphore(slots)
+        self.generating = self.peak_generating = 0
 
-        def reply(payload: dict, index: int) -> str:
+        async def reply(payload: dict, index: int) -> str:
+            if index == 0:  # the request's first choice: the simulated GPU's time for the whole request
+                async with gate:
+                    self.generating += 1
+                    self.peak_generating = max(self.peak_generating, self.generating)
+                    try:
+                        await asyncio.sleep(latency_s)
+                    finally:
+                        self.generating -= 1
             prompt = payload.get("prompt") or ""
             body = next((b for p, b in bodies.items() if prompt.endswith(p)), "    return None\n")
             return body if index % 2 == 0 or "### INCORRECT CODE" in prompt else "    return None\n"
 
-        class Server(FakeOpenAIServer):
-            async def _answer(self, request, chat):
-                async with gate:
-                    await asyncio.sleep(latency_s)  # the simulated GPU's time for this request
-                    return await super()._answer(request, chat)
-
-        self.server = Server(reply=reply, record=False, model="scripted-gpu")
+        self.server = FakeOpenAIServer(reply=reply, record=False, model="scripted-gpu")
 
     async def __aenter__(self) -> str:
         return await self.server.start()
