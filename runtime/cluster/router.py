@@ -89,7 +89,7 @@ class Router:
         self.kind = kind
         self.replicas = replicas
         self.wait_s = wait_s
-        self._changed = asyncio.Event()  # set (and replaced) on every change of state; see _wait_change
+        self._waiters: deque[asyncio.Future] = deque()  # calls and start() waiting for a change; see _wait_change
         self._none_up_since: float | None = time.monotonic()
         self.start_error: BaseException | None = None
         self._closed = False
@@ -156,7 +156,7 @@ class Router:
             finally:
                 st._advance()
                 st.in_flight -= 1
-                self._notify()
+                self._wake(1)  # one slot freed: one waiting call, not all of them
             st.done += 1
             st.done_since_up += 1
             st._recent.append(time.monotonic())
@@ -184,19 +184,36 @@ class Router:
                 f"them where the cluster has room, {dead} gone for good)")
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        """A replica's state changed (up, down, dead, a start error): every waiter looks again."""
+        self._wake(None)
+
+    def _wake(self, n: int | None) -> None:
+        """Wake the first `n` waiters (None: all), oldest first. A freed slot wakes one: with hundreds of calls
+        waiting, waking them all on every answer made the driver's CPU per call grow with the queue."""
+        while self._waiters and (n is None or n > 0):
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                if n is not None:
+                    n -= 1
 
     async def _wait_change(self, timeout: float | None) -> None:
-        """Until the next change of state, or `timeout` seconds. An event per change, not a Condition: the
-        loop is the only thread, so nothing changes between a check and this wait, and a waiter cancelled
-        here has no lock to take back (Python 3.11's Condition.wait can hang a cancelled waiter on it)."""
-        changed = self._changed
-        if timeout is None:
-            await changed.wait()
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout)
+        """Until woken (a freed slot, a change of state) or `timeout` seconds. A future per waiter, not a
+        Condition: the loop is the only thread, so nothing changes between a check and this wait, and a
+        waiter cancelled here has no lock to take back (Python 3.11's Condition.wait can hang a cancelled
+        waiter on it). A waiter cancelled after it was woken passes the wake on, so no freed slot is lost."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            if timeout is None:
+                await fut
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(fut, timeout)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._wake(1)
+            raise
 
     def _any_up(self) -> bool:
         return any(r.stats.state == "up" for r in self.replicas)
