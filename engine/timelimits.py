@@ -120,7 +120,9 @@ def machine_id() -> str:
 
 class TimeLimits:
     """Per-task limits for one run: calibrated lazily (the first program of a task waits for its
-    reference's measurement; the task's other programs wait for the same one)."""
+    reference's measurement; the task's other programs wait for the same one), or ahead, in the
+    background, from `measure_soon` (a flow calls it before the student's request, while the sandbox
+    would be idle): the task's first check then rarely waits for it."""
 
     def __init__(self, sandbox: Sandbox, config: TimeLimitConfig, cache: Path | None = None):
         self.sandbox = sandbox
@@ -131,6 +133,7 @@ class TimeLimits:
         self._locks: dict[str, asyncio.Lock] = {}
         self.calibrations = 0  # references measured by this process
         self.calibration_runs = 0  # sandbox executions spent on it
+        self._ahead: set[asyncio.Task] = set()  # measurements started by measure_soon, not finished
         self._load()
 
     # ------------------------------------------------------------ cache
@@ -165,25 +168,59 @@ class TimeLimits:
         cpu = min(cfg.cap_s, max(cfg.floor_s, cfg.factor * cost_s))
         return Limit(cpu_s=round(cpu, 4), wall_s=None, reference_cpu_s=cost_s, source="reference")
 
+    def _calibrated(self, task: Task) -> bool:
+        return self.config.mode != "fixed" and bool(task.reference) and task.has_tests
+
+    @staticmethod
+    def _key(program: str) -> str:
+        return hashlib.sha256(program.encode()).hexdigest()[:32]
+
+    def measure_soon(self, task: Task) -> None:
+        """Start measuring `task`'s reference now, in the background, unless it is known or under way. A
+        failure there is left for the task's own check to meet (it measures again and reports it)."""
+        if not self._calibrated(task):
+            return
+        program = task.program(task.reference)
+        key = self._key(program)
+        if key in self._costs or key in self._locks:
+            return
+        ahead = asyncio.ensure_future(self._measured(task, program, key))
+        self._ahead.add(ahead)
+        ahead.add_done_callback(self._ahead_done)
+
+    def _ahead_done(self, ahead: asyncio.Task) -> None:
+        self._ahead.discard(ahead)
+        if not ahead.cancelled():
+            ahead.exception()  # retrieved: the task's own check measures again and meets it there
+
+    async def close(self) -> None:
+        """Stop the measurements still under way (the run is ending)."""
+        for ahead in list(self._ahead):
+            ahead.cancel()
+        await asyncio.gather(*self._ahead, return_exceptions=True)
+
     async def limit_for(self, task: Task) -> Limit:
         if self.config.mode == "fixed":
             return self.fixed()
-        if not task.reference or not task.has_tests:
+        if not self._calibrated(task):
             return self.fixed("no reference")
         program = task.program(task.reference)
-        key = hashlib.sha256(program.encode()).hexdigest()[:32]
-        row = self._costs.get(key)
-        if row is None:
-            lock = self._locks.setdefault(key, asyncio.Lock())
-            async with lock:
-                row = self._costs.get(key)
-                if row is None:
-                    row = await self._calibrate(task, program, key)
-                    self._save(row)
-            self._locks.pop(key, None)
+        key = self._key(program)
+        row = self._costs.get(key) or await self._measured(task, program, key)
         if row["status"] != "passed":
             return self.fixed("reference failed")
         return self.from_cost(float(row["cpu_s"]))
+
+    async def _measured(self, task: Task, program: str, key: str) -> dict:
+        """The reference's measurement: from the cache, from a measurement under way, or measured now."""
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            row = self._costs.get(key)
+            if row is None:
+                row = await self._calibrate(task, program, key)
+                self._save(row)
+        self._locks.pop(key, None)
+        return row
 
     async def _calibrate(self, task: Task, program: str, key: str) -> dict:
         """Run the reference under the cap (CPU), once where the floor decides the limit anyway,

@@ -299,3 +299,121 @@ def test_loop_passes_the_time_limit_flags_on(tmp_path, monkeypatch):
     assert staged["collect"]["time_limits"] == "fixed" and staged["eval"]["time_limits"] == "fixed"
     assert staged["eval"]["min_time_limit"] == 0.25
     assert "time_limit_factor" not in staged["collect"]  # not given: the stage's default
+
+
+# ------------------------------------------------------------------ measured ahead, while the student writes
+
+
+class Recorder:
+    """A sandbox stand-in: records each program, answers "passed" at 1 ms of CPU, or as told."""
+
+    def __init__(self, fail_first: int = 0, hold: bool = False):
+        from persd.bench.instant import InstantSandbox
+
+        self.config = InstantSandbox().config
+        self.programs: list[str] = []
+        self.fail_first, self.hold = fail_first, hold
+
+    async def run(self, program: str, timeout: float | None = None, cpu_limit: float | None = None):
+        from types import SimpleNamespace
+
+        self.programs.append(program)
+        if self.hold:
+            await asyncio.Event().wait()  # never answers (a run the test cancels)
+        if len(self.programs) <= self.fail_first:
+            raise RuntimeError("the sandbox broke")
+        return SimpleNamespace(status="passed", feedback="", cpu_s=0.001, duration_s=0.001, limit=None,
+                               limit_s=None, stdout="")
+
+
+async def yield_until(cond, limit: int = 10_000) -> None:
+    for _ in range(limit):
+        if cond():
+            return
+        await asyncio.sleep(0)  # a turn of the loop, not a timer
+    raise AssertionError("the condition never held")
+
+
+async def test_measure_soon_measures_once_in_the_background():
+    t = task("ahead/1", "def f(x):\n    return x\n", ["assert f(1) == 1"])
+    sb = Recorder()
+    limits = TimeLimits(sb, TimeLimitConfig(cap_s=10.0))
+    limits.measure_soon(t)
+    limits.measure_soon(t)  # under way already: not twice
+    await yield_until(lambda: not limits._ahead)
+    assert sb.programs == [t.program(t.reference)]
+    assert (await limits.limit_for(t)).source == "reference" and len(sb.programs) == 1  # no second run
+    limits.measure_soon(t)  # known: nothing started
+    assert not limits._ahead and len(sb.programs) == 1
+
+
+async def test_a_failed_measurement_ahead_is_measured_again_by_the_check():
+    t = task("ahead/2", "def f(x):\n    return x\n", ["assert f(1) == 1"])
+    sb = Recorder(fail_first=1)
+    limits = TimeLimits(sb, TimeLimitConfig(cap_s=10.0))
+    limits.measure_soon(t)
+    await yield_until(lambda: not limits._ahead)  # it failed quietly (its exception retrieved)
+    assert (await limits.limit_for(t)).source == "reference" and len(sb.programs) == 2
+
+
+async def test_close_stops_a_measurement_under_way():
+    t = task("ahead/3", "def f(x):\n    return x\n", ["assert f(1) == 1"])
+    sb = Recorder(hold=True)
+    limits = TimeLimits(sb, TimeLimitConfig(cap_s=10.0))
+    limits.measure_soon(t)
+    await yield_until(lambda: sb.programs)
+    await limits.close()
+    assert not limits._ahead
+
+
+class HeldStudent:
+    """Answers nothing until released: whatever the sandbox ran by then ran while the student wrote."""
+
+    def __init__(self, text: str):
+        self.text, self.release, self.requests = text, asyncio.Event(), 0
+
+    async def generate(self, req):
+        from types import SimpleNamespace
+
+        self.requests += 1
+        await self.release.wait()
+        n = req.params.n
+        return SimpleNamespace(texts=[self.text] * n, finish_reasons=["stop"] * n, prompt_tokens=1,
+                               completion_tokens=n)
+
+
+@pytest.mark.parametrize("command", ["eval", "collect"])
+async def test_the_reference_is_measured_while_the_student_writes(tmp_path, command):
+    """eval and collect start a task's time-limit measurement before its student answers, so the first check
+    does not wait for it; the check then runs under that limit with no second measurement."""
+    from persd.bench.instant import InstantTeacher, write_synthetic_tasks
+
+    src = write_synthetic_tasks(tmp_path / "tasks.jsonl", 1)
+    (t,) = iter_tasks(src)
+    student, sb = HeldStudent("    return x\n"), Recorder()
+    if command == "eval":
+        from persd.engine.evaluation.config import EvalConfig
+        from persd.engine.evaluation.runner import evaluate
+
+        cfg = EvalConfig(tasks=str(src), out=str(tmp_path / "out"), n=1, progress="none")
+        run = asyncio.ensure_future(evaluate(cfg, student, sb))
+    else:
+        import contextlib
+
+        from persd.engine.collect.config import parse_args
+        from persd.engine.collect.runner import Collector
+        from persd.engine.collect.steps import Backends
+
+        @contextlib.asynccontextmanager
+        async def backends(cfg, collector):
+            yield Backends(student=student, sandbox=sb, teacher=InstantTeacher())
+
+        cfg = parse_args(["--tasks", str(src), "--out", str(tmp_path / "out"), "--student.model", "held",
+                          "--teacher.base-url", "http://127.0.0.1:9/v1", "--progress", "none"], environ={})
+        run = asyncio.ensure_future(Collector(cfg, open_backends=backends, install_signals=False).run())
+    await yield_until(lambda: student.requests == 1 and sb.programs)
+    assert sb.programs == [t.program(t.reference)]  # measured while the student still writes
+    student.release.set()
+    await run
+    assert sb.programs[0] == t.program(t.reference) and sb.programs.count(sb.programs[0]) == 1
+    assert len(sb.programs) == 2  # the measurement, then the student's program under its limit

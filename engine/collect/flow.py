@@ -77,6 +77,7 @@ class FlowVariant:
                 return gen.error
             run.task = run.task.with_tests(gen.tests)
         run.prompt = run.task.prompt
+        self.steps.measure_soon(run.task)  # its time limit, while the student writes the attempt
         return None
 
     def request(self, run: TaskRun):

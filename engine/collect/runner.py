@@ -266,6 +266,7 @@ class Collector:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            await self.flow.steps.close()
             if self._grace_handle is not None:
                 self._grace_handle.cancel()
             for sig in installed:

@@ -140,6 +140,17 @@ class Steps:
 
     # ------------------------------------------------------------------ execute
 
+    def measure_soon(self, task: Task) -> None:
+        """Measure `task`'s time limit in the background while its student generates (engine/timelimits.py),
+        so that its first check does not wait for the measurement."""
+        if self.time_limits is not None:
+            self.time_limits.measure_soon(task)
+
+    async def close(self) -> None:
+        """The run is ending: stop what was started ahead for it."""
+        if self.time_limits is not None:
+            await self.time_limits.close()
+
     async def execute(self, task: Task, program: str, tally: Tally | None = None) -> ExecResult:
         """A whole program of `task`'s in the sandbox, under the task's time limit."""
         if self.time_limits is not None:

@@ -121,6 +121,8 @@ class Evaluator:
     async def _task(self, task: Task) -> None:
         missing = self._missing_direct(task)
         if missing:
+            assert self.calls is not None
+            self.calls.measure_soon(task)  # its time limit, while the student writes the samples
             await self._generate_direct(task, missing)
         await asyncio.gather(*(self._chain(task, s) for s in range(self.cfg.n)))
 

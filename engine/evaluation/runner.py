@@ -62,8 +62,11 @@ async def evaluate(cfg: EvalConfig, student=None, sandbox=None, mode: str = "pip
                 evaluator.calls = Steps(backends, time_limits=time_limits, exec_timeout=cfg.sandbox.timeout_s,
                                         failures=evaluator.failures)
                 evaluator.stats.restart()  # the rate counts the work, not loading the model
-                async with EvalProgress(cfg.progress, evaluator.stats.snapshot, cfg.log_every):
-                    await (evaluator.run_phased() if mode == "phased" else evaluator.run())
+                try:
+                    async with EvalProgress(cfg.progress, evaluator.stats.snapshot, cfg.log_every):
+                        await (evaluator.run_phased() if mode == "phased" else evaluator.run())
+                finally:
+                    await evaluator.calls.close()
                 evaluator.failures.flush()  # samples failed by their own request, held while a streak was open
         except (EvalFailure, TooManyFailures) as exc:
             done = evaluator.stats.samples_done
