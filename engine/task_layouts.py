@@ -113,6 +113,16 @@ def known_layout(obj: dict, path: str, lineno: int) -> dict:
     return obj
 
 
+def _apps_id_and_reference(out: dict, obj: dict, path: str, lineno: int) -> dict:
+    """An APPS/TACO row's id (problem_id) and reference (its first solution), where the row names none."""
+    if "task_id" not in out and obj.get("problem_id") is not None:
+        out["task_id"] = str(obj["problem_id"])
+    solutions = _json_value(obj.get("solutions"), path, lineno, "solutions")
+    if "reference" not in out and isinstance(solutions, list) and solutions and isinstance(solutions[0], str):
+        out["reference"] = solutions[0]
+    return out
+
+
 def _apps(obj: dict, path: str, lineno: int) -> dict:
     io = _json_value(obj.get("input_output"), path, lineno, "input_output") or {}
     if not isinstance(io, dict):
@@ -120,12 +130,7 @@ def _apps(obj: dict, path: str, lineno: int) -> dict:
     if io.get("fn_name"):
         return _apps_call_based(obj, io, path, lineno)
     out = dict(obj, instruction=obj["question"], inputs=io.get("inputs") or [], outputs=io.get("outputs") or [])
-    if "task_id" not in out and obj.get("problem_id") is not None:
-        out["task_id"] = str(obj["problem_id"])
-    solutions = _json_value(obj.get("solutions"), path, lineno, "solutions")
-    if "reference" not in out and isinstance(solutions, list) and solutions and isinstance(solutions[0], str):
-        out["reference"] = solutions[0]
-    return out
+    return _apps_id_and_reference(out, obj, path, lineno)
 
 
 # What APPS's and TACO's harness has imported before a call-based solution runs (their starter code uses
@@ -214,12 +219,7 @@ def _apps_call_based(obj: dict, io: dict, path: str, lineno: int) -> dict:
         out["entry_point"] = fn
         if re.search(rf"^def\s+{re.escape(fn)}\s*\(", starter, re.M):
             out["header"] = starter + "\n"
-    if "task_id" not in out and obj.get("problem_id") is not None:
-        out["task_id"] = str(obj["problem_id"])
-    solutions = _json_value(obj.get("solutions"), path, lineno, "solutions")
-    if "reference" not in out and isinstance(solutions, list) and solutions and isinstance(solutions[0], str):
-        out["reference"] = solutions[0]
-    return out
+    return _apps_id_and_reference(out, obj, path, lineno)
 
 
 def _codecontests(obj: dict, path: str, lineno: int) -> dict:
