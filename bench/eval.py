@@ -62,12 +62,13 @@ class ScriptedGPU:
 
         bodies = {t.prompt: (t.reference or "")[len(t.prompt):] for t in tasks}
         gate = asyncio.Semaphore(slots)
-        self.generating = self.peak_generating = 0
+        self.generating = self.peak_generating = self.generated = 0  # requests in a slot now / at most / in all
 
         async def reply(payload: dict, index: int) -> str:
             if index == 0:  # the request's first choice: the simulated GPU's time for the whole request
                 async with gate:
                     self.generating += 1
+                    self.generated += 1
                     self.peak_generating = max(self.peak_generating, self.generating)
                     try:
                         await asyncio.sleep(latency_s)
