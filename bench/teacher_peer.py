@@ -161,7 +161,8 @@ async def run_persd(sc: Scenario, prompts: list[str], seed: int, max_in_flight: 
         row = await server.ask("persd")
     row["requests"] = sc.n
     row.update(failed_client=sum(isinstance(r, BaseException) for r in results),
-               own_429=snap["http_429_own"], aimd_cuts=teacher.limiter.aimd.cuts)
+               own_429=snap["http_429_own"], aimd_cuts=teacher.limiter.aimd.cuts,
+               wire_log_holds=teacher.limiter.log_holds)
     return row
 
 

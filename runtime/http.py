@@ -265,6 +265,15 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def retry_delay(policy: RetryPolicy, attempt: int, retry_after: float | None, rng: random.Random | None = None,
+                spread: bool = True) -> float:
+    """Seconds before retry number `attempt`: the server's Retry-After when it gave one (plus up to
+    10% of it, at most 0.25 s, at random when `spread`), else the policy's back-off."""
+    if retry_after is None:
+        return policy.backoff(attempt, rng)
+    return retry_after + (min(0.25, 0.1 * retry_after) * (rng or random).random() if spread else 0.0)
+
+
 def _is_retryable(status: int) -> bool:
     return status in RETRYABLE_STATUS or 500 <= status <= 599
 
@@ -281,13 +290,18 @@ async def post_json(
     after_attempt: Callable[[AttemptOutcome], None] | None = None,
     validate: Callable[[dict], str | None] | None = None,
     rng: random.Random | None = None,
+    trace_request_ctx: object | None = None,
+    spread_retry_after: bool = True,
 ) -> tuple[dict, Mapping[str, str]]:
     """POST `payload` as JSON and return (parsed body, response headers), retrying transient faults.
 
     Raises HTTPStatusError for a non-retryable status, RetriesExhausted when attempts or the
     deadline run out. Exceptions raised by the hooks (e.g. a budget refusal in
     `before_attempt`) propagate unchanged. `validate(body)` returns a retry cause for a 200
-    whose content is unusable (e.g. no choices), or None.
+    whose content is unusable (e.g. no choices), or None. `trace_request_ctx` reaches the
+    session's trace callbacks. A `Retry-After` gets a little random extra (callers told the same
+    instant spread out) unless `spread_retry_after` is False: a caller whose `before_attempt` paces
+    every attempt spreads them already, and the extra would only make the last retry later.
     """
     data = orjson.dumps(payload)
     send_headers = {"Content-Type": "application/json", **(headers or {})}
@@ -313,7 +327,8 @@ async def post_json(
         sent = True
         body_text = ""
         try:
-            async with session.post(url, data=data, headers=send_headers, timeout=timeout) as resp:
+            async with session.post(url, data=data, headers=send_headers, timeout=timeout,
+                                    trace_request_ctx=trace_request_ctx) as resp:
                 status, resp_headers = resp.status, resp.headers
                 raw = await resp.read()
             if 200 <= status < 300:
@@ -357,9 +372,7 @@ async def post_json(
             after_attempt(AttemptOutcome(status, resp_headers, cause, retry_after, sent,
                                          time.monotonic() - t_send))
         elapsed = time.monotonic() - start - waited
-        delay = retry_after if retry_after is not None else policy.backoff(attempt, rng)
-        if retry_after is not None:  # a little jitter so callers told the same instant spread out
-            delay += min(0.25, 0.1 * retry_after) * (rng or random).random()
+        delay = retry_delay(policy, attempt, retry_after, rng, spread_retry_after)
         if attempt >= policy.max_attempts or elapsed + delay > policy.deadline_s:
             raise RetriesExhausted(url, attempt, time.monotonic() - start, cause, last_status, last_body)
         if on_retry is not None:

@@ -68,7 +68,10 @@ class TeacherClient:
         self.estimator = TokenEstimator(await load_encoder_async(self.config.model))
         connector = aiohttp.TCPConnector(limit=self.config.max_in_flight, limit_per_host=0,
                                          keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
+        on_wire = aiohttp.TraceConfig()
+        on_wire.on_request_chunk_sent.append(self._on_chunk_sent)
+        self._session = aiohttp.ClientSession(connector=connector, trace_configs=[on_wire],
+                                              json_serialize=lambda o: orjson.dumps(o).decode())
 
     async def close(self) -> None:
         if self._session is not None:
@@ -76,6 +79,13 @@ class TeacherClient:
             self._session = None
         if self.journal is not None:
             await self.journal.close()
+
+    async def _on_chunk_sent(self, session, context, params) -> None:
+        """aiohttp calls this just before it writes a request's body (the headers go with its first
+        chunk): the attempt's time on the wire, for the limiter's wire log."""
+        attempt = context.trace_request_ctx
+        if isinstance(attempt, _Attempt) and attempt.permit is not None:
+            self.limiter.wired(attempt.permit)
 
     # -- the call ------------------------------------------------------------------------------
 
@@ -134,6 +144,7 @@ class TeacherClient:
         worst_usd = self.prices.cost(model, prompt_est, out_est)
         reservation: Reservation | None = None
         permit: Permit | None = None
+        attempt = _Attempt()
 
         async def before_attempt() -> None:
             nonlocal reservation, permit
@@ -143,7 +154,7 @@ class TeacherClient:
                 except BudgetExceeded:
                     self.metrics.budget_refusals += 1
                     raise
-            permit = await self.limiter.acquire(est_tokens)
+            permit = attempt.permit = await self.limiter.acquire(est_tokens)
             self.metrics.attempts += 1
 
         def after_attempt(outcome: AttemptOutcome) -> None:
@@ -182,7 +193,8 @@ class TeacherClient:
                         body, _ = await post_json(
                             self._session, self.config.chat_url, payload, headers=self._headers,
                             policy=self.config.retry, on_retry=self.metrics.record_retry,
-                            before_attempt=before_attempt, after_attempt=after_attempt, validate=validate)
+                            before_attempt=before_attempt, after_attempt=after_attempt, validate=validate,
+                            trace_request_ctx=attempt, spread_retry_after=False)  # the limiter spaces retries
                         break
                     except HTTPStatusError as exc:
                         note = (self.params.learn(exc.param, exc.message, payload)
@@ -269,6 +281,13 @@ class TeacherClient:
         else:
             msg = f"the teacher rejected the request (HTTP {status} from {url}, model '{model}'): {said}"
         return TeacherError(msg, status=status, body=self._redact(exc.body), url=url)
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """The attempt on its way, as the trace callback sees it."""
+
+    permit: Permit | None = None
 
 
 def _content(content) -> str:

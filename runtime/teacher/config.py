@@ -52,8 +52,10 @@ class TeacherConfig:
 
     `headroom` paces at that fraction of rpm/tpm. Over the shortest window the provider may enforce,
     `limit_window_s` (default 1 s), that leaves `limit_window_s * (1/headroom - 1)` seconds of slack
-    (20 ms at 0.98): `jitter_s` of it absorbs network jitter, the rest is the pacer's burst tolerance
-    (timer lateness, catching up after a shared cool-down); see `persd.runtime.teacher.limiter`.
+    (15 ms at 0.985): `jitter_s` of it absorbs bunching after a request leaves (network, server), the
+    rest is the pacer's burst tolerance (timer lateness, catching up after a shared cool-down); a
+    request that leaves late is seen on the wire and held apart from the ones a window after it
+    (the wire log); see `persd.runtime.teacher.limiter`.
     `reconcile_tokens` gives back (estimate - usage) tokens once the answer arrives; turn it off
     for providers that charge `max_tokens` against TPM whatever the answer's length.
     A 429 that is not about this client's budget (a provider's overload) cuts the pace to
@@ -82,11 +84,12 @@ class TeacherConfig:
         None, help="prices of several models: 'MODEL=IN:OUT,...' USD per 1M tokens (TOML: a table, "
         "prices = {model = [in, out]})", changes_results=False, type=parse_prices, shown="the price table")
     retry: RetryPolicy = section(RetryPolicy, help="retries of one teacher request")
-    headroom: float = opt(0.98, help="pace at this fraction of rpm and tpm", changes_results=False,
+    headroom: float = opt(0.985, help="pace at this fraction of rpm and tpm", changes_results=False,
                           type=positive_float)
     limit_window_s: float = opt(1.0, help="shortest window (s) over which the provider may enforce rpm/tpm",
                                 changes_results=False, type=positive_float)
-    jitter_s: float = opt(0.005, help="seconds the network may bunch requests up", changes_results=False,
+    jitter_s: float = opt(0.01, help="seconds the requests may bunch up after they leave (network, the server's "
+                          "own reading)", changes_results=False,
                           type=nonneg_float)
     reconcile_tokens: bool = opt(True, help="give back over-estimated tokens from each answer's usage",
                                  changes_results=False)
@@ -96,8 +99,8 @@ class TeacherConfig:
                                changes_results=False, type=positive_float)
     aimd_recover_per_s: float = opt(0.5, help="pace regained per second after a cut", changes_results=False,
                                     type=positive_float)
-    cold_start_s: float = opt(0.1, help="the schedule starts this late (s) after idle (new connections arrive "
-                              "late)", changes_results=False, type=nonneg_float)
+    cold_start_s: float = opt(0.0, help="the schedule starts this late (s) after idle (not needed where the "
+                              "wire log sees when requests leave)", changes_results=False, type=nonneg_float)
     extra_headers: dict[str, str] | None = opt(None, help="HTTP headers sent with every request: "
                                                "'NAME=VALUE,...' (TOML: a table); manifests keep their names only",
                                                changes_results=False, type=key_values(str, "NAME=VALUE list"))

@@ -13,15 +13,29 @@ requests per window, which is never exceeded as long as
 
     tau + jitter <= W * (1 / headroom - 1)
 
-where `jitter` is how much the network may bunch up requests on their way to the server. So the
-headroom buys a time budget per window, `W * (1/headroom - 1)` (20.4 ms for W = 1 s at 0.98), and
-this limiter spends it as: `jitter_s` (default 5 ms) for the network, the rest as tolerance,
-capped at `max_burst` emission intervals so that long windows (W = 60 s) still pace smoothly:
+where `jitter` is how much requests may bunch up between the permit and the server. So the
+headroom buys a time budget per window, `W * (1/headroom - 1)` (15.2 ms for W = 1 s at 0.985),
+and this limiter spends it as: `jitter_s` (default 10 ms) for what happens after a request leaves
+(the network, the server's own reading), the rest as tolerance, capped at `max_burst` emission
+intervals so that long windows (W = 60 s) still pace smoothly:
 
     tolerance = min(max_burst * T, W * (1 / headroom - 1) - jitter_s), at least 0
 
 `window_s` is the *shortest* window the provider may enforce (default 1 s: "600 RPM enforced as
 10 per second"). The same tolerance (in seconds) applies to the token schedule.
+
+**The wire log: the bound for when requests really leave.** The bound above is about permits. A
+request leaves later than its permit when the machine is loaded (the event loop runs the sending
+code late) or a connection is set up first (TCP, TLS: the first requests after an idle spell), and a
+late request sits closer to the ones after it: 21 of 20 in a 1 s window at the server, measured at
+load 4 to 10 on 2 CPUs. So the client reports each request's time on the wire (`wired`, from the
+HTTP client's trace, just before its bytes are written) and `persd.runtime.teacher.wirelog` keeps the
+last `W + jitter_s` seconds of them: a permit is also held back until the requests and tokens on the
+wire in that span leave room for one more (a request alone in it always fits). Until a request is
+reported on the wire it counts at its permit's time, where the schedule's bound meets the log's
+exactly: on time, the log never binds (tested); it only delays the request a window after a late
+one, by as much as that one was late. Lateness of the client is therefore measured, not budgeted;
+`jitter_s` only has to cover the way from the socket to the server's clock.
 
 **What the tolerance buys.** Lateness up to `tolerance` does not push the schedule back: timer
 lateness on a loaded machine, a short wait behind the token schedule, and above all the shared
@@ -31,10 +45,9 @@ cannot be banked safely: after any gap, a catch-up of more than `W * (1/headroom
 window that starts at the end of the gap over the limit, however long the gap was. Idle time
 beyond the tolerance is never banked, so a minute's budget never leaves in a burst.
 
-**Cold start.** The first requests after an idle spell (a window or more with nothing due) open
-new connections (TCP, TLS) and reach the server later than the ones after them, which bunches the
-first window up. The schedule therefore starts `cold_start_s` late: charged once per idle spell,
-it keeps that window within the limit too.
+**Cold start.** `cold_start_s` (default 0) starts the schedule that late after an idle spell, once
+per spell: for a client whose requests cannot be reported on the wire. With the wire log a first
+request delayed by its connection's set-up holds back only the request a window after it.
 
 **Refunds and reconciliation are exact.** Every charge stays in a short ledger until its fate is
 known. Providers count every request that reaches them against the limit, refused (429) and
@@ -79,9 +92,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from persd.runtime.http import AIMD
+from persd.runtime.teacher.wirelog import WireLog
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+LOG_SLACK_S = 1e-6  # the wire log lets this much overlap pass: the schedule's own bound meets it exactly
 
 
 def parse_reset(value: str | None) -> float | None:
@@ -111,13 +126,14 @@ class Permit:
     refunded: bool = False
     settled: bool = False
     folded: bool = False  # no longer in the ledger: a later refund or give-back is ignored (conservative)
+    wire_at: float | None = None  # when its bytes were written (the wire log's time); None until known
 
 
 class RateLimiter:
     MAX_LEDGER = 2048  # charges awaiting their fate; beyond, the oldest are taken as final
 
-    def __init__(self, rpm: float, tpm: float | None, *, headroom: float = 0.98, window_s: float = 1.0,
-                 jitter_s: float = 0.005, max_burst: float = 2.0, aimd: AIMD | None = None,
+    def __init__(self, rpm: float, tpm: float | None, *, headroom: float = 0.985, window_s: float = 1.0,
+                 jitter_s: float = 0.01, max_burst: float = 2.0, aimd: AIMD | None = None,
                  attempt_margin: float = 1.25, cold_start_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic):
         self.rpm_config, self.tpm_config = float(rpm), (float(tpm) if tpm else None)
@@ -133,6 +149,9 @@ class RateLimiter:
         self._floor_req = self._floor_tok = 0.0  # lower bounds from a re-costing (limits lowered)
         self._ledger: deque[Permit] = deque()
         self._sent: deque[Permit] = deque()  # every charge of the last window (own-budget check)
+        self.log = WireLog()  # the last window's requests by their time on the wire (the hard check)
+        self.log_holds = 0    # requests the log held back (they would have crowded a late one)
+        self._log_held = False
         self.aimd = aimd if aimd is not None else AIMD(clock=clock)
         self.aimd.clock = clock
         self._cool_until = 0.0
@@ -193,6 +212,14 @@ class RateLimiter:
         wait = max(self._cool_until, self._tat_req - tolerance, self._tat_tok - tolerance, attempts) - now
         if wait > 0:
             return wait
+        tpm_window = self.tpm_limit * self.window_s / 60.0 if self.tpm_limit else None
+        held = self.log.wait(now, self.window_s + self.jitter_s, self.rpm_limit * self.window_s / 60.0,
+                             tpm_window, tokens)
+        if held > LOG_SLACK_S:
+            self._log_held = True  # the head of the queue: counted once, when it leaves
+            return held
+        self.log_holds += self._log_held
+        self._log_held = False
         # every attempt, refused or not, at pace * the limit while the provider is overloaded
         start = max(self._tat_att, now) if pace < 1.0 else now
         self._tat_att = start + self._req_interval / (pace * self.attempt_margin)
@@ -211,6 +238,7 @@ class RateLimiter:
         if len(self._ledger) > self.MAX_LEDGER:
             self._fold(1)
         self._sent.append(permit)
+        self.log.granted(permit)
         while self._sent and self._sent[0].sent_at <= now - 2 * self.window_s:
             self._sent.popleft()
         return permit
@@ -222,6 +250,7 @@ class RateLimiter:
             return
         permit.refunded = True
         self.refunds += 1
+        self.log.dropped(permit)
         if not permit.folded:
             permit.req_cost = permit.tok_cost = 0.0
             self._replay()
@@ -231,14 +260,20 @@ class RateLimiter:
         """Charge the server's `usage` instead of the estimate (give back, or charge extra)."""
         if permit.refunded or permit.settled:
             return
-        extra = actual_tokens - permit.tokens
+        extra, old = actual_tokens - permit.tokens, permit.tokens
         permit.tokens = actual_tokens
+        self.log.retokened(permit, old)
         if not permit.folded:
             permit.tok_cost = actual_tokens * self._tok_interval
             self._replay()
         elif extra > 0 and self.tpm_limit:
             self._tat_tok = max(self._tat_tok, self.clock()) + extra * self._tok_interval
         self.settle(permit)
+
+    def wired(self, permit: Permit, at: float | None = None) -> None:
+        """The attempt's request was written to the socket at `at` (default: now): the wire log
+        counts it from then. Wire times only ever come later than grants, so no waiter is woken."""
+        self.log.wired(permit, self.clock() if at is None else at)
 
     def settle(self, permit: Permit) -> None:
         """This attempt's charge is final as it stands (the server may have counted it)."""
@@ -278,9 +313,9 @@ class RateLimiter:
     def window_full(self, permit: Permit) -> bool:
         """Our own record: the window that ends with this attempt already held the limit's worth
         of requests or tokens before it, so the attempt itself was over (a 429 is then ours)."""
-        start = permit.sent_at - self.window_s
-        before = [p for p in self._sent if start < p.sent_at <= permit.sent_at
-                  and p is not permit and not p.refunded]
+        at = _on_wire(permit)
+        start = at - self.window_s
+        before = [p for p in self._sent if start < _on_wire(p) <= at and p is not permit and not p.refunded]
         if len(before) + 1 > self.rpm_limit * self.window_s / 60.0:
             return True
         if self.tpm_limit:
@@ -333,6 +368,10 @@ class RateLimiter:
                     self.cool_down(reset)
         if lowered:
             self._recost()
+
+
+def _on_wire(permit: Permit) -> float:
+    return permit.wire_at if permit.wire_at is not None else permit.sent_at
 
 
 def _exhausted(headers: Mapping[str, str] | None, tokens: int) -> float | None:
