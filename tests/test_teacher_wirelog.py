@@ -50,7 +50,8 @@ def test_on_time_requests_are_never_held_by_the_log():
     # whether the requests are reported on the wire or not (a caller without a trace)
     for wire in (True, False):
         now = [0.0]
-        limiter = RateLimiter(1200, 600_000, headroom=0.985, window_s=1.0, jitter_s=0.01, clock=lambda: now[0])
+        limiter = RateLimiter(1200, 600_000, headroom=0.985, window_s=1.0, jitter_s=0.01,
+                              clock=lambda now=now: now[0])
         granted = 0
         while granted < 200:
             got = limiter.try_acquire(200)
