@@ -143,21 +143,21 @@ class TeacherClient:
         est_tokens = prompt_est + out_est
         worst_usd = self.prices.cost(model, prompt_est, out_est)
         reservation: Reservation | None = None
-        permit: Permit | None = None
-        attempt = _Attempt()
+        attempt = _Attempt()  # the current attempt's permit, for the hooks below and the wire trace
 
         async def before_attempt() -> None:
-            nonlocal reservation, permit
+            nonlocal reservation
             if reservation is None:
                 try:
                     reservation = self.budget.reserve(worst_usd)
                 except BudgetExceeded:
                     self.metrics.budget_refusals += 1
                     raise
-            permit = attempt.permit = await self.limiter.acquire(est_tokens)
+            attempt.permit = await self.limiter.acquire(est_tokens)
             self.metrics.attempts += 1
 
         def after_attempt(outcome: AttemptOutcome) -> None:
+            permit = attempt.permit
             if outcome.status == 429:  # ours: everyone pauses; not ours: this one waits, the pace dips
                 self.metrics.http_429 += 1
                 own = self.limiter.on_429(permit, outcome.headers, outcome.retry_after_s,
@@ -228,8 +228,8 @@ class TeacherClient:
                 self.metrics.in_flight -= 1
                 if not ok and reservation is not None:
                     self.budget.release(reservation)
-                if not ok and permit is not None:
-                    self.limiter.settle(permit)  # cancelled or failed mid-attempt: the charge stands
+                if not ok and attempt.permit is not None:
+                    self.limiter.settle(attempt.permit)  # cancelled or failed mid-attempt: the charge stands
 
         repaired = list(body.pop(REPAIRED_KEY, None) or [])
         choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
@@ -239,6 +239,7 @@ class TeacherClient:
         prompt_tokens = int(usage.get("prompt_tokens") or prompt_est)
         completion_tokens = int(usage.get("completion_tokens") or sum(heuristic_tokens(t) for t in texts))
         cost = self.prices.cost(model, prompt_tokens, completion_tokens)
+        permit = attempt.permit
         if permit is not None and self.config.reconcile_tokens:
             self.limiter.reconcile(permit, prompt_tokens + completion_tokens)
         elif permit is not None:

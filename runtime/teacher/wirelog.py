@@ -30,7 +30,6 @@ class WireLog:
         self._wired: deque[tuple[float, Sent]] = deque()  # in wire order (times come from one clock)
         self._pending: dict[int, Sent] = {}                 # granted, not written yet: at their grant time
         self._tokens = 0                                     # tokens of `_wired`, as the permits say now
-        self._in: set[int] = set()                           # ids of permits in `_wired`
 
     def granted(self, permit: Sent) -> None:
         self._pending[id(permit)] = permit
@@ -42,7 +41,6 @@ class WireLog:
         permit.wire_at = at
         self._pending.pop(id(permit), None)
         self._wired.append((at, permit))
-        self._in.add(id(permit))
         self._tokens += permit.tokens
 
     def dropped(self, permit: Sent) -> None:
@@ -51,7 +49,8 @@ class WireLog:
 
     def retokened(self, permit: Sent, old: int) -> None:
         """`permit.tokens` changed from `old` (the answer's usage replaced the estimate)."""
-        if id(permit) in self._in:
+        # still in the log: wired, and not older than its oldest entry (entries leave from the old end)
+        if permit.wire_at is not None and self._wired and permit.wire_at >= self._wired[0][0]:
             self._tokens += permit.tokens - old
 
     def wait(self, now: float, horizon: float, max_requests: float, max_tokens: float | None, tokens: int) -> float:
@@ -61,7 +60,6 @@ class WireLog:
         start = now - horizon
         while self._wired and self._wired[0][0] <= start:
             _, old = self._wired.popleft()
-            self._in.discard(id(old))
             self._tokens -= old.tokens
         for key in [k for k, p in self._pending.items() if p.sent_at <= start]:
             del self._pending[key]  # not written a window after its grant: it counts when it is
